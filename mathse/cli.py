@@ -1,0 +1,91 @@
+"""`main.py` / `mathse`: parse arguments, load the config, dispatch to one stage. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from mathse.config import ConfigError, MathSEConfig, load_config
+
+# Stage name -> (module under mathse.stages, one-line help). Modules are imported lazily so a
+# config error is reported in a fraction of a second, before torch or LLaMA-Factory load.
+STAGES: dict[str, tuple[str, str]] = {
+    "distill": ("distill", "Stage 1: teacher solutions for the seed set -> D_SFT; train M0"),
+}
+# `--stage all` runs these in order (those that exist), stopping at the first failure; each
+# stage skips the work it already finished, so a rerun resumes where the last one stopped.
+PIPELINE = ("distill", "evolve", "reflect", "final")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    stage_help = "\n".join(f"  {name:<9} {text}" for name, (_, text) in STAGES.items())
+    parser = argparse.ArgumentParser(
+        prog="mathse",
+        description="MathSE: self-evolving multimodal math reasoning (arXiv 2511.06805).",
+        epilog=f"stages:\n{stage_help}\n  {'all':<9} every pipeline stage in order: {' -> '.join(pipeline())}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--stage", required=True, choices=[*STAGES, "all"], help="which stage to run")
+    parser.add_argument("--config", default="config.yaml", help="the config hub (default: config.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set llama_factory.learning_rate=1e-5 (repeatable)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print what would run (sizes, commands, YAML); run nothing"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return 2
+    stages = pipeline() if args.stage == "all" else [args.stage]
+    for stage in stages:
+        if len(stages) > 1:
+            print(f"=== mathse: stage {stage} ===", flush=True)
+        code = run_stage(stage, cfg, args.dry_run)
+        if code != 0:
+            if len(stages) > 1:
+                print(f"mathse: stopped at stage {stage} (exit {code}); rerun to resume", file=sys.stderr)
+            return code
+    return 0
+
+
+def pipeline() -> list[str]:
+    return [stage for stage in PIPELINE if stage in STAGES]
+
+
+def run_stage(stage: str, cfg: MathSEConfig, dry_run: bool) -> int:
+    """Run one stage; user-fixable errors become one line on stderr and an exit code."""
+    module = importlib.import_module(f"mathse.stages.{STAGES[stage][0]}")
+    # Errors a user can fix (bad data, bad config for this stage) are one line, exit 2; a failed
+    # training run is exit 1 with its log's tail. Anything else is a bug and keeps its traceback.
+    from mathse.errors import USER_ERRORS, TrainingError
+
+    try:
+        return int(module.run(cfg, dry_run=dry_run) or 0)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return 2
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130

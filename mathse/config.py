@@ -1,0 +1,465 @@
+"""config.yaml -> typed, validated objects, once, at the edge.
+
+Everything else in MathSE receives a `MathSEConfig` and never touches raw dicts. Errors from the
+YAML, from ``--set`` overrides and from validation are collected and reported together, one line
+each, naming the key (with a close-match suggestion for unknown keys).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from mathse.storage import atomic_write_text
+
+__all__ = [
+    "ApiConfig",
+    "ConfigError",
+    "MathSEConfig",
+    "Price",
+    "load_config",
+    "parse_overrides",
+    "save_resolved_config",
+]
+
+
+class ConfigError(Exception):
+    """A config problem; `lines` holds one human-readable line per problem."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(StrictModel):
+    output_dir: Path = Path("output")
+    seed: int = 42
+
+
+class DataConfig(StrictModel):
+    seed_file: Path | None = None  # seed problems for Stage 1 (distill)
+    pool_file: Path | None = None  # D_remain at the start of Stage 2 (evolve)
+    image_root: Path | None = None  # relative image paths resolve here; default: the JSONL's folder
+
+
+class ModelConfig(StrictModel):
+    base: str  # local path (or hub id on machines with a populated HF cache)
+    template: str = "qwen2_vl"
+    trust_remote_code: bool = True
+
+
+class ApiConfig(StrictModel):
+    """An OpenAI-compatible chat-completions endpoint (teacher, served ORM, LLM judge)."""
+
+    base_url: str
+    model: str
+    api_key: SecretStr | None = None
+    concurrency: int = Field(16, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    backoff_base_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int = Field(2048, ge=1)
+    image_detail: Literal["auto", "low", "high"] = "auto"
+
+
+class Price(StrictModel):
+    """USD per million tokens, for the usage ledger's cost estimate."""
+
+    prompt_per_1m: float = Field(0.0, ge=0)
+    completion_per_1m: float = Field(0.0, ge=0)
+
+
+class TeacherConfig(ApiConfig):
+    # Keep only distilled solutions whose final answer matches the reference answer.
+    filter_by_answer: bool = True
+    system_prompt: str = (
+        "You are an expert mathematics teacher. Solve the problem step by step, one step per "
+        "line starting with 'Step k:', and end with the line 'The final answer is \\boxed{...}'."
+    )
+    # {question} and {answer} are filled in; the reference answer steers the teacher to it.
+    distill_prompt: str = (
+        "{question}\n\nThe reference answer is: {answer}\n"
+        "Write a clear step-by-step solution that reaches this answer."
+    )
+
+
+class LocalModelConfig(StrictModel):
+    """A LLaMA-Factory ChatModel loaded in-process."""
+
+    model_name_or_path: str
+    adapter_name_or_path: str | None = None
+    template: str = "qwen2_vl"
+    max_new_tokens: int = Field(512, ge=1)
+
+
+class OrmConfig(StrictModel):
+    backend: Literal["api", "local", "rule"] = "rule"
+    # How the ORM verdict and the rule (math-verify vs reference) combine.
+    policy: Literal["orm", "rule", "both", "either"] = "rule"
+    score_threshold: float | None = Field(None, ge=0, le=1)
+    api: ApiConfig | None = None
+    local: LocalModelConfig | None = None
+    # Labelled paths (JSONL) used by `--stage orm` to train the ORM.
+    train_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _backend_has_settings(self) -> OrmConfig:
+        if self.backend == "api" and self.api is None:
+            raise ValueError("orm.backend is 'api' but orm.api (base_url, model) is not set")
+        if self.backend == "local" and self.local is None:
+            raise ValueError("orm.backend is 'local' but orm.local (model_name_or_path) is not set")
+        if self.policy in ("orm", "both", "either") and self.backend == "rule":
+            raise ValueError(f"orm.policy '{self.policy}' needs an ORM model: set orm.backend to api or local")
+        return self
+
+
+class InferenceConfig(StrictModel):
+    backend: Literal["huggingface", "vllm", "sglang"] = "huggingface"
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(1024, ge=1)
+    n_paths: int = Field(1, ge=1)  # reasoning paths sampled per problem
+    concurrency: int = Field(32, ge=1)  # generation requests in flight (vLLM batches them)
+    vllm_gpu_util: float = Field(0.9, gt=0, le=1)
+    vllm_maxlen: int = Field(4096, ge=64)
+    # Passed verbatim to llamafactory.chat.ChatModel (any ModelArguments/GeneratingArguments key).
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvolveConfig(StrictModel):
+    rounds: int = Field(3, ge=0)
+    batch_size: int = Field(1000, ge=1)
+    retrain: bool = True
+    retrain_from: Literal["base", "previous"] = "base"
+
+
+class ReflectConfig(StrictModel):
+    # "corrected": the corrected path alone is the target;
+    # "reflection": draft + reflection + corrected path (reflection-in-the-loop).
+    format: Literal["corrected", "reflection"] = "corrected"
+
+
+class LauncherConfig(StrictModel):
+    """Multi-GPU / multi-node: exported to `llamafactory-cli` as its environment variables."""
+
+    force_torchrun: bool = False
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0)
+    nproc_per_node: int | None = Field(None, ge=1)
+    master_addr: str | None = None
+    master_port: int | None = Field(None, ge=1, le=65535)
+
+
+class LlamaFactoryConfig(StrictModel):
+    """Training settings; merged over the recipe template, stage specifics merged last."""
+
+    recipe: Path = Path("configs/llama_factory/sft_full.yaml")
+    deepspeed: Path | None = None
+    finetuning_type: Literal["full", "lora", "freeze"] | None = None
+    learning_rate: float | None = Field(None, gt=0)
+    num_train_epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = None
+    per_device_train_batch_size: int | None = Field(None, ge=1)
+    gradient_accumulation_steps: int | None = Field(None, ge=1)
+    lr_scheduler_type: str | None = None
+    warmup_ratio: float | None = Field(None, ge=0, le=1)
+    cutoff_len: int | None = Field(None, ge=16)
+    image_max_pixels: int | None = Field(None, ge=28 * 28)
+    bf16: bool | None = None
+    fp16: bool | None = None
+    gradient_checkpointing: bool | None = None
+    logging_steps: int | None = Field(None, ge=1)
+    save_steps: int | None = Field(None, ge=1)
+    save_total_limit: int | None = Field(None, ge=1)
+    lora_rank: int | None = Field(None, ge=1)
+    lora_alpha: int | None = Field(None, ge=1)
+    lora_target: str | None = None
+    quantization_bit: int | None = None
+    freeze_vision_tower: bool | None = None
+    preprocessing_num_workers: int | None = Field(None, ge=1)
+    report_to: str | None = None
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
+    # Any other LLaMA-Factory argument, passed verbatim.
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def overrides(self) -> dict[str, Any]:
+        """The LLaMA-Factory keys set here (None means: keep the recipe's value)."""
+        skip = {"recipe", "launcher", "extra"}
+        args = {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+        if self.deepspeed is not None:
+            args["deepspeed"] = str(self.deepspeed)
+        args.update(self.extra)
+        return args
+
+
+class PathsConfig(StrictModel):
+    """Where each stage's model lands, relative to run.output_dir unless absolute."""
+
+    sft_model_stage0: Path = Path("sft_model_stage0")
+    sft_model_final: Path = Path("sft_model_final")
+    reflection_model_final: Path = Path("reflection_model_final")
+    orm_model: Path = Path("orm_model")
+
+
+class MathSEConfig(StrictModel):
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig
+    teacher: TeacherConfig | None = None
+    orm: OrmConfig = Field(default_factory=OrmConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    evolve: EvolveConfig = Field(default_factory=EvolveConfig)
+    reflect: ReflectConfig = Field(default_factory=ReflectConfig)
+    llama_factory: LlamaFactoryConfig = Field(default_factory=LlamaFactoryConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    pricing: dict[str, Price] = Field(default_factory=dict)
+
+    # Set by load_config: the folder relative paths were resolved against.
+    config_dir: Path = Field(default=Path("."), exclude=True)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.run.output_dir
+
+    def model_path(self, name: str) -> Path:
+        """A stage model directory from `paths`, resolved under run.output_dir."""
+        path: Path = getattr(self.paths, name)
+        return path if path.is_absolute() else self.output_dir / path
+
+    def require(self, dotted_key: str) -> Any:
+        """The value at `dotted_key`, or a ConfigError naming it when it is unset."""
+        value: Any = self
+        for part in dotted_key.split("."):
+            value = getattr(value, part, None)
+            if value is None:
+                raise ConfigError([f"config error: {dotted_key}: required for this stage but not set"])
+        return value
+
+    def to_safe_dict(self) -> dict[str, Any]:
+        """The resolved config with every secret masked, for saving into run directories."""
+        return _mask_secrets(self.model_dump(mode="json"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+# Config keys whose values are filesystem paths that must exist when set.
+_INPUT_PATHS = (
+    "data.seed_file",
+    "data.pool_file",
+    "data.image_root",
+    "orm.train_file",
+    "llama_factory.recipe",
+    "llama_factory.deepspeed",
+)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`a.b=c` strings -> a nested dict; values are parsed as YAML scalars (1e-5, true, [1,2])."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError([f"config error: --set {item!r}: expected key=value, e.g. evolve.rounds=2"])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"config error: --set {item!r}: {part} is set both as a value and a section"])
+        node[parts[-1]] = value
+    return tree
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> MathSEConfig:
+    """Read, override, substitute `${ENV}` references, validate and resolve paths."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config error: config file not found: {path}"])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError([f"config error: {where}: invalid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"config error: {path}: top level must be a mapping of sections"])
+    _deep_merge(raw, parse_overrides(overrides or []))
+
+    errors: list[str] = []
+    raw = _substitute_env(raw, "", errors)
+    if errors:
+        raise ConfigError(errors)
+    try:
+        cfg = MathSEConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_errors(exc, raw)) from None
+
+    config_dir = path.resolve().parent
+    _resolve_paths(cfg, config_dir)
+    errors = [
+        f"config error: {key}: path not found: {value}"
+        for key in _INPUT_PATHS
+        if (value := _get_dotted(cfg, key)) is not None and not Path(value).exists()
+    ]
+    base = Path(cfg.model.base)
+    if _looks_local(cfg.model.base) and not base.exists():
+        errors.append(f"config error: model.base: path not found: {base}")
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def _deep_merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _substitute_env(node: Any, where: str, errors: list[str]) -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in strings; an unset VAR without default is an error."""
+    if isinstance(node, dict):
+        return {k: _substitute_env(v, f"{where}.{k}" if where else str(k), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute_env(v, f"{where}[{i}]", errors) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        errors.append(f"config error: {where}: environment variable {name} is not set")
+        return ""
+
+    value = _ENV_REF.sub(replace, node)
+    # An empty secret means "none": local OpenAI-compatible servers need no key.
+    return None if value == "" and node != "" else value
+
+
+def _format_validation_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "<root>"
+        if err["type"] == "extra_forbidden":
+            parent = _section_fields(loc[:-1])
+            hint = difflib.get_close_matches(loc[-1], parent, n=1, cutoff=0.6) if parent else []
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            lines.append(f"config error: {key}: unknown key{suggestion}")
+        elif err["type"] == "missing":
+            lines.append(f"config error: {key}: required key is missing")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"config error: {key}: {msg}{shown}")
+    return lines
+
+
+def _section_fields(loc: list[str]) -> list[str]:
+    """Field names valid at a location in the schema, for close-match suggestions."""
+    model: type[BaseModel] | None = MathSEConfig
+    for part in loc:
+        if model is None:
+            return []
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+    if model is None:
+        return []
+    return [name for name, f in model.model_fields.items() if not f.exclude]
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _looks_local(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~")) or Path(ref).exists()
+
+
+def _resolve(value: Path, base: Path) -> Path:
+    value = value.expanduser()
+    return value if value.is_absolute() else (base / value).resolve()
+
+
+def _resolve_shipped(value: Path, base: Path) -> Path:
+    """Like _resolve, but falls back to the templates shipped in the project's configs/."""
+    resolved = _resolve(value, base)
+    shipped = _resolve(value, PROJECT_ROOT)
+    return shipped if not resolved.exists() and shipped.exists() else resolved
+
+
+def _resolve_paths(cfg: MathSEConfig, base: Path) -> None:
+    """Relative paths in the config are relative to the config file's folder."""
+    cfg.config_dir = base
+    cfg.run.output_dir = _resolve(cfg.run.output_dir, base)
+    for key in ("seed_file", "pool_file", "image_root"):
+        value = getattr(cfg.data, key)
+        if value is not None:
+            setattr(cfg.data, key, _resolve(value, base))
+    cfg.llama_factory.recipe = _resolve_shipped(cfg.llama_factory.recipe, base)
+    if cfg.llama_factory.deepspeed is not None:
+        cfg.llama_factory.deepspeed = _resolve_shipped(cfg.llama_factory.deepspeed, base)
+    if cfg.orm.train_file is not None:
+        cfg.orm.train_file = _resolve(cfg.orm.train_file, base)
+    if _looks_local(cfg.model.base):
+        cfg.model.base = str(_resolve(Path(cfg.model.base), base))
+    if cfg.orm.local is not None and _looks_local(cfg.orm.local.model_name_or_path):
+        cfg.orm.local.model_name_or_path = str(_resolve(Path(cfg.orm.local.model_name_or_path), base))
+
+
+def _get_dotted(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _mask_secrets(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: ("***" if k == "api_key" and v else _mask_secrets(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_mask_secrets(v) for v in node]
+    return node
+
+
+def save_resolved_config(cfg: MathSEConfig, path: Path) -> None:
+    """Save the resolved config (secrets masked) next to a stage's outputs."""
+    atomic_write_text(path, yaml.safe_dump(cfg.to_safe_dict(), sort_keys=False, allow_unicode=True))

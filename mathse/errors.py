@@ -1,0 +1,11 @@
+"""Errors a user can act on; the CLI prints them as one line instead of a traceback."""
+
+from __future__ import annotations
+
+from mathse.config import ConfigError
+from mathse.llamafactory_bridge import TrainingError
+from mathse.records import DataError
+
+USER_ERRORS: tuple[type[Exception], ...] = (DataError, FileNotFoundError)
+
+__all__ = ["USER_ERRORS", "ConfigError", "DataError", "TrainingError"]

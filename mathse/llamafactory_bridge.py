@@ -1,0 +1,232 @@
+"""The bridge to LLaMA-Factory: sharegpt datasets, training YAML, and `llamafactory-cli train`.
+
+Training runs as a subprocess, exactly as a user would run it, so the same code path serves a
+laptop CPU with a tiny model and a multi-node GPU job (via LLaMA-Factory's own torchrun launcher,
+configured through the environment variables it reads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mathse.config import MathSEConfig
+from mathse.storage import atomic_write_json, atomic_write_text, is_done, mark_done, read_json
+
+DATASET_INFO = "dataset_info.json"
+IMAGE_TOKEN = "<image>"
+
+
+class TrainingError(Exception):
+    """`llamafactory-cli train` failed; the message ends with the log's last lines."""
+
+
+@dataclass(frozen=True)
+class SftExample:
+    """One supervised example: a user prompt (with images) and the target response."""
+
+    prompt: str
+    response: str
+    images: tuple[str, ...] = ()
+    system: str | None = None
+
+
+def to_sharegpt(example: SftExample) -> dict[str, Any]:
+    """The sharegpt row LLaMA-Factory expects: one `<image>` tag per image in the user turn."""
+    messages: list[dict[str, str]] = []
+    if example.system:
+        messages.append({"role": "system", "content": example.system})
+    tags = IMAGE_TOKEN * len(example.images)
+    messages.append({"role": "user", "content": tags + example.prompt})
+    messages.append({"role": "assistant", "content": example.response})
+    row: dict[str, Any] = {"messages": messages}
+    if example.images:
+        row["images"] = list(example.images)
+    return row
+
+
+def write_sharegpt_dataset(examples: Iterable[SftExample], dataset_dir: Path, name: str) -> int:
+    """Stream `examples` into `<dataset_dir>/<name>.json` (a JSON array) and register it.
+
+    Streaming keeps memory flat for hundreds of thousands of rows; the file is written to a temp
+    name and renamed, and registered in dataset_info.json only after, so a kill leaves either the
+    previous dataset or the new one.
+    """
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    file_name = f"{name}.json"
+    target = dataset_dir / file_name
+    tmp = dataset_dir / f".{file_name}.tmp"
+    count = 0
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write("[")
+        for example in examples:
+            handle.write(",\n" if count else "\n")
+            handle.write(json.dumps(to_sharegpt(example), ensure_ascii=False))
+            count += 1
+        handle.write("\n]\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    register_dataset(dataset_dir, name, file_name)
+    return count
+
+
+def register_dataset(dataset_dir: Path, name: str, file_name: str) -> None:
+    """Add or update the dataset's entry in dataset_info.json, keeping other entries."""
+    info_path = dataset_dir / DATASET_INFO
+    info = read_json(info_path) if info_path.exists() else {}
+    info[name] = {
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {
+            "role_tag": "role",
+            "content_tag": "content",
+            "user_tag": "user",
+            "assistant_tag": "assistant",
+            "system_tag": "system",
+        },
+    }
+    atomic_write_json(info_path, info)
+
+
+@dataclass
+class TrainJob:
+    """A fully composed training run: its YAML arguments, environment and command."""
+
+    name: str
+    args: dict[str, Any]
+    run_dir: Path  # where train.yaml and train.log live
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.args["output_dir"])
+
+    @property
+    def yaml_path(self) -> Path:
+        return self.run_dir / f"{self.name}.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        return ["llamafactory-cli", "train", str(self.yaml_path)]
+
+    def yaml_text(self) -> str:
+        return yaml.safe_dump(self.args, sort_keys=False, allow_unicode=True)
+
+    def describe(self) -> str:
+        """What would run: environment, command and YAML (for --dry-run)."""
+        env = " ".join(f"{k}={v}" for k, v in self.env.items())
+        lines = [f"$ {env + ' ' if env else ''}{' '.join(self.command())}", f"--- {self.yaml_path}", self.yaml_text()]
+        return "\n".join(lines)
+
+
+def compose_train_job(
+    cfg: MathSEConfig,
+    *,
+    name: str,
+    model_path: str,
+    datasets: list[str],
+    dataset_dir: Path,
+    output_dir: Path,
+    run_dir: Path,
+    extra: dict[str, Any] | None = None,
+) -> TrainJob:
+    """Recipe template < config's llama_factory block < stage specifics (< `extra`)."""
+    recipe = yaml.safe_load(cfg.llama_factory.recipe.read_text(encoding="utf-8")) or {}
+    args: dict[str, Any] = dict(recipe)
+    args.update(cfg.llama_factory.overrides())
+    args.update(
+        {
+            "model_name_or_path": model_path,
+            "template": cfg.model.template,
+            "trust_remote_code": cfg.model.trust_remote_code,
+            "dataset": ",".join(datasets),
+            "dataset_dir": str(dataset_dir),
+            # Images are stored as absolute paths, so media_dir only matters for relative ones.
+            "media_dir": str(dataset_dir),
+            "output_dir": str(output_dir),
+            "seed": cfg.run.seed,
+            "data_seed": cfg.run.seed,
+        }
+    )
+    args.update(extra or {})
+    args.setdefault("stage", "sft")
+    args.setdefault("do_train", True)
+    return TrainJob(name=name, args=args, run_dir=run_dir, env=launcher_env(cfg))
+
+
+def launcher_env(cfg: MathSEConfig) -> dict[str, str]:
+    """The variables LLaMA-Factory's launcher reads for multi-GPU / multi-node torchrun."""
+    launch = cfg.llama_factory.launcher
+    env: dict[str, str] = {}
+    if launch.force_torchrun or launch.nnodes > 1:
+        env["FORCE_TORCHRUN"] = "1"
+    if launch.nnodes > 1:
+        env["NNODES"] = str(launch.nnodes)
+        env["NODE_RANK"] = str(launch.node_rank)
+    if launch.nproc_per_node is not None:
+        env["NPROC_PER_NODE"] = str(launch.nproc_per_node)
+    if launch.master_addr is not None:
+        env["MASTER_ADDR"] = launch.master_addr
+    if launch.master_port is not None:
+        env["MASTER_PORT"] = str(launch.master_port)
+    return env
+
+
+def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
+    """Run `llamafactory-cli train`, streaming its output to the console and the log.
+
+    Resumable: a finished job (marker in its output dir) is skipped; an interrupted one resumes
+    from its last `checkpoint-*` (LLaMA-Factory does so when output_dir holds one), and one killed
+    before its first checkpoint starts over in a cleared directory.
+    """
+    out = job.output_dir
+    if is_done(out):
+        return out
+    if out.exists() and not any(p.name.startswith("checkpoint-") for p in out.iterdir()):
+        shutil.rmtree(out)  # partial output with nothing to resume from
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(job.yaml_path, job.yaml_text())
+    env = {**os.environ, **job.env}
+    last: deque[str] = deque(maxlen=tail_lines)
+    with job.log_path.open("a", encoding="utf-8") as log:
+        log.write(f"\n$ {' '.join(job.command())}\n")
+        try:
+            proc = subprocess.Popen(
+                job.command(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                text=True,
+                bufsize=1,
+                errors="replace",
+            )
+        except FileNotFoundError:
+            raise TrainingError("llamafactory-cli not found on PATH: pip install -r requirements.txt") from None
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                last.append(line.rstrip("\n"))
+                sys.stdout.write(line)
+        finally:
+            code = proc.wait()
+    if code != 0:
+        tail = "\n".join(last)
+        raise TrainingError(f"llamafactory-cli train failed (exit {code}); log: {job.log_path}\n{tail}")
+    mark_done(out, {"job": job.name, "yaml": str(job.yaml_path)})
+    return out

@@ -1,0 +1,147 @@
+"""Crash-safe files: atomic writes, append-only JSONL journals, completion markers.
+
+A stage may be killed at any instant. Whole files are written to a temp file and renamed into
+place, so a reader sees the old or the new file, never half of one. Streams of results go to an
+append-only journal; a torn last line (the kill landed mid-write) is dropped on read, and records
+are keyed so a resumed run can skip what is already there. A unit of work is finished only when
+its marker exists, written last (datatrove's habit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+MARKER_NAME = ".mathse_done.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temp file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Stream `rows` into `path` atomically; returns the number of rows written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False))
+                handle.write("\n")
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a JSONL file written by MathSE; a torn final line (killed mid-append) is skipped."""
+    if not path.exists():
+        return
+    with path.open("r", encoding="utf-8") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                return  # torn write: the process died before finishing this line
+            line = line.strip()
+            if line:
+                yield json.loads(line)
+
+
+class Journal:
+    """An append-only JSONL file of keyed records, safe to resume after a kill.
+
+    On open, a torn last line is truncated away and the keys already present are loaded, so
+    `append` of an existing key is a no-op: a resumed run never duplicates a record.
+    """
+
+    def __init__(self, path: Path, key_field: str = "key") -> None:
+        self.path = path
+        self.key_field = key_field
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._truncate_torn_tail()
+        self.rows: dict[str, dict[str, Any]] = {}
+        for row in iter_jsonl(path):
+            self.rows.setdefault(str(row[key_field]), row)
+        self._handle = path.open("a", encoding="utf-8")
+
+    def _truncate_torn_tail(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            with self.path.open("r+b") as handle:
+                handle.truncate(keep)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def append(self, row: dict[str, Any]) -> bool:
+        """Append `row` unless its key is already present; returns whether it was written."""
+        key = str(row[self.key_field])
+        if key in self.rows:
+            return False
+        self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        self.rows[key] = row
+        return True
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def mark_done(folder: Path, stats: dict[str, Any]) -> None:
+    """Write the completion marker (with the unit's stats) last, after all its outputs."""
+    atomic_write_json(folder / MARKER_NAME, stats)
+
+
+def is_done(folder: Path) -> bool:
+    return (folder / MARKER_NAME).is_file()
+
+
+def read_marker(folder: Path) -> dict[str, Any]:
+    return read_json(folder / MARKER_NAME)
+
+
+def clear_marker(folder: Path) -> None:
+    (folder / MARKER_NAME).unlink(missing_ok=True)

@@ -1,0 +1,60 @@
+"""Shared fixtures: the offline tiny Qwen2-VL (built once per session), demo problems, configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+# Nothing may try the model hub: set before llamafactory/transformers import, and inherited by
+# every `llamafactory-cli` subprocess the tests start.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mathse.demo_assets import build_tiny_qwen2vl
+
+    return build_tiny_qwen2vl(tmp_path_factory.mktemp("models") / "tiny_qwen2vl")
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(seed.jsonl, pool.jsonl) of synthetic image problems; half the seeds have solutions."""
+    from mathse.demo_assets import write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("data"), n_seed=8, n_pool=12, seed=0)
+
+
+def write_run_config(tmp_path: Path, model: Path, seed_file: Path, pool_file: Path, **sections: Any) -> Path:
+    """The demo config pointed at test fixtures, with `sections` merged over it."""
+    cfg = yaml.safe_load((PROJECT_ROOT / "demo" / "config.yaml").read_text())
+    cfg["run"]["output_dir"] = str(tmp_path / "output")
+    cfg["model"]["base"] = str(model)
+    cfg["data"] = {"seed_file": str(seed_file), "pool_file": str(pool_file)}
+    cfg["llama_factory"]["recipe"] = str(PROJECT_ROOT / "configs" / "llama_factory" / "sft_full.yaml")
+    for name, values in sections.items():
+        if isinstance(values, dict) and isinstance(cfg.get(name), dict):
+            cfg[name].update(values)
+        else:
+            cfg[name] = values
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def run_config(tmp_path: Path, tiny_model: Path, demo_data: tuple[Path, Path]):
+    """Factory: `run_config(**sections)` writes a config for this test and returns its path."""
+
+    def make(**sections: Any) -> Path:
+        return write_run_config(tmp_path, tiny_model, *demo_data, **sections)
+
+    return make

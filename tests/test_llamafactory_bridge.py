@@ -1,0 +1,100 @@
+"""The LLaMA-Factory bridge: sharegpt datasets, composed YAML, and a real `llamafactory-cli train`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mathse.config import load_config
+from mathse.llamafactory_bridge import (
+    SftExample,
+    TrainingError,
+    compose_train_job,
+    launcher_env,
+    run_train_job,
+    write_sharegpt_dataset,
+)
+from mathse.records import read_problems
+from mathse.storage import is_done
+
+
+def test_sharegpt_dataset_and_registration(tmp_path: Path) -> None:
+    examples = [SftExample(prompt=f"q{i}", response=f"a{i}", images=("/x/a.png",) * (i % 3)) for i in range(5)]
+    assert write_sharegpt_dataset(iter(examples), tmp_path, "ds1") == 5
+    write_sharegpt_dataset([SftExample(prompt="p", response="r")], tmp_path, "ds2")
+    rows = json.loads((tmp_path / "ds1.json").read_text())
+    assert rows[2] == {
+        "messages": [{"role": "user", "content": "<image><image>q2"}, {"role": "assistant", "content": "a2"}],
+        "images": ["/x/a.png", "/x/a.png"],
+    }
+    assert "images" not in rows[0]
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    assert set(info) == {"ds1", "ds2"} and info["ds1"]["file_name"] == "ds1.json"
+    assert info["ds1"]["formatting"] == "sharegpt" and info["ds1"]["columns"]["images"] == "images"
+
+
+def test_compose_layers_recipe_config_and_stage(run_config) -> None:
+    cfg = load_config(run_config(llama_factory={"learning_rate": 3e-4, "extra": {"weight_decay": 0.1}}))
+    job = compose_train_job(
+        cfg, name="t", model_path="/m", datasets=["a", "b"], dataset_dir=Path("/d"), output_dir=Path("/o"),
+        run_dir=Path("/r"),
+    )
+    assert job.args["stage"] == "sft" and job.args["freeze_vision_tower"] is True  # from the recipe
+    assert job.args["learning_rate"] == 3e-4 and job.args["weight_decay"] == 0.1  # from config
+    assert job.args["bf16"] is False  # config overrides the recipe's bf16: true
+    assert job.args["dataset"] == "a,b" and job.args["output_dir"] == "/o" and job.args["model_name_or_path"] == "/m"
+    described = job.describe()
+    assert "llamafactory-cli train /r/t.yaml" in described
+    assert yaml.safe_load(described.split("--- /r/t.yaml\n", 1)[1])["learning_rate"] == 3e-4
+
+
+def test_launcher_env_for_multi_node(run_config) -> None:
+    launcher = {"nnodes": 2, "node_rank": 1, "master_addr": "10.0.0.1", "master_port": 29500, "nproc_per_node": 8}
+    cfg = load_config(run_config(llama_factory={"launcher": launcher}))
+    assert launcher_env(cfg) == {
+        "FORCE_TORCHRUN": "1", "NNODES": "2", "NODE_RANK": "1", "NPROC_PER_NODE": "8",
+        "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500",
+    }
+    assert launcher_env(load_config(run_config())) == {}
+
+
+@pytest.mark.slow
+def test_real_training_writes_a_loadable_checkpoint(run_config, demo_data, tmp_path: Path) -> None:
+    from llamafactory.chat import ChatModel
+    from PIL import Image
+
+    cfg = load_config(run_config())
+    problems = read_problems(demo_data[0])
+    examples = [SftExample(prompt=p.question, response=p.solution or p.answer, images=p.images) for p in problems]
+    write_sharegpt_dataset(examples, tmp_path / "data", "train")
+    job = compose_train_job(
+        cfg, name="t", model_path=cfg.model.base, datasets=["train"], dataset_dir=tmp_path / "data",
+        output_dir=tmp_path / "model", run_dir=tmp_path / "run",
+    )
+    out = run_train_job(job)
+    assert is_done(out) and (out / "model.safetensors").is_file()
+    assert "train_loss" in (tmp_path / "run" / "t.log").read_text()
+    chat = ChatModel(dict(model_name_or_path=str(out), template="qwen2_vl", infer_backend="huggingface",
+                          max_new_tokens=8, do_sample=False))
+    reply = chat.chat([{"role": "user", "content": "<image>How many dots?"}], images=[Image.open(problems[0].images[0])])
+    assert isinstance(reply[0].response_text, str)
+    # A finished job is skipped, not retrained.
+    mtime = (out / "model.safetensors").stat().st_mtime_ns
+    assert run_train_job(job) == out and (out / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_failed_training_raises_with_log_tail(run_config, tmp_path: Path) -> None:
+    cfg = load_config(run_config())
+    job = compose_train_job(
+        cfg, name="bad", model_path=cfg.model.base, datasets=["missing"], dataset_dir=tmp_path / "nodata",
+        output_dir=tmp_path / "model", run_dir=tmp_path / "run",
+    )
+    (tmp_path / "nodata").mkdir()
+    with pytest.raises(TrainingError) as err:
+        run_train_job(job)
+    assert "exit" in str(err.value) and str(job.log_path) in str(err.value)
+    assert not is_done(tmp_path / "model")

@@ -1,0 +1,50 @@
+"""Crash-safe storage: atomic writes, torn-line tolerant journals, markers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mathse.storage import Journal, atomic_write_jsonl, is_done, iter_jsonl, mark_done, read_marker
+
+
+def test_atomic_write_leaves_no_temp_and_replaces(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "x.jsonl"
+    assert atomic_write_jsonl(path, [{"k": 1}, {"k": 2}]) == 2
+    assert atomic_write_jsonl(path, ({"k": i} for i in range(3))) == 3
+    assert [r["k"] for r in iter_jsonl(path)] == [0, 1, 2]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.jsonl"]
+
+
+def test_failed_write_keeps_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    atomic_write_jsonl(path, [{"k": 1}])
+
+    def rows():
+        yield {"k": 2}
+        raise RuntimeError("killed")
+
+    try:
+        atomic_write_jsonl(path, rows())
+    except RuntimeError:
+        pass
+    assert list(iter_jsonl(path)) == [{"k": 1}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.jsonl"]
+
+
+def test_journal_drops_torn_tail_and_dedupes(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    path.write_text(json.dumps({"key": "a", "v": 1}) + "\n" + '{"key": "b", "v"')  # killed mid-line
+    with Journal(path) as journal:
+        assert "a" in journal and "b" not in journal
+        assert journal.append({"key": "a", "v": 99}) is False
+        assert journal.append({"key": "b", "v": 2}) is True
+    assert list(iter_jsonl(path)) == [{"key": "a", "v": 1}, {"key": "b", "v": 2}]
+    with Journal(path) as journal:
+        assert len(journal) == 2
+
+
+def test_markers(tmp_path: Path) -> None:
+    assert not is_done(tmp_path)
+    mark_done(tmp_path, {"n": 3})
+    assert is_done(tmp_path) and read_marker(tmp_path) == {"n": 3}
