@@ -409,8 +409,11 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _looks_local(ref: str) -> bool:
-    return ref.startswith(("/", "./", "../", "~")) or Path(ref).exists()
+def _looks_local(ref: str, base: Path | None = None) -> bool:
+    """A filesystem path rather than a hub id: explicit path syntax, or it exists."""
+    if ref.startswith(("/", "./", "../", "~")) or Path(ref).exists():
+        return True
+    return base is not None and (base / ref).exists()
 
 
 def _resolve(value: Path, base: Path) -> Path:
@@ -438,9 +441,9 @@ def _resolve_paths(cfg: MathSEConfig, base: Path) -> None:
         cfg.llama_factory.deepspeed = _resolve_shipped(cfg.llama_factory.deepspeed, base)
     if cfg.orm.train_file is not None:
         cfg.orm.train_file = _resolve(cfg.orm.train_file, base)
-    if _looks_local(cfg.model.base):
+    if _looks_local(cfg.model.base, base):
         cfg.model.base = str(_resolve(Path(cfg.model.base), base))
-    if cfg.orm.local is not None and _looks_local(cfg.orm.local.model_name_or_path):
+    if cfg.orm.local is not None and _looks_local(cfg.orm.local.model_name_or_path, base):
         cfg.orm.local.model_name_or_path = str(_resolve(Path(cfg.orm.local.model_name_or_path), base))
 
 

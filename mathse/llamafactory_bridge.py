@@ -7,13 +7,17 @@ configured through the environment variables it reads).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,3 +234,56 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
         raise TrainingError(f"llamafactory-cli train failed (exit {code}); log: {job.log_path}\n{tail}")
     mark_done(out, {"job": job.name, "yaml": str(job.yaml_path)})
     return out
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_api(
+    args: dict[str, Any], run_dir: Path, port: int | None = None, startup_timeout_s: float = 180.0
+) -> Iterator[str]:
+    """Serve a model with `llamafactory-cli api` on 127.0.0.1; yields its OpenAI base URL.
+
+    The server's output goes to `run_dir/api_<port>.log`; it is stopped (SIGTERM, then SIGKILL)
+    when the block ends, however it ends.
+    """
+    port = port or free_port()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    yaml_path = run_dir / f"api_{port}.yaml"
+    atomic_write_text(yaml_path, yaml.safe_dump(args, sort_keys=False))
+    env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port)}
+    base_url = f"http://127.0.0.1:{port}/v1"
+    with (run_dir / f"api_{port}.log").open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            ["llamafactory-cli", "api", str(yaml_path)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        try:
+            _wait_until_serving(proc, base_url, startup_timeout_s, run_dir / f"api_{port}.log")
+            yield base_url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_until_serving(proc: subprocess.Popen[bytes], base_url: str, timeout_s: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+            raise TrainingError(f"llamafactory-cli api exited with {proc.returncode}; log: {log_path}\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{base_url}/models", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TrainingError(f"llamafactory-cli api did not start within {timeout_s:.0f}s; log: {log_path}")

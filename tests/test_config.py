@@ -35,9 +35,7 @@ def test_misspelled_key_names_it_and_suggests(tmp_path: Path) -> None:
     path = write_config(tmp_path, {})
     with pytest.raises(ConfigError) as err:
         load_config(path, ["llama_factory.learning_rat=1e-5"])
-    assert err.value.lines == [
-        "config error: llama_factory.learning_rat: unknown key (did you mean 'learning_rate'?)"
-    ]
+    assert err.value.lines == ["config error: llama_factory.learning_rat: unknown key (did you mean 'learning_rate'?)"]
 
 
 def test_all_errors_are_collected(tmp_path: Path) -> None:

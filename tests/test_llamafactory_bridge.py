@@ -39,7 +39,12 @@ def test_sharegpt_dataset_and_registration(tmp_path: Path) -> None:
 def test_compose_layers_recipe_config_and_stage(run_config) -> None:
     cfg = load_config(run_config(llama_factory={"learning_rate": 3e-4, "extra": {"weight_decay": 0.1}}))
     job = compose_train_job(
-        cfg, name="t", model_path="/m", datasets=["a", "b"], dataset_dir=Path("/d"), output_dir=Path("/o"),
+        cfg,
+        name="t",
+        model_path="/m",
+        datasets=["a", "b"],
+        dataset_dir=Path("/d"),
+        output_dir=Path("/o"),
         run_dir=Path("/r"),
     )
     assert job.args["stage"] == "sft" and job.args["freeze_vision_tower"] is True  # from the recipe
@@ -55,8 +60,12 @@ def test_launcher_env_for_multi_node(run_config) -> None:
     launcher = {"nnodes": 2, "node_rank": 1, "master_addr": "10.0.0.1", "master_port": 29500, "nproc_per_node": 8}
     cfg = load_config(run_config(llama_factory={"launcher": launcher}))
     assert launcher_env(cfg) == {
-        "FORCE_TORCHRUN": "1", "NNODES": "2", "NODE_RANK": "1", "NPROC_PER_NODE": "8",
-        "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500",
+        "FORCE_TORCHRUN": "1",
+        "NNODES": "2",
+        "NODE_RANK": "1",
+        "NPROC_PER_NODE": "8",
+        "MASTER_ADDR": "10.0.0.1",
+        "MASTER_PORT": "29500",
     }
     assert launcher_env(load_config(run_config())) == {}
 
@@ -71,15 +80,29 @@ def test_real_training_writes_a_loadable_checkpoint(run_config, demo_data, tmp_p
     examples = [SftExample(prompt=p.question, response=p.solution or p.answer, images=p.images) for p in problems]
     write_sharegpt_dataset(examples, tmp_path / "data", "train")
     job = compose_train_job(
-        cfg, name="t", model_path=cfg.model.base, datasets=["train"], dataset_dir=tmp_path / "data",
-        output_dir=tmp_path / "model", run_dir=tmp_path / "run",
+        cfg,
+        name="t",
+        model_path=cfg.model.base,
+        datasets=["train"],
+        dataset_dir=tmp_path / "data",
+        output_dir=tmp_path / "model",
+        run_dir=tmp_path / "run",
     )
     out = run_train_job(job)
     assert is_done(out) and (out / "model.safetensors").is_file()
     assert "train_loss" in (tmp_path / "run" / "t.log").read_text()
-    chat = ChatModel(dict(model_name_or_path=str(out), template="qwen2_vl", infer_backend="huggingface",
-                          max_new_tokens=8, do_sample=False))
-    reply = chat.chat([{"role": "user", "content": "<image>How many dots?"}], images=[Image.open(problems[0].images[0])])
+    chat = ChatModel(
+        dict(
+            model_name_or_path=str(out),
+            template="qwen2_vl",
+            infer_backend="huggingface",
+            max_new_tokens=8,
+            do_sample=False,
+        )
+    )
+    reply = chat.chat(
+        [{"role": "user", "content": "<image>How many dots?"}], images=[Image.open(problems[0].images[0])]
+    )
     assert isinstance(reply[0].response_text, str)
     # A finished job is skipped, not retrained.
     mtime = (out / "model.safetensors").stat().st_mtime_ns
@@ -90,8 +113,13 @@ def test_real_training_writes_a_loadable_checkpoint(run_config, demo_data, tmp_p
 def test_failed_training_raises_with_log_tail(run_config, tmp_path: Path) -> None:
     cfg = load_config(run_config())
     job = compose_train_job(
-        cfg, name="bad", model_path=cfg.model.base, datasets=["missing"], dataset_dir=tmp_path / "nodata",
-        output_dir=tmp_path / "model", run_dir=tmp_path / "run",
+        cfg,
+        name="bad",
+        model_path=cfg.model.base,
+        datasets=["missing"],
+        dataset_dir=tmp_path / "nodata",
+        output_dir=tmp_path / "model",
+        run_dir=tmp_path / "run",
     )
     (tmp_path / "nodata").mkdir()
     with pytest.raises(TrainingError) as err:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from mathse.storage import Journal, atomic_write_jsonl, is_done, iter_jsonl, mark_done, read_marker
 
 
@@ -24,10 +26,8 @@ def test_failed_write_keeps_old_file(tmp_path: Path) -> None:
         yield {"k": 2}
         raise RuntimeError("killed")
 
-    try:
+    with pytest.raises(RuntimeError):
         atomic_write_jsonl(path, rows())
-    except RuntimeError:
-        pass
     assert list(iter_jsonl(path)) == [{"k": 1}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.jsonl"]
 

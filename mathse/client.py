@@ -1,0 +1,661 @@
+"""One client layer for OpenAI-compatible chat completions (teacher, served ORM, LLM judge).
+
+Every call goes through `ChatClient.complete_many`: bounded concurrency, retries with exponential
+backoff and full jitter (429, 5xx, timeouts, dropped connections, malformed bodies; Retry-After
+honoured), an on-disk answer cache so a rerun never pays twice, and a usage ledger (tokens, USD).
+A request never raises and is never lost: it comes back answered or failed with a reason.
+
+The cache is one small JSON file per answered request, ``cache_dir/ab/cd/<sha256>.json``, written
+to a temp file and renamed into place: safe when killed at any instant, and safe with several
+processes or nodes on one shared filesystem (no locks, no database; the worst case is two writers
+storing the same answer). The key is a sha256 of the canonical JSON of everything that decides the
+answer (model, messages with their image bytes, sampling parameters) and nothing that does not
+(base_url, api_key), so a result cached against one server is reused against a mirror of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import email.utils
+import functools
+import hashlib
+import importlib
+import json
+import logging
+import mimetypes
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import openai
+from tqdm import tqdm
+
+from mathse.storage import atomic_write_json
+
+if TYPE_CHECKING:
+    from mathse.config import ApiConfig, Price
+
+__all__ = [
+    "CACHE_VERSION",
+    "ChatClient",
+    "ChatRequest",
+    "ChatResult",
+    "UsageLedger",
+    "cache_key",
+    "image_data_url",
+    "system_message",
+    "user_message",
+]
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when the cached entry format or key recipe changes
+LEDGER_SAVE_EVERY_S = 30.0  # a killed run loses at most this much bookkeeping (answers are cached)
+RETRY_AFTER_CAP_S = 600.0  # never let one odd header park a worker for hours
+# Besides 429 and 5xx: request timeout and conflict are transient too (OpenAI's SDK retries them).
+RETRYABLE_4XX = {408, 409, 429}
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=512)
+def _encode_file(path: str, mtime_ns: int, size: int) -> str:
+    # mtime/size are part of the cache key so an edited image is re-read; the same image is often
+    # sent many times (k samples per problem), so it is read and base64-encoded once.
+    mime = mimetypes.guess_type(path)[0] or "image/png"
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f"data:{mime};base64,{data}"
+
+
+def image_data_url(image: str | Path) -> str:
+    """An http(s)/data URL as is; a local file as a base64 data URL (mime type from its name)."""
+    text = str(image)
+    if isinstance(image, str) and text.startswith(("http://", "https://", "data:")):
+        return text
+    stat = os.stat(text)
+    return _encode_file(os.path.abspath(text), stat.st_mtime_ns, stat.st_size)
+
+
+def user_message(text: str, images: Sequence[str | Path] = (), detail: str = "auto") -> dict[str, Any]:
+    """A user message; images go before the text (the order Qwen2-VL was trained on)."""
+    if not images:
+        return {"role": "user", "content": text}
+    parts: list[dict[str, Any]] = []
+    for image in images:
+        image_url: dict[str, Any] = {"url": image_data_url(image)}
+        if detail != "auto":  # "auto" is the API default; omitting it keeps local servers happy
+            image_url["detail"] = detail
+        parts.append({"type": "image_url", "image_url": image_url})
+    parts.append({"type": "text", "text": text})
+    return {"role": "user", "content": parts}
+
+
+def system_message(text: str) -> dict[str, Any]:
+    return {"role": "system", "content": text}
+
+
+# -- requests and results --------------------------------------------------------------------
+
+
+@dataclass
+class ChatRequest:
+    """One chat completion to make. `key` is the caller's id, unique within a batch."""
+
+    key: str
+    messages: list[dict[str, Any]]
+    temperature: float | None = None  # None: the ApiConfig's value
+    max_tokens: int | None = None
+    n: int | None = None
+    # Other body parameters (seed, stop, response_format, ...): sent, and part of the cache key.
+    extra: dict[str, Any] | None = None
+    # Part of the cache key only, never sent: k distinct samples of one prompt at temperature > 0
+    # need k different salts, or they would share one cache entry (and one answer).
+    cache_salt: str | None = None
+
+
+@dataclass
+class ChatResult:
+    """The outcome of one `ChatRequest`: `text` when answered, `error` (the reason) when not."""
+
+    key: str
+    text: str | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+    attempts: int = 0  # HTTP calls made for this request (0 when served from the cache)
+    latency_s: float = 0.0
+    texts: list[str] = field(default_factory=list)  # all choices when n > 1; texts[0] == text
+    finish_reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.text is not None
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def cache_key(body: dict[str, Any], salt: str | None = None) -> str:
+    """sha256 of the canonical JSON of a request body (plus salt): the answer cache key."""
+    digest = hashlib.sha256(_canonical({"v": CACHE_VERSION, "body": body, "salt": salt}))
+    return digest.hexdigest()
+
+
+class _Failure(Exception):
+    """An attempt that did not produce an answer; `retry` says whether another try may help."""
+
+    def __init__(self, reason: str, retry: bool, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry = retry
+        self.retry_after = retry_after
+
+
+def _parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait from Retry-After (seconds or an HTTP date) or retry-after-ms; None if absent."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_message(err: openai.APIStatusError) -> str:
+    body = err.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])[:300]
+    return str(err.message)[:300]
+
+
+def _parse_completion(content: bytes) -> tuple[list[str], str | None, int, int]:
+    """texts, finish_reason, prompt_tokens, completion_tokens from a response body."""
+    try:
+        data = json.loads(content)
+        choices = data["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ValueError("no choices")
+        messages = [c["message"] for c in choices]
+    except (ValueError, KeyError, TypeError) as err:
+        raise _Failure("malformed response", retry=True) from err
+    texts = [m.get("content") if isinstance(m, dict) else None for m in messages]
+    finish = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
+    if not all(isinstance(t, str) for t in texts):
+        # A refusal or content filter: deterministic, so paying for retries would not help.
+        refusal = messages[0].get("refusal") if isinstance(messages[0], dict) else None
+        detail = f", refusal: {str(refusal)[:200]}" if refusal else ""
+        raise _Failure(f"no content (finish_reason={finish}{detail})", retry=False)
+    usage = data.get("usage") or {}
+    return texts, finish, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+# -- usage ledger ----------------------------------------------------------------------------
+
+_COUNTERS = ("calls", "answered", "cached", "failures", "prompt_tokens", "completion_tokens")
+
+
+class UsageLedger:
+    """Per stage and model: HTTP calls, answered, cached hits, failures, tokens, estimated USD.
+
+    `calls` counts HTTP calls including retries; `answered` / `cached` / `failures` count
+    requests. Opening an existing ledger file continues its counts, so a resumed run adds to them.
+    Several processes must not share one ledger file (the last save wins): give each its own.
+    """
+
+    def __init__(self, path: Path, prices: dict[str, Price] | None = None) -> None:
+        self.path = Path(path)
+        self.prices = dict(prices or {})
+        self._lock = threading.Lock()
+        self._stages: dict[str, dict[str, dict[str, float]]] = {}
+        self._unpriced_warned: set[str] = set()
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            stages = data["stages"]
+            for stage, models in stages.items():
+                for model, row in models.items():
+                    entry = self._entry(stage, model)
+                    for name in (*_COUNTERS, "cost_usd"):
+                        entry[name] = type(entry[name])(row.get(name, 0))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            # Only bookkeeping is at stake: keep the unreadable file aside and start afresh.
+            backup = self.path.with_name(self.path.name + ".corrupt")
+            os.replace(self.path, backup)
+            self._stages = {}
+            log.warning("usage ledger %s unreadable (%s); moved to %s, starting from zero", self.path, err, backup)
+
+    def _entry(self, stage: str, model: str) -> dict[str, float]:
+        models = self._stages.setdefault(stage, {})
+        if model not in models:
+            models[model] = {**{name: 0 for name in _COUNTERS}, "cost_usd": 0.0}
+        return models[model]
+
+    def price_for(self, model: str) -> Price | None:
+        """The exact model's price, else the longest configured prefix (gpt-4o for gpt-4o-2024-08-06)."""
+        if model in self.prices:
+            return self.prices[model]
+        matches = [name for name in self.prices if model.startswith(name)]
+        return self.prices[max(matches, key=len)] if matches else None
+
+    def record(self, stage: str, model: str, result: ChatResult) -> None:
+        """Account for one finished request."""
+        with self._lock:
+            entry = self._entry(stage, model)
+            entry["calls"] += result.attempts
+            if result.cached:
+                entry["cached"] += 1  # no tokens, no cost: nobody was billed
+                return
+            if not result.ok:
+                entry["failures"] += 1
+                return
+            entry["answered"] += 1
+            entry["prompt_tokens"] += result.prompt_tokens
+            entry["completion_tokens"] += result.completion_tokens
+            price = self.price_for(model)
+            if price is None:
+                if model not in self._unpriced_warned and self.prices:
+                    self._unpriced_warned.add(model)
+                    log.warning("no price configured for model %r: its cost is counted as $0", model)
+                return
+            entry["cost_usd"] += (
+                result.prompt_tokens * price.prompt_per_1m + result.completion_tokens * price.completion_per_1m
+            ) / 1e6
+
+    def stage(self, stage: str) -> dict[str, float]:
+        """Totals of one stage over its models."""
+        with self._lock:
+            total: dict[str, float] = {**{name: 0 for name in _COUNTERS}, "cost_usd": 0.0}
+            for entry in self._stages.get(stage, {}).values():
+                for name, value in entry.items():
+                    total[name] += value
+            return total
+
+    def to_dict(self) -> dict[str, Any]:
+        with self._lock:
+            stages = {s: {m: dict(e) for m, e in models.items()} for s, models in self._stages.items()}
+        total_cost = sum(e["cost_usd"] for models in stages.values() for e in models.values())
+        return {"version": 1, "total_cost_usd": round(total_cost, 6), "stages": stages}
+
+    def save(self) -> None:
+        """Write the ledger atomically (temp file + rename)."""
+        atomic_write_json(self.path, self.to_dict())
+
+    def summary_line(self, stage: str) -> str:
+        t = self.stage(stage)
+        return (
+            f"{stage}: {t['answered']:,} answered, {t['cached']:,} cached, {t['failures']:,} failed "
+            f"({t['calls']:,} HTTP calls); {t['prompt_tokens']:,} prompt + {t['completion_tokens']:,} "
+            f"completion tokens; ~${t['cost_usd']:,.4f}"
+        )
+
+
+# -- the client ------------------------------------------------------------------------------
+
+
+def _httpx_module() -> Any:
+    """The httpx flavour the installed openai SDK is built on (httpx for 1.x, httpx2 later)."""
+    for klass in openai.DefaultAsyncHttpxClient.__mro__:
+        root = klass.__module__.split(".")[0]
+        if root.startswith("httpx"):
+            return importlib.import_module(root)
+    return importlib.import_module("httpx")
+
+
+class ChatClient:
+    """Batches of chat completions against one OpenAI-compatible endpoint, cached and accounted."""
+
+    def __init__(
+        self,
+        cfg: ApiConfig,
+        cache_dir: Path,
+        ledger: UsageLedger | None = None,
+        stage: str = "default",
+    ) -> None:
+        self.cfg = cfg
+        self.cache_dir = Path(cache_dir)
+        self.ledger = ledger
+        self.stage = stage
+        self._made_dirs: set[str] = set()
+        self._pause_until = 0.0  # loop time before which no request is sent (a 429's Retry-After)
+        self._response_cls = _httpx_module().Response
+
+    # -- messages and bodies --
+
+    def user_message(self, text: str, images: Sequence[str | Path] = ()) -> dict[str, Any]:
+        """`user_message` with this endpoint's image detail setting."""
+        return user_message(text, images, detail=self.cfg.image_detail)
+
+    def body(self, request: ChatRequest) -> dict[str, Any]:
+        """The chat-completions request body (what is sent, and what the cache key covers)."""
+        cfg = self.cfg
+        body: dict[str, Any] = {
+            "model": cfg.model,
+            "messages": request.messages,
+            "temperature": cfg.temperature if request.temperature is None else request.temperature,
+            "max_tokens": cfg.max_tokens if request.max_tokens is None else request.max_tokens,
+        }
+        if cfg.top_p is not None:
+            body["top_p"] = cfg.top_p
+        if request.n is not None and request.n != 1:
+            body["n"] = request.n
+        if request.extra:
+            body.update(request.extra)
+        return body
+
+    # -- cache --
+
+    def _cache_path(self, digest: str) -> Path:
+        return self.cache_dir / digest[:2] / digest[2:4] / f"{digest}.json"
+
+    def _cache_get(self, digest: str) -> dict[str, Any] | None:
+        try:
+            with open(self._cache_path(digest), "rb") as handle:
+                entry = json.loads(handle.read())
+            if entry.get("v") == CACHE_VERSION and entry["texts"]:
+                return entry
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # a damaged entry is a miss; the fresh answer overwrites it
+        return None
+
+    def _cache_put(self, digest: str, result: ChatResult) -> None:
+        path = self._cache_path(digest)
+        folder = str(path.parent)
+        entry = {
+            "v": CACHE_VERSION,
+            "model": self.cfg.model,
+            "texts": result.texts,
+            "finish_reason": result.finish_reason,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "created": time.time(),
+        }
+        # Unique temp name per process and write, so writers on several nodes never collide.
+        tmp = f"{folder}/.{digest}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            if folder not in self._made_dirs:
+                os.makedirs(folder, exist_ok=True)
+                self._made_dirs.add(folder)
+            with open(tmp, "wb") as handle:
+                handle.write(_canonical(entry))
+            # No fsync: a kill cannot tear the renamed file, and an entry damaged by a power cut
+            # reads as a miss and is simply asked again; fsync per answer is slow on NFS.
+            os.replace(tmp, path)
+        except OSError as err:
+            log.warning("could not write cache entry %s: %s", path, err)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def _from_cache(self, key: str, entry: dict[str, Any]) -> ChatResult:
+        texts = list(entry["texts"])
+        return ChatResult(
+            key=key,
+            text=texts[0],
+            prompt_tokens=int(entry.get("prompt_tokens") or 0),
+            completion_tokens=int(entry.get("completion_tokens") or 0),
+            cached=True,
+            texts=texts,
+            finish_reason=entry.get("finish_reason"),
+        )
+
+    # -- HTTP --
+
+    def _make_openai(self) -> openai.AsyncOpenAI:
+        httpx_mod = _httpx_module()
+        concurrency = max(1, self.cfg.concurrency)
+        http_client = openai.DefaultAsyncHttpxClient(
+            # A few spare connections: a timed-out one may still be closing when its slot is reused.
+            limits=httpx_mod.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8),
+            timeout=httpx_mod.Timeout(self.cfg.timeout_s),
+        )
+        api_key = self.cfg.api_key.get_secret_value() if self.cfg.api_key is not None else ""
+        return openai.AsyncOpenAI(
+            base_url=self.cfg.base_url,
+            api_key=api_key or "EMPTY",  # local servers accept anything, the SDK insists on one
+            max_retries=0,  # we retry ourselves: one policy, and every attempt is counted
+            timeout=self.cfg.timeout_s,
+            http_client=http_client,
+        )
+
+    async def _attempt(
+        self, client: openai.AsyncOpenAI, body: dict[str, Any]
+    ) -> tuple[list[str], str | None, int, int]:
+        try:
+            # The raw POST skips the SDK's request transform and response models (a third of its
+            # per-call CPU); the body is already plain JSON and we parse the answer ourselves.
+            response = await client.post(
+                "/chat/completions", body=body, cast_to=self._response_cls, options={"timeout": self.cfg.timeout_s}
+            )
+            content = response.content
+        except openai.APITimeoutError as err:
+            raise _Failure("timeout", retry=True) from err
+        except openai.APIConnectionError as err:
+            cause = err.__cause__
+            detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
+            raise _Failure(f"connection error ({detail[:200]})", retry=True) from err
+        except openai.APIStatusError as err:
+            status = err.status_code
+            if status in RETRYABLE_4XX or status >= 500:
+                retry_after = _parse_retry_after(err.response.headers) if status in (429, 503) else None
+                raise _Failure(f"HTTP {status}", retry=True, retry_after=retry_after) from err
+            raise _Failure(f"HTTP {status}: {_error_message(err)}", retry=False) from err
+        return _parse_completion(content)
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2^(attempt-1))]."""
+        cap = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * (2 ** (attempt - 1)))
+        return random.uniform(0.0, cap)
+
+    async def _one(
+        self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, request: ChatRequest, body: dict[str, Any]
+    ) -> ChatResult:
+        loop = asyncio.get_running_loop()
+        start = 0.0  # set when first sent: time queued behind the semaphore is not latency
+        attempts = 0
+        max_attempts = self.cfg.max_retries + 1
+        while True:
+            async with sem:
+                if attempts == 0:
+                    start = loop.time()
+                # A 429 with Retry-After pauses every request of this client, not just its own.
+                while (wait := self._pause_until - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                attempts += 1
+                try:
+                    texts, finish, p_tok, c_tok = await self._attempt(client, body)
+                    return ChatResult(
+                        key=request.key,
+                        text=texts[0],
+                        prompt_tokens=p_tok,
+                        completion_tokens=c_tok,
+                        attempts=attempts,
+                        latency_s=loop.time() - start,
+                        texts=texts,
+                        finish_reason=finish,
+                    )
+                except _Failure as err:
+                    failure = err
+                except Exception as err:  # never raise out of a batch: report it on the request
+                    failure = _Failure(f"unexpected error: {type(err).__name__}: {str(err)[:200]}", retry=False)
+            if not failure.retry or attempts >= max_attempts:
+                reason = failure.reason
+                if failure.retry:
+                    reason = f"{reason} after {attempts - 1} retries"
+                return ChatResult(key=request.key, error=reason, attempts=attempts, latency_s=loop.time() - start)
+            delay = self._backoff(attempts)
+            if failure.retry_after is not None:
+                retry_after = min(failure.retry_after, RETRY_AFTER_CAP_S)
+                delay = max(delay, retry_after)
+                if failure.reason == "HTTP 429":
+                    self._pause_until = max(self._pause_until, loop.time() + retry_after)
+            log.debug("%s: %s, retry %d in %.2fs", request.key, failure.reason, attempts, delay)
+            await asyncio.sleep(delay)  # outside the semaphore: a waiting request holds no slot
+
+    # -- batches --
+
+    async def complete_many(
+        self,
+        requests: Iterable[ChatRequest],
+        on_result: Callable[[ChatResult], None] | None = None,
+        progress: str | None = None,
+    ) -> list[ChatResult]:
+        """Run a batch; results in request order. `on_result` sees each result as it arrives."""
+        requests = list(requests)
+        seen: set[str] = set()
+        for request in requests:
+            if request.key in seen:
+                raise ValueError(f"duplicate request key in one batch: {request.key!r}")
+            seen.add(request.key)
+
+        results: list[ChatResult | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), desc=progress, unit="call", disable=True if progress is None else None)
+        last_save = time.monotonic()
+
+        def deliver(index: int, result: ChatResult) -> None:
+            nonlocal last_save
+            results[index] = result
+            if self.ledger is not None:
+                self.ledger.record(self.stage, self.cfg.model, result)
+                if time.monotonic() - last_save > LEDGER_SAVE_EVERY_S:
+                    self.ledger.save()
+                    last_save = time.monotonic()
+            if on_result is not None:
+                on_result(result)
+            bar.update(1)
+
+        # Identical requests in one batch are asked once; the others get the answer as a cache
+        # hit, exactly what a rerun would give them.
+        bodies: dict[int, dict[str, Any]] = {}
+        digests: dict[int, str] = {}
+        first: dict[str, int] = {}
+        followers: dict[int, list[int]] = {}
+        pending: list[int] = []
+        try:
+            for i, request in enumerate(requests):
+                body = self.body(request)
+                digest = cache_key(body, request.cache_salt)
+                if digest in first:
+                    followers.setdefault(first[digest], []).append(i)
+                    continue
+                first[digest] = i
+                entry = self._cache_get(digest)
+                if entry is not None:
+                    deliver(i, self._from_cache(request.key, entry))
+                else:
+                    bodies[i], digests[i] = body, digest
+                    pending.append(i)
+            for lead, others in followers.items():
+                if results[lead] is not None:  # the lead was a cache hit
+                    for j in others:
+                        deliver(j, replace(results[lead], key=requests[j].key, cached=True, attempts=0, latency_s=0.0))
+
+            if pending:
+                await self._run_pending(requests, pending, bodies, digests, followers, deliver)
+        finally:
+            bar.close()
+            if self.ledger is not None:
+                self.ledger.save()
+        missing = [requests[i].key for i, r in enumerate(results) if r is None]
+        if missing:  # cannot happen unless there is a bug above; never return a short list
+            raise RuntimeError(f"internal error: no result for {missing[:5]}")
+        return results  # type: ignore[return-value]
+
+    async def _run_pending(
+        self,
+        requests: list[ChatRequest],
+        pending: list[int],
+        bodies: dict[int, dict[str, Any]],
+        digests: dict[int, str],
+        followers: dict[int, list[int]],
+        deliver: Callable[[int, ChatResult], None],
+    ) -> None:
+        concurrency = max(1, self.cfg.concurrency)
+        sem = asyncio.Semaphore(concurrency)
+        done: asyncio.Queue[tuple[int, ChatResult]] = asyncio.Queue()
+        # A bounded window of live tasks keeps memory flat for 100k-request batches; it is wider
+        # than the semaphore so requests sleeping in backoff do not leave connections idle.
+        window = concurrency * 4 + 16
+        tasks: set[asyncio.Task[None]] = set()
+        client = self._make_openai()
+
+        async def run(index: int) -> None:
+            result = await self._one(client, sem, requests[index], bodies.pop(index))
+            done.put_nowait((index, result))
+
+        next_pos = 0
+
+        def spawn() -> None:
+            nonlocal next_pos
+            while next_pos < len(pending) and len(tasks) < window:
+                task = asyncio.create_task(run(pending[next_pos]))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                next_pos += 1
+
+        try:
+            spawn()
+            for _ in range(len(pending)):
+                index, result = await done.get()
+                if result.ok:
+                    self._cache_put(digests[index], result)
+                deliver(index, result)
+                for j in followers.get(index, ()):
+                    if result.ok:
+                        deliver(j, replace(result, key=requests[j].key, cached=True, attempts=0, latency_s=0.0))
+                    else:
+                        deliver(j, replace(result, key=requests[j].key, attempts=0))
+                spawn()
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await client.close()
+
+    def complete_many_sync(
+        self,
+        requests: Iterable[ChatRequest],
+        on_result: Callable[[ChatResult], None] | None = None,
+        progress: str | None = None,
+    ) -> list[ChatResult]:
+        """`complete_many` from synchronous code (any thread; also inside a running loop)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.complete_many(requests, on_result, progress))
+        # This thread already runs a loop (a notebook, an async caller): use a helper thread.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, self.complete_many(requests, on_result, progress)).result()
+

@@ -1,0 +1,157 @@
+"""Stage 1 (distill): teacher solutions for the seed problems -> D_SFT -> fine-tune M0.
+
+Two units of work, each with its own completion marker: the dataset (`output/distill/`) and the
+model (`paths.sft_model_stage0`). Teacher replies live in the client's on-disk cache, so a run
+killed midway repeats no paid call when rerun.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mathse.answers import check_path
+from mathse.client import ChatClient, ChatRequest, ChatResult, UsageLedger, system_message, user_message
+from mathse.config import ConfigError, MathSEConfig, save_resolved_config
+from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
+from mathse.prompts import fill_template, student_prompt
+from mathse.records import Problem, read_problems
+from mathse.storage import atomic_write_jsonl, is_done, mark_done, read_marker
+
+STAGE = "distill"
+DATASET_NAME = "mathse_stage0"
+
+
+def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
+    seed_file: Path = cfg.require("data.seed_file")
+    problems = read_problems(seed_file, cfg.data.image_root)  # validates everything before any write
+    stage_dir = cfg.output_dir / STAGE
+    job = train_job(cfg)
+    if dry_run:
+        print_plan(cfg, problems, job)
+        return 0
+    if finished(cfg):
+        stats = read_marker(stage_dir)
+        print(f"distill: already done, nothing to do ({stats['d_sft']} examples; M0 at {job.output_dir})")
+        return 0
+
+    save_resolved_config(cfg, stage_dir / "config.yaml")
+    if not is_done(stage_dir):
+        mark_done(stage_dir, build_d_sft(cfg, problems, stage_dir))
+    stats = read_marker(stage_dir)
+    if stats["d_sft"] == 0:
+        raise ConfigError([f"config error: teacher: no usable solutions in D_SFT (see {stage_dir / 'dropped.jsonl'})"])
+    run_train_job(job)
+    print(
+        f"distill: done: {stats['seed']} seed problems, {stats['given']} with solutions, "
+        f"{stats['teacher_kept']} teacher solutions kept, {stats['teacher_dropped']} dropped, "
+        f"{stats['teacher_failed']} teacher calls failed -> D_SFT {stats['d_sft']} examples"
+    )
+    print(f"distill: M0 checkpoint: {job.output_dir}")
+    return 0
+
+
+def finished(cfg: MathSEConfig) -> bool:
+    """Both units of work (D_SFT and M0) carry their completion markers."""
+    return is_done(cfg.output_dir / STAGE) and is_done(cfg.model_path("sft_model_stage0"))
+
+
+def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
+    stage_dir = cfg.output_dir / STAGE
+    return {
+        "D_SFT (distilled)": stage_dir / "d_sft.jsonl",
+        "dropped teacher solutions": stage_dir / "dropped.jsonl",
+        "LLaMA-Factory dataset": dataset_dir(cfg) / f"{DATASET_NAME}.json",
+        "M0 checkpoint": cfg.model_path("sft_model_stage0"),
+    }
+
+
+def train_job(cfg: MathSEConfig) -> TrainJob:
+    return compose_train_job(
+        cfg,
+        name="train_m0",
+        model_path=cfg.model.base,
+        datasets=[DATASET_NAME],
+        dataset_dir=dataset_dir(cfg),
+        output_dir=cfg.model_path("sft_model_stage0"),
+        run_dir=cfg.output_dir / STAGE,
+    )
+
+
+def dataset_dir(cfg: MathSEConfig) -> Path:
+    """The one LLaMA-Factory dataset folder of a run (its dataset_info.json lists every stage)."""
+    return cfg.output_dir / "data"
+
+
+def print_plan(cfg: MathSEConfig, problems: list[Problem], job: TrainJob) -> None:
+    pending = sum(1 for p in problems if not p.solution)
+    teacher = cfg.teacher.model if cfg.teacher else "not configured"
+    print(f"[dry-run] distill: {len(problems)} seed problems from {cfg.data.seed_file}")
+    print(f"[dry-run] {len(problems) - pending} have solutions; {pending} would go to the teacher ({teacher})")
+    print(f"[dry-run] D_SFT -> {cfg.output_dir / STAGE / 'd_sft.jsonl'}; dataset {DATASET_NAME} in {dataset_dir(cfg)}")
+    print("[dry-run] training command (not run):")
+    print(job.describe())
+
+
+def build_d_sft(cfg: MathSEConfig, problems: list[Problem], stage_dir: Path) -> dict[str, int]:
+    """Collect a solution per seed problem, keep the good ones, write D_SFT and its dataset."""
+    given = [p for p in problems if p.solution]
+    pending = [p for p in problems if not p.solution]
+    rows = [sft_row(p, p.solution or "", "seed") for p in given]
+    dropped: list[dict[str, object]] = []
+    failed = 0
+    if pending:
+        results = ask_teacher(cfg, pending)
+        for problem, result in zip(pending, results, strict=True):
+            if result.text is None:
+                failed += 1
+                dropped.append({"id": problem.id, "reason": f"teacher call failed: {result.error}"})
+                continue
+            check = check_path(result.text, problem.answer, problem.question)
+            if cfg.require("teacher").filter_by_answer and not check.correct:
+                dropped.append({"id": problem.id, "reason": check.reason, "response": result.text})
+                continue
+            rows.append(sft_row(problem, result.text, "teacher"))
+
+    atomic_write_jsonl(stage_dir / "dropped.jsonl", dropped)
+    atomic_write_jsonl(stage_dir / "d_sft.jsonl", rows)
+    examples = (SftExample(prompt=r["prompt"], response=r["response"], images=tuple(r["images"])) for r in rows)
+    write_sharegpt_dataset(examples, dataset_dir(cfg), DATASET_NAME)
+    kept = len(rows) - len(given)
+    return {
+        "seed": len(problems),
+        "given": len(given),
+        "teacher_sent": len(pending),
+        "teacher_kept": kept,
+        "teacher_dropped": len(pending) - kept - failed,
+        "teacher_failed": failed,
+        "d_sft": len(rows),
+    }
+
+
+def sft_row(problem: Problem, response: str, origin: str) -> dict[str, object]:
+    """A D_SFT record: the student prompt, images and target response, with provenance."""
+    return {
+        "id": problem.id,
+        "prompt": student_prompt(problem),
+        "images": list(problem.images),
+        "answer": problem.answer,
+        "response": response,
+        "origin": origin,
+    }
+
+
+def ask_teacher(cfg: MathSEConfig, problems: list[Problem]) -> list[ChatResult]:
+    teacher = cfg.teacher
+    if teacher is None:
+        raise ConfigError([f"config error: teacher: required: {len(problems)} seed problems have no solution"])
+    def messages(p: Problem) -> list[dict]:
+        text = fill_template(teacher.distill_prompt, "teacher.distill_prompt", question=p.question, answer=p.answer)
+        return [system_message(teacher.system_prompt), user_message(text, p.images)]
+
+    requests = [ChatRequest(key=p.id, messages=messages(p)) for p in problems]
+    ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
+    client = ChatClient(teacher, cfg.output_dir / "cache" / "api", ledger=ledger, stage=STAGE)
+    try:
+        return client.complete_many_sync(requests, progress="teacher")
+    finally:
+        ledger.save()

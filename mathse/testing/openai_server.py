@@ -1,0 +1,394 @@
+"""A real OpenAI-compatible chat-completions HTTP server on 127.0.0.1, for tests, benchmarks, demos.
+
+It runs in a background thread with its own asyncio event loop and a minimal HTTP/1.1 keep-alive
+parser (stdlib only). One event loop instead of a thread per connection matters: with 64
+keep-alive connections and 0.5 s latency, a threaded server spends its time switching threads
+and fighting the client for the GIL, and the client then measures the server, not itself.
+
+Replies are scripted (a fixed string or a function of the request body), and faults can be
+injected deterministically per (seed, call index): 429 with Retry-After, 500, a stall longer than
+the client's timeout, a malformed body, a dropped connection.
+
+    with FakeOpenAIServer(replies="The final answer is \\boxed{4}", latency_s=0.5) as server:
+        ...  # point an OpenAI client at server.base_url
+
+CLI: ``python -m mathse.testing.openai_server --port 8000 --latency 0.5 --reply "..."``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+__all__ = ["ALL_FAULTS", "FakeHTTPError", "FakeOpenAIServer", "FaultPlan", "count_words", "last_user_text"]
+
+ALL_FAULTS: tuple[str, ...] = ("429", "500", "timeout", "malformed", "disconnect")
+DEFAULT_REPLY = "Step 1: Compute 2 + 2 = 4.\nThe final answer is \\boxed{4}"
+IMAGE_TOKENS = 85  # what OpenAI bills a low-detail image; keeps the fake usage plausible
+
+Replies = Callable[[dict[str, Any]], str] | str
+
+
+class FakeHTTPError(Exception):
+    """Raise from a `replies` callable to answer with this HTTP status (e.g. 400) instead."""
+
+    def __init__(self, status: int, message: str = "", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message or HTTPStatus(status).phrase)
+        self.status = status
+        self.message = message or HTTPStatus(status).phrase
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Inject faults into a fraction `rate` of chat calls, chosen deterministically per call index."""
+
+    rate: float = 0.0
+    kinds: Sequence[str] = ALL_FAULTS
+    seed: int = 0
+    retry_after_s: float = 1.0  # sent as Retry-After on injected 429s
+    timeout_sleep_s: float = 30.0  # a "timeout" stalls this long: set it above the client's timeout
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.kinds if k not in ALL_FAULTS]
+        if unknown or not self.kinds:
+            raise ValueError(f"fault kinds must be a non-empty subset of {ALL_FAULTS}, got {list(self.kinds)}")
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"fault rate must be in [0, 1], got {self.rate}")
+
+    def fault_for(self, index: int) -> tuple[str | None, random.Random]:
+        """The fault (or None) for chat call number `index`, and the call's own RNG."""
+        # One RNG per call, seeded from (seed, index): the plan does not depend on arrival timing.
+        rng = random.Random(self.seed * 1_000_003 + index)
+        if rng.random() < self.rate:
+            return self.kinds[rng.randrange(len(self.kinds))], rng
+        return None, rng
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    """The text of the last user message of a chat request (handy in scripted `replies`)."""
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    tokens = 0
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        tokens += count_words(_text_of(content))
+        if isinstance(content, list):
+            tokens += IMAGE_TOKENS * sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image_url")
+    return tokens
+
+
+@dataclass
+class _Response:
+    status: int
+    payload: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    disconnect: bool = False
+
+
+class FakeOpenAIServer:
+    """OpenAI chat-completions over real HTTP on 127.0.0.1, in a background thread."""
+
+    def __init__(
+        self,
+        replies: Replies = DEFAULT_REPLY,
+        latency_s: float = 0.0,
+        faults: FaultPlan | None = None,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        record_bodies: bool = True,
+        model_name: str = "fake-model",
+    ) -> None:
+        self.replies = replies
+        self.latency_s = latency_s
+        self.faults = faults
+        self.host = host
+        self.port = port
+        self.record_bodies = record_bodies
+        self.model_name = model_name
+        self.requests: list[dict[str, Any]] = []  # received chat bodies, when record_bodies
+        self.faults_injected: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._chat_calls = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def calls(self) -> int:
+        """HTTP requests received so far (all routes), counted when a request is fully read."""
+        with self._lock:
+            return self._calls
+
+    @property
+    def chat_calls(self) -> int:
+        with self._lock:
+            return self._chat_calls
+
+    def start(self) -> FakeOpenAIServer:
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        self._thread = threading.Thread(target=self._run, name="FakeOpenAIServer", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise RuntimeError(f"FakeOpenAIServer failed to start: {self._error}") from self._error
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)
+        self._thread = None
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- event loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as err:  # surfaced to start() if it happens before ready
+            self._error = err
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._handle, self.host, self.port, backlog=1024)
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            # Handlers may be mid-sleep (latency, timeout faults): cancel them, do not wait.
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await self._read_request(reader)
+                if request is None:
+                    break
+                method, path, headers, body = request
+                keep_alive = headers.get("connection", "").lower() != "close"
+                response = await self._dispatch(method, path, body)
+                if response.disconnect:
+                    break
+                writer.write(self._serialize(response, keep_alive))
+                await writer.drain()
+                if not keep_alive:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            pass  # client went away or sent garbage: just drop the connection
+        except asyncio.CancelledError:
+            pass  # server stopping: end quietly (a cancelled handler makes asyncio log a traceback)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes] | None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None  # clean close between requests
+        lines = head[:-4].decode("latin-1").split("\r\n")
+        method, target, _version = lines[0].split(" ", 2)
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            body = await reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16)
+                if size == 0:
+                    await reader.readuntil(b"\r\n")  # no trailers expected
+                    break
+                chunks.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+            body = b"".join(chunks)
+        else:
+            body = b""
+        return method, target.split("?", 1)[0], headers, body
+
+    @staticmethod
+    def _serialize(response: _Response, keep_alive: bool) -> bytes:
+        phrase = HTTPStatus(response.status).phrase
+        lines = [
+            f"HTTP/1.1 {response.status} {phrase}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(response.payload)}",
+            f"Connection: {'keep-alive' if keep_alive else 'close'}",
+        ]
+        lines += [f"{k}: {v}" for k, v in response.headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.payload
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def _dispatch(self, method: str, path: str, body: bytes) -> _Response:
+        with self._lock:
+            self._calls += 1
+        path = path.rstrip("/")
+        if path.endswith("/chat/completions"):
+            if method != "POST":
+                return _error(405, "use POST")
+            return await self._chat(body)
+        if path.endswith("/models"):
+            model = {"id": self.model_name, "object": "model", "created": 0, "owned_by": "mathse"}
+            data = {"object": "list", "data": [model]}
+            return _Response(200, json.dumps(data).encode())
+        return _error(404, f"no route {method} {path}")
+
+    async def _chat(self, raw: bytes) -> _Response:
+        with self._lock:
+            index = self._chat_calls
+            self._chat_calls += 1
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _error(400, "request body is not valid JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body.get("model"):
+            return _error(400, "'model' and 'messages' are required")
+        if body.get("stream"):
+            return _error(400, "streaming is not supported by the fake server")
+        if self.record_bodies:
+            with self._lock:
+                self.requests.append(body)
+
+        fault, rng = self.faults.fault_for(index) if self.faults else (None, None)
+        if fault is not None:
+            with self._lock:
+                self.faults_injected[fault] = self.faults_injected.get(fault, 0) + 1
+        if fault == "429":  # rate limiters answer at once
+            return _error(429, "rate limited (injected)", {"Retry-After": f"{self.faults.retry_after_s:g}"})  # type: ignore[union-attr]
+        if fault == "timeout":
+            await asyncio.sleep(self.faults.timeout_sleep_s)  # type: ignore[union-attr]
+        elif self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+        if fault == "disconnect":
+            return _Response(0, b"", disconnect=True)
+        if fault == "500":
+            return _error(500, "internal error (injected)")
+        if fault == "malformed":
+            if rng is not None and rng.random() < 0.5:
+                return _Response(200, b'{"id": "chatcmpl-broken", "choices": [')
+            return _Response(200, json.dumps({"id": "chatcmpl-broken", "object": "chat.completion"}).encode())
+
+        n = int(body.get("n") or 1)
+        texts: list[str] = []
+        try:
+            for _ in range(n):
+                texts.append(self.replies(body) if callable(self.replies) else self.replies)
+        except FakeHTTPError as err:
+            return _error(err.status, err.message, err.headers)
+        except Exception as err:  # a bug in a scripted reply: show it to the client
+            return _error(500, f"replies callable failed: {err!r}")
+        completion_tokens = sum(count_words(t) for t in texts)
+        prompt_tokens = _prompt_tokens(body)
+        data = {
+            "id": f"chatcmpl-fake-{index}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop", "logprobs": None}
+                for i, t in enumerate(texts)
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        return _Response(200, json.dumps(data).encode())
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> _Response:
+    payload = {"error": {"message": message, "type": "fake_server_error", "code": status}}
+    return _Response(status, json.dumps(payload).encode(), dict(headers or {}))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve until Ctrl-C."""
+    parser = argparse.ArgumentParser(description="Fake OpenAI chat-completions server (for tests and demos).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--reply", default=DEFAULT_REPLY, help="fixed reply text")
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--fault-kinds", default=",".join(ALL_FAULTS))
+    parser.add_argument("--fault-seed", type=int, default=0)
+    parser.add_argument("--retry-after", type=float, default=1.0)
+    parser.add_argument("--quiet", action="store_true", help="do not print the call count every 10 s")
+    args = parser.parse_args(argv)
+    faults = None
+    if args.fault_rate > 0:
+        kinds = tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip())
+        faults = FaultPlan(rate=args.fault_rate, kinds=kinds, seed=args.fault_seed, retry_after_s=args.retry_after)
+    server = FakeOpenAIServer(replies=args.reply, latency_s=args.latency, faults=faults, port=args.port,
+                              host=args.host, record_bodies=False)
+    with server:
+        print(f"serving OpenAI chat completions at {server.base_url}", flush=True)
+        try:
+            while True:
+                time.sleep(10)
+                if not args.quiet:
+                    print(f"calls: {server.calls}", flush=True)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

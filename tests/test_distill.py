@@ -1,0 +1,116 @@
+"""Stage 1 end to end: a real teacher HTTP server, real `llamafactory-cli train`, resumable."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from mathse.cli import main
+from mathse.storage import is_done, iter_jsonl
+from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
+
+SECRET = "sk-mathse-test-SECRET-4242"
+
+
+def teacher_reply(body: dict[str, Any]) -> str:
+    """A scripted teacher: right for numeric answers, wrong for multiple choice (to be filtered)."""
+    answer = re.search(r"The reference answer is: (.+)", last_user_text(body)).group(1).strip()
+    if answer in "ABCD":
+        answer = "E"
+    return f"Step 1: Look at the figure.\nStep 2: Work it out.\nThe final answer is \\boxed{{{answer}}}"
+
+
+@pytest.fixture
+def teacher(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MATHSE_TEST_KEY", SECRET)
+    with FakeOpenAIServer(replies=teacher_reply) as server:
+        yield server
+
+
+def teacher_section(server: FakeOpenAIServer) -> dict[str, Any]:
+    return {"base_url": server.base_url, "model": "gpt-4o", "api_key": "${MATHSE_TEST_KEY}", "max_retries": 1}
+
+
+@pytest.mark.slow
+def test_distill_end_to_end_and_rerun(run_config, teacher, demo_data, capsys) -> None:
+    config = run_config(teacher=teacher_section(teacher), pricing={"gpt-4o": {"prompt_per_1m": 2.5}})
+    assert main(["--stage", "distill", "--config", str(config)]) == 0
+    out_dir = config.parent / "output"
+    seeds = [json.loads(line) for line in demo_data[0].read_text().splitlines()]
+    pending = [s for s in seeds if not s.get("solution")]
+    mc = [s for s in pending if s["answer"] in "ABCD"]
+
+    # One teacher call per problem without a solution, with its image as a data URL and the key.
+    assert teacher.chat_calls == len(pending)
+    parts = teacher.requests[0]["messages"][1]["content"]
+    assert parts[0]["type"] == "image_url" and parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
+
+    rows = list(iter_jsonl(out_dir / "distill" / "d_sft.jsonl"))
+    dropped = list(iter_jsonl(out_dir / "distill" / "dropped.jsonl"))
+    assert len(rows) == len(seeds) - len(mc) and {d["id"] for d in dropped} == {s["id"] for s in mc}
+    assert all("mismatch" in d["reason"] for d in dropped)
+    assert {r["origin"] for r in rows} == {"seed", "teacher"}
+    dataset = json.loads((out_dir / "data" / "mathse_stage0.json").read_text())
+    assert len(dataset) == len(rows) and dataset[0]["messages"][0]["content"].startswith("<image>")
+
+    model_dir = out_dir / "sft_model_stage0"
+    assert is_done(model_dir) and (model_dir / "model.safetensors").is_file()
+    printed = capsys.readouterr().out
+    assert f"M0 checkpoint: {model_dir}" in printed and f"D_SFT {len(rows)} examples" in printed
+    usage = json.loads((out_dir / "usage.json").read_text())
+    assert "distill" in json.dumps(usage)
+
+    # The key never reaches disk: saved config, logs, cache, ledger, datasets.
+    for path in out_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+    # Rerun: nothing to do, no call made, said so.
+    assert main(["--stage", "distill", "--config", str(config)]) == 0
+    assert teacher.chat_calls == len(pending)
+    assert "already done" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_killed_after_dataset_resumes_without_teacher_calls(run_config, teacher) -> None:
+    config = run_config(teacher=teacher_section(teacher))
+    out_dir = config.parent / "output"
+    # First run trains into a model dir we then invalidate, as if killed mid-training.
+    assert main(["--stage", "distill", "--config", str(config)]) == 0
+    calls = teacher.chat_calls
+    (out_dir / "sft_model_stage0" / ".mathse_done.json").unlink()
+    (out_dir / "distill" / ".mathse_done.json").unlink()  # and as if killed before the data marker
+    assert main(["--stage", "distill", "--config", str(config)]) == 0
+    assert teacher.chat_calls == calls  # every teacher reply came from the cache
+    assert is_done(out_dir / "sft_model_stage0")
+
+
+def test_dry_run_prints_command_and_yaml_and_trains_nothing(run_config, capsys) -> None:
+    config = run_config()
+    assert main(["--stage", "distill", "--config", str(config), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"\$ llamafactory-cli train \S+/distill/train_m0\.yaml", printed)
+    assert "stage: sft" in printed and "template: qwen2_vl" in printed and "dataset: mathse_stage0" in printed
+    assert "would go to the teacher" in printed
+    assert not (config.parent / "output").exists()
+
+
+def test_corrupt_jsonl_line_names_file_and_line_and_writes_nothing(run_config, demo_data, tmp_path, capsys) -> None:
+    lines = demo_data[0].read_text().splitlines()
+    images_dir = demo_data[0].parent
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([lines[0], lines[1][:-5], *lines[2:]]) + "\n")
+    config = run_config(data={"seed_file": str(bad), "image_root": str(images_dir)})
+    assert main(["--stage", "distill", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad}:2: invalid JSON") and "\n" not in err
+    assert not (config.parent / "output").exists()
+
+
+def test_teacher_needed_but_not_configured(run_config, capsys) -> None:
+    config = run_config(teacher=None)
+    assert main(["--stage", "distill", "--config", str(config)]) == 2
+    assert "teacher: required" in capsys.readouterr().err
