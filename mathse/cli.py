@@ -13,6 +13,8 @@ from mathse.config import ConfigError, MathSEConfig, load_config
 # config error is reported in a fraction of a second, before torch or LLaMA-Factory load.
 STAGES: dict[str, tuple[str, str]] = {
     "distill": ("distill", "Stage 1: teacher solutions for the seed set -> D_SFT; train M0"),
+    "evolve": ("evolve", "Stage 2: K rounds of generate -> ORM judge -> harvest -> retrain (--shard, --merge)"),
+    "orm": ("orm", "Train the outcome reward model on labelled paths (correct / first wrong step / analysis)"),
 }
 # `--stage all` runs these in order (those that exist), stopping at the first failure; each
 # stage skips the work it already finished, so a rerun resumes where the last one stopped.
@@ -40,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help="print what would run (sizes, commands, YAML); run nothing"
     )
+    parser.add_argument(
+        "--shard", metavar="I/N", help="evolve: generate and judge only shard I of N of the current round (0-based)"
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="evolve: merge the current round's shards, update the data, retrain"
+    )
     return parser
 
 
@@ -51,11 +59,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.lines:
             print(line, file=sys.stderr)
         return 2
+    options: dict[str, object] = {}
+    if args.shard is not None or args.merge:
+        if args.stage != "evolve":
+            print("error: --shard and --merge go with --stage evolve", file=sys.stderr)
+            return 2
+        from mathse.stages.evolve import Shard
+
+        try:
+            options = {"shard": Shard.parse(args.shard) if args.shard else None, "merge": args.merge}
+        except ConfigError as exc:
+            print("\n".join(exc.lines), file=sys.stderr)
+            return 2
     stages = pipeline() if args.stage == "all" else [args.stage]
     for stage in stages:
         if len(stages) > 1:
             print(f"=== mathse: stage {stage} ===", flush=True)
-        code = run_stage(stage, cfg, args.dry_run)
+        code = run_stage(stage, cfg, args.dry_run, **options)
         if code != 0:
             if len(stages) > 1:
                 print(f"mathse: stopped at stage {stage} (exit {code}); rerun to resume", file=sys.stderr)
@@ -67,7 +87,7 @@ def pipeline() -> list[str]:
     return [stage for stage in PIPELINE if stage in STAGES]
 
 
-def run_stage(stage: str, cfg: MathSEConfig, dry_run: bool) -> int:
+def run_stage(stage: str, cfg: MathSEConfig, dry_run: bool, **options: object) -> int:
     """Run one stage; user-fixable errors become one line on stderr and an exit code."""
     module = importlib.import_module(f"mathse.stages.{STAGES[stage][0]}")
     # Errors a user can fix (bad data, bad config for this stage) are one line, exit 2; a failed
@@ -75,7 +95,7 @@ def run_stage(stage: str, cfg: MathSEConfig, dry_run: bool) -> int:
     from mathse.errors import USER_ERRORS, TrainingError
 
     try:
-        return int(module.run(cfg, dry_run=dry_run) or 0)
+        return int(module.run(cfg, dry_run=dry_run, **options) or 0)
     except ConfigError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)

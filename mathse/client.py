@@ -11,6 +11,12 @@ processes or nodes on one shared filesystem (no locks, no database; the worst ca
 storing the same answer). The key is a sha256 of the canonical JSON of everything that decides the
 answer (model, messages with their image bytes, sampling parameters) and nothing that does not
 (base_url, api_key), so a result cached against one server is reused against a mirror of it.
+
+    client = ChatClient(cfg.teacher, cache_dir=out / "api_cache", ledger=ledger, stage="distill")
+    requests = [ChatRequest(key=p.id, messages=[system_message(sys_prompt), client.user_message(p.question, p.images)])
+                for p in problems]
+    for result in client.complete_many_sync(requests, on_result=journal_it, progress="teacher"):
+        ...  # result.text, or result.error (the reason) when it failed
 """
 
 from __future__ import annotations
@@ -436,8 +442,9 @@ class ChatClient:
         httpx_mod = _httpx_module()
         concurrency = max(1, self.cfg.concurrency)
         http_client = openai.DefaultAsyncHttpxClient(
-            # A few spare connections: a timed-out one may still be closing when its slot is reused.
-            limits=httpx_mod.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8),
+            # One kept-alive connection per slot: fewer would reconnect all the time; more would
+            # sit idle and cost the pool a liveness probe each on every request.
+            limits=httpx_mod.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             timeout=httpx_mod.Timeout(self.cfg.timeout_s),
         )
         api_key = self.cfg.api_key.get_secret_value() if self.cfg.api_key is not None else ""
@@ -658,4 +665,3 @@ class ChatClient:
         # This thread already runs a loop (a notebook, an async caller): use a helper thread.
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             return pool.submit(asyncio.run, self.complete_many(requests, on_result, progress)).result()
-

@@ -6,6 +6,11 @@ from mathse.config import ConfigError
 from mathse.llamafactory_bridge import TrainingError
 from mathse.records import DataError
 
-USER_ERRORS: tuple[type[Exception], ...] = (DataError, FileNotFoundError)
 
-__all__ = ["USER_ERRORS", "ConfigError", "DataError", "TrainingError"]
+class StageError(Exception):
+    """A stage cannot run now (an earlier stage is missing, shards are incomplete, ...)."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (DataError, StageError, FileNotFoundError)
+
+__all__ = ["USER_ERRORS", "ConfigError", "DataError", "StageError", "TrainingError"]

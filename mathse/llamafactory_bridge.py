@@ -8,9 +8,11 @@ configured through the environment variables it reads).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -201,8 +203,14 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
     out = job.output_dir
     if is_done(out):
         return out
-    if out.exists() and not any(p.name.startswith("checkpoint-") for p in out.iterdir()):
-        shutil.rmtree(out)  # partial output with nothing to resume from
+    if out.exists():
+        # A checkpoint is complete once trainer_state.json exists (the Trainer writes it last);
+        # one cut short by the kill would make the resume fail, so it goes.
+        for ckpt in out.glob("checkpoint-*"):
+            if not (ckpt / "trainer_state.json").is_file():
+                shutil.rmtree(ckpt)
+        if not any(out.glob("checkpoint-*")):
+            shutil.rmtree(out)  # partial output with nothing to resume from
     job.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job.yaml_path, job.yaml_text())
     env = {**os.environ, **job.env}
@@ -218,6 +226,7 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
                 text=True,
                 bufsize=1,
                 errors="replace",
+                preexec_fn=_die_with_parent,
             )
         except FileNotFoundError:
             raise TrainingError("llamafactory-cli not found on PATH: pip install -r requirements.txt") from None
@@ -234,6 +243,14 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
         raise TrainingError(f"llamafactory-cli train failed (exit {code}); log: {job.log_path}\n{tail}")
     mark_done(out, {"job": job.name, "yaml": str(job.yaml_path)})
     return out
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when MathSE dies, even by SIGKILL, so a killed stage never
+    leaves a trainer writing into the output dir its rerun is about to use (Linux only)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -259,7 +276,11 @@ def serve_api(
     base_url = f"http://127.0.0.1:{port}/v1"
     with (run_dir / f"api_{port}.log").open("w", encoding="utf-8") as log:
         proc = subprocess.Popen(
-            ["llamafactory-cli", "api", str(yaml_path)], stdout=log, stderr=subprocess.STDOUT, env=env
+            ["llamafactory-cli", "api", str(yaml_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,
         )
         try:
             _wait_until_serving(proc, base_url, startup_timeout_s, run_dir / f"api_{port}.log")

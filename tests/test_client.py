@@ -112,7 +112,9 @@ def test_results_in_request_order_and_streamed(tmp_path: Path) -> None:
         client = ChatClient(api(server, concurrency=3), tmp_path / "cache")
         seen: list[tuple[str, float]] = []
         requests = batch(9)
-        results = client.complete_many_sync(requests, on_result=lambda r: seen.append((r.key, time.monotonic())))
+        results = client.complete_many_sync(
+            requests, on_result=lambda r: seen.append((r.key, time.monotonic())), progress="teacher"
+        )
     assert [r.key for r in results] == [r.key for r in requests]
     assert [r.text for r in results] == [f"answer to: q problem {i}" for i in range(9)]
     assert all(r.ok and not r.cached and r.attempts == 1 and r.latency_s >= 0.1 for r in results)
@@ -120,6 +122,18 @@ def test_results_in_request_order_and_streamed(tmp_path: Path) -> None:
     # Streamed as they arrive (3 waves of 0.1 s), not all at the end.
     assert seen[-1][1] - seen[0][1] >= 0.15
     assert server.calls == 9
+
+
+def test_on_result_errors_propagate_and_answers_stay_cached(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    def explode(result: ChatResult) -> None:
+        raise OSError("disk full")
+
+    client = ChatClient(api(server, concurrency=1), tmp_path / "cache", UsageLedger(tmp_path / "u.json"))
+    with pytest.raises(OSError, match="disk full"):
+        client.complete_many_sync(batch(3), on_result=explode)
+    assert (tmp_path / "u.json").exists()
+    results = client.complete_many_sync(batch(3))
+    assert results[0].cached and all(r.ok for r in results)
 
 
 def test_duplicate_keys_are_rejected(server: FakeOpenAIServer, tmp_path: Path) -> None:
@@ -231,9 +245,9 @@ def test_damaged_cache_entry_is_a_miss(server: FakeOpenAIServer, tmp_path: Path)
 
 
 def test_twenty_percent_faults_nothing_lost_nothing_duplicated(tmp_path: Path) -> None:
-    plan = FaultPlan(rate=0.2, seed=11, retry_after_s=0.05, timeout_sleep_s=1.0)
+    plan = FaultPlan(rate=0.2, seed=11, retry_after_s=0.05, timeout_sleep_s=1.5)
     with FakeOpenAIServer(replies=echo, faults=plan, latency_s=0.01) as server:
-        cfg = api(server, concurrency=16, timeout_s=0.3, max_retries=2)
+        cfg = api(server, concurrency=16, timeout_s=0.5, max_retries=2)
         ledger = UsageLedger(tmp_path / "usage.json", {})
         streamed: list[str] = []
         requests = batch(300)

@@ -127,8 +127,11 @@ def test_malformed_fault_produces_both_flavours() -> None:
     with FakeOpenAIServer(faults=plan) as server, httpx.Client(base_url=server.base_url) as http:
         for _ in range(20):
             try:
-                flavours.add("no choices" if "choices" not in http.post("/chat/completions", json=chat_body()).json()
-                             else "choices")
+                flavours.add(
+                    "no choices"
+                    if "choices" not in http.post("/chat/completions", json=chat_body()).json()
+                    else "choices"
+                )
             except json.JSONDecodeError:
                 flavours.add("invalid json")
     assert flavours == {"no choices", "invalid json"}
@@ -159,12 +162,14 @@ def test_sustains_64_concurrent_keep_alive_connections() -> None:
     with FakeOpenAIServer(latency_s=0.2, record_bodies=False) as server:
         elapsed = asyncio.run(hammer(server.port))
         assert server.calls == 192
-    assert elapsed < 1.2, f"64 concurrent connections took {elapsed:.2f} s (ideal 0.6 s)"
+    # Generous for a busy CI box; a server that handled connections one at a time would need 38 s.
+    assert elapsed < 2.5, f"64 concurrent connections took {elapsed:.2f} s (ideal 0.6 s)"
 
 
 def test_calls_counter_is_thread_safe_and_stop_is_clean() -> None:
     server = FakeOpenAIServer().start()
     try:
+
         def worker() -> None:
             with httpx.Client(base_url=server.base_url) as http:
                 for _ in range(10):
@@ -193,19 +198,15 @@ def test_stop_does_not_wait_for_stalled_requests() -> None:
 
 
 def test_cli_serves_until_terminated() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mathse.testing.openai_server", "--port", "0", "--reply", "hello there", "--quiet"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        base_url = line.strip().rsplit(" ", 1)[-1]
-        assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
-        with httpx.Client(base_url=base_url) as http:
-            data = http.post("/chat/completions", json=chat_body()).json()
-        assert data["choices"][0]["message"]["content"] == "hello there"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    cmd = [sys.executable, "-m", "mathse.testing.openai_server", "--port", "0", "--reply", "hello there", "--quiet"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+            assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
+            with httpx.Client(base_url=base_url) as http:
+                data = http.post("/chat/completions", json=chat_body()).json()
+            assert data["choices"][0]["message"]["content"] == "hello there"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)

@@ -377,8 +377,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.fault_rate > 0:
         kinds = tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip())
         faults = FaultPlan(rate=args.fault_rate, kinds=kinds, seed=args.fault_seed, retry_after_s=args.retry_after)
-    server = FakeOpenAIServer(replies=args.reply, latency_s=args.latency, faults=faults, port=args.port,
-                              host=args.host, record_bodies=False)
+    server = FakeOpenAIServer(
+        replies=args.reply, latency_s=args.latency, faults=faults, port=args.port, host=args.host, record_bodies=False
+    )
     with server:
         print(f"serving OpenAI chat completions at {server.base_url}", flush=True)
         try:

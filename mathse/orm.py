@@ -1,0 +1,382 @@
+"""The outcome reward model (ORM) as a judge of reasoning paths, for the evolve and reflect stages.
+
+`Judge.judge(items, journal)` gives every reasoning path a verdict: correct or not, the first
+faulty step (1-based into ``split_steps(path)``) and an analysis. Where the verdict comes from is
+the config's business (``orm`` section):
+
+* the rule check (the path's final answer against the reference, via math-verify) is cheap, so it
+  is computed and recorded for every path, whatever the policy, so reports can measure how often
+  the ORM and the rule disagree;
+* the ORM verdict is asked only when ``orm.policy`` needs it (orm / both / either), from
+  ``orm.backend``: ``api`` (any OpenAI-compatible server, e.g. the trained ORM behind
+  ``llamafactory-cli api`` or vLLM; cached on disk, retried) or ``local`` (a LLaMA-Factory
+  ``ChatModel`` loaded in-process, greedy decoding, created on first use);
+* ``verdict.combine`` merges both under the policy and ``orm.score_threshold``.
+
+Persistence
+-----------
+The caller owns the journal. Stages keep it at ``journal_path(cfg, stage)``, i.e.
+``<output_dir>/orm_reflections/<stage>.jsonl``; each verdict is appended the moment it arrives::
+
+    {"key", "id", "path", "steps": [...],
+     "orm": {"raw", "correct", "error_step", "analysis", "score", "parsed"} | null,
+     "rule": {"correct", "extracted", "reason"} | null,
+     "final": {"correct", "error_step", "analysis", "source"}}
+
+A key already in the journal is never judged again, so a killed or repeated run resumes for free.
+An unparseable ORM reply is a verdict too: it is journaled with its raw text and counted, and the
+ORM's vote is never "correct" (``combine`` may still accept the path under policy "either").
+
+A *failed* ORM call (the API gave up after its retries, or the local model raised) is not a verdict:
+it is NOT journaled, so the next run asks again. It is reported in ``JudgeStats.failed`` and
+``JudgeStats.unjudged`` (the row with ``final.correct`` null and an ``error`` reason) and appended
+to the side file ``<stage>.failed.jsonl`` next to the journal, for post-mortems.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+from mathse.answers import RuleCheck, check_path
+from mathse.client import ChatClient, ChatRequest, ChatResult, UsageLedger, system_message
+from mathse.records import Problem
+from mathse.steps import split_steps
+from mathse.storage import Journal
+from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, combine, parse_verdict, rule_verdict
+
+if TYPE_CHECKING:
+    from mathse.config import MathSEConfig
+
+__all__ = ["Judge", "JudgeItem", "JudgeStats", "failures_path", "journal_path", "open_journal"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"  # LLaMA-Factory's placeholder; the ORM was trained with one per image
+
+
+def journal_path(cfg: MathSEConfig, stage: str) -> Path:
+    """Where a stage keeps its ORM verdicts: ``<output_dir>/orm_reflections/<stage>.jsonl``."""
+    return cfg.output_dir / "orm_reflections" / f"{stage}.jsonl"
+
+
+def open_journal(cfg: MathSEConfig, stage: str) -> Journal:
+    """The stage's verdict journal (created if missing, resumed if present)."""
+    return Journal(journal_path(cfg, stage))
+
+
+def failures_path(journal_file: Path) -> Path:
+    """The side file listing failed (unjudged, to be retried) calls next to a journal."""
+    return journal_file.with_name(f"{journal_file.stem}.failed.jsonl")
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    """One reasoning path to judge; `key` is unique (it keys the journal), e.g. "<id>#<k>"."""
+
+    key: str
+    problem: Problem
+    path: str
+
+
+@dataclass
+class JudgeStats:
+    """What one `Judge.judge` call did. correct / incorrect / undecided count final verdicts."""
+
+    stage: str = ""
+    judged: int = 0  # new verdicts journaled by this call
+    correct: int = 0
+    incorrect: int = 0
+    undecided: int = 0  # final.correct null (e.g. unparseable ORM reply under policy "orm")
+    unparseable: int = 0  # ORM replies that parse_verdict could not read
+    failed: int = 0  # ORM calls that failed: not journaled, retried on the next run
+    skipped_existing: int = 0  # already in the journal
+    disagree: int = 0  # parsed ORM verdict and rule verdict differ
+    unjudged: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> row with the failure
+
+    def summary_line(self) -> str:
+        prefix = f"{self.stage}: " if self.stage else ""
+        return (
+            f"{prefix}judged {self.judged:,} new paths: {self.correct:,} correct, {self.incorrect:,} incorrect, "
+            f"{self.undecided:,} undecided; {self.unparseable:,} unparseable ORM replies, "
+            f"{self.disagree:,} ORM/rule disagreements; {self.failed:,} failed (retried on rerun); "
+            f"{self.skipped_existing:,} already judged"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "unjudged"}
+
+
+class Judge:
+    """Judges reasoning paths per `cfg.orm` (backend, policy, threshold); see the module docstring."""
+
+    def __init__(self, cfg: MathSEConfig, stage: str, ledger: UsageLedger | None = None) -> None:
+        self.cfg = cfg
+        self.stage = stage
+        self.ledger = ledger
+        self.policy = cfg.orm.policy
+        # Policy "rule" never asks the ORM, even when a backend is configured: it costs money/GPU.
+        self.uses_orm = self.policy != "rule"
+        self._chat_model: Any = None
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def judge(self, items: Sequence[JudgeItem], journal: Journal, progress: str | None = None) -> JudgeStats:
+        """Judge every item not yet in `journal`, appending each verdict as it arrives."""
+        stats = JudgeStats(stage=self.stage)
+        seen: set[str] = set()
+        pending: list[JudgeItem] = []
+        for item in items:
+            if item.key in seen:
+                raise ValueError(f"duplicate judge item key in one batch: {item.key!r}")
+            seen.add(item.key)
+            if item.key in journal:
+                stats.skipped_existing += 1
+            else:
+                pending.append(item)
+        if not pending:
+            return stats
+        steps = {item.key: split_steps(item.path) for item in pending}
+        if not self.uses_orm:
+            for item in tqdm(pending, desc=progress, unit="path", disable=True if progress is None else None):
+                self._record(item, steps[item.key], None, journal, stats)
+        elif self.cfg.orm.backend == "api":
+            self._judge_api(pending, steps, journal, stats, progress)
+        elif self.cfg.orm.backend == "local":
+            self._judge_local(pending, steps, journal, stats, progress)
+        else:  # config validation forbids this; guard against a hand-built config
+            raise ValueError(f"orm.policy {self.policy!r} needs orm.backend api or local")
+        return stats
+
+    def close(self) -> None:
+        """Free the local ORM model (and its GPU memory) before the caller trains or generates."""
+        if self._chat_model is None:
+            return
+        self._chat_model = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    def __enter__(self) -> Judge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- prompts --------------------------------------------------------------------------------
+
+    @staticmethod
+    def prompt(item: JudgeItem, steps: list[str]) -> str:
+        """The ORM's user text (images travel separately): exactly what the ORM was trained on."""
+        reference = item.problem.answer if item.problem.answer.strip() else None
+        return build_orm_prompt(item.problem.question, steps, reference)
+
+    # -- backends -------------------------------------------------------------------------------
+
+    def _judge_api(
+        self,
+        pending: list[JudgeItem],
+        steps: dict[str, list[str]],
+        journal: Journal,
+        stats: JudgeStats,
+        progress: str | None,
+    ) -> None:
+        api = self.cfg.require("orm.api")
+        client = ChatClient(api, self.cfg.output_dir / "cache" / "api", ledger=self.ledger, stage=self.stage)
+        by_key = {item.key: item for item in pending}
+        requests = [
+            ChatRequest(
+                key=item.key,
+                messages=[
+                    system_message(ORM_SYSTEM_PROMPT),
+                    client.user_message(self.prompt(item, steps[item.key]), item.problem.images),
+                ],
+            )
+            for item in pending
+        ]
+
+        def on_result(result: ChatResult) -> None:
+            # Called as each answer arrives, so a kill loses at most the calls still in flight
+            # (and those are in the client's cache if they were answered).
+            item = by_key[result.key]
+            item_steps = steps[item.key]
+            if result.ok and result.text is not None:
+                self._record(item, item_steps, parse_verdict(result.text, len(item_steps)), journal, stats)
+            else:
+                self._record(item, item_steps, None, journal, stats, error=result.error or "no answer")
+
+        client.complete_many_sync(requests, on_result=on_result, progress=progress)
+
+    def _judge_local(
+        self,
+        pending: list[JudgeItem],
+        steps: dict[str, list[str]],
+        journal: Journal,
+        stats: JudgeStats,
+        progress: str | None,
+    ) -> None:
+        model = self._local_model()
+        # ChatModel.chat is thread-safe: each call is a coroutine on the model's own event loop,
+        # where LLaMA-Factory's MAX_CONCURRENT semaphore bounds the work in flight (HF: 1 by
+        # default, vLLM batches). More threads than that would only queue.
+        workers = max(1, int(os.environ.get("MAX_CONCURRENT", "1")))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="orm-local")
+        bar = tqdm(total=len(pending), desc=progress, unit="path", disable=True if progress is None else None)
+        try:
+            futures: dict[Future[str], JudgeItem] = {
+                pool.submit(self._ask_local, model, item, steps[item.key]): item for item in pending
+            }
+            for future in as_completed(futures):
+                item = futures[future]
+                item_steps = steps[item.key]
+                try:
+                    raw = future.result()
+                except Exception as err:  # one bad item must not sink the batch: retried next run
+                    self._record(item, item_steps, None, journal, stats, error=f"local ORM failed: {err!r}"[:300])
+                else:
+                    self._record(item, item_steps, parse_verdict(raw, len(item_steps)), journal, stats)
+                bar.update(1)
+        finally:
+            bar.close()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _ask_local(self, model: Any, item: JudgeItem, steps: list[str]) -> str:
+        images = [_load_image(ref) for ref in item.problem.images]
+        content = IMAGE_TOKEN * len(images) + self.prompt(item, steps)
+        replies = model.chat([{"role": "user", "content": content}], system=ORM_SYSTEM_PROMPT, images=images or None)
+        return replies[0].response_text if replies else ""
+
+    def _local_model(self) -> Any:
+        """The in-process ORM, loaded on first use (imports torch and LLaMA-Factory only then)."""
+        if self._chat_model is None:
+            from llamafactory.chat import ChatModel
+
+            local = self.cfg.require("orm.local")
+            args: dict[str, Any] = {
+                "model_name_or_path": local.model_name_or_path,
+                "template": local.template,
+                "infer_backend": "huggingface",
+                "trust_remote_code": self.cfg.model.trust_remote_code,
+                "do_sample": False,  # a judge must be deterministic
+                "max_new_tokens": local.max_new_tokens,
+            }
+            if local.adapter_name_or_path:
+                args["adapter_name_or_path"] = local.adapter_name_or_path
+                args["finetuning_type"] = "lora"
+            if self.cfg.llama_factory.image_max_pixels is not None:
+                # Judge images at the resolution the ORM was trained at.
+                args["image_max_pixels"] = self.cfg.llama_factory.image_max_pixels
+            log.info("loading local ORM from %s", local.model_name_or_path)
+            self._chat_model = ChatModel(args)
+        return self._chat_model
+
+    # -- recording ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _rule(item: JudgeItem) -> RuleCheck | None:
+        if not item.problem.answer.strip():
+            return None  # no reference answer: nothing to check against
+        return check_path(item.path, item.problem.answer, item.problem.question)
+
+    def _record(
+        self,
+        item: JudgeItem,
+        steps: list[str],
+        orm: Verdict | None,
+        journal: Journal,
+        stats: JudgeStats,
+        error: str | None = None,
+    ) -> None:
+        check = self._rule(item)
+        rule = rule_verdict(check) if check is not None else None
+        row: dict[str, Any] = {
+            "key": item.key,
+            "id": item.problem.id,
+            "path": item.path,
+            "steps": steps,
+            "orm": _orm_dict(orm) if orm is not None else None,
+            "rule": _rule_dict(check) if check is not None else None,
+        }
+        if error is not None:
+            # Unjudged: the policy needs the ORM and it did not answer. Not journaled, so the
+            # next run asks again; kept in the stats and the side file with its reason.
+            row["final"] = {"correct": None, "error_step": None, "analysis": "", "source": self.policy}
+            row["error"] = error
+            stats.failed += 1
+            stats.unjudged[item.key] = row
+            failure = {"key": item.key, "id": item.problem.id, "stage": self.stage, "error": error}
+            _append_line(failures_path(journal.path), {**failure, "time": round(time.time(), 3)})
+            return
+        final = combine(orm, rule, self.policy, self.cfg.orm.score_threshold)
+        row["final"] = {
+            "correct": final.correct,
+            "error_step": final.error_step,
+            "analysis": final.analysis,
+            "source": final.source,
+        }
+        journal.append(row)
+        stats.judged += 1
+        if final.correct is True:
+            stats.correct += 1
+        elif final.correct is False:
+            stats.incorrect += 1
+        else:
+            stats.undecided += 1
+        if orm is not None and not orm.parsed:
+            stats.unparseable += 1
+        if orm is not None and orm.parsed and rule is not None and orm.correct != rule.correct:
+            stats.disagree += 1
+
+
+def _orm_dict(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "raw": verdict.raw,
+        "correct": verdict.correct,
+        "error_step": verdict.error_step,
+        "analysis": verdict.analysis,
+        "score": verdict.score,
+        "parsed": verdict.parsed,
+    }
+
+
+def _rule_dict(check: RuleCheck) -> dict[str, Any]:
+    return {"correct": check.correct, "extracted": check.extracted, "reason": check.reason}
+
+
+def _append_line(path: Path, row: dict[str, Any]) -> None:
+    # Failures are rare and informational: a plain append (no dedupe) keeps every attempt.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _load_image(ref: str) -> Any:
+    """A PIL image from a local path or a data: URL, fully read so no file handle stays open."""
+    from PIL import Image
+
+    if ref.startswith("data:"):
+        _, _, payload = ref.partition(",")
+        source: Any = io.BytesIO(base64.b64decode(payload))
+    elif ref.startswith(("http://", "https://")):
+        raise ValueError(f"the local ORM backend needs local images, got a URL: {ref[:80]}")
+    else:
+        source = ref
+    with Image.open(source) as image:
+        return image.convert("RGB")

@@ -1,0 +1,445 @@
+"""Stage 2 (evolve): Algorithm 1 — K rounds of generate, judge, harvest, retrain.
+
+Each round lives in `output/evolve/round_<r>/` and goes through units of work, each finished by
+its own marker, so a kill at any moment loses nothing and a rerun redoes only the unmarked:
+
+1. `batch.json`     the round's problems, sampled from D_remain (deterministic in seed and round)
+2. shard i of n     generate n_paths per problem (journal `generations.shard-i-of-n.jsonl`), then
+                    judge each path (journal `orm_reflections/evolve_round_<r>.shard-i-of-n.jsonl`);
+                    marker `.shard-i-of-n.done`. `--shard i/n` runs just this on one node.
+3. merge            all shards in batch order -> chosen / rejected / hard / history / remain and
+                    stats (marker `.merged.json`); the cumulative `sft_chosen.jsonl`,
+                    `sft_rejected.jsonl`, `hard_problems.jsonl`, `history.jsonl`, D_SFT and the
+                    LLaMA-Factory dataset `mathse_stage_final` are rebuilt from all merged rounds.
+4. retrain          M_r into `sft_model_round_<r>` (resumes from its last checkpoint)
+5. round marker     `.mathse_done.json` with the round summary; `sft_model_final` -> latest model
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mathse.client import UsageLedger
+from mathse.config import ConfigError, MathSEConfig, save_resolved_config
+from mathse.errors import StageError
+from mathse.inference import Generator, chat_model_args, make_items, training_image_max_pixels
+from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
+from mathse.orm import Judge, JudgeItem, journal_path
+from mathse.prompts import student_prompt
+from mathse.records import Problem, read_problems
+from mathse.storage import (
+    Journal,
+    atomic_write_json,
+    atomic_write_jsonl,
+    is_done,
+    iter_jsonl,
+    mark_done,
+    read_json,
+    read_marker,
+)
+
+STAGE = "evolve"
+DATASET_NAME = "mathse_stage_final"
+_SHARD_MARKER = re.compile(r"^\.shard-(\d+)-of-(\d+)\.done$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    @property
+    def tag(self) -> str:
+        return f"shard-{self.index}-of-{self.count}"
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+        if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+            raise ConfigError([f"config error: --shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4"])
+        return cls(int(match.group(1)), int(match.group(2)))
+
+
+WHOLE = Shard(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths
+
+
+def evolve_dir(cfg: MathSEConfig) -> Path:
+    return cfg.output_dir / STAGE
+
+
+def round_dir(cfg: MathSEConfig, r: int) -> Path:
+    return evolve_dir(cfg) / f"round_{r}"
+
+
+def round_model_dir(cfg: MathSEConfig, r: int) -> Path:
+    return cfg.output_dir / f"sft_model_round_{r}"
+
+
+def generations_path(cfg: MathSEConfig, r: int, shard: Shard) -> Path:
+    return round_dir(cfg, r) / f"generations.{shard.tag}.jsonl"
+
+
+def verdicts_stage(r: int, shard: Shard) -> str:
+    return f"evolve_round_{r}.{shard.tag}"
+
+
+def shard_marker(cfg: MathSEConfig, r: int, shard: Shard) -> Path:
+    return round_dir(cfg, r) / f".{shard.tag}.done"
+
+
+def merged_marker(cfg: MathSEConfig, r: int) -> Path:
+    return round_dir(cfg, r) / ".merged.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage protocol
+
+
+def finished(cfg: MathSEConfig) -> bool:
+    return all(is_done(round_dir(cfg, r)) for r in range(1, cfg.evolve.rounds + 1)) or _pool_exhausted(cfg)
+
+
+def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
+    base = evolve_dir(cfg)
+    return {
+        "D_SFT (after evolve)": base / "d_sft.jsonl",
+        "accepted paths": base / "sft_chosen.jsonl",
+        "rejected paths": base / "sft_rejected.jsonl",
+        "hard buffer": base / "hard_problems.jsonl",
+        "per-problem history": base / "history.jsonl",
+        "evolve dataset": cfg.output_dir / "data" / f"{DATASET_NAME}.json",
+        "latest model": cfg.model_path("sft_model_final"),
+    }
+
+
+def run(cfg: MathSEConfig, dry_run: bool = False, shard: Shard | None = None, merge: bool = False) -> int:
+    m0 = cfg.model_path("sft_model_stage0")
+    d_sft0 = cfg.output_dir / "distill" / "d_sft.jsonl"
+    pool = read_problems(cfg.require("data.pool_file"), cfg.data.image_root)
+    if dry_run:
+        print_plan(cfg, pool)
+        return 0
+    if not (is_done(m0) and d_sft0.is_file()):
+        raise StageError(f"evolve: M0 is not trained yet ({m0}): run --stage distill first")
+    save_resolved_config(cfg, evolve_dir(cfg) / "config.yaml")
+    by_id = {p.id: p for p in pool}
+
+    for r in range(1, cfg.evolve.rounds + 1):
+        rd = round_dir(cfg, r)
+        if is_done(rd):
+            continue
+        remain = remaining_before(cfg, r, pool)
+        if not remain:
+            print(f"evolve: D_remain is empty before round {r}; nothing left to evolve on")
+            break
+        batch = load_or_sample_batch(cfg, r, remain)
+        model = generation_model(cfg, r)
+        if shard is not None:  # one node's share of the current round, nothing else
+            run_shard(cfg, r, [by_id[i] for i in batch], shard, model)
+            print(f"evolve: round {r} {shard.tag} done; merge with --merge once every shard is done")
+            return 0
+        if not merge and not sharded_elsewhere(cfg, r):
+            run_shard(cfg, r, [by_id[i] for i in batch], WHOLE, model)
+        complete_round(cfg, r, batch, by_id, remain)
+        if merge:
+            return 0  # the next round's shards start from this merged round
+    print_final_summary(cfg)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# D_remain and batches
+
+
+def remaining_before(cfg: MathSEConfig, r: int, pool: list[Problem]) -> list[str]:
+    """D_remain at the start of round r: the pool, minus every problem solved in rounds < r."""
+    if r == 1:
+        return [p.id for p in pool]
+    return list(read_json(round_dir(cfg, r - 1) / "remain.json"))
+
+
+def _pool_exhausted(cfg: MathSEConfig) -> bool:
+    last = max((r for r in range(1, cfg.evolve.rounds + 1) if is_done(round_dir(cfg, r))), default=0)
+    return last > 0 and not read_json(round_dir(cfg, last) / "remain.json")
+
+
+def load_or_sample_batch(cfg: MathSEConfig, r: int, remain: list[str]) -> list[str]:
+    """The round's problem ids: sampled once (seeded by run seed and round), then read back."""
+    path = round_dir(cfg, r) / "batch.json"
+    if path.is_file():
+        return list(read_json(path))
+    rng = random.Random(f"{cfg.run.seed}:{r}")
+    batch = rng.sample(remain, min(cfg.evolve.batch_size, len(remain)))
+    atomic_write_json(path, batch)
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def model_ref(model_dir: Path) -> tuple[str, str | None]:
+    """(model_name_or_path, adapter_name_or_path) for a trained dir: LoRA dirs are adapters."""
+    adapter_config = model_dir / "adapter_config.json"
+    if adapter_config.is_file():
+        return str(read_json(adapter_config)["base_model_name_or_path"]), str(model_dir)
+    return str(model_dir), None
+
+
+def generation_model(cfg: MathSEConfig, r: int) -> Path:
+    """The latest checkpoint before round r: M_{r-1} when retraining, else M0."""
+    if cfg.evolve.retrain and r > 1:
+        return round_model_dir(cfg, r - 1)
+    return cfg.model_path("sft_model_stage0")
+
+
+def train_job(cfg: MathSEConfig, r: int) -> TrainJob:
+    """M_r on the grown D_SFT, from the base model or from the previous checkpoint."""
+    extra: dict[str, Any] = {}
+    if cfg.evolve.retrain_from == "base":
+        start = cfg.model.base
+    else:
+        start, adapter = model_ref(generation_model(cfg, r))
+        if adapter is not None:
+            extra["adapter_name_or_path"] = adapter  # keep training the previous adapter
+    return compose_train_job(
+        cfg,
+        name=f"train_round_{r}",
+        model_path=start,
+        datasets=[DATASET_NAME],
+        dataset_dir=cfg.output_dir / "data",
+        output_dir=round_model_dir(cfg, r),
+        run_dir=round_dir(cfg, r),
+        extra=extra,
+    )
+
+
+def point_final_at(cfg: MathSEConfig, target: Path) -> None:
+    """Make `sft_model_final` a symlink to `target`, replaced atomically."""
+    link = cfg.model_path("sft_model_final")
+    tmp = link.with_name(f".{link.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(target, link.parent), tmp)
+    os.replace(tmp, link)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generate and judge one shard
+
+
+def run_shard(cfg: MathSEConfig, r: int, batch: list[Problem], shard: Shard, model_dir: Path) -> None:
+    """Generate and judge this shard's problems; marks the shard done when nothing is left."""
+    marker = shard_marker(cfg, r, shard)
+    if marker.is_file():
+        return
+    mine = [p for j, p in enumerate(batch) if j % shard.count == shard.index]
+    items = make_items(mine, cfg.inference.n_paths)
+    model_path, adapter = model_ref(model_dir)
+    with Journal(generations_path(cfg, r, shard)) as generations:
+        with Generator.from_config(cfg, model_path, adapter) as generator:
+            gen = generator.generate(items, generations, progress=f"round {r} generate")
+        print(gen.summary())
+        rows = [generations.rows[item.key] for item in items if item.key in generations]
+    problems = {p.id: p for p in mine}
+    to_judge = [JudgeItem(row["key"], problems[row["id"]], row["response"]) for row in rows if row.get("response")]
+    ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
+    judge = Judge(cfg, STAGE, ledger)
+    try:
+        with Journal(journal_path(cfg, verdicts_stage(r, shard))) as verdicts:
+            verdict_stats = judge.judge(to_judge, verdicts, progress=f"round {r} judge")
+    finally:
+        judge.close()
+        ledger.save()
+    print(verdict_stats.summary_line())
+    if gen.retry_later or verdict_stats.failed:
+        raise StageError(
+            f"evolve: round {r} {shard.tag}: {gen.retry_later} generations and {verdict_stats.failed} ORM calls "
+            "failed; rerun the same command to retry just those"
+        )
+    stats = {"problems": len(mine), "paths": len(rows), "gen_seconds": gen.seconds, "paths_per_s": gen.paths_per_s}
+    atomic_write_json(marker, stats)
+
+
+def shard_counts(cfg: MathSEConfig, r: int) -> set[int]:
+    rd = round_dir(cfg, r)
+    if not rd.is_dir():
+        return set()
+    return {int(m.group(2)) for p in rd.iterdir() if (m := _SHARD_MARKER.match(p.name))} | {
+        int(m.group(1)) for p in rd.glob("generations.shard-*-of-*.jsonl") if (m := re.search(r"of-(\d+)", p.name))
+    }
+
+
+def sharded_elsewhere(cfg: MathSEConfig, r: int) -> bool:
+    """A round that was started with --shard i/n (n > 1) is finished with shards and --merge."""
+    return any(n > 1 for n in shard_counts(cfg, r))
+
+
+# ---------------------------------------------------------------------------------------------
+# Merge, dataset update, retrain
+
+
+def complete_round(
+    cfg: MathSEConfig, r: int, batch: list[str], by_id: dict[str, Problem], remain_before: list[str]
+) -> None:
+    rd = round_dir(cfg, r)
+    if not merged_marker(cfg, r).is_file():
+        counts = shard_counts(cfg, r)
+        if len(counts) != 1:
+            raise StageError(f"evolve: round {r} has no shard results to merge (found shardings: {sorted(counts)})")
+        (n,) = counts
+        missing = [i for i in range(n) if not shard_marker(cfg, r, Shard(i, n)).is_file()]
+        if missing:
+            raise StageError(f"evolve: round {r}: shards {missing} of {n} are not done; run them before --merge")
+        stats = merge_shards(cfg, r, batch, by_id, remain_before, n)
+        atomic_write_json(merged_marker(cfg, r), stats)
+    stats = read_json(merged_marker(cfg, r))
+    rebuild_cumulative(cfg, r)
+    # Without retraining the data still grows each round; the model stays M0.
+    latest = run_train_job(train_job(cfg, r)) if cfg.evolve.retrain else generation_model(cfg, r)
+    point_final_at(cfg, latest)
+    mark_done(rd, {**stats, "model": str(latest)})
+    print(round_summary(r, stats))
+
+
+def merge_shards(
+    cfg: MathSEConfig, r: int, batch: list[str], by_id: dict[str, Problem], remain_before: list[str], n: int
+) -> dict[str, Any]:
+    """Combine the shards in batch order (so the result does not depend on how it was sharded)."""
+    generations: dict[str, dict[str, Any]] = {}
+    verdicts: dict[str, dict[str, Any]] = {}
+    seconds = 0.0
+    for i in range(n):
+        shard = Shard(i, n)
+        generations.update((row["key"], row) for row in iter_jsonl(generations_path(cfg, r, shard)))
+        verdicts.update((row["key"], row) for row in iter_jsonl(journal_path(cfg, verdicts_stage(r, shard))))
+        seconds += read_json(shard_marker(cfg, r, shard)).get("gen_seconds", 0.0)
+
+    chosen, rejected, hard, history = [], [], [], []
+    solved: set[str] = set()
+    counts = {"attempted": len(batch), "paths": 0, "accepted": 0, "rejected": 0, "unparseable": 0, "no_output": 0}
+    for pid in batch:
+        problem = by_id[pid]
+        outcomes: list[bool | None] = []
+        wrong: list[dict[str, Any]] = []
+        for k in range(cfg.inference.n_paths):
+            key = f"{pid}#{k}"
+            gen = generations.get(key)
+            verdict = verdicts.get(key)
+            if gen is None or not gen.get("response") or verdict is None:
+                counts["no_output"] += 1
+                outcomes.append(None)
+                continue
+            counts["paths"] += 1
+            final = verdict["final"]
+            outcomes.append(final["correct"])
+            if verdict.get("orm") and not verdict["orm"].get("parsed", True):
+                counts["unparseable"] += 1
+            row = path_row(problem, r, k, gen["response"])
+            if final["correct"] is True:
+                counts["accepted"] += 1
+                chosen.append(row)
+            else:
+                counts["rejected"] += 1
+                judged = {**row, "error_step": final.get("error_step"), "analysis": final.get("analysis", ""),
+                          "verdict_source": final.get("source"), "orm_raw": (verdict.get("orm") or {}).get("raw")}
+                rejected.append(judged)
+                wrong.append(judged)
+        if any(o is True for o in outcomes):
+            solved.add(pid)
+        elif wrong:
+            hard.append({**problem_row(problem), "round": r, "paths": [_path_part(w) for w in wrong]})
+        history.append({"id": pid, "round": r, "verdicts": outcomes, "solved": pid in solved})
+
+    remain = [pid for pid in remain_before if pid not in solved]
+    rd = round_dir(cfg, r)
+    atomic_write_jsonl(rd / "chosen.jsonl", chosen)
+    atomic_write_jsonl(rd / "rejected.jsonl", rejected)
+    atomic_write_jsonl(rd / "hard.jsonl", hard)
+    atomic_write_jsonl(rd / "history.jsonl", history)
+    atomic_write_json(rd / "remain.json", remain)
+    stats = {**counts, "solved": len(solved), "pool_left": len(remain), "shards": n,
+             "gen_seconds": round(seconds, 3), "paths_per_s": round(counts["paths"] / seconds, 3) if seconds else 0.0}
+    atomic_write_json(rd / "stats.json", stats)
+    return stats
+
+
+def problem_row(problem: Problem) -> dict[str, Any]:
+    return {"id": problem.id, "question": problem.question, "images": list(problem.images), "answer": problem.answer}
+
+
+def path_row(problem: Problem, r: int, sample: int, reasoning: str) -> dict[str, Any]:
+    return {**problem_row(problem), "round": r, "sample": sample, "prompt": student_prompt(problem),
+            "reasoning": reasoning}
+
+
+def _path_part(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("sample", "reasoning", "error_step", "analysis", "verdict_source")}
+
+
+def rebuild_cumulative(cfg: MathSEConfig, upto: int) -> None:
+    """Rewrite the run-wide buffers and D_SFT from the merged rounds 1..upto (idempotent)."""
+    base = evolve_dir(cfg)
+    rounds = [round_dir(cfg, r) for r in range(1, upto + 1)]
+
+    def concat(name: str) -> list[dict[str, Any]]:
+        return [row for rd in rounds for row in iter_jsonl(rd / name)]
+
+    chosen = concat("chosen.jsonl")
+    atomic_write_jsonl(base / "sft_chosen.jsonl", chosen)
+    atomic_write_jsonl(base / "sft_rejected.jsonl", concat("rejected.jsonl"))
+    atomic_write_jsonl(base / "hard_problems.jsonl", concat("hard.jsonl"))
+    atomic_write_jsonl(base / "history.jsonl", concat("history.jsonl"))
+    d_sft = list(iter_jsonl(cfg.output_dir / "distill" / "d_sft.jsonl"))
+    d_sft += [
+        {"id": c["id"], "prompt": c["prompt"], "images": c["images"], "answer": c["answer"],
+         "response": c["reasoning"], "origin": f"evolve_round_{c['round']}"}
+        for c in chosen
+    ]
+    atomic_write_jsonl(base / "d_sft.jsonl", d_sft)
+    examples = (SftExample(prompt=d["prompt"], response=d["response"], images=tuple(d["images"])) for d in d_sft)
+    write_sharegpt_dataset(examples, cfg.output_dir / "data", DATASET_NAME)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+
+def round_summary(r: int, stats: dict[str, Any]) -> str:
+    return (
+        f"evolve: round {r}: attempted {stats['attempted']} problems ({stats['paths']} paths), "
+        f"accepted {stats['accepted']}, rejected {stats['rejected']}, unparseable {stats['unparseable']}, "
+        f"solved {stats['solved']}, pool left {stats['pool_left']}, {stats['paths_per_s']:.2f} paths/s"
+    )
+
+
+def print_final_summary(cfg: MathSEConfig) -> None:
+    done = [r for r in range(1, cfg.evolve.rounds + 1) if is_done(round_dir(cfg, r))]
+    if not done:
+        return
+    accepted = sum(read_marker(round_dir(cfg, r))["accepted"] for r in done)
+    d_sft = sum(1 for _ in iter_jsonl(evolve_dir(cfg) / "d_sft.jsonl"))
+    print(f"evolve: {len(done)} rounds done; {accepted} paths accepted; D_SFT now {d_sft} examples; "
+          f"latest model: {cfg.model_path('sft_model_final')}")
+
+
+def print_plan(cfg: MathSEConfig, pool: list[Problem]) -> None:
+    ev, inf = cfg.evolve, cfg.inference
+    print(f"[dry-run] evolve: {ev.rounds} rounds over D_remain = {len(pool)} problems from {cfg.data.pool_file}")
+    print(f"[dry-run] per round: batch {ev.batch_size}, {inf.n_paths} paths per problem, backend {inf.backend}, "
+          f"{inf.concurrency} requests in flight; ORM backend {cfg.orm.backend}, policy {cfg.orm.policy}")
+    args = chat_model_args(str(cfg.model_path("sft_model_stage0")), None, cfg.model.template, inf,
+                           image_max_pixels=training_image_max_pixels(cfg))
+    print(f"[dry-run] round 1 generation: ChatModel({json.dumps(args)})")
+    if ev.retrain:
+        print(f"[dry-run] retrain each round from {ev.retrain_from}; round 1 training command (not run):")
+        print(train_job(cfg, 1).describe())

@@ -1,0 +1,229 @@
+"""`--stage orm`: train the outcome reward model (ORM) on labelled reasoning paths.
+
+Input: `orm.train_file`, JSONL, one labelled path a line::
+
+    {"id": "p1", "question": "...", "images": ["img/p1.png"], "answer": "12" (optional),
+     "path": "Step 1: ...\\nStep 2: ...", "correct": false, "error_step": 2, "analysis": "..."}
+
+Every line is validated before anything is written (errors name `file:line`). Each row becomes
+one SFT example in exactly the ORM contract of `mathse.verdict`: system `ORM_SYSTEM_PROMPT`, user
+`build_orm_prompt(question, split_steps(path), answer)` after one `<image>` per image, assistant
+`format_orm_response(verdict)`. That is what `mathse.orm.Judge` shows the trained ORM, and what
+`parse_verdict` reads back.
+
+Two units of work with completion markers: the dataset (`output/orm/`, dataset `mathse_orm` in
+`output/data/`) and the model (`paths.orm_model`). A finished stage does nothing when rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+
+from mathse.config import MathSEConfig, save_resolved_config
+from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
+from mathse.records import DataError
+from mathse.steps import split_steps
+from mathse.storage import is_done, mark_done, read_marker
+from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, format_orm_response
+
+STAGE = "orm"
+DATASET_NAME = "mathse_orm"
+# Below this share of either class the ORM mostly learns to say one thing: worth a warning.
+IMBALANCE_WARN = 0.1
+
+
+class LabelledPath(BaseModel):
+    """One labelled reasoning path: the ORM's training example."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    images: tuple[str, ...] = ()
+    answer: str | None = None
+    path: str = Field(min_length=1)
+    correct: StrictBool  # "false" or 0 would silently flip labels: only JSON booleans
+    error_step: int | None = Field(default=None, ge=1)
+    analysis: str
+
+    @field_validator("id", "answer", mode="before")
+    @classmethod
+    def _scalar_to_str(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return value
+        return str(value) if isinstance(value, int | float) else value
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _one_image_or_many(cls, value: object) -> object:
+        if value is None:
+            return ()
+        return (value,) if isinstance(value, str) else value
+
+    @property
+    def steps(self) -> list[str]:
+        return split_steps(self.path)
+
+    def verdict(self) -> Verdict:
+        return Verdict(correct=self.correct, error_step=self.error_step, analysis=self.analysis, parsed=True)
+
+    def example(self) -> SftExample:
+        """The SFT example in the ORM prompt/response contract (see mathse.verdict)."""
+        return SftExample(
+            prompt=build_orm_prompt(self.question, self.steps, self.answer),
+            response=format_orm_response(self.verdict()),
+            images=self.images,
+            system=ORM_SYSTEM_PROMPT,
+        )
+
+
+def read_labelled_paths(path: Path, image_root: Path | None = None) -> list[LabelledPath]:
+    """Read and validate every line of the ORM train file; DataError names `file:line` on the first bad one.
+
+    Image paths are made absolute: relative ones resolve against `image_root`, else the file's folder.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    root = image_root or path.parent
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    rows: list[LabelledPath] = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        try:
+            row = LabelledPath.model_validate(obj)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "record"
+            raise DataError(f"{where}: {field}: {err['msg']}") from None
+        if row.correct and row.error_step is not None:
+            raise DataError(f"{where}: error_step: must be null when correct is true (got {row.error_step})")
+        n_steps = len(row.steps)
+        if row.error_step is not None and row.error_step > n_steps:
+            raise DataError(f"{where}: error_step: {row.error_step} is beyond the path's {n_steps} steps")
+        resolved = tuple(str(_resolve_image(img, root)) for img in row.images)
+        for img in resolved:
+            if not img.startswith(("http://", "https://", "data:")) and not Path(img).is_file():
+                raise DataError(f"{where}: record {row.id!r}: image not found: {img}")
+        rows.append(row.model_copy(update={"images": resolved}))
+    if not rows:
+        raise DataError(f"{path}: no labelled paths in file")
+    return rows
+
+
+def _resolve_image(ref: str, root: Path) -> Path | str:
+    if ref.startswith(("http://", "https://", "data:")):
+        return ref
+    image = Path(ref).expanduser()
+    return image if image.is_absolute() else (root / image).resolve()
+
+
+def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
+    train_file: Path = cfg.require("orm.train_file")
+    rows = read_labelled_paths(train_file, cfg.data.image_root)  # validates everything before any write
+    stage_dir = cfg.output_dir / STAGE
+    job = train_job(cfg)
+    if dry_run:
+        print_plan(cfg, rows, job)
+        return 0
+    if finished(cfg):
+        stats = read_marker(stage_dir)
+        print(f"orm: already done, nothing to do ({stats['rows']} labelled paths; ORM at {job.output_dir})")
+        if stats.get("train_file_sha256") != _sha256(train_file):
+            print(f"orm: note: {train_file} changed since; delete {stage_dir} and {job.output_dir} to retrain")
+        return 0
+
+    save_resolved_config(cfg, stage_dir / "config.yaml")
+    if not is_done(stage_dir):
+        mark_done(stage_dir, build_dataset(cfg, rows, train_file))
+    stats = read_marker(stage_dir)
+    run_train_job(job)
+    print(summary(stats))
+    print(f"orm: ORM checkpoint: {job.output_dir}")
+    return 0
+
+
+def finished(cfg: MathSEConfig) -> bool:
+    """Both units of work (the ORM dataset and the ORM model) carry their completion markers."""
+    return is_done(cfg.output_dir / STAGE) and is_done(cfg.model_path("orm_model"))
+
+
+def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
+    stage_dir = cfg.output_dir / STAGE
+    return {
+        "ORM dataset (LLaMA-Factory)": dataset_dir(cfg) / f"{DATASET_NAME}.json",
+        "ORM training log": stage_dir / "train_orm.log",
+        "ORM checkpoint": cfg.model_path("orm_model"),
+    }
+
+
+def dataset_dir(cfg: MathSEConfig) -> Path:
+    """The run's one LLaMA-Factory dataset folder (shared with the other stages)."""
+    return cfg.output_dir / "data"
+
+
+def train_job(cfg: MathSEConfig) -> TrainJob:
+    return compose_train_job(
+        cfg,
+        name="train_orm",
+        model_path=cfg.model.base,
+        datasets=[DATASET_NAME],
+        dataset_dir=dataset_dir(cfg),
+        output_dir=cfg.model_path("orm_model"),
+        run_dir=cfg.output_dir / STAGE,
+    )
+
+
+def balance(rows: list[LabelledPath]) -> dict[str, int]:
+    correct = sum(1 for r in rows if r.correct)
+    located = sum(1 for r in rows if not r.correct and r.error_step is not None)
+    return {"rows": len(rows), "correct": correct, "incorrect": len(rows) - correct, "error_step_known": located}
+
+
+def summary(stats: dict[str, int]) -> str:
+    rows = max(stats["rows"], 1)
+    return (
+        f"orm: done: {stats['rows']} labelled paths ({stats['correct']} correct / {stats['incorrect']} incorrect, "
+        f"{100 * stats['correct'] / rows:.0f}% correct; {stats['error_step_known']} with a first wrong step) "
+        f"-> dataset {DATASET_NAME} ({stats['examples']} examples)"
+    )
+
+
+def print_plan(cfg: MathSEConfig, rows: list[LabelledPath], job: TrainJob) -> None:
+    counts = balance(rows)
+    print(f"[dry-run] orm: {counts['rows']} labelled paths from {cfg.orm.train_file}")
+    print(
+        f"[dry-run] {counts['correct']} correct / {counts['incorrect']} incorrect "
+        f"({counts['error_step_known']} with a first wrong step)"
+    )
+    print(f"[dry-run] dataset {DATASET_NAME} ({counts['rows']} examples) in {dataset_dir(cfg)}")
+    print("[dry-run] training command (not run):")
+    print(job.describe())
+
+
+def build_dataset(cfg: MathSEConfig, rows: list[LabelledPath], train_file: Path) -> dict[str, int | str]:
+    """Write the ORM's SFT dataset; returns the stats kept in the stage marker."""
+    counts = balance(rows)
+    for label in ("correct", "incorrect"):
+        if counts[label] < IMBALANCE_WARN * counts["rows"]:
+            print(f"orm: warning: only {counts[label]} of {counts['rows']} labelled paths are {label}")
+    examples = write_sharegpt_dataset((r.example() for r in rows), dataset_dir(cfg), DATASET_NAME)
+    return {**counts, "examples": examples, "train_file_sha256": _sha256(train_file)}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
