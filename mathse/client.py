@@ -55,6 +55,7 @@ __all__ = [
     "ChatClient",
     "ChatRequest",
     "ChatResult",
+    "DataURL",
     "UsageLedger",
     "cache_key",
     "image_data_url",
@@ -74,13 +75,25 @@ RETRYABLE_4XX = {408, 409, 429}
 # -- messages --------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=512)
-def _encode_file(path: str, mtime_ns: int, size: int) -> str:
+class DataURL(str):
+    """A data URL that carries the sha256 of its text, so cache keys never re-hash the image."""
+
+    sha256: str
+
+    def __new__(cls, text: str) -> DataURL:
+        url = super().__new__(cls, text)
+        url.sha256 = hashlib.sha256(text.encode("ascii")).hexdigest()
+        return url
+
+
+@functools.lru_cache(maxsize=64)
+def _encode_file(path: str, mtime_ns: int, size: int) -> DataURL:
     # mtime/size are part of the cache key so an edited image is re-read; the same image is often
-    # sent many times (k samples per problem), so it is read and base64-encoded once.
+    # sent several times in a row (k samples per problem), so it is read and encoded once. Small
+    # maxsize: each entry holds a whole base64 image.
     mime = mimetypes.guess_type(path)[0] or "image/png"
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f"data:{mime};base64,{data}"
+    return DataURL(f"data:{mime};base64,{data}")
 
 
 def image_data_url(image: str | Path) -> str:
@@ -153,9 +166,37 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def _url_digest(url: str) -> str:
+    digest = getattr(url, "sha256", None)  # a DataURL from user_message: hashed when encoded
+    return digest if digest is not None else hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+
+def _key_messages(messages: list[dict[str, Any]]) -> list[Any]:
+    """The messages with each inline image (data URL) replaced by its sha256.
+
+    Same identity as hashing the image bytes, without serializing megabytes of base64 into the
+    canonical JSON for every request.
+    """
+    out: list[Any] = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                image_url = part.get("image_url") if isinstance(part, dict) else None
+                url = image_url.get("url") if isinstance(image_url, dict) else None
+                if isinstance(url, str) and url.startswith("data:"):
+                    part = {**part, "image_url": {**image_url, "url": "sha256:" + _url_digest(url)}}
+                parts.append(part)
+            message = {**message, "content": parts}
+        out.append(message)
+    return out
+
+
 def cache_key(body: dict[str, Any], salt: str | None = None) -> str:
     """sha256 of the canonical JSON of a request body (plus salt): the answer cache key."""
-    digest = hashlib.sha256(_canonical({"v": CACHE_VERSION, "body": body, "salt": salt}))
+    view = {**body, "messages": _key_messages(body.get("messages") or [])}
+    digest = hashlib.sha256(_canonical({"v": CACHE_VERSION, "body": view, "salt": salt}))
     return digest.hexdigest()
 
 

@@ -152,6 +152,45 @@ class ReflectConfig(StrictModel):
     # "corrected": the corrected path alone is the target;
     # "reflection": draft + reflection + corrected path (reflection-in-the-loop).
     format: Literal["corrected", "reflection"] = "corrected"
+    # The teacher's instructions; {question} {answer} {draft} {steps} {error_step} {error_step_text}
+    # {analysis} are filled in. The reply must hold a reflection and a corrected solution.
+    prompt: str = (
+        "A student solved the problem below and made a mistake.\n\n"
+        "Problem: {question}\n\nStudent's solution (numbered steps):\n{steps}\n\n"
+        "A reviewer found the first error at step {error_step}: {error_step_text}\n"
+        "Reviewer's analysis: {analysis}\n\n"
+        "Reply in two parts. After 'Reflection:', explain in a few sentences what went wrong and why. "
+        "After 'Corrected solution:', write a complete corrected step-by-step solution, one step per line "
+        "starting with 'Step k:', ending with 'The final answer is \\boxed{{...}}'."
+    )
+    # Keep only reflected paths the ORM (with orm.policy) judges correct.
+    revalidate: bool = True
+    max_drafts_per_question: int | None = Field(None, ge=1)
+    # Final SFT recipe; default: llama_factory.recipe (e.g. configs/llama_factory/sft_lora.yaml).
+    final_recipe: Path | None = None
+    # Start the final SFT from the Stage-2 checkpoint ("stage2") or from the base model ("base").
+    final_from: Literal["stage2", "base"] = "stage2"
+
+
+class BenchmarkSpec(StrictModel):
+    """One evaluation set, read from local files in its published layout."""
+
+    name: str
+    format: Literal["mathvista", "mathverse", "mathvision", "mathvl", "jsonl"]
+    path: Path  # a file (JSONL/JSON/parquet) or a folder holding the benchmark's files
+    split: str | None = None  # e.g. testmini / test, where the layout has several
+    image_root: Path | None = None  # where relative image paths resolve; default: next to `path`
+    limit: int | None = Field(None, ge=1)  # evaluate only the first N records (smoke tests)
+
+
+class EvalConfig(StrictModel):
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=list)
+    # Model dirs or names: "base", "stage0", "round_<r>", "stage2", "final"; None = every model the run produced.
+    checkpoints: list[str] | None = None
+    # Optional LLM judge for answers the rules cannot extract (reported separately).
+    judge: ApiConfig | None = None
+    max_new_tokens: int | None = Field(None, ge=1)  # default: inference.max_new_tokens
+    temperature: float = Field(0.0, ge=0)
 
 
 class LauncherConfig(StrictModel):
@@ -225,6 +264,7 @@ class MathSEConfig(StrictModel):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     evolve: EvolveConfig = Field(default_factory=EvolveConfig)
     reflect: ReflectConfig = Field(default_factory=ReflectConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     llama_factory: LlamaFactoryConfig = Field(default_factory=LlamaFactoryConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     pricing: dict[str, Price] = Field(default_factory=dict)
@@ -328,6 +368,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> MathSEC
     base = Path(cfg.model.base)
     if _looks_local(cfg.model.base) and not base.exists():
         errors.append(f"config error: model.base: path not found: {base}")
+    if cfg.reflect.final_recipe is not None and not cfg.reflect.final_recipe.exists():
+        errors.append(f"config error: reflect.final_recipe: path not found: {cfg.reflect.final_recipe}")
+    for i, bench in enumerate(cfg.eval.benchmarks):
+        for key in ("path", "image_root"):
+            value = getattr(bench, key)
+            if value is not None and not value.exists():
+                errors.append(f"config error: eval.benchmarks[{i}].{key}: path not found: {value}")
     if errors:
         raise ConfigError(errors)
     return cfg
@@ -441,6 +488,12 @@ def _resolve_paths(cfg: MathSEConfig, base: Path) -> None:
         cfg.llama_factory.deepspeed = _resolve_shipped(cfg.llama_factory.deepspeed, base)
     if cfg.orm.train_file is not None:
         cfg.orm.train_file = _resolve(cfg.orm.train_file, base)
+    if cfg.reflect.final_recipe is not None:
+        cfg.reflect.final_recipe = _resolve_shipped(cfg.reflect.final_recipe, base)
+    for bench in cfg.eval.benchmarks:
+        bench.path = _resolve(bench.path, base)
+        if bench.image_root is not None:
+            bench.image_root = _resolve(bench.image_root, base)
     if _looks_local(cfg.model.base, base):
         cfg.model.base = str(_resolve(Path(cfg.model.base), base))
     if cfg.orm.local is not None and _looks_local(cfg.orm.local.model_name_or_path, base):
