@@ -14,6 +14,8 @@ from mathse.config import ConfigError, MathSEConfig, load_config
 STAGES: dict[str, tuple[str, str]] = {
     "distill": ("distill", "Stage 1: teacher solutions for the seed set -> D_SFT; train M0"),
     "evolve": ("evolve", "Stage 2: K rounds of generate -> ORM judge -> harvest -> retrain (--shard, --merge)"),
+    "reflect": ("reflect", "Stage 3 data: teacher corrects wrong paths from the ORM's diagnosis; ORM re-checks"),
+    "final": ("final", "Stage 3 training: final SFT on D_SFT + reflections from the Stage-2 checkpoint"),
     "orm": ("orm", "Train the outcome reward model on labelled paths (correct / first wrong step / analysis)"),
 }
 # `--stage all` runs these in order (those that exist), stopping at the first failure; each

@@ -150,9 +150,14 @@ def compose_train_job(
     output_dir: Path,
     run_dir: Path,
     extra: dict[str, Any] | None = None,
+    recipe_path: Path | None = None,
 ) -> TrainJob:
-    """Recipe template < config's llama_factory block < stage specifics (< `extra`)."""
-    recipe = yaml.safe_load(cfg.llama_factory.recipe.read_text(encoding="utf-8")) or {}
+    """Recipe template < config's llama_factory block < stage specifics (< `extra`).
+
+    `recipe_path` replaces `llama_factory.recipe` for one stage (e.g. a LoRA final SFT).
+    """
+    recipe_file = recipe_path or cfg.llama_factory.recipe
+    recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
     args: dict[str, Any] = dict(recipe)
     args.update(cfg.llama_factory.overrides())
     args.update(

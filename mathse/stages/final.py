@@ -1,0 +1,77 @@
+"""Stage 3 training (final): SFT on D_SFT fused with the kept reflections.
+
+Starts from the Stage-2 checkpoint (`paths.sft_model_final`, the latest evolve model) or, with
+`reflect.final_from: base`, from the base model; full-parameter by default, LoRA/QLoRA with
+`reflect.final_recipe: configs/llama_factory/sft_lora.yaml` (or sft_qlora.yaml). Writes
+`paths.reflection_model_final`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mathse.config import MathSEConfig, save_resolved_config
+from mathse.errors import StageError
+from mathse.llamafactory_bridge import TrainJob, compose_train_job, run_train_job
+from mathse.storage import is_done
+
+STAGE = "final"
+DATASET_NAME = "mathse_reflection_sft"  # written by the reflect stage
+
+
+def finished(cfg: MathSEConfig) -> bool:
+    return is_done(cfg.model_path("reflection_model_final"))
+
+
+def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
+    return {"final model": cfg.model_path("reflection_model_final")}
+
+
+def start_model(cfg: MathSEConfig) -> tuple[str, str | None]:
+    """(model_name_or_path, adapter) to start from; a LoRA Stage-2 checkpoint is an adapter."""
+    if cfg.reflect.final_from == "base":
+        return cfg.model.base, None
+    stage2 = cfg.model_path("sft_model_final")
+    if not stage2.exists():
+        raise StageError(f"final: no Stage-2 checkpoint at {stage2}: run --stage evolve first")
+    stage2 = stage2.resolve()
+    adapter_config = stage2 / "adapter_config.json"
+    if adapter_config.is_file():
+        return json.loads(adapter_config.read_text())["base_model_name_or_path"], str(stage2)
+    return str(stage2), None
+
+
+def train_job(cfg: MathSEConfig) -> TrainJob:
+    model, adapter = start_model(cfg)
+    extra: dict[str, Any] = {"adapter_name_or_path": adapter} if adapter else {}
+    return compose_train_job(
+        cfg,
+        name="train_final",
+        model_path=model,
+        datasets=[DATASET_NAME],
+        dataset_dir=cfg.output_dir / "data",
+        output_dir=cfg.model_path("reflection_model_final"),
+        run_dir=cfg.output_dir / STAGE,
+        extra=extra,
+        recipe_path=cfg.reflect.final_recipe,
+    )
+
+
+def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
+    dataset = cfg.output_dir / "data" / f"{DATASET_NAME}.json"
+    if dry_run:
+        target = cfg.model_path("reflection_model_final")
+        print(f"[dry-run] final: SFT on {dataset} (from the reflect stage) into {target}")
+        print(train_job(cfg).describe())
+        return 0
+    if finished(cfg):
+        print(f"final: already done, nothing to do (model at {cfg.model_path('reflection_model_final')})")
+        return 0
+    if not is_done(cfg.output_dir / "reflect") or not dataset.is_file():
+        raise StageError(f"final: the reflection dataset is not ready ({dataset}): run --stage reflect first")
+    save_resolved_config(cfg, cfg.output_dir / STAGE / "config.yaml")
+    out = run_train_job(train_job(cfg))
+    print(f"final: done; final model: {out}")
+    return 0

@@ -1,0 +1,269 @@
+"""Stage 3 data (reflect): the teacher corrects wrong paths using the ORM's diagnosis.
+
+For every incorrect path in the hard buffer across all evolve rounds (`evolve/sft_rejected.jsonl`):
+the question, its images, the draft as numbered steps, the ORM's first wrong step and analysis
+go to the teacher (prompt template `reflect.prompt`); its reply holds a reflection and a corrected
+solution; the ORM re-judges the corrected path (`orm.policy`) and the ones judged correct are
+kept. Kept rows `{instruction, input, draft, reflection, output}` (one per draft: several drafts
+of a question are separate rows) are fused with D_SFT into `output/reflection_sft.jsonl` and the
+LLaMA-Factory dataset `mathse_reflection_sft`, in the format `reflect.format` selects.
+
+Resumable: teacher replies are journaled as they arrive (`reflect/teacher.jsonl`, besides the
+client's on-disk cache) and verdicts in `orm_reflections/reflect.jsonl`; a rerun asks the teacher
+and the ORM only for what is missing. The stage's marker is written last.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from mathse.client import ChatClient, ChatRequest, ChatResult, UsageLedger, user_message
+from mathse.config import ConfigError, MathSEConfig, save_resolved_config
+from mathse.errors import StageError
+from mathse.llamafactory_bridge import SftExample, write_sharegpt_dataset
+from mathse.orm import Judge, JudgeItem, journal_path
+from mathse.prompts import fill_template
+from mathse.records import Problem
+from mathse.steps import number_steps, split_steps
+from mathse.storage import Journal, atomic_write_json, atomic_write_jsonl, is_done, iter_jsonl, mark_done, read_marker
+
+STAGE = "reflect"
+DATASET_NAME = "mathse_reflection_sft"
+_CORRECTED = re.compile(
+    r"^\W*corrected\s+solution\W*:?\W*$|corrected\s+solution\s*\**\s*:", re.IGNORECASE | re.MULTILINE
+)
+_REFLECTION = re.compile(r"reflection\s*\**\s*:", re.IGNORECASE)
+
+
+def stage_dir(cfg: MathSEConfig) -> Path:
+    return cfg.output_dir / STAGE
+
+
+def rows_path(cfg: MathSEConfig) -> Path:
+    return cfg.output_dir / "orm_reflections" / "reflection_rows.jsonl"
+
+
+def fused_path(cfg: MathSEConfig) -> Path:
+    return cfg.output_dir / "reflection_sft.jsonl"
+
+
+def finished(cfg: MathSEConfig) -> bool:
+    return is_done(stage_dir(cfg))
+
+
+def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
+    return {
+        "reflection rows (kept)": rows_path(cfg),
+        "reflections dropped": cfg.output_dir / "orm_reflections" / "reflection_dropped.jsonl",
+        "reflection SFT data": fused_path(cfg),
+        "reflection dataset": cfg.output_dir / "data" / f"{DATASET_NAME}.json",
+    }
+
+
+def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
+    rejected_file = cfg.output_dir / "evolve" / "sft_rejected.jsonl"
+    d_sft_file = latest_d_sft(cfg)
+    if not rejected_file.is_file() or d_sft_file is None:
+        raise StageError(f"reflect: no evolve results in {cfg.output_dir / 'evolve'}: run --stage evolve first")
+    drafts = select_drafts(cfg, list(iter_jsonl(rejected_file)))
+    if dry_run:
+        print(f"[dry-run] reflect: {len(drafts['keep'])} incorrect paths from {rejected_file} would go to the "
+              f"teacher ({cfg.teacher.model if cfg.teacher else 'not configured'}); "
+              f"{len(drafts['skipped'])} skipped (duplicates / per-question cap)")
+        print(f"[dry-run] format {cfg.reflect.format}; re-validation {'on' if cfg.reflect.revalidate else 'off'} "
+              f"(ORM {cfg.orm.backend}, policy {cfg.orm.policy}); fused with {d_sft_file} -> {fused_path(cfg)}")
+        return 0
+    if finished(cfg):
+        stats = read_marker(stage_dir(cfg))
+        print(f"reflect: already done, nothing to do ({stats['kept']} kept of {stats['sent']}; {fused_path(cfg)})")
+        return 0
+
+    save_resolved_config(cfg, stage_dir(cfg) / "config.yaml")
+    drafts_to_send = drafts["keep"]
+    replies = ask_teacher(cfg, drafts_to_send)
+    kept, dropped = build_rows(cfg, drafts_to_send, replies)
+    dropped += [{"key": d["key"], "id": d["id"], "reason": d["skip_reason"]} for d in drafts["skipped"]]
+    atomic_write_jsonl(rows_path(cfg), kept)
+    atomic_write_jsonl(cfg.output_dir / "orm_reflections" / "reflection_dropped.jsonl", dropped)
+    fused = fuse(cfg, d_sft_file, kept)
+    reasons = Counter(d["reason"].split(":")[0] for d in dropped)
+    stats = {"sent": len(drafts_to_send), "kept": len(kept), "dropped": dict(reasons),
+             "d_sft": fused - len(kept), "fused": fused, "format": cfg.reflect.format}
+    atomic_write_json(stage_dir(cfg) / "stats.json", stats)
+    mark_done(stage_dir(cfg), stats)
+    print(f"reflect: sent {stats['sent']} drafts, kept {stats['kept']}, dropped "
+          f"{sum(reasons.values())} ({', '.join(f'{k}: {v}' for k, v in reasons.items()) or 'none'}); "
+          f"reflection SFT {fused} rows -> {fused_path(cfg)}")
+    return 0
+
+
+def latest_d_sft(cfg: MathSEConfig) -> Path | None:
+    """D_SFT after evolve, or after distill when evolve accepted nothing yet."""
+    for path in (cfg.output_dir / "evolve" / "d_sft.jsonl", cfg.output_dir / "distill" / "d_sft.jsonl"):
+        if path.is_file():
+            return path
+    return None
+
+
+def select_drafts(cfg: MathSEConfig, rejected: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Every incorrect path once: identical drafts of a question are one, capped per question."""
+    keep: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    per_question: Counter[str] = Counter()
+    cap = cfg.reflect.max_drafts_per_question
+    for row in rejected:
+        row = {**row, "key": f"{row['id']}#r{row['round']}#s{row['sample']}"}
+        if (row["id"], row["reasoning"]) in seen:
+            skipped.append({**row, "skip_reason": "duplicate draft"})
+        elif cap is not None and per_question[row["id"]] >= cap:
+            skipped.append({**row, "skip_reason": "over reflect.max_drafts_per_question"})
+        else:
+            seen.add((row["id"], row["reasoning"]))
+            per_question[row["id"]] += 1
+            keep.append(row)
+    return {"keep": keep, "skipped": skipped}
+
+
+def reflection_prompt(cfg: MathSEConfig, draft: dict[str, Any]) -> str:
+    steps = split_steps(draft["reasoning"])
+    k = draft.get("error_step")
+    step_text = steps[k - 1] if isinstance(k, int) and 1 <= k <= len(steps) else "(the reviewer did not locate it)"
+    return fill_template(
+        cfg.reflect.prompt,
+        "reflect.prompt",
+        question=draft["question"],
+        answer=draft["answer"],
+        draft=draft["reasoning"],
+        steps=number_steps(steps),
+        error_step=str(k) if k else "unknown",
+        error_step_text=step_text,
+        analysis=draft.get("analysis") or "(no analysis given)",
+    )
+
+
+def ask_teacher(cfg: MathSEConfig, drafts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The teacher's reply per draft key; journaled as each arrives, so a kill loses none."""
+    teacher = cfg.teacher
+    if teacher is None and drafts:
+        raise ConfigError([f"config error: teacher: required: {len(drafts)} drafts to reflect on"])
+    with Journal(stage_dir(cfg) / "teacher.jsonl") as journal:
+        pending = [d for d in drafts if d["key"] not in journal]
+        if pending and teacher is not None:
+            requests = [ChatRequest(key=d["key"], messages=[user_message(reflection_prompt(cfg, d), d["images"])])
+                        for d in pending]
+            ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
+            client = ChatClient(teacher, cfg.output_dir / "cache" / "api", ledger=ledger, stage=STAGE)
+
+            def journal_it(result: ChatResult) -> None:
+                if result.ok:  # failures are not journaled: a rerun asks again
+                    journal.append({"key": result.key, "text": result.text})
+
+            try:
+                results = client.complete_many_sync(requests, on_result=journal_it, progress="reflect teacher")
+            finally:
+                ledger.save()
+            failed = {r.key: r.error for r in results if not r.ok}
+        else:
+            failed = {}
+        return {d["key"]: journal.rows.get(d["key"]) or {"error": failed.get(d["key"], "no reply")} for d in drafts}
+
+
+def split_reply(text: str) -> tuple[str, str] | None:
+    """(reflection, corrected solution) from the teacher's reply, or None without a solution part."""
+    # The last marker: a reflection may mention "corrected solution" in passing.
+    match = next(reversed(list(_CORRECTED.finditer(text))), None)
+    if match is None:
+        return None
+    corrected = text[match.end():].strip()
+    head = text[: match.start()]
+    found = _REFLECTION.search(head)
+    reflection = (head[found.end():] if found else head).strip().strip("*").strip()
+    return (reflection, corrected) if corrected else None
+
+
+def build_rows(
+    cfg: MathSEConfig, drafts: list[dict[str, Any]], replies: dict[str, dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Parse replies, re-judge the corrected paths, keep the ones judged correct."""
+    dropped: list[dict[str, Any]] = []
+    parsed: dict[str, tuple[str, str]] = {}
+    for d in drafts:
+        reply = replies[d["key"]]
+        if "text" not in reply:
+            dropped.append({"key": d["key"], "id": d["id"], "reason": f"teacher call failed: {reply['error']}"})
+        elif (parts := split_reply(reply["text"])) is None:
+            reason = "unparseable teacher reply: no corrected solution"
+            dropped.append({"key": d["key"], "id": d["id"], "reason": reason, "raw": reply["text"]})
+        else:
+            parsed[d["key"]] = parts
+
+    verdicts = revalidate(cfg, [d for d in drafts if d["key"] in parsed], parsed) if cfg.reflect.revalidate else {}
+    kept: list[dict[str, Any]] = []
+    for d in drafts:
+        if d["key"] not in parsed:
+            continue
+        reflection, corrected = parsed[d["key"]]
+        verdict = verdicts.get(d["key"])
+        if cfg.reflect.revalidate and (verdict is None or verdict["final"]["correct"] is not True):
+            reason = "ORM call failed" if verdict is None else f"ORM rejected the corrected path: " \
+                     f"{(verdict['final'].get('analysis') or '').strip()[:200]}"
+            dropped.append({"key": d["key"], "id": d["id"], "reason": reason, "corrected": corrected})
+            continue
+        kept.append({
+            "instruction": d["prompt"], "input": "", "draft": d["reasoning"], "reflection": reflection,
+            "output": corrected, "id": d["id"], "key": d["key"], "images": d["images"], "answer": d["answer"],
+            "round": d["round"], "error_step": d.get("error_step"), "analysis": d.get("analysis"),
+        })
+    return kept, dropped
+
+
+def revalidate(
+    cfg: MathSEConfig, drafts: list[dict[str, Any]], parsed: dict[str, tuple[str, str]]
+) -> dict[str, dict[str, Any]]:
+    items = [
+        JudgeItem(d["key"], Problem(id=d["id"], question=d["question"], images=tuple(d["images"]), answer=d["answer"]),
+                  parsed[d["key"]][1])
+        for d in drafts
+    ]
+    ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
+    judge = Judge(cfg, STAGE, ledger)
+    try:
+        with Journal(journal_path(cfg, STAGE)) as journal:
+            stats = judge.judge(items, journal, progress="reflect judge")
+            rows = dict(journal.rows)
+    finally:
+        judge.close()
+        ledger.save()
+    print(stats.summary_line())
+    if stats.failed:
+        raise StageError(f"reflect: {stats.failed} ORM calls failed; rerun the same command to retry just those")
+    return rows
+
+
+def training_response(row: dict[str, Any], fmt: str) -> str:
+    """The SFT target of a kept row: the corrected path, or draft + reflection + corrected path."""
+    if fmt == "corrected":
+        return row["output"]
+    return f"{row['draft']}\n\nReflection: {row['reflection']}\n\nCorrected solution:\n{row['output']}"
+
+
+def fuse(cfg: MathSEConfig, d_sft_file: Path, kept: list[dict[str, Any]]) -> int:
+    """D_SFT + kept reflections -> reflection_sft.jsonl and its LLaMA-Factory dataset."""
+    fused = [
+        {"instruction": r["prompt"], "input": "", "output": r["response"], "images": r["images"], "id": r["id"],
+         "origin": r["origin"]}
+        for r in iter_jsonl(d_sft_file)
+    ]
+    fused += [
+        {"instruction": r["instruction"], "input": "", "output": training_response(r, cfg.reflect.format),
+         "images": r["images"], "id": r["id"], "origin": "reflection", "draft": r["draft"],
+         "reflection": r["reflection"]}
+        for r in kept
+    ]
+    atomic_write_jsonl(fused_path(cfg), fused)
+    examples = (SftExample(prompt=r["instruction"], response=r["output"], images=tuple(r["images"])) for r in fused)
+    return write_sharegpt_dataset(examples, cfg.output_dir / "data", DATASET_NAME)

@@ -1,0 +1,163 @@
+"""Stage 3 data: prompts carry the ORM's diagnosis, the ORM re-validates, rows and formats, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mathse.cli import main
+from mathse.records import read_problems
+from mathse.stages.reflect import split_reply
+from mathse.storage import atomic_write_jsonl, iter_jsonl
+from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
+from tests.conftest import PROJECT_ROOT
+
+
+def teacher_reply(body: dict[str, Any]) -> str:
+    """Corrects toward the reference answer (read from the draft's problem), except for dots."""
+    text = last_user_text(body)
+    question = re.search(r"Problem: (.+?)\n\nStudent", text, re.S).group(1)
+    answer = ANSWERS[question]
+    if "dots" in question:
+        answer = "999"  # a wrong correction: the re-validation must drop it
+    return (
+        "Reflection: The student misread the figure in the flagged step.\n\n"
+        f"Corrected solution:\nStep 1: Read the figure again.\nThe final answer is \\boxed{{{answer}}}"
+    )
+
+
+ANSWERS: dict[str, str] = {}
+
+
+@pytest.fixture
+def evolved(tmp_path: Path, demo_data, run_config):
+    """An output dir as evolve leaves it: D_SFT and rejected paths (two drafts for some problems)."""
+    problems = read_problems(demo_data[1])[:6]
+    ANSWERS.update({p.question: p.answer for p in problems})
+    out = tmp_path / "output" / "evolve"
+    rejected = []
+    for i, p in enumerate(problems):
+        for sample in range(2 if i % 2 == 0 else 1):
+            rejected.append({
+                "id": p.id, "question": p.question, "images": list(p.images), "answer": p.answer, "round": 1,
+                "sample": sample, "prompt": f"{p.question}\n\nSolve.", "verdict_source": "orm", "orm_raw": "{}",
+                "reasoning": f"Step 1: I count wrongly (draft {sample}).\nStep 2: So it is 0.\n"
+                "The final answer is \\boxed{0}",
+                "error_step": 1, "analysis": f"Miscounted the objects in draft {sample}.",
+            })
+    atomic_write_jsonl(out / "sft_rejected.jsonl", rejected)
+    atomic_write_jsonl(out / "d_sft.jsonl", [
+        {"id": "s1", "prompt": "q?", "images": [], "answer": "1", "response": "Step 1: 1.", "origin": "seed"},
+    ])
+    return rejected, problems
+
+
+def sections(server: FakeOpenAIServer, fmt: str = "corrected") -> dict[str, Any]:
+    return {
+        "teacher": {"base_url": server.base_url, "model": "gpt-4o", "max_retries": 1, "concurrency": 2},
+        "orm": {"backend": "rule", "policy": "rule"},
+        "reflect": {"format": fmt},
+    }
+
+
+@pytest.mark.parametrize("fmt", ["corrected", "reflection"])
+def test_reflection_rows_prompt_revalidation_and_formats(evolved, run_config, fmt: str) -> None:
+    rejected, problems = evolved
+    with FakeOpenAIServer(replies=teacher_reply) as server:
+        config = run_config(**sections(server, fmt))
+        assert main(["--stage", "reflect", "--config", str(config)]) == 0
+        prompts = [last_user_text(b) for b in server.requests]
+        assert server.chat_calls == len(rejected)
+    # the prompt carries the question, the numbered draft, the error step and the analysis
+    first = next(p for p in prompts if "draft 0" in p and problems[0].question in p)
+    assert "Step 1: I count wrongly (draft 0)." in first and "Step 2: So it is 0." in first
+    assert "first error at step 1: I count wrongly (draft 0)." in first
+    assert "Miscounted the objects in draft 0." in first
+    assert all(b["messages"][0]["content"][0]["type"] == "image_url" for b in server.requests)
+
+    out = config.parent / "output"
+    rows = list(iter_jsonl(out / "orm_reflections" / "reflection_rows.jsonl"))
+    dropped = list(iter_jsonl(out / "orm_reflections" / "reflection_dropped.jsonl"))
+    dots = {p.id for p in problems if "dots" in p.question}
+    assert {r["id"] for r in rows} == {p.id for p in problems} - dots
+    assert {d["id"] for d in dropped} == dots and all("rejected" in d["reason"] for d in dropped)
+    for row in rows:
+        assert set(row) >= {"instruction", "input", "draft", "reflection", "output"}
+        assert row["reflection"] == "The student misread the figure in the flagged step."
+        assert row["output"].startswith("Step 1: Read the figure again.")
+    # several drafts of one question are separate rows
+    for pid in {r["id"] for r in rows}:
+        drafts = [x["reasoning"] for x in rejected if x["id"] == pid]
+        assert sorted(r["draft"] for r in rows if r["id"] == pid) == sorted(drafts)
+    assert any(len([x for x in rejected if x["id"] == r["id"]]) == 2 for r in rows)
+
+    fused = list(iter_jsonl(out / "reflection_sft.jsonl"))
+    assert len(fused) == 1 + len(rows) and fused[0]["origin"] == "seed"
+    dataset = json.loads((out / "data" / "mathse_reflection_sft.json").read_text())
+    target = dataset[1]["messages"][-1]["content"]
+    if fmt == "corrected":
+        assert target.startswith("Step 1: Read the figure again.") and "Reflection:" not in target
+    else:
+        assert target.startswith("Step 1: I count wrongly") and "Reflection: The student misread" in target
+        assert target.endswith(rows[0]["output"])
+    stats = json.loads((out / "reflect" / "stats.json").read_text())
+    assert stats["sent"] == len(rejected) and stats["kept"] == len(rows)
+
+
+def test_split_reply_formats() -> None:
+    assert split_reply("Reflection: a\nCorrected solution:\nStep 1: b") == ("a", "Step 1: b")
+    assert split_reply("**Reflection:** a\n\n**Corrected solution:**\nStep 1: b") == ("a", "Step 1: b")
+    assert split_reply("just a solution with no parts") is None
+    assert split_reply("Reflection: a\nCorrected solution:") is None
+
+
+def test_identical_drafts_are_sent_once_and_teacher_failure_is_counted(evolved, run_config) -> None:
+    rejected, _ = evolved
+    rejected.append({**rejected[0], "round": 2})  # the same draft again in a later round
+    atomic_write_jsonl(run_config().parent / "output" / "evolve" / "sft_rejected.jsonl", rejected)
+    with FakeOpenAIServer(replies=teacher_reply) as server:
+        assert main(["--stage", "reflect", "--config", str(run_config(**sections(server)))]) == 0
+        assert server.chat_calls == len(rejected) - 1
+    dropped = list(iter_jsonl(run_config().parent / "output" / "orm_reflections" / "reflection_dropped.jsonl"))
+    assert any(d["reason"] == "duplicate draft" for d in dropped)
+
+
+def test_reflect_before_evolve_is_a_clear_error(run_config, capsys) -> None:
+    assert main(["--stage", "reflect", "--config", str(run_config())]) == 2
+    assert "run --stage evolve first" in capsys.readouterr().err
+
+
+def test_killed_midway_rerun_repeats_no_teacher_call(evolved, run_config, tmp_path: Path) -> None:
+    rejected, _ = evolved
+    with FakeOpenAIServer(replies=teacher_reply, latency_s=0.4) as server:
+        section = sections(server)
+        section["teacher"]["concurrency"] = 1
+        config = run_config(**section)
+        journal = tmp_path / "output" / "reflect" / "teacher.jsonl"
+        cmd = [sys.executable, "prepare_reflection_data.py", "--config", str(config)]
+        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not (journal.is_file() and len(journal.read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        answered = len(list(iter_jsonl(journal)))
+        calls_at_kill = server.chat_calls
+        assert answered < len(rejected)
+        rerun = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        # only drafts without a recorded answer were asked again (one answered just before the kill
+        # may be in the client's cache but not yet in the journal: then it costs no call either)
+        assert server.chat_calls - calls_at_kill <= len(rejected) - answered
+    assert len(list(iter_jsonl(journal))) == len(rejected)
