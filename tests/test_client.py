@@ -216,10 +216,22 @@ def test_sampling_params_are_part_of_the_cache_key(server: FakeOpenAIServer, tmp
     assert len(keys) == len(variants) + 2
     results = client.complete_many_sync(variants)
     assert server.calls == len(variants) and not any(r.cached for r in results)
-    assert server.requests[4]["seed"] == 1 and "cache_salt" not in server.requests[5]
+    assert [b["seed"] for b in server.requests if "seed" in b] == [1]  # extra params are sent
+    assert not any("cache_salt" in b for b in server.requests)  # the salt is not
     # Key order and the request's key (the caller's id) do not matter.
     assert cache_key({"b": 1, "a": 2}) == cache_key({"a": 2, "b": 1})
     assert client.body(ChatRequest("x", message)) == client.body(ChatRequest("y", message))
+
+
+def test_image_bytes_are_part_of_the_cache_key(tmp_path: Path) -> None:
+    one, two = tmp_path / "one.png", tmp_path / "two.png"
+    one.write_bytes(b"first image")
+    two.write_bytes(b"second image")
+    key_one = cache_key({"model": MODEL, "messages": [user_message("same text", [one])]})
+    assert key_one != cache_key({"model": MODEL, "messages": [user_message("same text", [two])]})
+    # A message written to JSON and read back (plain strings) keys the same as a fresh one.
+    reloaded = json.loads(json.dumps(user_message("same text", [one])))
+    assert cache_key({"model": MODEL, "messages": [reloaded]}) == key_one
 
 
 def test_identical_requests_in_one_batch_are_asked_once(server: FakeOpenAIServer, tmp_path: Path) -> None:
