@@ -16,11 +16,12 @@ STAGES: dict[str, tuple[str, str]] = {
     "evolve": ("evolve", "Stage 2: K rounds of generate -> ORM judge -> harvest -> retrain (--shard, --merge)"),
     "reflect": ("reflect", "Stage 3 data: teacher corrects wrong paths from the ORM's diagnosis; ORM re-checks"),
     "final": ("final", "Stage 3 training: final SFT on D_SFT + reflections from the Stage-2 checkpoint"),
+    "report": ("report", "Run report: tables, charts and report.json from whatever the run produced so far"),
     "orm": ("orm", "Train the outcome reward model on labelled paths (correct / first wrong step / analysis)"),
 }
 # `--stage all` runs these in order (those that exist), stopping at the first failure; each
 # stage skips the work it already finished, so a rerun resumes where the last one stopped.
-PIPELINE = ("distill", "evolve", "reflect", "final")
+PIPELINE = ("distill", "evolve", "reflect", "final", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,11 +19,23 @@ from typing import Any
 MARKER_NAME = ".mathse_done.json"
 
 
+def _default_file_mode() -> int:
+    # mkstemp creates 0600 files; outputs on a shared cluster filesystem should get the usual
+    # mode (0666 minus the umask), as an ordinary open() would give them.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` via a temp file in the same folder and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -44,6 +56,7 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,10 @@ def test_markers(tmp_path: Path) -> None:
     assert not is_done(tmp_path)
     mark_done(tmp_path, {"n": 3})
     assert is_done(tmp_path) and read_marker(tmp_path) == {"n": 3}
+
+
+def test_atomic_files_get_the_usual_mode_not_0600(tmp_path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    atomic_write_jsonl(tmp_path / "x.jsonl", [{"k": 1}])
+    assert (tmp_path / "x.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask

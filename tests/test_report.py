@@ -1,0 +1,379 @@
+"""The run report: a synthetic run directory with known numbers, every number checked in report.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from mathse.client import ChatResult, UsageLedger
+from mathse.config import MathSEConfig
+from mathse.stages import report
+from mathse.storage import MARKER_NAME, atomic_write_json, atomic_write_jsonl, read_json
+
+TEACHER, ORM = "gpt-4o", "mathse-orm"
+N_PATHS = 2
+
+# Per round: problem id -> verdict per path (None: no output). Solved problems leave the pool.
+ROUNDS: dict[int, dict[str, list[bool | None]]] = {
+    1: {"p1": [True, False], "p2": [False, False], "p3": [False, None], "p4": [None, None]},
+    2: {"p2": [True, True], "p3": [False, False], "p5": [True, False]},
+    3: {"p3": [False, True], "p4": [False, False], "p6": [False, False]},
+}
+POOL = ["p1", "p2", "p3", "p4", "p5", "p6"]
+UNPARSEABLE = {1: 1, 2: 0, 3: 2}
+# Accepted path lengths (characters) per round, in the order the accepted verdicts appear above.
+CHOSEN_LENGTHS = {1: [700], 2: [800, 900, 700], 3: [792]}
+
+
+def make_cfg(out: Path) -> MathSEConfig:
+    api = {"base_url": "http://127.0.0.1:9/v1"}
+    return MathSEConfig.model_validate(
+        {
+            "model": {"base": "tiny"},
+            "run": {"output_dir": str(out)},
+            "teacher": {**api, "model": TEACHER},
+            "orm": {"backend": "api", "policy": "orm", "api": {**api, "model": ORM}},
+            "evolve": {"rounds": 3},
+            "pricing": {TEACHER: {"prompt_per_1m": 2.5, "completion_per_1m": 10.0}},
+        }
+    )
+
+
+def write_distill(out: Path) -> None:
+    stats = {"seed": 4, "given": 1, "teacher_sent": 3, "teacher_kept": 2, "teacher_dropped": 1,
+             "teacher_failed": 0, "d_sft": 3}
+    rows = [{"id": f"s{i}", "prompt": "Q", "images": [], "answer": "1", "response": "a" * n, "origin": "teacher"}
+            for i, n in enumerate((300, 350, 325))]
+    atomic_write_jsonl(out / "distill" / "d_sft.jsonl", rows)
+    atomic_write_json(out / "distill" / MARKER_NAME, stats)
+
+
+def write_evolve(out: Path) -> None:
+    """Round files as evolve.merge_shards writes them; round 3 is merged but not retrained."""
+    remain = list(POOL)
+    cumulative: dict[str, list[dict[str, Any]]] = {"history": [], "chosen": []}
+    for r, batch in ROUNDS.items():
+        rd = out / "evolve" / f"round_{r}"
+        history, chosen = [], []
+        lengths = iter(CHOSEN_LENGTHS[r])
+        for pid, verdicts in batch.items():
+            solved = any(v is True for v in verdicts)
+            history.append({"id": pid, "round": r, "verdicts": verdicts, "solved": solved})
+            chosen += [{"id": pid, "round": r, "sample": k, "reasoning": "x" * next(lengths)}
+                       for k, v in enumerate(verdicts) if v is True]
+        solved_ids = {h["id"] for h in history if h["solved"]}
+        remain = [p for p in remain if p not in solved_ids]
+        flat = [v for verdicts in batch.values() for v in verdicts]
+        paths = sum(v is not None for v in flat)
+        accepted = sum(v is True for v in flat)
+        stats = {"attempted": len(batch), "paths": paths, "accepted": accepted, "rejected": paths - accepted,
+                 "unparseable": UNPARSEABLE[r], "no_output": len(batch) * N_PATHS - paths, "solved": len(solved_ids),
+                 "pool_left": len(remain), "shards": 1, "gen_seconds": 3.0, "paths_per_s": round(paths / 3.0, 3)}
+        atomic_write_jsonl(rd / "history.jsonl", history)
+        if r != 3:  # round 3's own file is gone: the report falls back to the cumulative buffer
+            atomic_write_jsonl(rd / "chosen.jsonl", chosen)
+        atomic_write_json(rd / "remain.json", remain)
+        atomic_write_json(rd / "stats.json", stats)
+        atomic_write_json(rd / ".merged.json", stats)
+        if r != 3:
+            atomic_write_json(rd / MARKER_NAME, {**stats, "model": f"sft_model_round_{r}"})
+        cumulative["history"] += history
+        cumulative["chosen"] += chosen
+    atomic_write_jsonl(out / "evolve" / "history.jsonl", cumulative["history"])
+    atomic_write_jsonl(out / "evolve" / "sft_chosen.jsonl", cumulative["chosen"])
+
+
+def verdict(key: str, orm: bool | str | None, rule: bool | None) -> dict[str, Any]:
+    """A journal row; orm "garbage" is an unparseable ORM reply, None an ORM never asked."""
+    orm_part = None
+    if orm == "garbage":
+        orm_part = {"raw": "I like turtles.", "correct": False, "error_step": None, "analysis": "", "score": None,
+                    "parsed": False}
+    elif orm is not None:
+        orm_part = {"raw": "{}", "correct": orm, "error_step": None if orm else 1, "analysis": "", "score": None,
+                    "parsed": True}
+    rule_part = None if rule is None else {"correct": rule, "extracted": "1", "reason": "match" if rule else "mismatch"}
+    final = {"correct": bool(orm is True), "error_step": None, "analysis": "", "source": "orm"}
+    return {"key": key, "id": key.split("#")[0], "path": "Step 1: ...", "steps": ["..."], "orm": orm_part,
+            "rule": rule_part, "final": final}
+
+
+def write_journals(out: Path) -> None:
+    j = out / "orm_reflections"
+    atomic_write_jsonl(j / "evolve_round_1.shard-0-of-2.jsonl",
+                       [verdict("a#0", True, True), verdict("a#1", True, False), verdict("b#0", "garbage", False)])
+    atomic_write_jsonl(j / "evolve_round_1.shard-1-of-2.jsonl",
+                       [verdict("c#0", False, True), verdict("c#1", False, False), verdict("d#0", True, None)])
+    # Failed calls are not verdicts: ignored.
+    atomic_write_jsonl(j / "evolve_round_1.shard-0-of-2.failed.jsonl",
+                       [{"key": "e#0", "id": "e", "stage": "evolve", "error": "timeout", "time": 1.0}])
+    atomic_write_jsonl(j / "evolve_round_2.shard-0-of-1.jsonl",  # policy "rule": the ORM is never asked
+                       [verdict("f#0", None, True), verdict("f#1", None, False)])
+    atomic_write_jsonl(j / "reflect.jsonl",
+                       [verdict("g#0", True, True), verdict("g#1", False, True), verdict("g#2", True, True)])
+
+
+def write_usage(out: Path, cfg: MathSEConfig) -> None:
+    ledger = UsageLedger(out / "usage.json", cfg.pricing)
+    for _ in range(2):
+        answered = ChatResult("k", text="t", prompt_tokens=1000, completion_tokens=500, attempts=1)
+        ledger.record("distill", TEACHER, answered)
+    ledger.record("distill", TEACHER, ChatResult("k", text="t", cached=True))
+    ledger.record("distill", TEACHER, ChatResult("k", error="gave up", attempts=3))
+    for _ in range(3):
+        ledger.record("evolve", ORM, ChatResult("k", text="{}", prompt_tokens=200, completion_tokens=50, attempts=1))
+    ledger.record("reflect", TEACHER, ChatResult("k", text="t", prompt_tokens=4000, completion_tokens=2000, attempts=1))
+    ledger.record("reflect", ORM, ChatResult("k", text="{}", prompt_tokens=300, completion_tokens=60, attempts=1))
+    ledger.save()
+
+
+def write_reflect(out: Path) -> None:
+    atomic_write_json(out / "reflect" / "stats.json",
+                      {"sent": 5, "kept": 2, "dropped": {"orm rejected": 2, "no corrected solution": 1}})
+    atomic_write_jsonl(out / "orm_reflections" / "reflection_rows.jsonl",
+                       [{"id": f"r{i}", "instruction": "Q", "input": "", "draft": "d", "reflection": "r",
+                         "output": "o" * n} for i, n in enumerate((1000, 1200))])
+
+
+# checkpoint -> benchmark -> per problem correct (None: judged neither way), response length
+PREDICTIONS: dict[str, dict[str, tuple[list[bool | None], int]]] = {
+    "base": {"mathvista": ([True, True, False, False], 325), "mathverse": ([False, False], 325)},
+    "round_2": {"mathvista": ([True, True, True, False], 500)},
+    "final": {"mathvista": ([True, False, True, False], 792), "mathverse": ([True, None], 792)},
+}
+
+
+def write_eval(out: Path) -> None:
+    """results.csv in the eval stage's layout: score, correct and total per benchmark, MathVerse versions."""
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    header = ["checkpoint", "model"]
+    for col in ("mathvista", "mathverse", "mathverse (Vision Only)"):
+        header += [col, f"{col} correct", f"{col} total"]
+    with (out / "eval" / "results.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerows([header,
+                          ["base", "tiny", "50.00", "2", "4", "0.00", "0", "2", "0.00", "0", "1"],
+                          ["round_2", "out/sft_model_round_2", "75.00", "3", "4", "", "", "", "", "", ""],
+                          ["final", "out/reflection_model_final", "50.00", "2", "4", "50.00", "1", "2", "100.00", "1",
+                           "1"]])
+    for ckpt, benches in PREDICTIONS.items():
+        for bench, (correct, length) in benches.items():
+            rows = [{"id": f"{bench}-{i}", "question": "Q", "answer": "1", "response": "r" * length, "extracted": "1",
+                     "correct": c, "correct_with_judge": c} for i, c in enumerate(correct)]
+            atomic_write_jsonl(out / "eval" / ckpt / bench / "predictions.jsonl", rows)
+
+
+@pytest.fixture
+def full_run(tmp_path: Path) -> MathSEConfig:
+    out = tmp_path / "out"
+    cfg = make_cfg(out)
+    write_distill(out)
+    write_evolve(out)
+    write_journals(out)
+    write_usage(out, cfg)
+    write_reflect(out)
+    write_eval(out)
+    return cfg
+
+
+def zero_transitions(**counts: int) -> dict[str, int]:
+    full = dict.fromkeys(report.TRANSITIONS, 0) | counts
+    return {**full, "n": sum(full.values())}
+
+
+def test_full_run_report_numbers(full_run: MathSEConfig, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = full_run
+    assert not report.finished(cfg)
+    assert report.run(cfg) == 0
+    assert report.finished(cfg)
+    out = report.report_dir(cfg)
+    data = read_json(out / "report.json")
+    assert data["version"] == report.SCHEMA_VERSION and data["warnings"] == []
+    assert "report.md" in capsys.readouterr().out
+
+    # Distill
+    assert data["distill"]["stats"]["d_sft"] == 3 and data["distill"]["stats"]["teacher_kept"] == 2
+    assert data["distill"]["d_sft_rows"] == 3
+
+    # Evolve rounds
+    ev = data["evolve"]
+    assert ev["rounds_planned"] == 3 and ev["pool_start"] == 6
+    keys = ("round", "attempted", "paths", "accepted", "rejected", "unparseable", "no_output", "solved", "pool_left")
+    assert [tuple(r[k] for k in keys) for r in ev["rounds"]] == [
+        (1, 4, 5, 1, 4, 1, 3, 1, 5),
+        (2, 3, 6, 3, 3, 0, 0, 2, 3),
+        (3, 3, 6, 1, 5, 2, 0, 1, 2),
+    ]
+    assert [r["accept_rate"] for r in ev["rounds"]] == [0.2, 0.5, 0.1667]
+    assert [r["solve_rate"] for r in ev["rounds"]] == [0.25, 0.6667, 0.3333]
+    assert [r["complete"] for r in ev["rounds"]] == [True, True, False]
+    assert ev["totals"] == {"attempted": 10, "paths": 17, "accepted": 5, "rejected": 12, "unparseable": 3,
+                            "no_output": 3, "solved": 4, "accept_rate": 0.2941}
+
+    # Figure 2 transitions: evolve (p2 I->C, p3 I->I; then p3 I->C) and eval (base -> final)
+    tr = data["transitions"]
+    assert tr["evolve"]["pairs"] == [
+        {"from_round": 1, "to_round": 2, **zero_transitions(incorrect_to_correct=1, persistently_incorrect=1)},
+        {"from_round": 2, "to_round": 3, **zero_transitions(incorrect_to_correct=1)},
+    ]
+    assert tr["evolve"]["total"] == zero_transitions(incorrect_to_correct=2, persistently_incorrect=1)
+    assert tr["eval"]["from_checkpoint"] == "base" and tr["eval"]["to_checkpoint"] == "final"
+    assert tr["eval"]["benchmarks"] == {
+        "mathverse": zero_transitions(incorrect_to_correct=1, persistently_incorrect=1),
+        "mathvista": zero_transitions(consistently_correct=1, incorrect_to_correct=1, correct_to_incorrect=1,
+                                      persistently_incorrect=1),
+    }
+    assert tr["eval"]["total"] == zero_transitions(consistently_correct=1, incorrect_to_correct=2,
+                                                   correct_to_incorrect=1, persistently_incorrect=2)
+
+    # Answer lengths
+    lengths = {r["key"]: (r["n"], r["mean_chars"], r["median_chars"]) for r in data["lengths"]}
+    assert list(lengths) == ["distill", "evolve_round_1", "evolve_round_2", "evolve_round_3", "reflect",
+                             "eval:base", "eval:round_2", "eval:final"]
+    assert lengths == {
+        "distill": (3, 325.0, 325.0),
+        "evolve_round_1": (1, 700.0, 700.0),
+        "evolve_round_2": (3, 800.0, 800.0),
+        "evolve_round_3": (1, 792.0, 792.0),
+        "reflect": (2, 1100.0, 1100.0),
+        "eval:base": (6, 325.0, 325.0),
+        "eval:round_2": (4, 500.0, 500.0),
+        "eval:final": (6, 792.0, 792.0),
+    }
+
+    # ORM vs rule, per stage (the shards of a round together) and in total
+    orm = data["orm_vs_rule"]
+    assert orm["journals"] == {
+        "evolve_round_1": {"rows": 6, "orm": 5, "rule": 5, "both": 4, "agree": 2, "disagree": 2, "orm_yes_rule_no": 1,
+                           "orm_no_rule_yes": 1, "orm_unparseable": 1, "rate": 0.5},
+        "evolve_round_2": {"rows": 2, "orm": 0, "rule": 2, "both": 0, "agree": 0, "disagree": 0, "orm_yes_rule_no": 0,
+                           "orm_no_rule_yes": 0, "orm_unparseable": 0, "rate": None},
+        "reflect": {"rows": 3, "orm": 3, "rule": 3, "both": 3, "agree": 2, "disagree": 1, "orm_yes_rule_no": 0,
+                    "orm_no_rule_yes": 1, "orm_unparseable": 0, "rate": 0.3333},
+    }
+    assert orm["total"] == {"rows": 11, "orm": 8, "rule": 10, "both": 7, "agree": 4, "disagree": 3,
+                            "orm_yes_rule_no": 1, "orm_no_rule_yes": 2, "orm_unparseable": 1, "rate": 0.4286}
+
+    # Usage, from a ledger written by UsageLedger itself
+    usage = data["usage"]
+    assert usage["total_cost_usd"] == pytest.approx(0.045)
+    assert usage["roles"]["teacher"] == {"calls": 6, "answered": 3, "cached": 1, "failures": 1, "prompt_tokens": 6000,
+                                         "completion_tokens": 3000, "cost_usd": pytest.approx(0.045)}
+    assert usage["roles"]["orm"] == {"calls": 4, "answered": 4, "cached": 0, "failures": 0, "prompt_tokens": 900,
+                                     "completion_tokens": 210, "cost_usd": 0.0}
+    assert {(r["stage"], r["model"], r["role"]) for r in usage["rows"]} == {
+        ("distill", TEACHER, "teacher"), ("evolve", ORM, "orm"),
+        ("reflect", TEACHER, "teacher"), ("reflect", ORM, "orm"),
+    }
+
+    # Reflection and eval
+    assert data["reflect"]["stats"]["dropped"] == {"orm rejected": 2, "no corrected solution": 1}
+    assert data["reflect"]["kept_rows"] == 2
+    e = data["eval"]
+    assert e["checkpoint_order"] == ["base", "round_2", "final"]
+    assert e["results"]["benchmarks"] == ["mathvista", "mathverse"]
+    assert e["results"]["columns"] == ["mathvista", "mathverse", "mathverse (Vision Only)"]
+    assert e["results"]["table"]["round_2"] == {
+        "model": "out/sft_model_round_2", "mathvista": 75.0, "mathvista correct": 3.0, "mathvista total": 4.0,
+        **dict.fromkeys(("mathverse", "mathverse correct", "mathverse total", "mathverse (Vision Only)",
+                         "mathverse (Vision Only) correct", "mathverse (Vision Only) total")),
+    }
+    assert e["results"]["table"]["final"]["mathverse (Vision Only)"] == 100.0
+    assert e["predictions"]["base"]["mathvista"] == {"n": 4, "correct": 2, "accuracy": 0.5}
+    assert e["predictions"]["round_2"]["mathvista"] == {"n": 4, "correct": 3, "accuracy": 0.75}
+    assert e["predictions"]["final"]["mathverse"] == {"n": 2, "correct": 1, "accuracy": 0.5}
+    assert e["predictions"]["base"]["mathverse"]["accuracy"] == 0.0
+    assert "_outcomes" not in e
+
+    # Only round 3's missing retrain is missing.
+    assert len(data["missing"]) == 1 and "round 3 merged but not retrained" in data["missing"][0]
+
+    # Charts exist, open, are a sensible size, and report.md links each one.
+    assert data["figures"] == {name: f"{name}.png" for name in ("rounds", "pool", "transitions", "lengths", "eval")}
+    md = (out / "report.md").read_text()
+    for filename in data["figures"].values():
+        with Image.open(out / filename) as image:
+            image.verify()
+        with Image.open(out / filename) as image:
+            assert image.format == "PNG" and image.width >= 600 and image.height >= 400
+        assert f"]({filename})" in md
+    for heading in ("Stage 1: distill", "Stage 2: evolve rounds", "Figure 2", "Average answer length",
+                    "ORM vs rule", "Stage 3: reflection", "Evaluation", "API usage and cost"):
+        assert f"## {heading}" in md
+    assert "| 1 | 4 | 5 | 1 | 4 | 1 | 3 | 1 | 5 | 20.0% | 25.0% | yes |" in md
+    assert "| final | 50 (2/4) | 50 (1/2) | 100 (1/1) |" in md
+
+
+def test_finished_tracks_inputs_and_stale_charts_go(full_run: MathSEConfig) -> None:
+    cfg = full_run
+    report.run(cfg)
+    md = report.report_dir(cfg) / "report.md"
+    assert report.finished(cfg)
+    future = md.stat().st_mtime + 10
+    os.utime(cfg.output_dir / "usage.json", (future, future))
+    assert not report.finished(cfg)  # an input changed after the report
+
+    shutil.rmtree(cfg.output_dir / "eval")
+    report.run(cfg)
+    data = read_json(report.report_dir(cfg) / "report.json")
+    assert "eval" not in data["figures"] and not (report.report_dir(cfg) / "eval.png").exists()
+    assert "eval.png" not in md.read_text()
+    assert data["transitions"]["eval"] is None and data["transitions"]["evolve"] is not None
+    assert any("eval/results.csv" in m for m in data["missing"])
+
+
+def test_partial_run_reports_what_is_missing(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path / "out")
+    write_distill(cfg.output_dir)
+    assert report.run(cfg) == 0
+    out = report.report_dir(cfg)
+    data = read_json(out / "report.json")
+    assert data["evolve"] is None and data["reflect"] is None and data["eval"] is None
+    assert data["usage"] is None and data["orm_vs_rule"] is None
+    assert data["transitions"] == {"evolve": None, "eval": None}
+    assert [r["key"] for r in data["lengths"]] == ["distill"]
+    assert data["figures"] == {"lengths": "lengths.png"}
+    missing = "\n".join(data["missing"])
+    for what in ("evolve:", "reflect:", "eval:", "usage:", "ORM vs rule:", "transitions (Figure 2)"):
+        assert what in missing
+    md = (out / "report.md").read_text()
+    assert "## Missing" in md and "evolve: no merged round yet" in md and "](lengths.png)" in md
+    assert "rounds.png" not in md
+
+
+def test_empty_and_corrupt_inputs_do_not_crash(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path / "out")
+    assert report.run(cfg, dry_run=True) == 0 and not report.report_dir(cfg).exists()
+    assert report.run(cfg) == 0
+    assert read_json(report.report_dir(cfg) / "report.json")["figures"] == {}
+
+    (cfg.output_dir / "usage.json").write_text("{not json")
+    (cfg.output_dir / "distill").mkdir()
+    (cfg.output_dir / "distill" / "d_sft.jsonl").write_text('{"response": "ab"}\n{broken\n')
+    assert report.run(cfg) == 0
+    data = read_json(report.report_dir(cfg) / "report.json")
+    assert data["distill"]["d_sft_rows"] == 1  # rows before the corrupt line still count
+    assert any("usage.json" in w for w in data["warnings"]) and any("d_sft.jsonl" in w for w in data["warnings"])
+    assert (cfg.output_dir / "usage.json").read_text() == "{not json"  # never moved aside, unlike UsageLedger
+
+
+def test_transition_counts_and_usage_roles(tmp_path: Path) -> None:
+    pairs = [(True, True), (False, True), (True, False), (False, False), (False, False)]
+    assert report.transition_counts(pairs) == zero_transitions(
+        consistently_correct=1, incorrect_to_correct=1, correct_to_incorrect=1, persistently_incorrect=2
+    )
+    cfg = make_cfg(tmp_path)
+    assert report.usage_role(cfg, "reflect", TEACHER) == "teacher"
+    assert report.usage_role(cfg, "reflect", ORM) == "orm"
+    assert report.usage_role(cfg, "evolve", "some-served-orm") == "orm"
+    assert report.usage_role(cfg, "distill", "other-teacher") == "teacher"
+    assert report.usage_role(cfg, "reflect", "mystery") == "other"
+    assert report.usage_role(cfg, "reflect", "mystery", seen={"mystery": "orm"}) == "orm"
+    assert json.dumps(report.artifacts(cfg), default=str)
