@@ -16,12 +16,13 @@ STAGES: dict[str, tuple[str, str]] = {
     "evolve": ("evolve", "Stage 2: K rounds of generate -> ORM judge -> harvest -> retrain (--shard, --merge)"),
     "reflect": ("reflect", "Stage 3 data: teacher corrects wrong paths from the ORM's diagnosis; ORM re-checks"),
     "final": ("final", "Stage 3 training: final SFT on D_SFT + reflections from the Stage-2 checkpoint"),
+    "eval": ("eval", "Evaluate checkpoints (base, M0, rounds, final) on the benchmarks -> results table"),
     "report": ("report", "Run report: tables, charts and report.json from whatever the run produced so far"),
     "orm": ("orm", "Train the outcome reward model on labelled paths (correct / first wrong step / analysis)"),
 }
-# `--stage all` runs these in order (those that exist), stopping at the first failure; each
-# stage skips the work it already finished, so a rerun resumes where the last one stopped.
-PIPELINE = ("distill", "evolve", "reflect", "final", "report")
+# `--stage all` runs these in order, stopping at the first failure; each stage skips the work it
+# already finished, so a rerun resumes where the last one stopped. Eval runs when benchmarks are set.
+PIPELINE = ("distill", "evolve", "reflect", "final", "eval", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mathse",
         description="MathSE: self-evolving multimodal math reasoning (arXiv 2511.06805).",
-        epilog=f"stages:\n{stage_help}\n  {'all':<9} every pipeline stage in order: {' -> '.join(pipeline())}",
+        epilog=f"stages:\n{stage_help}\n  {'all':<9} every pipeline stage in order: {' -> '.join(PIPELINE)} "
+        "(eval when eval.benchmarks is set)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--stage", required=True, choices=[*STAGES, "all"], help="which stage to run")
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print("\n".join(exc.lines), file=sys.stderr)
             return 2
-    stages = pipeline() if args.stage == "all" else [args.stage]
+    stages = pipeline(cfg) if args.stage == "all" else [args.stage]
     for stage in stages:
         if len(stages) > 1:
             print(f"=== mathse: stage {stage} ===", flush=True)
@@ -86,8 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def pipeline() -> list[str]:
-    return [stage for stage in PIPELINE if stage in STAGES]
+def pipeline(cfg: MathSEConfig) -> list[str]:
+    """The stages `--stage all` runs for this config."""
+    return [stage for stage in PIPELINE if stage != "eval" or cfg.eval.benchmarks]
 
 
 def run_stage(stage: str, cfg: MathSEConfig, dry_run: bool, **options: object) -> int:

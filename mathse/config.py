@@ -341,6 +341,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> MathSEC
         raise ConfigError([f"config error: config file not found: {path}"])
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"config error: {path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -350,7 +352,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> MathSEC
     _deep_merge(raw, parse_overrides(overrides or []))
 
     errors: list[str] = []
-    raw = _substitute_env(raw, "", errors)
+    try:
+        raw = _substitute_env(raw, "", errors)
+    except RecursionError:  # a self-referencing YAML anchor (`a: &a [*a]`)
+        raise ConfigError([f"config error: {path}: nested too deeply (a recursive YAML anchor?)"]) from None
     if errors:
         raise ConfigError(errors)
     try:
@@ -359,7 +364,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> MathSEC
         raise ConfigError(_format_validation_errors(exc, raw)) from None
 
     config_dir = path.resolve().parent
-    _resolve_paths(cfg, config_dir)
+    try:
+        _resolve_paths(cfg, config_dir)
+    except ValueError as exc:  # e.g. a NUL byte in a path ("embedded null byte")
+        raise ConfigError([f"config error: invalid path in {path} ({exc})"]) from None
     errors = [
         f"config error: {key}: path not found: {value}"
         for key in _INPUT_PATHS
@@ -375,9 +383,26 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> MathSEC
             value = getattr(bench, key)
             if value is not None and not value.exists():
                 errors.append(f"config error: eval.benchmarks[{i}].{key}: path not found: {value}")
+    recipes = {"llama_factory.recipe": cfg.llama_factory.recipe, "reflect.final_recipe": cfg.reflect.final_recipe}
+    for key, recipe in recipes.items():
+        if recipe is not None and recipe.exists() and (problem := _recipe_problem(recipe)):
+            errors.append(f"config error: {key}: {recipe}: {problem}")
     if errors:
         raise ConfigError(errors)
     return cfg
+
+
+def _recipe_problem(path: Path) -> str | None:
+    """Why a LLaMA-Factory recipe cannot be used (not a file, not UTF-8, not a YAML mapping), or None."""
+    if not path.is_file():
+        return "not a file"
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except yaml.YAMLError as exc:
+        return f"invalid YAML ({getattr(exc, 'problem', exc)})"
+    return None if recipe is None or isinstance(recipe, dict) else "must be a YAML mapping of LLaMA-Factory arguments"
 
 
 def _deep_merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -416,6 +441,7 @@ def _format_validation_errors(exc: ValidationError, raw: dict[str, Any]) -> list
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         key = ".".join(loc) or "<root>"
+        key = key if key.isprintable() else repr(key)  # a key with a newline must not break the one-line report
         if err["type"] == "extra_forbidden":
             parent = _section_fields(loc[:-1])
             hint = difflib.get_close_matches(loc[-1], parent, n=1, cutoff=0.6) if parent else []
@@ -425,7 +451,9 @@ def _format_validation_errors(exc: ValidationError, raw: dict[str, Any]) -> list
             lines.append(f"config error: {key}: required key is missing")
         else:
             got = err.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            text = repr(got)
+            text = text if len(text) <= 200 else f"{text[:200]}... ({len(text):,} chars)"  # one readable line
+            shown = "" if isinstance(got, dict) else f" (got {text})"
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"config error: {key}: {msg}{shown}")
     return lines

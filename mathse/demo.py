@@ -1,8 +1,9 @@
 """The bundled offline demo (the README's first command): `python -m mathse.demo`.
 
-Builds a tiny random Qwen2-VL and synthetic image problems, serves the tiny model as the
-teacher with `llamafactory-cli api` on 127.0.0.1, and runs every pipeline stage with
-demo/config.yaml. Everything is real and small; a rerun skips finished work.
+Builds a tiny random Qwen2-VL and synthetic image problems, trains a tiny *teacher* on the
+seed solutions (so it speaks the teacher's two reply formats: a solution, and a reflection with a
+corrected solution), serves it with `llamafactory-cli api` on 127.0.0.1, and runs every pipeline
+stage with demo/config.yaml. Everything is real and small; a rerun skips finished work.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from pathlib import Path
 
 from mathse import cli
 from mathse.config import PROJECT_ROOT, ConfigError, MathSEConfig, load_config
-from mathse.demo_assets import build_tiny_qwen2vl, write_demo_dataset
-from mathse.llamafactory_bridge import serve_api
+from mathse.demo_assets import build_tiny_qwen2vl, make_synthetic_problems, write_demo_dataset
+from mathse.llamafactory_bridge import SftExample, compose_train_job, run_train_job, serve_api, write_sharegpt_dataset
+from mathse.prompts import fill_template, reflection_prompt
+from mathse.records import read_problems
+from mathse.storage import atomic_write_jsonl
 
 DEMO_CONFIG = PROJECT_ROOT / "demo" / "config.yaml"
 
@@ -32,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = args.config.resolve().parent / "work"
     build_tiny_qwen2vl(work / "tiny_model")
     write_demo_dataset(work / "data", n_seed=16, n_pool=24)
+    write_test_set(work / "data" / "test.jsonl", n=12)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
@@ -42,9 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if all_finished(cfg):
         code = cli.main(stage_args)
     else:
-        # The tiny model doubles as the teacher; real runs point teacher.base_url at GPT-4o.
-        teacher = {"model_name_or_path": cfg.model.base, "template": cfg.model.template,
-                   "infer_backend": "huggingface", "max_new_tokens": 48}
+        # Real runs point teacher.base_url at GPT-4o; the demo serves a tiny teacher of its own.
+        teacher_dir = train_demo_teacher(cfg, work / "teacher")
+        teacher = {"model_name_or_path": str(teacher_dir), "template": cfg.model.template,
+                   "infer_backend": "huggingface", "max_new_tokens": 256, "do_sample": False}
         print("demo: starting the local teacher (llamafactory-cli api) ...", flush=True)
         with serve_api(teacher, cfg.output_dir / "teacher_api") as base_url:
             code = cli.main([*stage_args, f"--set=teacher.base_url={base_url}"])
@@ -53,17 +59,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def stage_modules() -> list[object]:
-    return [importlib.import_module(f"mathse.stages.{cli.STAGES[s][0]}") for s in cli.pipeline()]
+def write_test_set(path: Path, n: int) -> None:
+    """Held-out problems for `--stage eval` (project problem schema, seeded apart from seed/pool)."""
+    if not path.is_file():
+        atomic_write_jsonl(path, make_synthetic_problems(path.parent, n, seed=1000, id_prefix="test"))
+
+
+def train_demo_teacher(cfg: MathSEConfig, folder: Path) -> Path:
+    """Fine-tune the tiny model on the seed solutions in both teacher reply formats."""
+    teacher = cfg.require("teacher")
+    solved = [p for p in read_problems(cfg.require("data.seed_file"), cfg.data.image_root) if p.solution]
+    examples: list[SftExample] = []
+    for p in solved:
+        distill = fill_template(teacher.distill_prompt, "teacher.distill_prompt", question=p.question, answer=p.answer)
+        examples.append(SftExample(prompt=distill, response=p.solution or "", images=p.images,
+                                   system=teacher.system_prompt))
+        guess = "Step 1: Guess.\nThe final answer is \\boxed{0}"
+        draft = {"question": p.question, "answer": p.answer, "reasoning": guess, "error_step": 1,
+                 "analysis": "The guess ignores the figure."}
+        reply = f"Reflection: Read the figure.\nCorrected solution:\n{p.solution}"
+        examples.append(SftExample(prompt=reflection_prompt(cfg, draft), response=reply, images=p.images))
+    write_sharegpt_dataset(examples, folder / "data", "demo_teacher")
+    job = compose_train_job(
+        cfg, name="train_teacher", model_path=cfg.model.base, datasets=["demo_teacher"], dataset_dir=folder / "data",
+        output_dir=folder / "model", run_dir=folder, extra={"max_steps": 150, "cutoff_len": 2048},
+    )
+    print(f"demo: training the tiny teacher on {len(examples)} examples ...", flush=True)
+    return run_train_job(job)
+
+
+def stage_modules(cfg: MathSEConfig) -> list[object]:
+    return [importlib.import_module(f"mathse.stages.{cli.STAGES[s][0]}") for s in cli.pipeline(cfg)]
 
 
 def all_finished(cfg: MathSEConfig) -> bool:
-    return all(module.finished(cfg) for module in stage_modules())
+    return all(module.finished(cfg) for module in stage_modules(cfg))
 
 
 def print_artifacts(cfg: MathSEConfig, seconds: float) -> None:
     print(f"\ndemo: finished in {seconds:.0f}s; artifacts:")
-    for module in stage_modules():
+    for module in stage_modules(cfg):
         for label, path in module.artifacts(cfg).items():
             print(f"  {label:<28} {path}")
 

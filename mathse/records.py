@@ -73,6 +73,8 @@ def read_problems(path: Path, image_root: Path | None = None, check_images: bool
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise DataError(f"{where}: invalid JSON (nested too deeply)") from None
         if not isinstance(obj, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         try:
@@ -84,7 +86,10 @@ def read_problems(path: Path, image_root: Path | None = None, check_images: bool
         if problem.id in first_line:
             raise DataError(f"{where}: duplicate id {problem.id!r} (first on line {first_line[problem.id]})")
         first_line[problem.id] = lineno
-        resolved = tuple(str(_resolve_image(img, root)) for img in problem.images)
+        try:
+            resolved = tuple(str(_resolve_image(img, root)) for img in problem.images)
+        except ValueError as exc:  # "embedded null byte"
+            raise DataError(f"{where}: record {problem.id!r}: invalid image path ({exc})") from None
         if check_images:
             for img in resolved:
                 if not Path(img).is_file():

@@ -40,6 +40,7 @@ def write_run_config(tmp_path: Path, model: Path, seed_file: Path, pool_file: Pa
     cfg["model"]["base"] = str(model)
     cfg["data"] = {"seed_file": str(seed_file), "pool_file": str(pool_file)}
     cfg["llama_factory"]["recipe"] = str(PROJECT_ROOT / "configs" / "llama_factory" / "sft_full.yaml")
+    cfg["eval"] = {"benchmarks": []}  # the demo's test set is not a fixture; tests add their own
     for name, values in sections.items():
         if isinstance(values, dict) and isinstance(cfg.get(name), dict):
             cfg[name].update(values)

@@ -7,23 +7,28 @@ killed midway repeats no paid call when rerun.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from mathse.answers import check_path
 from mathse.client import ChatClient, ChatRequest, ChatResult, UsageLedger, system_message, user_message
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
+from mathse.errors import StageError
 from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
 from mathse.prompts import fill_template, student_prompt
-from mathse.records import Problem, read_problems
+from mathse.records import DataError, Problem, read_problems
 from mathse.storage import atomic_write_jsonl, is_done, mark_done, read_marker
 
 STAGE = "distill"
+# ChatClient appends this to the reason of a retryable failure once its retries are spent.
+_TRANSIENT = re.compile(r" after \d+ retries$")
 DATASET_NAME = "mathse_stage0"
 
 
 def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     seed_file: Path = cfg.require("data.seed_file")
     problems = read_problems(seed_file, cfg.data.image_root)  # validates everything before any write
+    check_images_decode(seed_file, problems)
     stage_dir = cfg.output_dir / STAGE
     job = train_job(cfg)
     if dry_run:
@@ -36,7 +41,15 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
 
     save_resolved_config(cfg, stage_dir / "config.yaml")
     if not is_done(stage_dir):
-        mark_done(stage_dir, build_d_sft(cfg, problems, stage_dir))
+        built = build_d_sft(cfg, problems, stage_dir)
+        if built["teacher_retry"]:
+            # A flaky API must not cost seed problems: no marker, so the rerun asks again (answered
+            # calls come from the cache); M0 is not trained on a D_SFT with holes.
+            raise StageError(
+                f"distill: {built['teacher_retry']} teacher calls failed after their retries (see "
+                f"{stage_dir / 'dropped.jsonl'}); rerun the same command to retry just those"
+            )
+        mark_done(stage_dir, built)
     stats = read_marker(stage_dir)
     if stats["d_sft"] == 0:
         raise ConfigError([f"config error: teacher: no usable solutions in D_SFT (see {stage_dir / 'dropped.jsonl'})"])
@@ -48,6 +61,27 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     )
     print(f"distill: M0 checkpoint: {job.output_dir}")
     return 0
+
+
+def check_images_decode(seed_file: Path, problems: list[Problem]) -> None:
+    """Every local seed image must be a readable image file (header and chunks, no full decode).
+
+    Otherwise the teacher is paid for a garbage image and `llamafactory-cli train` fails much later
+    with a traceback that names no record.
+    """
+    from PIL import Image
+
+    for problem in problems:
+        for ref in problem.images:
+            if ref.startswith(("http://", "https://", "data:")):
+                continue
+            try:
+                with Image.open(ref) as image:
+                    image.verify()
+            except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+                raise DataError(
+                    f"{seed_file}: record {problem.id!r}: image unreadable: {ref} ({type(exc).__name__}: {exc})"
+                ) from None
 
 
 def finished(cfg: MathSEConfig) -> bool:
@@ -98,12 +132,13 @@ def build_d_sft(cfg: MathSEConfig, problems: list[Problem], stage_dir: Path) -> 
     pending = [p for p in problems if not p.solution]
     rows = [sft_row(p, p.solution or "", "seed") for p in given]
     dropped: list[dict[str, object]] = []
-    failed = 0
+    failed = retry = 0
     if pending:
         results = ask_teacher(cfg, pending)
         for problem, result in zip(pending, results, strict=True):
             if result.text is None:
                 failed += 1
+                retry += is_transient(result)
                 dropped.append({"id": problem.id, "reason": f"teacher call failed: {result.error}"})
                 continue
             check = check_path(result.text, problem.answer, problem.question)
@@ -124,8 +159,15 @@ def build_d_sft(cfg: MathSEConfig, problems: list[Problem], stage_dir: Path) -> 
         "teacher_kept": kept,
         "teacher_dropped": len(pending) - kept - failed,
         "teacher_failed": failed,
+        "teacher_retry": retry,
         "d_sft": len(rows),
     }
+
+
+def is_transient(result: ChatResult) -> bool:
+    """A failure another try may fix (429, 5xx, timeout, ...: the client gave up after its retries),
+    as opposed to a deterministic one (HTTP 400, a refusal) that a rerun would only pay for again."""
+    return not result.ok and bool(_TRANSIENT.search(result.error or ""))
 
 
 def sft_row(problem: Problem, response: str, origin: str) -> dict[str, object]:

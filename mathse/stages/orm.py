@@ -102,6 +102,8 @@ def read_labelled_paths(path: Path, image_root: Path | None = None) -> list[Labe
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise DataError(f"{where}: invalid JSON (nested too deeply)") from None
         if not isinstance(obj, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         try:
@@ -115,7 +117,10 @@ def read_labelled_paths(path: Path, image_root: Path | None = None) -> list[Labe
         n_steps = len(row.steps)
         if row.error_step is not None and row.error_step > n_steps:
             raise DataError(f"{where}: error_step: {row.error_step} is beyond the path's {n_steps} steps")
-        resolved = tuple(str(_resolve_image(img, root)) for img in row.images)
+        try:
+            resolved = tuple(str(_resolve_image(img, root)) for img in row.images)
+        except ValueError as exc:  # "embedded null byte"
+            raise DataError(f"{where}: record {row.id!r}: invalid image path ({exc})") from None
         for img in resolved:
             if not img.startswith(("http://", "https://", "data:")) and not Path(img).is_file():
                 raise DataError(f"{where}: record {row.id!r}: image not found: {img}")

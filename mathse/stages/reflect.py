@@ -25,9 +25,8 @@ from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
 from mathse.llamafactory_bridge import SftExample, write_sharegpt_dataset
 from mathse.orm import Judge, JudgeItem, journal_path
-from mathse.prompts import fill_template
+from mathse.prompts import reflection_prompt
 from mathse.records import Problem
-from mathse.steps import number_steps, split_steps
 from mathse.storage import Journal, atomic_write_json, atomic_write_jsonl, is_done, iter_jsonl, mark_done, read_marker
 
 STAGE = "reflect"
@@ -36,6 +35,8 @@ _CORRECTED = re.compile(
     r"^\W*corrected\s+solution\W*:?\W*$|corrected\s+solution\s*\**\s*:", re.IGNORECASE | re.MULTILINE
 )
 _REFLECTION = re.compile(r"reflection\s*\**\s*:", re.IGNORECASE)
+# ChatClient appends this to the reason of a retryable failure once its retries are spent.
+_TRANSIENT = re.compile(r" after \d+ retries$")
 
 
 def stage_dir(cfg: MathSEConfig) -> Path:
@@ -84,6 +85,10 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     save_resolved_config(cfg, stage_dir(cfg) / "config.yaml")
     drafts_to_send = drafts["keep"]
     replies = ask_teacher(cfg, drafts_to_send)
+    retry = [key for key, reply in replies.items() if _TRANSIENT.search(reply.get("error") or "")]
+    if retry:  # a flaky API must not cost drafts: no marker, the rerun asks just these again
+        raise StageError(f"reflect: {len(retry)} teacher calls failed after their retries (first: {retry[0]}: "
+                         f"{replies[retry[0]]['error']}); rerun the same command to retry just those")
     kept, dropped = build_rows(cfg, drafts_to_send, replies)
     dropped += [{"key": d["key"], "id": d["id"], "reason": d["skip_reason"]} for d in drafts["skipped"]]
     atomic_write_jsonl(rows_path(cfg), kept)
@@ -126,23 +131,6 @@ def select_drafts(cfg: MathSEConfig, rejected: list[dict[str, Any]]) -> dict[str
             per_question[row["id"]] += 1
             keep.append(row)
     return {"keep": keep, "skipped": skipped}
-
-
-def reflection_prompt(cfg: MathSEConfig, draft: dict[str, Any]) -> str:
-    steps = split_steps(draft["reasoning"])
-    k = draft.get("error_step")
-    step_text = steps[k - 1] if isinstance(k, int) and 1 <= k <= len(steps) else "(the reviewer did not locate it)"
-    return fill_template(
-        cfg.reflect.prompt,
-        "reflect.prompt",
-        question=draft["question"],
-        answer=draft["answer"],
-        draft=draft["reasoning"],
-        steps=number_steps(steps),
-        error_step=str(k) if k else "unknown",
-        error_step_text=step_text,
-        analysis=draft.get("analysis") or "(no analysis given)",
-    )
 
 
 def ask_teacher(cfg: MathSEConfig, drafts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

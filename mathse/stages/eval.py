@@ -1,0 +1,610 @@
+"""`--stage eval`: accuracy of every checkpoint of the run on every configured benchmark.
+
+Checkpoints (`eval.checkpoints`, default: every model the run produced that exists):
+"base" (model.base), "stage0" (M0), "round_<r>" (each retrained evolve round), "stage2" (the latest
+evolve model, `paths.sft_model_final`), "final" (`paths.reflection_model_final`), or any model
+folder as "path" or "label=path". LoRA adapter folders are loaded on their base model.
+
+Each (checkpoint, benchmark) pair is a unit of work in `output/eval/<checkpoint>/<benchmark>/`:
+`generations.jsonl` (journal: a kill loses at most the requests in flight), then
+`predictions.jsonl` (question, answer, response, extracted answer, verdicts: every score can be
+audited), `scores.json` and the completion marker, written last. A rerun skips finished pairs and
+loads a model only when one of its pairs has generation left. The tables `output/eval/results.md`
+and `results.csv` (rows: checkpoints; columns: benchmarks, MathVerse also per version) are
+rebuilt from the markers at the end of every run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mathse.benchmarks import BREAKDOWN_FIELDS, MATHVERSE_VERSIONS, SUBSET_FIELDS, EvalItem, load_benchmark
+from mathse.client import UsageLedger
+from mathse.config import BenchmarkSpec, ConfigError, InferenceConfig, MathSEConfig, save_resolved_config
+from mathse.errors import StageError
+from mathse.inference import Generator, GenItem, chat_model_args, training_image_max_pixels
+from mathse.scoring import Score, run_judge, score_response
+from mathse.stages.evolve import model_ref, round_model_dir
+from mathse.storage import (
+    MARKER_NAME,
+    Journal,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    is_done,
+    mark_done,
+    read_marker,
+)
+
+STAGE = "eval"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A model to evaluate: `name` labels its row and folder."""
+
+    name: str
+    model: str  # model_name_or_path
+    adapter: str | None  # LoRA adapter folder, loaded on `model`
+    source: Path | None  # the run's folder for it (None: the base model as configured)
+
+    @property
+    def stamp(self) -> int | None:
+        """When the model was finished (its marker's mtime): tells a retrained model apart."""
+        if self.source is None:
+            return None
+        marker = self.source / MARKER_NAME
+        return marker.stat().st_mtime_ns if marker.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths
+
+
+def eval_dir(cfg: MathSEConfig) -> Path:
+    return cfg.output_dir / STAGE
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "unnamed"
+
+
+def pair_dir(cfg: MathSEConfig, checkpoint: str, benchmark: str) -> Path:
+    return eval_dir(cfg) / _safe(checkpoint) / _safe(benchmark)
+
+
+def image_dir(cfg: MathSEConfig, benchmark: str) -> Path:
+    return eval_dir(cfg) / "images" / _safe(benchmark)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+_ROUND = re.compile(r"round_(\d+)")
+
+
+def _named_dir(cfg: MathSEConfig, name: str) -> Path | None:
+    if name == "stage0":
+        return cfg.model_path("sft_model_stage0")
+    if name == "stage2":
+        return cfg.model_path("sft_model_final")
+    if name == "final":
+        return cfg.model_path("reflection_model_final")
+    match = _ROUND.fullmatch(name)
+    return round_model_dir(cfg, int(match.group(1))) if match else None
+
+
+def _from_dir(name: str, folder: Path) -> Checkpoint:
+    model, adapter = model_ref(folder)
+    return Checkpoint(name, model, adapter, folder)
+
+
+def _base(cfg: MathSEConfig) -> Checkpoint:
+    return Checkpoint("base", cfg.model.base, None, None)
+
+
+def resolve_checkpoints(cfg: MathSEConfig) -> list[Checkpoint]:
+    """The checkpoints to evaluate, in table order; explicit ones that do not exist are errors."""
+    if cfg.eval.checkpoints is None:
+        found = [_base(cfg)]
+        for name in ("stage0", *(f"round_{r}" for r in range(1, cfg.evolve.rounds + 1)), "final"):
+            folder = _named_dir(cfg, name)
+            if folder is not None and is_done(folder):
+                found.append(_from_dir(name, folder))
+        return found
+    checkpoints: list[Checkpoint] = []
+    for i, entry in enumerate(cfg.eval.checkpoints):
+        key = f"eval.checkpoints[{i}]"
+        if entry == "base":
+            checkpoints.append(_base(cfg))
+            continue
+        folder = _named_dir(cfg, entry)
+        if folder is not None:
+            if not is_done(folder):
+                raise StageError(f"eval: checkpoint {entry!r} is not trained yet ({folder})")
+            checkpoints.append(_from_dir(entry, folder))
+            continue
+        label, sep, raw = entry.partition("=")
+        path = Path(raw if sep else entry).expanduser()
+        path = path if path.is_absolute() else (cfg.config_dir / path).resolve()
+        if not path.is_dir():
+            hint = " (names: base, stage0, round_<r>, stage2, final)" if not sep and "/" not in entry else ""
+            raise ConfigError([f"config error: {key}: {entry!r}: model folder not found: {path}{hint}"])
+        checkpoints.append(_from_dir(label.strip() if sep else path.name, path))
+    names = Counter(c.name for c in checkpoints)
+    duplicated = [n for n, k in names.items() if k > 1]
+    if duplicated:
+        raise ConfigError(
+            [f"config error: eval.checkpoints: duplicate checkpoint name(s) {duplicated}; use label=path"]
+        )
+    return checkpoints
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage protocol
+
+
+def finished(cfg: MathSEConfig) -> bool:
+    """Every (checkpoint, benchmark) pair is marked done and the tables are written."""
+    if not cfg.eval.benchmarks:
+        return False
+    try:
+        checkpoints = resolve_checkpoints(cfg)
+    except (StageError, ConfigError):
+        return False
+    pairs_done = all(is_done(pair_dir(cfg, c.name, b.name)) for c in checkpoints for b in cfg.eval.benchmarks)
+    return pairs_done and (eval_dir(cfg) / "results.md").is_file()
+
+
+def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
+    base = eval_dir(cfg)
+    found = {
+        "results table (markdown)": base / "results.md",
+        "results table (CSV)": base / "results.csv",
+        "results (JSON, with breakdowns)": base / "results.json",
+    }
+    try:
+        checkpoints = resolve_checkpoints(cfg)
+    except (StageError, ConfigError):
+        checkpoints = []
+    for c in checkpoints:
+        for b in cfg.eval.benchmarks:
+            found[f"predictions {c.name}/{b.name}"] = pair_dir(cfg, c.name, b.name) / "predictions.jsonl"
+    return found
+
+
+def eval_inference(cfg: MathSEConfig) -> InferenceConfig:
+    """cfg.inference with eval's sampling: one path per item, eval temperature (greedy by default)."""
+    update: dict[str, Any] = {"temperature": cfg.eval.temperature, "n_paths": 1}
+    if cfg.eval.max_new_tokens is not None:
+        update["max_new_tokens"] = cfg.eval.max_new_tokens
+    return cfg.inference.model_copy(update=update)
+
+
+def run(
+    cfg: MathSEConfig,
+    dry_run: bool = False,
+    *,
+    chat_model_factory: Callable[[dict[str, Any]], Any] | None = None,
+) -> int:
+    """Evaluate every pending (checkpoint, benchmark) pair, then write the results tables.
+
+    `chat_model_factory` replaces LLaMA-Factory's ChatModel (tests).
+    """
+    specs = cfg.eval.benchmarks
+    if not specs:
+        raise ConfigError(["config error: eval.benchmarks: no benchmarks configured (entries: name, format, path)"])
+    dup = [n for n, k in Counter(_safe(s.name) for s in specs).items() if k > 1]
+    if dup:
+        raise ConfigError([f"config error: eval.benchmarks: duplicate benchmark name(s) {dup}"])
+    checkpoints = resolve_checkpoints(cfg)
+    if dry_run:
+        print_plan(cfg, checkpoints, specs)
+        return 0
+
+    # Read and validate every benchmark before any model loads (a bad record fails in seconds).
+    benches = {s.name: load_benchmark(s, image_dir(cfg, s.name)) for s in specs}
+    pending = [(c, s) for c in checkpoints for s in specs if not is_done(pair_dir(cfg, c.name, s.name))]
+    for c in checkpoints:
+        for s in specs:
+            if is_done(pair_dir(cfg, c.name, s.name)):
+                _warn_if_stale(cfg, c, s, benches[s.name])
+    if pending:
+        save_resolved_config(cfg, eval_dir(cfg) / "config.yaml")
+    else:
+        print(f"eval: all {len(checkpoints) * len(specs)} evaluations already done, nothing to run")
+
+    for checkpoint in checkpoints:
+        todo = [s for c, s in pending if c is checkpoint]
+        if not todo:
+            continue
+        generator = Generator(
+            checkpoint.model,
+            checkpoint.adapter,
+            cfg.model.template,
+            eval_inference(cfg),
+            image_max_pixels=training_image_max_pixels(cfg),
+            trust_remote_code=cfg.model.trust_remote_code,
+            seed=cfg.run.seed,
+            chat_model_factory=chat_model_factory,
+        )
+        with generator:  # loaded lazily: only if some item still needs a response
+            for spec in todo:
+                stats = evaluate_pair(cfg, checkpoint, spec, benches[spec.name], generator)
+                print(pair_summary(stats))
+    write_results(cfg, checkpoints, specs)
+    print((eval_dir(cfg) / "results.md").read_text(encoding="utf-8").rstrip())
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# One (checkpoint, benchmark) pair
+
+
+def settings(cfg: MathSEConfig, checkpoint: Checkpoint, items: list[EvalItem]) -> dict[str, Any]:
+    """What an evaluation's result depends on, stored in its marker to spot stale results."""
+    inf = eval_inference(cfg)
+    ids = hashlib.sha256("\x00".join(i.id for i in items).encode()).hexdigest()[:16]
+    return {
+        "model": checkpoint.model,
+        "adapter": checkpoint.adapter,
+        "model_stamp": checkpoint.stamp,
+        "temperature": inf.temperature,
+        "max_new_tokens": inf.max_new_tokens,
+        "items": len(items),
+        "item_ids": ids,
+    }
+
+
+def _warn_if_stale(cfg: MathSEConfig, checkpoint: Checkpoint, spec: BenchmarkSpec, items: list[EvalItem]) -> None:
+    folder = pair_dir(cfg, checkpoint.name, spec.name)
+    before = read_marker(folder).get("settings", {})
+    now = settings(cfg, checkpoint, items)
+    changed = sorted(k for k in now if k in before and before[k] != now[k])
+    if changed:
+        print(
+            f"eval: warning: {checkpoint.name}/{spec.name} was evaluated with other {', '.join(changed)}; "
+            f"its results are kept. Delete {folder} to evaluate again."
+        )
+
+
+def evaluate_pair(
+    cfg: MathSEConfig, checkpoint: Checkpoint, spec: BenchmarkSpec, items: list[EvalItem], generator: Generator
+) -> dict[str, Any]:
+    """Generate (resumably), score, judge, write predictions and scores, mark done."""
+    folder = pair_dir(cfg, checkpoint.name, spec.name)
+    gen_items = [GenItem(f"{item.id}#0", item.to_problem(), 0) for item in items]
+    with Journal(folder / "generations.jsonl") as journal:
+        gen = generator.generate(gen_items, journal, progress=f"eval {checkpoint.name}/{spec.name}")
+        rows = {g.problem.id: journal.rows.get(g.key) for g in gen_items}
+    if gen.retry_later:
+        raise StageError(
+            f"eval: {checkpoint.name}/{spec.name}: {gen.retry_later} generations failed; "
+            "rerun the same command to retry just those"
+        )
+
+    scores = {item.id: score_response(item, (rows[item.id] or {}).get("response")) for item in items}
+    judged: dict[str, dict[str, Any]] = {}
+    judge = cfg.eval.judge
+    if judge is not None:
+        unread = [
+            (item, rows[item.id]["response"])
+            for item in items
+            if scores[item.id].extracted is None and (rows[item.id] or {}).get("response")
+        ]
+        ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
+        try:
+            judged = run_judge(
+                judge,
+                unread,
+                cfg.output_dir / "cache" / "api",
+                ledger,
+                STAGE,
+                progress=f"judge {checkpoint.name}/{spec.name}" if unread else None,
+            )
+        finally:
+            ledger.save()
+
+    predictions = [_prediction(item, rows[item.id] or {}, scores[item.id], judged.get(item.id)) for item in items]
+    atomic_write_jsonl(folder / "predictions.jsonl", predictions)
+    stats = summarize(cfg, checkpoint, spec, items, predictions)
+    atomic_write_json(folder / "scores.json", stats)
+    failed = stats["judge"]["failed"] if stats["judge"] else 0
+    if failed:
+        raise StageError(
+            f"eval: {checkpoint.name}/{spec.name}: {failed} judge calls failed; rerun the same command to retry "
+            "them (answered calls come from the cache)"
+        )
+    mark_done(folder, stats)
+    return stats
+
+
+def _prediction(item: EvalItem, row: dict[str, Any], score: Score, verdict: dict[str, Any] | None) -> dict[str, Any]:
+    judge_correct = verdict is not None and verdict.get("verdict") == "correct"
+    record: dict[str, Any] = {
+        "id": item.id,
+        "question": item.question,
+        "images": list(item.images),
+        "answer": item.answer,
+        "kind": item.kind,
+        "response": row.get("response"),
+        "extracted": score.extracted,
+        "correct": score.correct,
+        "reason": score.reason,
+        "judge": verdict,
+        "correct_with_judge": score.correct or judge_correct,
+        "finish_reason": row.get("finish_reason"),
+        "metadata": item.metadata,
+    }
+    if item.kind == "choice":
+        record["options"] = list(item.options)
+        record["answer_letter"] = item.answer_letter
+    if row.get("error"):
+        record["error"] = row["error"]
+    return record
+
+
+def _tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    total = len(rows)
+    correct = sum(1 for r in rows if r["correct"])
+    with_judge = sum(1 for r in rows if r["correct_with_judge"])
+    return {
+        "total": total,
+        "correct": correct,
+        "accuracy": round(100 * correct / total, 2) if total else None,
+        "correct_with_judge": with_judge,
+        "accuracy_with_judge": round(100 * with_judge / total, 2) if total else None,
+    }
+
+
+def summarize(
+    cfg: MathSEConfig,
+    checkpoint: Checkpoint,
+    spec: BenchmarkSpec,
+    items: list[EvalItem],
+    predictions: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Scores of one pair: overall, per subset (MathVerse versions) and per breakdown field."""
+    verdicts = Counter(p["judge"]["verdict"] for p in predictions if p["judge"])
+    judge = None
+    if cfg.eval.judge is not None:
+        judge = {
+            "model": cfg.eval.judge.model,
+            "asked": sum(verdicts.values()),
+            **{k: verdicts.get(k, 0) for k in ("correct", "incorrect", "unparseable", "failed")},
+        }
+    breakdowns: dict[str, dict[str, Any]] = {}
+    for field_name in BREAKDOWN_FIELDS.get(spec.format, ()):
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for p in predictions:
+            value = p["metadata"].get(field_name)
+            if value is not None and value != "":
+                groups.setdefault(str(value), []).append(p)
+        if groups:
+            breakdowns[field_name] = {k: _tally(v) for k, v in sorted(groups.items())}
+    subset_field = SUBSET_FIELDS.get(spec.format)
+    return {
+        "checkpoint": checkpoint.name,
+        "benchmark": spec.name,
+        "format": spec.format,
+        "split": spec.split,
+        **_tally(predictions),
+        "unextracted": sum(1 for p in predictions if p["extracted"] is None),
+        "generation_errors": sum(1 for p in predictions if p.get("error")),
+        "choice_items": sum(1 for i in items if i.kind == "choice"),
+        "judge": judge,
+        "subset_field": subset_field,
+        "subsets": breakdowns.get(subset_field, {}) if subset_field else {},
+        "breakdowns": breakdowns,
+        "settings": settings(cfg, checkpoint, items),
+    }
+
+
+def pair_summary(stats: dict[str, Any]) -> str:
+    line = (
+        f"eval: {stats['checkpoint']}/{stats['benchmark']}: {stats['accuracy']:.2f}% "
+        f"({stats['correct']}/{stats['total']}); {stats['unextracted']} answers not found"
+    )
+    if stats["judge"]:
+        j = stats["judge"]
+        line += (
+            f"; judge on those: {j['correct']} correct, {j['incorrect']} incorrect, {j['unparseable']} unparseable "
+            f"-> {stats['accuracy_with_judge']:.2f}% with the judge"
+        )
+    return line
+
+
+# ---------------------------------------------------------------------------------------------
+# Results tables
+
+
+@dataclass(frozen=True)
+class _Column:
+    label: str
+    benchmark: str
+    subset: str | None = None
+
+
+def _columns(specs: list[BenchmarkSpec], results: dict[tuple[str, str], dict[str, Any]]) -> list[_Column]:
+    columns: list[_Column] = []
+    for spec in specs:
+        columns.append(_Column(spec.name, spec.name))
+        if SUBSET_FIELDS.get(spec.format) is None:
+            continue
+        seen = {v for (_, b), stats in results.items() if b == spec.name for v in stats.get("subsets", {})}
+        known = [v for v in MATHVERSE_VERSIONS if v in seen]
+        for value in known + sorted(seen - set(known)):
+            columns.append(_Column(f"{spec.name} ({value})", spec.name, value))
+    return columns
+
+
+def _cell(stats: dict[str, Any] | None, column: _Column, judged: bool = False) -> tuple[str, int, int] | None:
+    if stats is None:
+        return None
+    tally = stats if column.subset is None else stats.get("subsets", {}).get(column.subset)
+    if not tally or not tally["total"]:
+        return None
+    correct = tally["correct_with_judge"] if judged else tally["correct"]
+    return f"{100 * correct / tally['total']:.2f}", correct, tally["total"]
+
+
+def _markdown_table(checkpoints: list[Checkpoint], columns: list[_Column], results: dict, judged: bool) -> list[str]:
+    lines = [
+        "| checkpoint | " + " | ".join(c.label for c in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for ck in checkpoints:
+        cells = []
+        for col in columns:
+            cell = _cell(results.get((ck.name, col.benchmark)), col, judged)
+            cells.append("–" if cell is None else f"{cell[0]} ({cell[1]}/{cell[2]})")
+        lines.append(f"| {ck.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_results(
+    checkpoints: list[Checkpoint], specs: list[BenchmarkSpec], results: dict[tuple[str, str], dict[str, Any]]
+) -> tuple[str, str]:
+    """(markdown, CSV) of the results: rows = checkpoints, columns = benchmarks (+ MathVerse versions)."""
+    columns = _columns(specs, results)
+    judged = any(stats.get("judge") for stats in results.values())
+    md = [
+        "# MathSE evaluation results",
+        "",
+        "Accuracy % (correct/total), rule-based answer checking. – = not evaluated yet.",
+        "",
+        *_markdown_table(checkpoints, columns, results, judged=False),
+    ]
+    if judged:
+        md += [
+            "",
+            "## With the LLM judge",
+            "",
+            "Rule-based verdicts plus the judge's verdicts on the responses whose answer the rules could not find.",
+            "",
+            *_markdown_table(checkpoints, columns, results, judged=True),
+        ]
+    md += ["", "## Checkpoints", ""]
+    for ck in checkpoints:
+        md.append(f"- `{ck.name}`: {ck.model}" + (f" + adapter {ck.adapter}" if ck.adapter else ""))
+    md += ["", "## Benchmarks", ""]
+    for spec in specs:
+        md.append(
+            f"- `{spec.name}`: {spec.format}" + (f", split {spec.split}" if spec.split else "") + f", {spec.path}"
+        )
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["checkpoint", "model"]
+    for col in columns:
+        header += [col.label, f"{col.label} correct", f"{col.label} total"] + (
+            [f"{col.label} +judge"] if judged else []
+        )
+    writer.writerow(header)
+    for ck in checkpoints:
+        row = [ck.name, ck.model + (f" + {ck.adapter}" if ck.adapter else "")]
+        for col in columns:
+            stats = results.get((ck.name, col.benchmark))
+            cell = _cell(stats, col)
+            row += list(cell) if cell else ["", "", ""]
+            if judged:
+                with_judge = _cell(stats, col, judged=True)
+                row.append(with_judge[0] if with_judge else "")
+        writer.writerow(row)
+    return "\n".join(md) + "\n", buffer.getvalue()
+
+
+def collect_results(
+    cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[BenchmarkSpec]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    results = {}
+    for ck in checkpoints:
+        for spec in specs:
+            folder = pair_dir(cfg, ck.name, spec.name)
+            if is_done(folder):
+                results[(ck.name, spec.name)] = read_marker(folder)
+    return results
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    # A rerun with nothing new leaves the files (and their mtimes) alone.
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+
+
+def write_results(cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[BenchmarkSpec]) -> None:
+    results = collect_results(cfg, checkpoints, specs)
+    markdown, table = render_results(checkpoints, specs, results)
+    base = eval_dir(cfg)
+    _write_if_changed(base / "results.md", markdown)
+    _write_if_changed(base / "results.csv", table)
+    payload = list(results.values())
+    _write_if_changed(base / "results.json", json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dry run
+
+
+def print_plan(cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[BenchmarkSpec]) -> None:
+    total = len(checkpoints) * len(specs)
+    done = sum(1 for c in checkpoints for s in specs if is_done(pair_dir(cfg, c.name, s.name)))
+    print(
+        f"[dry-run] eval: {len(specs)} benchmarks x {len(checkpoints)} checkpoints = {total} evaluations "
+        f"({total - done} to run, {done} already done)"
+    )
+    for spec in specs:
+        # Validates every record; embedded images are not written in a dry run.
+        items = load_benchmark(spec, image_dir(cfg, spec.name), materialize=False)
+        choice = sum(1 for i in items if i.kind == "choice")
+        split = f", split {spec.split}" if spec.split else ""
+        print(
+            f"[dry-run] benchmark {spec.name} ({spec.format}{split}): {len(items)} items "
+            f"({choice} multiple choice, {len(items) - choice} free form) from {spec.path}"
+        )
+    for ck in checkpoints:
+        status = [s.name for s in specs if is_done(pair_dir(cfg, ck.name, s.name))]
+        adapter = f" + adapter {ck.adapter}" if ck.adapter else ""
+        print(
+            f"[dry-run] checkpoint {ck.name}: {ck.model}{adapter}" + (f" (done: {', '.join(status)})" if status else "")
+        )
+    inf = eval_inference(cfg)
+    mode = "greedy" if inf.temperature == 0 else f"sampling, top_p {inf.top_p}"
+    print(
+        f"[dry-run] generation: temperature {inf.temperature} ({mode}), max_new_tokens {inf.max_new_tokens}, "
+        f"backend {inf.backend}, {inf.concurrency} requests in flight"
+    )
+    if checkpoints:
+        ck = checkpoints[0]
+        args = chat_model_args(
+            ck.model,
+            ck.adapter,
+            cfg.model.template,
+            inf,
+            image_max_pixels=training_image_max_pixels(cfg),
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+        print(f"[dry-run] {ck.name}: ChatModel({json.dumps(args)})")
+    judge = cfg.eval.judge
+    print(
+        "[dry-run] judge: "
+        + (
+            f"{judge.model} at {judge.base_url}, only for responses whose answer the rules "
+            "cannot find (reported separately)"
+            if judge
+            else "none (rule-based scoring only)"
+        )
+    )
+    print(
+        f"[dry-run] outputs: {eval_dir(cfg)}/<checkpoint>/<benchmark>/predictions.jsonl; tables "
+        f"{eval_dir(cfg) / 'results.md'} and {eval_dir(cfg) / 'results.csv'}"
+    )

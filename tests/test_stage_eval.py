@@ -1,0 +1,242 @@
+"""`--stage eval`: checkpoints x benchmarks -> predictions, scores, results tables; resumable."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mathse.config import ConfigError, MathSEConfig
+from mathse.errors import StageError
+from mathse.stages import eval as eval_stage
+from mathse.storage import is_done, iter_jsonl, mark_done
+from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
+from tests.conftest import PROJECT_ROOT
+from tests.test_benchmarks import write_mathverse_json, write_mathvista_parquet
+
+# ---------------------------------------------------------------------------------------------
+# A stand-in ChatModel with scripted answers (fast)
+
+# Question snippet -> reply of the "good" model; the other model never states an answer.
+SCRIPT = {
+    "spring compressed": "Step 1: energy.\nThe final answer is \\boxed{1.23}",  # float, precision 1: right
+    "measuring cup": "It holds one thousand grams, I believe.",  # no extractable answer: judge
+    "平分线": "The final answer is \\boxed{C}",  # right letter
+    "above the line": "The final answer is \\boxed{[5, 2]}",  # wrong order
+    "angle CED": "The answer is (D).",  # right
+    "According to the question shown": "\\boxed{13}",  # wrong
+    "The radius is 3 cm": "L = \\sqrt{13^2+6^2}, so \\boxed{\\sqrt{205}}",  # right
+}
+
+
+@dataclass
+class Reply:
+    response_text: str
+    response_length: int = 5
+    prompt_length: int = 20
+    finish_reason: str = "stop"
+
+
+class ScriptedChatModel:
+    def __init__(self, good: bool) -> None:
+        self.good = good
+        self.calls: list[str] = []
+
+    async def achat(self, messages: list[dict[str, str]], images: Any = None, **kw: Any) -> list[Reply]:
+        content = messages[0]["content"]
+        self.calls.append(content)
+        await asyncio.sleep(0)
+        if not self.good:
+            return [Reply("Let me think about the figure for a while longer.")]
+        return [Reply(next(r for key, r in SCRIPT.items() if key in content))]
+
+
+class Factory:
+    """Builds one scripted model per checkpoint (the copy of the model answers nothing)."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, ScriptedChatModel] = {}
+
+    def __call__(self, args: dict[str, Any]) -> ScriptedChatModel:
+        path = args["model_name_or_path"]
+        self.models[path] = ScriptedChatModel(good=not path.endswith("copy"))
+        return self.models[path]
+
+    @property
+    def calls(self) -> int:
+        return sum(len(m.calls) for m in self.models.values())
+
+
+def judge_reply(body: dict[str, Any]) -> str:
+    return "Correct" if "Reference answer: 1000" in last_user_text(body) else "Incorrect"
+
+
+def make_config(tmp_path: Path, judge_url: str | None = None, **eval_section: Any) -> MathSEConfig:
+    vista = write_mathvista_parquet(tmp_path / "bench" / "MathVista")
+    verse = write_mathverse_json(tmp_path / "bench" / "MathVerse")
+    (tmp_path / "base").mkdir(exist_ok=True)
+    (tmp_path / "copy").mkdir(exist_ok=True)
+    section: dict[str, Any] = {
+        "benchmarks": [
+            {"name": "MathVista", "format": "mathvista", "path": str(vista)},
+            {"name": "MathVerse", "format": "mathverse", "path": str(verse)},
+        ],
+        "checkpoints": ["base", f"copy={tmp_path / 'copy'}"],
+    }
+    if judge_url:
+        section["judge"] = {"base_url": judge_url, "model": "judge-model", "max_retries": 0}
+    section.update(eval_section)
+    return MathSEConfig.model_validate(
+        {
+            "model": {"base": str(tmp_path / "base")},
+            "run": {"output_dir": str(tmp_path / "out")},
+            "llama_factory": {"recipe": str(PROJECT_ROOT / "configs" / "llama_factory" / "sft_full.yaml")},
+            "eval": section,
+        }
+    )
+
+
+def test_eval_end_to_end_with_judge_tables_and_rerun(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    factory = Factory()
+    with FakeOpenAIServer(replies=judge_reply) as judge:
+        cfg = make_config(tmp_path, judge.base_url)
+        assert eval_stage.run(cfg, chat_model_factory=factory) == 0
+        out = tmp_path / "out" / "eval"
+        assert factory.calls == 2 * 7  # every item once per checkpoint, greedy
+        # Only the responses the rules could not read went to the judge: 1 (base) + 7 (copy).
+        assert judge.chat_calls == 8
+        printed = capsys.readouterr().out
+        assert "eval: base/MathVista: 50.00% (2/4); 1 answers not found; judge on those: 1 correct" in printed
+
+        preds = {p["id"]: p for p in iter_jsonl(out / "base" / "MathVista" / "predictions.jsonl")}
+        assert preds["1"]["extracted"] == "1.23" and preds["1"]["correct"] is True
+        assert preds["2"]["extracted"] is None and preds["2"]["judge"]["verdict"] == "correct"
+        assert preds["2"]["correct"] is False and preds["2"]["correct_with_judge"] is True
+        assert preds["3"]["options"][2] == "145°" and preds["3"]["answer_letter"] == "C" and preds["3"]["correct"]
+        assert preds["4"]["reason"] == "mismatch: got [5, 2], expected [2, 5]"
+        assert preds["3"]["question"].startswith("Hint:") and preds["3"]["images"][0].endswith(".png")
+        assert set(preds["1"]) >= {"id", "question", "answer", "response", "extracted", "correct", "judge", "metadata"}
+
+        scores = json.loads((out / "base" / "MathVerse" / "scores.json").read_text())
+        assert scores["subsets"]["Vision Only"]["correct"] == 0 and scores["breakdowns"]["subject"]
+        assert is_done(out / "copy" / "MathVerse")
+
+        md = (out / "results.md").read_text()
+        versions = "MathVerse (Text Dominant) | MathVerse (Vision Only) | MathVerse (Text Only)"
+        assert f"| checkpoint | MathVista | MathVerse | {versions} |" in md
+        assert "| base | 50.00 (2/4) | 66.67 (2/3) | 100.00 (1/1) | 0.00 (0/1) | 100.00 (1/1) |" in md
+        assert "| copy | 0.00 (0/4) | 0.00 (0/3) |" in md
+        assert "## With the LLM judge" in md and "| base | 75.00 (3/4) | 66.67 (2/3) |" in md
+        rows = list(csv.DictReader((out / "results.csv").open()))
+        assert [r["checkpoint"] for r in rows] == ["base", "copy"]
+        assert rows[0]["MathVista"] == "50.00" and rows[0]["MathVista total"] == "4"
+        assert rows[0]["MathVista +judge"] == "75.00" and rows[0]["MathVerse (Vision Only) correct"] == "0"
+
+        # Rerun: nothing generated, judged or rewritten.
+        mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+        factory2 = Factory()
+        assert eval_stage.run(cfg, chat_model_factory=factory2) == 0
+        assert factory2.calls == 0 and factory2.models == {} and judge.chat_calls == 8
+        assert "all 4 evaluations already done" in capsys.readouterr().out
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == mtimes
+    assert eval_stage.finished(cfg)
+    assert eval_stage.artifacts(cfg)["predictions copy/MathVerse"].is_file()
+
+
+def test_killed_pair_resumes_only_missing_items_and_stale_settings_warn(tmp_path: Path, capsys) -> None:
+    cfg = make_config(tmp_path, checkpoints=["base"])
+    assert eval_stage.run(cfg, chat_model_factory=Factory()) == 0
+    pair = tmp_path / "out" / "eval" / "base" / "MathVista"
+    # As if killed after two generations: marker and predictions gone, journal half written.
+    (pair / ".mathse_done.json").unlink()
+    (pair / "predictions.jsonl").unlink()
+    journal = pair / "generations.jsonl"
+    journal.write_text("".join(journal.read_text().splitlines(keepends=True)[:2]) + '{"key": "torn')
+    factory = Factory()
+    assert eval_stage.run(cfg, chat_model_factory=factory) == 0
+    assert factory.calls == 2 and len(list(iter_jsonl(pair / "predictions.jsonl"))) == 4
+    capsys.readouterr()
+
+    changed = make_config(tmp_path, checkpoints=["base"], max_new_tokens=7)
+    factory = Factory()
+    assert eval_stage.run(changed, chat_model_factory=factory) == 0
+    assert factory.calls == 0
+    assert "base/MathVista was evaluated with other max_new_tokens; its results are kept" in capsys.readouterr().out
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    cfg = make_config(tmp_path, temperature=0.0, max_new_tokens=64)
+    assert eval_stage.run(cfg, dry_run=True) == 0
+    printed = capsys.readouterr().out
+    assert "[dry-run] eval: 2 benchmarks x 2 checkpoints = 4 evaluations (4 to run, 0 already done)" in printed
+    assert "[dry-run] benchmark MathVista (mathvista): 4 items (1 multiple choice, 3 free form)" in printed
+    assert "[dry-run] checkpoint copy:" in printed and "max_new_tokens 64" in printed and "(greedy)" in printed
+    assert '"do_sample": false' in printed
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_resolution(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, checkpoints=None)
+    assert [c.name for c in eval_stage.resolve_checkpoints(cfg)] == ["base"]
+    # A finished LoRA M0 and round 1: found by default, loaded as adapters on their base model.
+    for name in ("sft_model_stage0", "sft_model_round_1"):
+        folder = tmp_path / "out" / name
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "base")}))
+        mark_done(folder, {})
+    (tmp_path / "out" / "sft_model_round_2").mkdir()  # not finished: skipped
+    found = eval_stage.resolve_checkpoints(cfg)
+    assert [c.name for c in found] == ["base", "stage0", "round_1"]
+    assert found[1].model == str(tmp_path / "base") and found[1].adapter == str(tmp_path / "out" / "sft_model_stage0")
+
+    with pytest.raises(StageError, match=r"checkpoint 'round_2' is not trained yet"):
+        eval_stage.resolve_checkpoints(make_config(tmp_path, checkpoints=["round_2"]))
+    with pytest.raises(ConfigError, match=r"eval.checkpoints\[0\]: 'nope': model folder not found"):
+        eval_stage.resolve_checkpoints(make_config(tmp_path, checkpoints=["nope"]))
+    with pytest.raises(ConfigError, match=r"no benchmarks configured"):
+        eval_stage.run(make_config(tmp_path, benchmarks=[]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The real tiny Qwen2-VL through the command line
+
+
+@pytest.mark.slow
+def test_cli_eval_tiny_model_base_and_stage0(run_config, tiny_model: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from mathse import cli
+
+    monkeypatch.setitem(cli.STAGES, "eval", ("eval", "Evaluate checkpoints on benchmarks -> results table"))
+    vista = write_mathvista_parquet(tmp_path / "bench" / "MathVista")
+    verse = write_mathverse_json(tmp_path / "bench" / "MathVerse")
+    benchmarks = [
+        {"name": "MathVista", "format": "mathvista", "path": str(vista)},
+        {"name": "MathVerse", "format": "mathverse", "path": str(verse), "limit": 2},
+    ]
+    config = run_config(eval={"benchmarks": benchmarks, "max_new_tokens": 8})
+    out = config.parent / "output"
+    # "M0": a copy of the tiny model where the run keeps it, marked finished.
+    shutil.copytree(tiny_model, out / "sft_model_stage0")
+    mark_done(out / "sft_model_stage0", {"job": "copy"})
+
+    assert cli.main(["--stage", "eval", "--config", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert "eval: stage0/MathVerse:" in printed
+    md = (out / "eval" / "results.md").read_text()
+    for name in ("base", "stage0"):
+        assert f"| {name} | " in md and "/4) |" in md and "/2) |" in md
+        preds = list(iter_jsonl(out / "eval" / name / "MathVista" / "predictions.jsonl"))
+        assert [p["id"] for p in preds] == ["1", "2", "3", "4"]
+        assert all(isinstance(p["response"], str) and "correct" in p for p in preds)
+    assert "(Text Dominant)" in md and "(Vision Only)" in md
+
+    journals = {p: p.read_bytes() for p in (out / "eval").rglob("generations.jsonl")}
+    assert len(journals) == 4
+    assert cli.main(["--stage", "eval", "--config", str(config)]) == 0
+    assert "already done, nothing to run" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in journals} == journals
