@@ -346,7 +346,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> MathSEC
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError([f"config error: {where}: invalid YAML ({getattr(exc, 'problem', exc)})"]) from None
+        problem = " ".join(str(getattr(exc, "problem", exc)).split())  # one line, whatever the parser says
+        raise ConfigError([f"config error: {where}: invalid YAML ({problem})"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"config error: {path}: top level must be a mapping of sections"])
     _deep_merge(raw, parse_overrides(overrides or []))
@@ -363,11 +364,19 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> MathSEC
     except ValidationError as exc:
         raise ConfigError(_format_validation_errors(exc, raw)) from None
 
-    config_dir = path.resolve().parent
     try:
-        _resolve_paths(cfg, config_dir)
-    except ValueError as exc:  # e.g. a NUL byte in a path ("embedded null byte")
-        raise ConfigError([f"config error: invalid path in {path} ({exc})"]) from None
+        errors = _resolve_and_check_paths(cfg, path.resolve().parent)
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the filesystem, ...
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:200]
+        raise ConfigError([f"config error: {path}: unusable path in the config ({reason})"]) from None
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def _resolve_and_check_paths(cfg: MathSEConfig, config_dir: Path) -> list[str]:
+    """Resolve the config's paths against its folder; one error line per input path that is missing."""
+    _resolve_paths(cfg, config_dir)
     errors = [
         f"config error: {key}: path not found: {value}"
         for key in _INPUT_PATHS
@@ -387,9 +396,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> MathSEC
     for key, recipe in recipes.items():
         if recipe is not None and recipe.exists() and (problem := _recipe_problem(recipe)):
             errors.append(f"config error: {key}: {recipe}: {problem}")
-    if errors:
-        raise ConfigError(errors)
-    return cfg
+    return errors
 
 
 def _recipe_problem(path: Path) -> str | None:
@@ -401,7 +408,7 @@ def _recipe_problem(path: Path) -> str | None:
     except UnicodeDecodeError:
         return "not UTF-8 text"
     except yaml.YAMLError as exc:
-        return f"invalid YAML ({getattr(exc, 'problem', exc)})"
+        return f"invalid YAML ({' '.join(str(getattr(exc, 'problem', exc)).split())})"
     return None if recipe is None or isinstance(recipe, dict) else "must be a YAML mapping of LLaMA-Factory arguments"
 
 

@@ -92,7 +92,11 @@ def read_problems(path: Path, image_root: Path | None = None, check_images: bool
             raise DataError(f"{where}: record {problem.id!r}: invalid image path ({exc})") from None
         if check_images:
             for img in resolved:
-                if not Path(img).is_file():
+                try:
+                    found = Path(img).is_file()
+                except OSError as exc:  # e.g. a file name too long for the filesystem
+                    raise DataError(f"{where}: record {problem.id!r}: unusable image path ({exc.strerror})") from None
+                if not found:
                     raise DataError(f"{where}: record {problem.id!r}: image not found: {img}")
         problems.append(problem.model_copy(update={"images": resolved}))
     if not problems:

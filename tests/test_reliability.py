@@ -400,7 +400,7 @@ def assert_clean_exit(code: int, err: str) -> None:
 
 
 FUZZ = settings(
-    max_examples=120, derandomize=True, deadline=None, database=None,
+    max_examples=1500, derandomize=False, deadline=None, database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 

@@ -122,7 +122,11 @@ def read_labelled_paths(path: Path, image_root: Path | None = None) -> list[Labe
         except ValueError as exc:  # "embedded null byte"
             raise DataError(f"{where}: record {row.id!r}: invalid image path ({exc})") from None
         for img in resolved:
-            if not img.startswith(("http://", "https://", "data:")) and not Path(img).is_file():
+            try:
+                found = img.startswith(("http://", "https://", "data:")) or Path(img).is_file()
+            except OSError as exc:  # e.g. a file name too long for the filesystem
+                raise DataError(f"{where}: record {row.id!r}: unusable image path ({exc.strerror})") from None
+            if not found:
                 raise DataError(f"{where}: record {row.id!r}: image not found: {img}")
         rows.append(row.model_copy(update={"images": resolved}))
     if not rows:
