@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from mathse.config import MathSEConfig
-from mathse.storage import atomic_write_json, atomic_write_text, is_done, mark_done, read_json
+from mathse.storage import atomic_open, atomic_write_json, atomic_write_text, is_done, mark_done, read_json
 
 DATASET_INFO = "dataset_info.json"
 IMAGE_TOKEN = "<image>"
@@ -68,21 +68,15 @@ def write_sharegpt_dataset(examples: Iterable[SftExample], dataset_dir: Path, na
     name and renamed, and registered in dataset_info.json only after, so a kill leaves either the
     previous dataset or the new one.
     """
-    dataset_dir.mkdir(parents=True, exist_ok=True)
     file_name = f"{name}.json"
-    target = dataset_dir / file_name
-    tmp = dataset_dir / f".{file_name}.tmp"
     count = 0
-    with tmp.open("w", encoding="utf-8") as handle:
+    with atomic_open(dataset_dir / file_name) as handle:
         handle.write("[")
         for example in examples:
             handle.write(",\n" if count else "\n")
             handle.write(json.dumps(to_sharegpt(example), ensure_ascii=False))
             count += 1
         handle.write("\n]\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
     register_dataset(dataset_dir, name, file_name)
     return count
 

@@ -34,3 +34,24 @@ def test_misspelled_override_exits_2_with_one_line(tmp_path: Path) -> None:
 def test_console_script_is_installed() -> None:
     proc = subprocess.run(["mathse", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--stage" in proc.stdout
+
+
+def test_dry_run_of_the_whole_pipeline_writes_nothing(run_config, capsys) -> None:
+    from mathse.cli import main
+
+    config = run_config()
+    assert main(["--stage", "all", "--config", str(config), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("distill", "evolve", "reflect", "final", "report"):
+        assert f"=== mathse: stage {stage} ===" in printed
+    assert "llamafactory-cli train" in printed
+    assert not (config.parent / "output").exists()
+
+
+def test_shard_flags_only_go_with_evolve(run_config, capsys) -> None:
+    from mathse.cli import main
+
+    assert main(["--stage", "distill", "--config", str(run_config()), "--shard", "0/2"]) == 2
+    assert "--shard and --merge go with --stage evolve" in capsys.readouterr().err
+    assert main(["--stage", "evolve", "--config", str(run_config()), "--shard", "2/2"]) == 2
+    assert "expected i/n with 0 <= i < n" in capsys.readouterr().err

@@ -61,6 +61,9 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
 
 def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     dataset = cfg.output_dir / "data" / f"{DATASET_NAME}.json"
+    if dry_run and cfg.reflect.final_from == "stage2" and not cfg.model_path("sft_model_final").exists():
+        print(f"[dry-run] final: would train on {dataset} from the Stage-2 checkpoint (not there yet)")
+        return 0
     if dry_run:
         target = cfg.model_path("reflection_model_final")
         print(f"[dry-run] final: SFT on {dataset} (from the reflect stage) into {target}")

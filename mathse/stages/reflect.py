@@ -67,6 +67,9 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
 def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     rejected_file = cfg.output_dir / "evolve" / "sft_rejected.jsonl"
     d_sft_file = latest_d_sft(cfg)
+    if dry_run and (not rejected_file.is_file() or d_sft_file is None):
+        print(f"[dry-run] reflect: would run on the incorrect paths of evolve ({rejected_file}, not there yet)")
+        return 0
     if not rejected_file.is_file() or d_sft_file is None:
         raise StageError(f"reflect: no evolve results in {cfg.output_dir / 'evolve'}: run --stage evolve first")
     drafts = select_drafts(cfg, list(iter_jsonl(rejected_file)))
