@@ -3,33 +3,30 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mathse.storage import atomic_write_jsonl
 
-__all__ = ["DataError", "Problem", "read_problems", "write_problems"]
+__all__ = ["DataError", "ImageRecord", "Problem", "read_problems", "read_records", "write_problems"]
 
 
 class DataError(Exception):
     """Bad input data; the message is one line naming the file and line or the record id."""
 
 
-class Problem(BaseModel):
-    """A math problem: a question with zero or more images and a reference answer."""
+class ImageRecord(BaseModel):
+    """A JSONL record with an id and images: the shape every input file of MathSE shares."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: str = Field(min_length=1)
-    question: str = Field(min_length=1)
     images: tuple[str, ...] = ()
-    answer: str
-    solution: str | None = None
-    source: str | None = None
 
-    @field_validator("id", "answer", mode="before")
+    @field_validator("id", "answer", mode="before", check_fields=False)
     @classmethod
     def _scalar_to_str(cls, value: object) -> object:
         # Datasets often store ids and answers as numbers: 7 and "7" mean the same here.
@@ -44,21 +41,42 @@ class Problem(BaseModel):
             return ()
         return (value,) if isinstance(value, str) else value
 
+
+class Problem(ImageRecord):
+    """A math problem: a question with zero or more images and a reference answer."""
+
+    question: str = Field(min_length=1)
+    answer: str
+    solution: str | None = None
+    source: str | None = None
+
     def to_json(self) -> dict[str, object]:
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def read_problems(path: Path, image_root: Path | None = None, check_images: bool = True) -> list[Problem]:
-    """Read and validate every problem of a JSONL file before anything is written.
+R = TypeVar("R", bound=ImageRecord)
+
+
+def read_records(
+    path: Path,
+    model: type[R],
+    image_root: Path | None = None,
+    *,
+    check_images: bool = True,
+    unique_ids: bool = True,
+    check: Callable[[R], str | None] | None = None,
+    what: str = "records",
+) -> list[R]:
+    """Read and validate every record of a JSONL file before anything is written.
 
     Image paths are made absolute (relative ones resolve against `image_root`, else the file's
-    folder). Raises DataError naming `file:line` for a bad line, or the record id for a missing
-    image; duplicate ids are errors too, since ids key every later stage's records.
+    folder). Raises DataError naming `file:line` for a bad line (`check` may add a reason of its
+    own), or the record id for a missing image; with `unique_ids`, duplicate ids are errors too.
     """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     root = image_root or path.parent
-    problems: list[Problem] = []
+    records: list[R] = []
     first_line: dict[str, int] = {}
     with path.open("r", encoding="utf-8") as handle:
         try:
@@ -69,39 +87,55 @@ def read_problems(path: Path, image_root: Path | None = None, check_images: bool
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
+        record = _parse_line(line, where, model)
+        if unique_ids and record.id in first_line:
+            raise DataError(f"{where}: duplicate id {record.id!r} (first on line {first_line[record.id]})")
+        first_line.setdefault(record.id, lineno)
+        if check is not None and (problem := check(record)):
+            raise DataError(f"{where}: {problem}")
+        images = _resolve_images(record, root, where, check_images)
+        records.append(record.model_copy(update={"images": images}))
+    if not records:
+        raise DataError(f"{path}: no {what} in file")
+    return records
+
+
+def read_problems(path: Path, image_root: Path | None = None, check_images: bool = True) -> list[Problem]:
+    """The problems of a JSONL file (see `read_records`); ids key every later stage's records."""
+    return read_records(path, Problem, image_root, check_images=check_images, what="problems")
+
+
+def _parse_line(line: str, where: str, model: type[R]) -> R:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise DataError(f"{where}: invalid JSON (nested too deeply)") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "record"
+        raise DataError(f"{where}: {field}: {err['msg']}") from None
+
+
+def _resolve_images(record: ImageRecord, root: Path, where: str, check: bool) -> tuple[str, ...]:
+    try:
+        resolved = tuple(str(_resolve_image(img, root)) for img in record.images)
+    except ValueError as exc:  # "embedded null byte"
+        raise DataError(f"{where}: record {record.id!r}: invalid image path ({exc})") from None
+    for img in resolved if check else ():
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-        except RecursionError:
-            raise DataError(f"{where}: invalid JSON (nested too deeply)") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        try:
-            problem = Problem.model_validate(obj)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "record"
-            raise DataError(f"{where}: {field}: {err['msg']}") from None
-        if problem.id in first_line:
-            raise DataError(f"{where}: duplicate id {problem.id!r} (first on line {first_line[problem.id]})")
-        first_line[problem.id] = lineno
-        try:
-            resolved = tuple(str(_resolve_image(img, root)) for img in problem.images)
-        except ValueError as exc:  # "embedded null byte"
-            raise DataError(f"{where}: record {problem.id!r}: invalid image path ({exc})") from None
-        if check_images:
-            for img in resolved:
-                try:
-                    found = Path(img).is_file()
-                except OSError as exc:  # e.g. a file name too long for the filesystem
-                    raise DataError(f"{where}: record {problem.id!r}: unusable image path ({exc.strerror})") from None
-                if not found:
-                    raise DataError(f"{where}: record {problem.id!r}: image not found: {img}")
-        problems.append(problem.model_copy(update={"images": resolved}))
-    if not problems:
-        raise DataError(f"{path}: no problems in file")
-    return problems
+            found = img.startswith(("http://", "https://", "data:")) or Path(img).is_file()
+        except OSError as exc:  # e.g. a file name too long for the filesystem
+            raise DataError(f"{where}: record {record.id!r}: unusable image path ({exc.strerror})") from None
+        if not found:
+            shown = img if img.isprintable() else repr(img)  # one error, one line
+            raise DataError(f"{where}: record {record.id!r}: image not found: {shown}")
+    return resolved
 
 
 def _resolve_image(ref: str, root: Path) -> Path | str:

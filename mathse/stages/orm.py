@@ -18,14 +18,13 @@ Two units of work with completion markers: the dataset (`output/orm/`, dataset `
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import Field, StrictBool
 
 from mathse.config import MathSEConfig, save_resolved_config
 from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
-from mathse.records import DataError
+from mathse.records import ImageRecord, read_records
 from mathse.steps import split_steps
 from mathse.storage import is_done, mark_done, read_marker
 from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, format_orm_response
@@ -36,33 +35,15 @@ DATASET_NAME = "mathse_orm"
 IMBALANCE_WARN = 0.1
 
 
-class LabelledPath(BaseModel):
+class LabelledPath(ImageRecord):
     """One labelled reasoning path: the ORM's training example."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    id: str = Field(min_length=1)
     question: str = Field(min_length=1)
-    images: tuple[str, ...] = ()
     answer: str | None = None
     path: str = Field(min_length=1)
     correct: StrictBool  # "false" or 0 would silently flip labels: only JSON booleans
     error_step: int | None = Field(default=None, ge=1)
     analysis: str
-
-    @field_validator("id", "answer", mode="before")
-    @classmethod
-    def _scalar_to_str(cls, value: object) -> object:
-        if isinstance(value, bool):
-            return value
-        return str(value) if isinstance(value, int | float) else value
-
-    @field_validator("images", mode="before")
-    @classmethod
-    def _one_image_or_many(cls, value: object) -> object:
-        if value is None:
-            return ()
-        return (value,) if isinstance(value, str) else value
 
     @property
     def steps(self) -> list[str]:
@@ -84,61 +65,22 @@ class LabelledPath(BaseModel):
 def read_labelled_paths(path: Path, image_root: Path | None = None) -> list[LabelledPath]:
     """Read and validate every line of the ORM train file; DataError names `file:line` on the first bad one.
 
-    Image paths are made absolute: relative ones resolve against `image_root`, else the file's folder.
+    Several labelled paths may share a problem id. Image paths are made absolute: relative ones
+    resolve against `image_root`, else the file's folder.
     """
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    root = image_root or path.parent
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    rows: list[LabelledPath] = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-        except RecursionError:
-            raise DataError(f"{where}: invalid JSON (nested too deeply)") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        try:
-            row = LabelledPath.model_validate(obj)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "record"
-            raise DataError(f"{where}: {field}: {err['msg']}") from None
-        if row.correct and row.error_step is not None:
-            raise DataError(f"{where}: error_step: must be null when correct is true (got {row.error_step})")
-        n_steps = len(row.steps)
-        if row.error_step is not None and row.error_step > n_steps:
-            raise DataError(f"{where}: error_step: {row.error_step} is beyond the path's {n_steps} steps")
-        try:
-            resolved = tuple(str(_resolve_image(img, root)) for img in row.images)
-        except ValueError as exc:  # "embedded null byte"
-            raise DataError(f"{where}: record {row.id!r}: invalid image path ({exc})") from None
-        for img in resolved:
-            try:
-                found = img.startswith(("http://", "https://", "data:")) or Path(img).is_file()
-            except OSError as exc:  # e.g. a file name too long for the filesystem
-                raise DataError(f"{where}: record {row.id!r}: unusable image path ({exc.strerror})") from None
-            if not found:
-                raise DataError(f"{where}: record {row.id!r}: image not found: {img}")
-        rows.append(row.model_copy(update={"images": resolved}))
-    if not rows:
-        raise DataError(f"{path}: no labelled paths in file")
-    return rows
+    return read_records(
+        path, LabelledPath, image_root, unique_ids=False, check=_label_problem, what="labelled paths"
+    )
 
 
-def _resolve_image(ref: str, root: Path) -> Path | str:
-    if ref.startswith(("http://", "https://", "data:")):
-        return ref
-    image = Path(ref).expanduser()
-    return image if image.is_absolute() else (root / image).resolve()
+def _label_problem(row: LabelledPath) -> str | None:
+    """Why a row's label is inconsistent with its path, or None."""
+    if row.correct and row.error_step is not None:
+        return f"error_step: must be null when correct is true (got {row.error_step})"
+    n_steps = len(row.steps)
+    if row.error_step is not None and row.error_step > n_steps:
+        return f"error_step: {row.error_step} is beyond the path's {n_steps} steps"
+    return None
 
 
 def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
