@@ -18,6 +18,7 @@ from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, 
 from mathse.prompts import fill_template, student_prompt
 from mathse.records import DataError, Problem, read_problems
 from mathse.storage import atomic_write_jsonl, is_done, mark_done, read_marker
+from mathse.timing import StageTimer
 
 STAGE = "distill"
 # ChatClient appends this to the reason of a retryable failure once its retries are spent.
@@ -40,8 +41,9 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
         return 0
 
     save_resolved_config(cfg, stage_dir / "config.yaml")
+    timer = StageTimer()
     if not is_done(stage_dir):
-        built = build_d_sft(cfg, problems, stage_dir)
+        built = build_d_sft(cfg, problems, stage_dir, timer)
         if built["teacher_retry"]:
             # A flaky API must not cost seed problems: no marker, so the rerun asks again (answered
             # calls come from the cache); M0 is not trained on a D_SFT with holes.
@@ -53,7 +55,9 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     stats = read_marker(stage_dir)
     if stats["d_sft"] == 0:
         raise ConfigError([f"config error: teacher: no usable solutions in D_SFT (see {stage_dir / 'dropped.jsonl'})"])
-    run_train_job(job)
+    with timer.span("model"):
+        run_train_job(job)
+    timer.save(stage_dir / "timings.json")
     print(
         f"distill: done: {stats['seed']} seed problems, {stats['given']} with solutions, "
         f"{stats['teacher_kept']} teacher solutions kept, {stats['teacher_dropped']} dropped, "
@@ -126,7 +130,7 @@ def print_plan(cfg: MathSEConfig, problems: list[Problem], job: TrainJob) -> Non
     print(job.describe())
 
 
-def build_d_sft(cfg: MathSEConfig, problems: list[Problem], stage_dir: Path) -> dict[str, int]:
+def build_d_sft(cfg: MathSEConfig, problems: list[Problem], stage_dir: Path, timer: StageTimer) -> dict[str, int]:
     """Collect a solution per seed problem, keep the good ones, write D_SFT and its dataset."""
     given = [p for p in problems if p.solution]
     pending = [p for p in problems if not p.solution]
@@ -134,7 +138,8 @@ def build_d_sft(cfg: MathSEConfig, problems: list[Problem], stage_dir: Path) -> 
     dropped: list[dict[str, object]] = []
     failed = retry = 0
     if pending:
-        results = ask_teacher(cfg, pending)
+        with timer.span("api"):
+            results = ask_teacher(cfg, pending)
         for problem, result in zip(pending, results, strict=True):
             if result.text is None:
                 failed += 1

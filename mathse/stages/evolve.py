@@ -43,6 +43,7 @@ from mathse.storage import (
     read_json,
     read_marker,
 )
+from mathse.timing import StageTimer
 
 STAGE = "evolve"
 DATASET_NAME = "mathse_stage_final"
@@ -133,6 +134,21 @@ def run(cfg: MathSEConfig, dry_run: bool = False, shard: Shard | None = None, me
         raise StageError(f"evolve: M0 is not trained yet ({m0}): run --stage distill first")
     save_resolved_config(cfg, evolve_dir(cfg) / "config.yaml")
     by_id = {p.id: p for p in pool}
+    timer = StageTimer()
+    try:
+        return run_rounds(cfg, pool, by_id, shard, merge, timer)
+    finally:
+        timer.save(evolve_dir(cfg) / "timings.json")
+
+
+def run_rounds(
+    cfg: MathSEConfig,
+    pool: list[Problem],
+    by_id: dict[str, Problem],
+    shard: Shard | None,
+    merge: bool,
+    timer: StageTimer,
+) -> int:
 
     for r in range(1, cfg.evolve.rounds + 1):
         rd = round_dir(cfg, r)
@@ -145,12 +161,12 @@ def run(cfg: MathSEConfig, dry_run: bool = False, shard: Shard | None = None, me
         batch = load_or_sample_batch(cfg, r, remain)
         model = generation_model(cfg, r)
         if shard is not None:  # one node's share of the current round, nothing else
-            run_shard(cfg, r, [by_id[i] for i in batch], shard, model)
+            run_shard(cfg, r, [by_id[i] for i in batch], shard, model, timer)
             print(f"evolve: round {r} {shard.tag} done; merge with --merge once every shard is done")
             return 0
         if not merge and not sharded_elsewhere(cfg, r):
-            run_shard(cfg, r, [by_id[i] for i in batch], WHOLE, model)
-        complete_round(cfg, r, batch, by_id, remain)
+            run_shard(cfg, r, [by_id[i] for i in batch], WHOLE, model, timer)
+        complete_round(cfg, r, batch, by_id, remain, timer)
         if merge:
             return 0  # the next round's shards start from this merged round
     print_final_summary(cfg)
@@ -237,7 +253,9 @@ def point_final_at(cfg: MathSEConfig, target: Path) -> None:
 # Generate and judge one shard
 
 
-def run_shard(cfg: MathSEConfig, r: int, batch: list[Problem], shard: Shard, model_dir: Path) -> None:
+def run_shard(
+    cfg: MathSEConfig, r: int, batch: list[Problem], shard: Shard, model_dir: Path, timer: StageTimer
+) -> None:
     """Generate and judge this shard's problems; marks the shard done when nothing is left."""
     marker = shard_marker(cfg, r, shard)
     if marker.is_file():
@@ -246,7 +264,7 @@ def run_shard(cfg: MathSEConfig, r: int, batch: list[Problem], shard: Shard, mod
     items = make_items(mine, cfg.inference.n_paths)
     model_path, adapter = model_ref(model_dir)
     with Journal(generations_path(cfg, r, shard)) as generations:
-        with Generator.from_config(cfg, model_path, adapter) as generator:
+        with timer.span("model"), Generator.from_config(cfg, model_path, adapter) as generator:
             gen = generator.generate(items, generations, progress=f"round {r} generate")
         print(gen.summary())
         rows = [generations.rows[item.key] for item in items if item.key in generations]
@@ -255,7 +273,9 @@ def run_shard(cfg: MathSEConfig, r: int, batch: list[Problem], shard: Shard, mod
     ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
     judge = Judge(cfg, STAGE, ledger)
     try:
-        with Journal(journal_path(cfg, verdicts_stage(r, shard))) as verdicts:
+        # A served ORM is an API wait; a local or rule-based one is model compute.
+        with Journal(journal_path(cfg, verdicts_stage(r, shard))) as verdicts, \
+                timer.span("api" if cfg.orm.backend == "api" else "model"):
             verdict_stats = judge.judge(to_judge, verdicts, progress=f"round {r} judge")
     finally:
         judge.close()
@@ -289,7 +309,12 @@ def sharded_elsewhere(cfg: MathSEConfig, r: int) -> bool:
 
 
 def complete_round(
-    cfg: MathSEConfig, r: int, batch: list[str], by_id: dict[str, Problem], remain_before: list[str]
+    cfg: MathSEConfig,
+    r: int,
+    batch: list[str],
+    by_id: dict[str, Problem],
+    remain_before: list[str],
+    timer: StageTimer,
 ) -> None:
     rd = round_dir(cfg, r)
     if not merged_marker(cfg, r).is_file():
@@ -305,7 +330,8 @@ def complete_round(
     stats = read_json(merged_marker(cfg, r))
     rebuild_cumulative(cfg, r)
     # Without retraining the data still grows each round; the model stays M0.
-    latest = run_train_job(train_job(cfg, r)) if cfg.evolve.retrain else generation_model(cfg, r)
+    with timer.span("model"):
+        latest = run_train_job(train_job(cfg, r)) if cfg.evolve.retrain else generation_model(cfg, r)
     point_final_at(cfg, latest)
     mark_done(rd, {**stats, "model": str(latest)})
     print(round_summary(r, stats))

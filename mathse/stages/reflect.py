@@ -28,6 +28,7 @@ from mathse.orm import Judge, JudgeItem, journal_path
 from mathse.prompts import reflection_prompt
 from mathse.records import Problem
 from mathse.storage import Journal, atomic_write_json, atomic_write_jsonl, is_done, iter_jsonl, mark_done, read_marker
+from mathse.timing import StageTimer
 
 STAGE = "reflect"
 DATASET_NAME = "mathse_reflection_sft"
@@ -87,12 +88,15 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
 
     save_resolved_config(cfg, stage_dir(cfg) / "config.yaml")
     drafts_to_send = drafts["keep"]
-    replies = ask_teacher(cfg, drafts_to_send)
+    timer = StageTimer()
+    with timer.span("api"):
+        replies = ask_teacher(cfg, drafts_to_send)
     retry = [key for key, reply in replies.items() if _TRANSIENT.search(reply.get("error") or "")]
     if retry:  # a flaky API must not cost drafts: no marker, the rerun asks just these again
         raise StageError(f"reflect: {len(retry)} teacher calls failed after their retries (first: {retry[0]}: "
                          f"{replies[retry[0]]['error']}); rerun the same command to retry just those")
-    kept, dropped = build_rows(cfg, drafts_to_send, replies)
+    with timer.span("api" if cfg.orm.backend == "api" else "model"):
+        kept, dropped = build_rows(cfg, drafts_to_send, replies)
     dropped += [{"key": d["key"], "id": d["id"], "reason": d["skip_reason"]} for d in drafts["skipped"]]
     atomic_write_jsonl(rows_path(cfg), kept)
     atomic_write_jsonl(cfg.output_dir / "orm_reflections" / "reflection_dropped.jsonl", dropped)
@@ -101,6 +105,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     stats = {"sent": len(drafts_to_send), "kept": len(kept), "dropped": dict(reasons),
              "d_sft": fused - len(kept), "fused": fused, "format": cfg.reflect.format}
     atomic_write_json(stage_dir(cfg) / "stats.json", stats)
+    timer.save(stage_dir(cfg) / "timings.json")
     mark_done(stage_dir(cfg), stats)
     print(f"reflect: sent {stats['sent']} drafts, kept {stats['kept']}, dropped "
           f"{sum(reasons.values())} ({', '.join(f'{k}: {v}' for k, v in reasons.items()) or 'none'}); "
