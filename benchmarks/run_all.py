@@ -35,7 +35,8 @@ FIGURES = [
     Figure("api_calls_achieved_over_ideal", "bench_api_calls.py", ">= 0.90", lambda v: v >= 0.90,
            "teacher/ORM calls: achieved / ideal rate, 2,000 calls at concurrency 64, 0.5 s server latency"),
     Figure("resume_repeated_work", "bench_resume.py", "0", lambda v: v == 0,
-           "API calls + generations repeated by a rerun of finished distill, evolve, reflect"),
+           "API calls, generations, ORM verdicts and training launches repeated by a rerun of finished "
+           "distill, evolve, reflect, final"),
     Figure("dataset_build_time_over_json_dump", "bench_dataset_build.py", "<= 2.0", lambda v: v <= 2.0,
            "LLaMA-Factory dataset for 300K records: time / a bare json.dump of the same records"),
     Figure("dataset_build_peak_mib", "bench_dataset_build.py", "< 2048", lambda v: v < 2048,

@@ -378,7 +378,7 @@ def _resolve_and_check_paths(cfg: MathSEConfig, config_dir: Path) -> list[str]:
     """Resolve the config's paths against its folder; one error line per input path that is missing."""
     _resolve_paths(cfg, config_dir)
     errors = [
-        f"config error: {key}: path not found: {value}"
+        f"config error: {key}: path not found: {_printable(str(value))}"
         for key in _INPUT_PATHS
         if (value := _get_dotted(cfg, key)) is not None and not Path(value).exists()
     ]
@@ -435,7 +435,7 @@ def _substitute_env(node: Any, where: str, errors: list[str]) -> Any:
             return os.environ[name]
         if default is not None:
             return default
-        errors.append(f"config error: {where}: environment variable {name} is not set")
+        errors.append(f"config error: {_printable(where)}: environment variable {name} is not set")
         return ""
 
     value = _ENV_REF.sub(replace, node)
@@ -447,8 +447,7 @@ def _format_validation_errors(exc: ValidationError, raw: dict[str, Any]) -> list
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        key = ".".join(loc) or "<root>"
-        key = key if key.isprintable() else repr(key)  # a key with a newline must not break the one-line report
+        key = _printable(".".join(loc) or "<root>")
         if err["type"] == "extra_forbidden":
             parent = _section_fields(loc[:-1])
             hint = difflib.get_close_matches(loc[-1], parent, n=1, cutoff=0.6) if parent else []
@@ -464,6 +463,11 @@ def _format_validation_errors(exc: ValidationError, raw: dict[str, Any]) -> list
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"config error: {key}: {msg}{shown}")
     return lines
+
+
+def _printable(text: str) -> str:
+    """`text`, or its repr when it holds a newline or another control character (one error = one line)."""
+    return text if text.isprintable() else repr(text)
 
 
 def _section_fields(loc: list[str]) -> list[str]:

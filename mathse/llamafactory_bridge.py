@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,7 +21,7 @@ import time
 import urllib.request
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,11 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
     if is_done(out):
         return out
     if out.exists():
+        if (out / "trainer_state.json").is_file():
+            # Training finished (LLaMA-Factory saves the model, its metrics, then trainer_state.json
+            # last) and the kill came before the marker: resuming would train a step past max_steps.
+            mark_done(out, {"job": job.name, "yaml": str(job.yaml_path)})
+            return out
         # A checkpoint is complete once trainer_state.json exists (the Trainer writes it last);
         # one cut short by the kill would make the resume fail, so it goes.
         for ckpt in out.glob("checkpoint-*"):
@@ -210,6 +216,14 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
                 shutil.rmtree(ckpt)
         if not any(out.glob("checkpoint-*")):
             shutil.rmtree(out)  # partial output with nothing to resume from
+    resume = _resume_weights(out)
+    if resume is not None:
+        # transformers' Trainer restores a full checkpoint's weights with load_state_dict(strict=False)
+        # on the keys as saved; Qwen2-VL saves them in its legacy layout, which (transformers 5.x)
+        # matches none of the model's parameter names, so the resumed run would silently go on from the
+        # start model's weights. Loading the model from the checkpoint itself (from_pretrained maps the
+        # keys) makes the resume exact; optimizer, scheduler, RNG state and step still come from it.
+        job = replace(job, args={**job.args, "model_name_or_path": str(resume)})
     job.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job.yaml_path, job.yaml_text())
     env = {**os.environ, **job.env}
@@ -242,6 +256,18 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
         raise TrainingError(f"llamafactory-cli train failed (exit {code}); log: {job.log_path}\n{tail}")
     mark_done(out, {"job": job.name, "yaml": str(job.yaml_path)})
     return out
+
+
+def _resume_weights(out: Path) -> Path | None:
+    """The checkpoint LLaMA-Factory will resume from (the highest step), when it holds full model weights."""
+    steps = [(int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    if not steps:
+        return None
+    ckpt = max(steps)[1]
+    if (ckpt / "adapter_config.json").is_file():
+        return None  # LoRA: the Trainer loads adapters through PEFT, which maps the keys itself
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    return ckpt if any((ckpt / name).is_file() for name in weights) else None
 
 
 def _die_with_parent() -> None:
