@@ -130,6 +130,7 @@ class Judge:
         # Policy "rule" never asks the ORM, even when a backend is configured: it costs money/GPU.
         self.uses_orm = self.policy != "rule"
         self._chat_model: Any = None
+        self._checks: dict[str, RuleCheck | None] = {}  # rule checks of the batch being judged
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -149,6 +150,9 @@ class Judge:
         if not pending:
             return stats
         steps = {item.key: split_steps(item.path) for item in pending}
+        # The rule check (math-verify, a few ms a path) runs here, before any ORM call: inside the
+        # client's result callback it would stall the event loop that keeps the requests in flight.
+        self._checks = {item.key: self._rule(item) for item in pending}
         if not self.uses_orm:
             for item in tqdm(pending, desc=progress, unit="path", disable=True if progress is None else None):
                 self._record(item, steps[item.key], None, journal, stats)
@@ -304,7 +308,7 @@ class Judge:
         stats: JudgeStats,
         error: str | None = None,
     ) -> None:
-        check = self._rule(item)
+        check = self._checks.get(item.key) if item.key in self._checks else self._rule(item)
         rule = rule_verdict(check) if check is not None else None
         row: dict[str, Any] = {
             "key": item.key,

@@ -73,17 +73,27 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+class CorruptFileError(ValueError):
+    """A file MathSE wrote has a damaged line that is not the torn tail of a kill."""
+
+
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Rows of a JSONL file written by MathSE; a torn final line (killed mid-append) is skipped."""
     if not path.exists():
         return
-    with path.open("r", encoding="utf-8") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
                 return  # torn write: the process died before finishing this line
-            line = line.strip()
-            if line:
-                yield json.loads(line)
+            if not raw.strip():
+                continue
+            try:
+                yield json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+                raise CorruptFileError(
+                    f"{path}:{lineno}: damaged line ({reason}); restore the file or delete it to redo its work"
+                ) from None
 
 
 class Journal:

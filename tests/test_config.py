@@ -113,3 +113,11 @@ def test_repo_config_yaml_is_valid() -> None:
         load_config(root / "config.yaml")
     # The hub points at data the user supplies; only those paths may be missing.
     assert all("path not found" in line and ("data." in line) for line in err.value.lines), err.value.lines
+
+
+def test_duplicate_key_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  base: x\nevolve:\n  rounds: 2\n  rounds: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.lines == [f"config error: {path}:5: invalid YAML (duplicate key 'rounds')"]

@@ -56,3 +56,12 @@ def test_atomic_files_get_the_usual_mode_not_0600(tmp_path: Path) -> None:
     os.umask(umask)
     atomic_write_jsonl(tmp_path / "x.jsonl", [{"k": 1}])
     assert (tmp_path / "x.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_damaged_line_mid_file_is_a_clear_error(tmp_path: Path) -> None:
+    from mathse.storage import CorruptFileError
+
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"key": "a"}\n{"key": \x00garbage\n{"key": "c"}\n')
+    with pytest.raises(CorruptFileError, match=r"j.jsonl:2: damaged line"):
+        Journal(path)
