@@ -34,9 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +43,7 @@ from typing import Any, Literal
 from mathse.answers import is_choice_question, normalize_answer
 from mathse.config import BenchmarkSpec
 from mathse.records import DataError, Problem, read_problems
+from mathse.storage import atomic_write_bytes
 
 __all__ = [
     "BREAKDOWN_FIELDS",
@@ -297,7 +296,7 @@ class _Images:
         digest = hashlib.sha256(data).hexdigest()[:24]
         target = self.cache_dir / f"{digest}{_image_suffix(data, name_hint)}"
         if self.materialize and not target.is_file():
-            _atomic_write_bytes(target, data)
+            atomic_write_bytes(target, data)
         return str(target.resolve())
 
 
@@ -310,18 +309,6 @@ def _image_suffix(data: bytes, name_hint: str | None) -> str:
         return ".webp"
     hint = Path(name_hint).suffix.lower() if name_hint else ""
     return hint if re.fullmatch(r"\.[a-z0-9]{2,5}", hint) else ".img"  # PIL sniffs the content anyway
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 MARKER_NAME = ".mathse_done.json"
 
@@ -32,13 +32,14 @@ _FILE_MODE = _default_file_mode()
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path) -> Iterator[TextIO]:
-    """A text handle on a temp file beside `path`, renamed over `path` only if the block succeeds."""
+def atomic_open(path: Path, binary: bool = False) -> Iterator[Any]:
+    """A handle on a temp file beside `path` (text, or bytes with `binary`), renamed over `path`
+    only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -52,6 +53,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` via a temp file in the same folder and an atomic rename."""
     with atomic_open(path) as handle:
         handle.write(text)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_open(path, binary=True) as handle:
+        handle.write(data)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from mathse.config import MathSEConfig
-from mathse.storage import MARKER_NAME, atomic_write_json, atomic_write_text, iter_jsonl, read_json
+from mathse.storage import MARKER_NAME, atomic_write_bytes, atomic_write_json, atomic_write_text, iter_jsonl, read_json
 
 STAGE = "report"
 SCHEMA_VERSION = 1
@@ -673,19 +671,7 @@ def _figure(width: float = 8.0, height: float = 4.5) -> Any:
 def _save(fig: Any, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    _atomic_write_bytes(path, buffer.getvalue())
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def draw_figures(report: dict[str, Any], out: Path) -> dict[str, str]:
