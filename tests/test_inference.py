@@ -169,7 +169,8 @@ def test_generation_errors_are_retried_and_a_dead_engine_stops(tmp_path: Path, d
     gen = Generator(
         "/m", None, "qwen2_vl", _inf(concurrency=2), max_consecutive_failures=3, chat_model_factory=lambda a: dead
     )
-    with gen, Journal(dead.journal_path) as journal, pytest.raises(GenerationError, match="3 generation requests"):
+    # two requests in flight: the one failing alongside the third may be counted before the stop
+    with gen, Journal(dead.journal_path) as journal, pytest.raises(GenerationError, match=r"[34] generation requests"):
         gen.generate(make_items(problems, 1), journal)
     assert len(dead.calls) < len(problems)
 
