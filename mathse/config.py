@@ -276,6 +276,16 @@ class MathSEConfig(StrictModel):
     def output_dir(self) -> Path:
         return self.run.output_dir
 
+    @property
+    def dataset_dir(self) -> Path:
+        """The run's one LLaMA-Factory dataset folder; its dataset_info.json lists every stage's data."""
+        return self.output_dir / "data"
+
+    @property
+    def api_cache_dir(self) -> Path:
+        """Answered teacher/ORM/judge calls, shared by every stage so no call is paid for twice."""
+        return self.output_dir / "cache" / "api"
+
     def model_path(self, name: str) -> Path:
         """A stage model directory from `paths`, resolved under run.output_dir."""
         path: Path = getattr(self.paths, name)

@@ -203,7 +203,7 @@ class Judge:
         progress: str | None,
     ) -> None:
         api = self.cfg.require("orm.api")
-        client = ChatClient(api, self.cfg.output_dir / "cache" / "api", ledger=self.ledger, stage=self.stage)
+        client = ChatClient(api, self.cfg.api_cache_dir, ledger=self.ledger, stage=self.stage)
         by_key = {item.key: item for item in pending}
         requests = [
             ChatRequest(

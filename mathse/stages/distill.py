@@ -98,7 +98,7 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
     return {
         "D_SFT (distilled)": stage_dir / "d_sft.jsonl",
         "dropped teacher solutions": stage_dir / "dropped.jsonl",
-        "LLaMA-Factory dataset": dataset_dir(cfg) / f"{DATASET_NAME}.json",
+        "LLaMA-Factory dataset": cfg.dataset_dir / f"{DATASET_NAME}.json",
         "M0 checkpoint": cfg.model_path("sft_model_stage0"),
     }
 
@@ -109,15 +109,11 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
         name="train_m0",
         model_path=cfg.model.base,
         datasets=[DATASET_NAME],
-        dataset_dir=dataset_dir(cfg),
+        dataset_dir=cfg.dataset_dir,
         output_dir=cfg.model_path("sft_model_stage0"),
         run_dir=cfg.output_dir / STAGE,
     )
 
-
-def dataset_dir(cfg: MathSEConfig) -> Path:
-    """The one LLaMA-Factory dataset folder of a run (its dataset_info.json lists every stage)."""
-    return cfg.output_dir / "data"
 
 
 def print_plan(cfg: MathSEConfig, problems: list[Problem], job: TrainJob) -> None:
@@ -125,7 +121,7 @@ def print_plan(cfg: MathSEConfig, problems: list[Problem], job: TrainJob) -> Non
     teacher = cfg.teacher.model if cfg.teacher else "not configured"
     print(f"[dry-run] distill: {len(problems)} seed problems from {cfg.data.seed_file}")
     print(f"[dry-run] {len(problems) - pending} have solutions; {pending} would go to the teacher ({teacher})")
-    print(f"[dry-run] D_SFT -> {cfg.output_dir / STAGE / 'd_sft.jsonl'}; dataset {DATASET_NAME} in {dataset_dir(cfg)}")
+    print(f"[dry-run] D_SFT -> {cfg.output_dir / STAGE / 'd_sft.jsonl'}; dataset {DATASET_NAME} in {cfg.dataset_dir}")
     print("[dry-run] training command (not run):")
     print(job.describe())
 
@@ -155,7 +151,7 @@ def build_d_sft(cfg: MathSEConfig, problems: list[Problem], stage_dir: Path, tim
     atomic_write_jsonl(stage_dir / "dropped.jsonl", dropped)
     atomic_write_jsonl(stage_dir / "d_sft.jsonl", rows)
     examples = (SftExample(prompt=r["prompt"], response=r["response"], images=tuple(r["images"])) for r in rows)
-    write_sharegpt_dataset(examples, dataset_dir(cfg), DATASET_NAME)
+    write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME)
     kept = len(rows) - len(given)
     return {
         "seed": len(problems),
@@ -197,7 +193,7 @@ def ask_teacher(cfg: MathSEConfig, problems: list[Problem]) -> list[ChatResult]:
 
     requests = [ChatRequest(key=p.id, messages=messages(p)) for p in problems]
     ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
-    client = ChatClient(teacher, cfg.output_dir / "cache" / "api", ledger=ledger, stage=STAGE)
+    client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
     try:
         return client.complete_many_sync(requests, progress="teacher")
     finally:

@@ -306,7 +306,7 @@ def evaluate_pair(
             judged = run_judge(
                 judge,
                 unread,
-                cfg.output_dir / "cache" / "api",
+                cfg.api_cache_dir,
                 ledger,
                 STAGE,
                 progress=f"judge {checkpoint.name}/{spec.name}" if unread else None,

@@ -118,7 +118,7 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
         "rejected paths": base / "sft_rejected.jsonl",
         "hard buffer": base / "hard_problems.jsonl",
         "per-problem history": base / "history.jsonl",
-        "evolve dataset": cfg.output_dir / "data" / f"{DATASET_NAME}.json",
+        "evolve dataset": cfg.dataset_dir / f"{DATASET_NAME}.json",
         "latest model": cfg.model_path("sft_model_final"),
     }
 
@@ -233,7 +233,7 @@ def train_job(cfg: MathSEConfig, r: int) -> TrainJob:
         name=f"train_round_{r}",
         model_path=start,
         datasets=[DATASET_NAME],
-        dataset_dir=cfg.output_dir / "data",
+        dataset_dir=cfg.dataset_dir,
         output_dir=round_model_dir(cfg, r),
         run_dir=round_dir(cfg, r),
         extra=extra,
@@ -433,7 +433,7 @@ def rebuild_cumulative(cfg: MathSEConfig, upto: int) -> None:
     ]
     atomic_write_jsonl(base / "d_sft.jsonl", d_sft)
     examples = (SftExample(prompt=d["prompt"], response=d["response"], images=tuple(d["images"])) for d in d_sft)
-    write_sharegpt_dataset(examples, cfg.output_dir / "data", DATASET_NAME)
+    write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
         name="train_final",
         model_path=model,
         datasets=[DATASET_NAME],
-        dataset_dir=cfg.output_dir / "data",
+        dataset_dir=cfg.dataset_dir,
         output_dir=cfg.model_path("reflection_model_final"),
         run_dir=cfg.output_dir / STAGE,
         extra=extra,
@@ -60,7 +60,7 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
 
 
 def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
-    dataset = cfg.output_dir / "data" / f"{DATASET_NAME}.json"
+    dataset = cfg.dataset_dir / f"{DATASET_NAME}.json"
     if dry_run and cfg.reflect.final_from == "stage2" and not cfg.model_path("sft_model_final").exists():
         print(f"[dry-run] final: would train on {dataset} from the Stage-2 checkpoint (not there yet)")
         return 0

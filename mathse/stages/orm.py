@@ -116,15 +116,11 @@ def finished(cfg: MathSEConfig) -> bool:
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
     stage_dir = cfg.output_dir / STAGE
     return {
-        "ORM dataset (LLaMA-Factory)": dataset_dir(cfg) / f"{DATASET_NAME}.json",
+        "ORM dataset (LLaMA-Factory)": cfg.dataset_dir / f"{DATASET_NAME}.json",
         "ORM training log": stage_dir / "train_orm.log",
         "ORM checkpoint": cfg.model_path("orm_model"),
     }
 
-
-def dataset_dir(cfg: MathSEConfig) -> Path:
-    """The run's one LLaMA-Factory dataset folder (shared with the other stages)."""
-    return cfg.output_dir / "data"
 
 
 def train_job(cfg: MathSEConfig) -> TrainJob:
@@ -133,7 +129,7 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
         name="train_orm",
         model_path=cfg.model.base,
         datasets=[DATASET_NAME],
-        dataset_dir=dataset_dir(cfg),
+        dataset_dir=cfg.dataset_dir,
         output_dir=cfg.model_path("orm_model"),
         run_dir=cfg.output_dir / STAGE,
     )
@@ -161,7 +157,7 @@ def print_plan(cfg: MathSEConfig, rows: list[LabelledPath], job: TrainJob) -> No
         f"[dry-run] {counts['correct']} correct / {counts['incorrect']} incorrect "
         f"({counts['error_step_known']} with a first wrong step)"
     )
-    print(f"[dry-run] dataset {DATASET_NAME} ({counts['rows']} examples) in {dataset_dir(cfg)}")
+    print(f"[dry-run] dataset {DATASET_NAME} ({counts['rows']} examples) in {cfg.dataset_dir}")
     print("[dry-run] training command (not run):")
     print(job.describe())
 
@@ -172,7 +168,7 @@ def build_dataset(cfg: MathSEConfig, rows: list[LabelledPath], train_file: Path)
     for label in ("correct", "incorrect"):
         if counts[label] < IMBALANCE_WARN * counts["rows"]:
             print(f"orm: warning: only {counts[label]} of {counts['rows']} labelled paths are {label}")
-    examples = write_sharegpt_dataset((r.example() for r in rows), dataset_dir(cfg), DATASET_NAME)
+    examples = write_sharegpt_dataset((r.example() for r in rows), cfg.dataset_dir, DATASET_NAME)
     return {**counts, "examples": examples, "train_file_sha256": _sha256(train_file)}
 
 

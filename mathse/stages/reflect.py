@@ -61,7 +61,7 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
         "reflection rows (kept)": rows_path(cfg),
         "reflections dropped": cfg.output_dir / "orm_reflections" / "reflection_dropped.jsonl",
         "reflection SFT data": fused_path(cfg),
-        "reflection dataset": cfg.output_dir / "data" / f"{DATASET_NAME}.json",
+        "reflection dataset": cfg.dataset_dir / f"{DATASET_NAME}.json",
     }
 
 
@@ -152,7 +152,7 @@ def ask_teacher(cfg: MathSEConfig, drafts: list[dict[str, Any]]) -> dict[str, di
             requests = [ChatRequest(key=d["key"], messages=[user_message(reflection_prompt(cfg, d), d["images"])])
                         for d in pending]
             ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
-            client = ChatClient(teacher, cfg.output_dir / "cache" / "api", ledger=ledger, stage=STAGE)
+            client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
 
             def journal_it(result: ChatResult) -> None:
                 if result.ok:  # failures are not journaled: a rerun asks again
@@ -262,4 +262,4 @@ def fuse(cfg: MathSEConfig, d_sft_file: Path, kept: list[dict[str, Any]]) -> int
     ]
     atomic_write_jsonl(fused_path(cfg), fused)
     examples = (SftExample(prompt=r["instruction"], response=r["output"], images=tuple(r["images"])) for r in fused)
-    return write_sharegpt_dataset(examples, cfg.output_dir / "data", DATASET_NAME)
+    return write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME)
