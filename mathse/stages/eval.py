@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mathse.benchmarks import BREAKDOWN_FIELDS, MATHVERSE_VERSIONS, SUBSET_FIELDS, EvalItem, load_benchmark
 from mathse.client import UsageLedger
 from mathse.config import BenchmarkSpec, ConfigError, InferenceConfig, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
+from mathse.evalsets import BREAKDOWN_FIELDS, MATHVERSE_VERSIONS, SUBSET_FIELDS, EvalItem, load_benchmark
 from mathse.inference import Generator, GenItem, chat_model_args, training_image_max_pixels
 from mathse.scoring import Score, run_judge, score_response
 from mathse.stages.evolve import model_ref, round_model_dir

@@ -29,8 +29,8 @@ from mathse.client import UsageLedger
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
 from mathse.inference import Generator, chat_model_args, make_items, training_image_max_pixels
+from mathse.judge import JudgeItem, PathJudge, journal_path
 from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
-from mathse.orm import Judge, JudgeItem, journal_path
 from mathse.prompts import student_prompt
 from mathse.records import Problem, read_problems
 from mathse.storage import (
@@ -271,7 +271,7 @@ def run_shard(
     problems = {p.id: p for p in mine}
     to_judge = [JudgeItem(row["key"], problems[row["id"]], row["response"]) for row in rows if row.get("response")]
     ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
-    judge = Judge(cfg, STAGE, ledger)
+    judge = PathJudge(cfg, STAGE, ledger)
     try:
         # A served ORM is an API wait; a local or rule-based one is model compute.
         with Journal(journal_path(cfg, verdicts_stage(r, shard))) as verdicts, \

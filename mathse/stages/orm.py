@@ -8,7 +8,7 @@ Input: `orm.train_file`, JSONL, one labelled path a line::
 Every line is validated before anything is written (errors name `file:line`). Each row becomes
 one SFT example in exactly the ORM contract of `mathse.verdict`: system `ORM_SYSTEM_PROMPT`, user
 `build_orm_prompt(question, split_steps(path), answer)` after one `<image>` per image, assistant
-`format_orm_response(verdict)`. That is what `mathse.orm.Judge` shows the trained ORM, and what
+`format_orm_response(verdict)`. That is what `mathse.judge.PathJudge` shows the trained ORM, and what
 `parse_verdict` reads back.
 
 Two units of work with completion markers: the dataset (`output/orm/`, dataset `mathse_orm` in

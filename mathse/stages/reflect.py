@@ -23,8 +23,8 @@ from typing import Any
 from mathse.client import ChatClient, ChatRequest, ChatResult, UsageLedger, user_message
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
+from mathse.judge import JudgeItem, PathJudge, journal_path
 from mathse.llamafactory_bridge import SftExample, write_sharegpt_dataset
-from mathse.orm import Judge, JudgeItem, journal_path
 from mathse.prompts import reflection_prompt
 from mathse.records import Problem
 from mathse.storage import Journal, atomic_write_json, atomic_write_jsonl, is_done, iter_jsonl, mark_done, read_marker
@@ -226,7 +226,7 @@ def revalidate(
         for d in drafts
     ]
     ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
-    judge = Judge(cfg, STAGE, ledger)
+    judge = PathJudge(cfg, STAGE, ledger)
     try:
         with Journal(journal_path(cfg, STAGE)) as journal:
             stats = judge.judge(items, journal, progress="reflect judge")

@@ -11,7 +11,7 @@ import pytest
 
 from mathse.cli import main
 from mathse.config import load_config
-from mathse.orm import Judge, JudgeItem, open_journal
+from mathse.judge import JudgeItem, PathJudge, open_journal
 from mathse.records import read_problems
 from mathse.steps import split_steps
 from mathse.storage import is_done
@@ -87,7 +87,7 @@ def test_train_orm_then_judge_with_it_locally(run_config, demo_data, tmp_path: P
     cfg = load_config(config)
     pool = read_problems(demo_data[1])[:2]
     items = [JudgeItem(f"{p.id}#0", p, BAD_PATH) for p in pool]
-    with open_journal(cfg, "orm-smoke") as journal, Judge(cfg, "orm-smoke") as judge:
+    with open_journal(cfg, "orm-smoke") as journal, PathJudge(cfg, "orm-smoke") as judge:
         stats = judge.judge(items, journal)
         rows_out = list(journal.rows.values())
     assert (stats.judged, stats.failed) == (2, 0)

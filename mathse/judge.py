@@ -1,6 +1,6 @@
 """The outcome reward model (ORM) as a judge of reasoning paths, for the evolve and reflect stages.
 
-`Judge.judge(items, journal)` gives every reasoning path a verdict: correct or not, the first
+`PathJudge.judge(items, journal)` gives every reasoning path a verdict: correct or not, the first
 faulty step (1-based into ``split_steps(path)``) and an analysis. Where the verdict comes from is
 the config's business (``orm`` section):
 
@@ -60,7 +60,7 @@ from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, combine
 if TYPE_CHECKING:
     from mathse.config import MathSEConfig
 
-__all__ = ["Judge", "JudgeItem", "JudgeStats", "failures_path", "journal_path", "open_journal"]
+__all__ = ["JudgeItem", "JudgeStats", "PathJudge", "failures_path", "journal_path", "open_journal"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class JudgeItem:
 
 @dataclass
 class JudgeStats:
-    """What one `Judge.judge` call did. correct / incorrect / undecided count final verdicts."""
+    """What one `PathJudge.judge` call did. correct / incorrect / undecided count final verdicts."""
 
     stage: str = ""
     judged: int = 0  # new verdicts journaled by this call
@@ -119,7 +119,7 @@ class JudgeStats:
         return {k: v for k, v in self.__dict__.items() if k != "unjudged"}
 
 
-class Judge:
+class PathJudge:
     """Judges reasoning paths per `cfg.orm` (backend, policy, threshold); see the module docstring."""
 
     def __init__(self, cfg: MathSEConfig, stage: str, ledger: UsageLedger | None = None) -> None:
@@ -178,7 +178,7 @@ class Judge:
         except ImportError:
             pass
 
-    def __enter__(self) -> Judge:
+    def __enter__(self) -> PathJudge:
         return self
 
     def __exit__(self, *exc: object) -> None:

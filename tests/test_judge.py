@@ -11,7 +11,7 @@ from PIL import Image
 
 from mathse.client import UsageLedger
 from mathse.config import MathSEConfig
-from mathse.orm import Judge, JudgeItem, failures_path, journal_path, open_journal
+from mathse.judge import JudgeItem, PathJudge, failures_path, journal_path, open_journal
 from mathse.records import Problem
 from mathse.storage import Journal, iter_jsonl
 from mathse.testing.openai_server import FakeHTTPError, FakeOpenAIServer, FaultPlan, last_user_text
@@ -61,7 +61,7 @@ def api_section(server: FakeOpenAIServer, **extra: Any) -> dict[str, Any]:
 def judge_once(cfg: MathSEConfig, items: list[JudgeItem], stage: str = "evolve-r1", **kwargs: Any):
     """Judge with a freshly opened journal (as a new process would), closing it after."""
     with open_journal(cfg, stage) as journal:
-        stats = Judge(cfg, stage, **kwargs).judge(items, journal)
+        stats = PathJudge(cfg, stage, **kwargs).judge(items, journal)
     return stats, {row["key"]: row for row in iter_jsonl(journal_path(cfg, stage))}
 
 
@@ -223,7 +223,7 @@ def test_policy_rule_never_asks_the_orm(tmp_path: Path, problem: Problem) -> Non
 def test_duplicate_keys_are_rejected(tmp_path: Path, problem: Problem) -> None:
     cfg = make_cfg(tmp_path)
     with Journal(tmp_path / "j.jsonl") as journal, pytest.raises(ValueError, match="duplicate"):
-        Judge(cfg, "s").judge([JudgeItem("a", problem, "x"), JudgeItem("a", problem, "y")], journal)
+        PathJudge(cfg, "s").judge([JudgeItem("a", problem, "x"), JudgeItem("a", problem, "y")], journal)
 
 
 def test_problem_without_reference_has_no_rule_verdict(tmp_path: Path, problem: Problem) -> None:

@@ -18,7 +18,7 @@ from mathse.stages import eval as eval_stage
 from mathse.storage import is_done, iter_jsonl, mark_done
 from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
 from tests.conftest import PROJECT_ROOT
-from tests.test_benchmarks import write_mathverse_json, write_mathvista_parquet
+from tests.test_evalsets import write_mathverse_json, write_mathvista_parquet
 
 # ---------------------------------------------------------------------------------------------
 # A stand-in ChatModel with scripted answers (fast)

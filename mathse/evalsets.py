@@ -54,7 +54,7 @@ __all__ = [
     "EvalItem",
     "data_files",
     "load_benchmark",
-    "read_records",
+    "read_benchmark_file",
 ]
 
 LETTERS = "ABCDEFGH"
@@ -141,7 +141,7 @@ def data_files(path: Path, split: str | None, default_split: str | None = None) 
     )
 
 
-def read_records(path: Path) -> Iterator[_Record]:
+def read_benchmark_file(path: Path) -> Iterator[_Record]:
     """Records of one JSON (list, or object keyed by id), JSONL or parquet file."""
     if path.suffix == ".parquet":
         yield from _parquet_records(path)
@@ -329,7 +329,7 @@ def load_benchmark(spec: BenchmarkSpec, image_cache: Path, *, materialize: bool 
         for file in data_files(spec.path, spec.split, DEFAULT_SPLITS.get(spec.format)):
             roots = [spec.image_root] if spec.image_root else [file.parent, file.parent.parent, spec.path]
             images = _Images(image_cache, [r for r in roots if r.is_dir()], materialize)
-            for index, rec in enumerate(read_records(file), start=len(items)):
+            for index, rec in enumerate(read_benchmark_file(file), start=len(items)):
                 items.append(loader(rec, images, index))
                 if spec.limit and len(items) >= spec.limit:
                     break

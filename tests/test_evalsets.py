@@ -12,14 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mathse.benchmarks import EvalItem, data_files, load_benchmark
 from mathse.config import BenchmarkSpec
+from mathse.evalsets import EvalItem, data_files, load_benchmark
 from mathse.records import DataError, Problem, write_problems
 from mathse.scoring import extract_answer, numeric_value, parse_judge_reply, run_judge, score_response
 from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
 
 # ---------------------------------------------------------------------------------------------
-# Tiny benchmark files in the published layouts (shared with test_stage_eval.py)
+# Tiny benchmark files in the published layouts (shared with tests/stages/test_eval.py)
 
 
 def png_bytes(color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
