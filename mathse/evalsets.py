@@ -54,6 +54,7 @@ __all__ = [
     "EvalItem",
     "data_files",
     "load_benchmark",
+    "ordered_subsets",
     "read_benchmark_file",
 ]
 
@@ -70,6 +71,13 @@ MATHVERSE_VERSIONS = (
     "Vision Only",
     "Text Only",
 )
+
+
+def ordered_subsets(seen: set[str]) -> list[str]:
+    """Subset names (MathVerse versions) in the published order, unknown ones after, by name."""
+    known = [v for v in MATHVERSE_VERSIONS if v in seen]
+    return known + sorted(seen - set(known))
+
 # Per-benchmark breakdowns saved in scores.json (metadata fields).
 BREAKDOWN_FIELDS: dict[str, tuple[str, ...]] = {
     "mathvista": ("question_type", "answer_type", "category", "context", "grade"),

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from mathse import layout
 from mathse.answers import RuleCheck, check_path
 from mathse.client import ChatClient, ChatRequest, ChatResult, UsageLedger, system_message
 from mathse.records import Problem
@@ -67,9 +68,7 @@ log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"  # LLaMA-Factory's placeholder; the ORM was trained with one per image
 
 
-def journal_path(cfg: MathSEConfig, stage: str) -> Path:
-    """Where a stage keeps its ORM verdicts: ``<output_dir>/orm_reflections/<stage>.jsonl``."""
-    return cfg.output_dir / "orm_reflections" / f"{stage}.jsonl"
+journal_path = layout.journal_path  # where a stage keeps its ORM verdicts
 
 
 def open_journal(cfg: MathSEConfig, stage: str) -> Journal:

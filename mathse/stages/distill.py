@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from mathse import layout
 from mathse.answers import check_path
 from mathse.client import ChatClient, ChatRequest, ChatResult, UsageLedger, system_message, user_message
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
@@ -20,7 +21,7 @@ from mathse.records import DataError, Problem, read_problems
 from mathse.storage import atomic_write_jsonl, is_done, mark_done, read_marker
 from mathse.timing import StageTimer
 
-STAGE = "distill"
+STAGE = layout.DISTILL
 # ChatClient appends this to the reason of a retryable failure once its retries are spent.
 _TRANSIENT = re.compile(r" after \d+ retries$")
 DATASET_NAME = "mathse_stage0"
@@ -30,7 +31,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     seed_file: Path = cfg.require("data.seed_file")
     problems = read_problems(seed_file, cfg.data.image_root)  # validates everything before any write
     check_images_decode(seed_file, problems)
-    stage_dir = cfg.output_dir / STAGE
+    stage_dir = layout.stage_dir(cfg, STAGE)
     job = train_job(cfg)
     if dry_run:
         print_plan(cfg, problems, job)
@@ -90,13 +91,13 @@ def check_images_decode(seed_file: Path, problems: list[Problem]) -> None:
 
 def finished(cfg: MathSEConfig) -> bool:
     """Both units of work (D_SFT and M0) carry their completion markers."""
-    return is_done(cfg.output_dir / STAGE) and is_done(cfg.model_path("sft_model_stage0"))
+    return is_done(layout.stage_dir(cfg, STAGE)) and is_done(cfg.model_path("sft_model_stage0"))
 
 
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
-    stage_dir = cfg.output_dir / STAGE
+    stage_dir = layout.stage_dir(cfg, STAGE)
     return {
-        "D_SFT (distilled)": stage_dir / "d_sft.jsonl",
+        "D_SFT (distilled)": layout.d_sft_path(cfg, STAGE),
         "dropped teacher solutions": stage_dir / "dropped.jsonl",
         "LLaMA-Factory dataset": cfg.dataset_dir / f"{DATASET_NAME}.json",
         "M0 checkpoint": cfg.model_path("sft_model_stage0"),
@@ -111,7 +112,7 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
         datasets=[DATASET_NAME],
         dataset_dir=cfg.dataset_dir,
         output_dir=cfg.model_path("sft_model_stage0"),
-        run_dir=cfg.output_dir / STAGE,
+        run_dir=layout.stage_dir(cfg, STAGE),
     )
 
 
@@ -121,7 +122,7 @@ def print_plan(cfg: MathSEConfig, problems: list[Problem], job: TrainJob) -> Non
     teacher = cfg.teacher.model if cfg.teacher else "not configured"
     print(f"[dry-run] distill: {len(problems)} seed problems from {cfg.data.seed_file}")
     print(f"[dry-run] {len(problems) - pending} have solutions; {pending} would go to the teacher ({teacher})")
-    print(f"[dry-run] D_SFT -> {cfg.output_dir / STAGE / 'd_sft.jsonl'}; dataset {DATASET_NAME} in {cfg.dataset_dir}")
+    print(f"[dry-run] D_SFT -> {layout.d_sft_path(cfg, STAGE)}; dataset {DATASET_NAME} in {cfg.dataset_dir}")
     print("[dry-run] training command (not run):")
     print(job.describe())
 
@@ -149,7 +150,7 @@ def build_d_sft(cfg: MathSEConfig, problems: list[Problem], stage_dir: Path, tim
             rows.append(sft_row(problem, result.text, "teacher"))
 
     atomic_write_jsonl(stage_dir / "dropped.jsonl", dropped)
-    atomic_write_jsonl(stage_dir / "d_sft.jsonl", rows)
+    atomic_write_jsonl(layout.d_sft_path(cfg, STAGE), rows)
     examples = (SftExample(prompt=r["prompt"], response=r["response"], images=tuple(r["images"])) for r in rows)
     write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME)
     kept = len(rows) - len(given)
@@ -192,7 +193,7 @@ def ask_teacher(cfg: MathSEConfig, problems: list[Problem]) -> list[ChatResult]:
         return [system_message(teacher.system_prompt), user_message(text, p.images)]
 
     requests = [ChatRequest(key=p.id, messages=messages(p)) for p in problems]
-    ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
+    ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
     client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
     try:
         return client.complete_many_sync(requests, progress="teacher")

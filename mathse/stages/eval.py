@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mathse import layout
 from mathse.client import UsageLedger
 from mathse.config import BenchmarkSpec, ConfigError, InferenceConfig, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
-from mathse.evalsets import BREAKDOWN_FIELDS, MATHVERSE_VERSIONS, SUBSET_FIELDS, EvalItem, load_benchmark
+from mathse.evalsets import BREAKDOWN_FIELDS, SUBSET_FIELDS, EvalItem, load_benchmark, ordered_subsets
 from mathse.inference import Generator, GenItem, chat_model_args, training_image_max_pixels
 from mathse.scoring import Score, run_judge, score_response
-from mathse.stages.evolve import model_ref, round_model_dir
 from mathse.storage import (
     MARKER_NAME,
     Journal,
@@ -45,7 +45,7 @@ from mathse.storage import (
     read_marker,
 )
 
-STAGE = "eval"
+STAGE = layout.EVAL
 
 
 @dataclass(frozen=True)
@@ -71,19 +71,11 @@ class Checkpoint:
 
 
 def eval_dir(cfg: MathSEConfig) -> Path:
-    return cfg.output_dir / STAGE
+    return layout.stage_dir(cfg, STAGE)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "unnamed"
-
-
-def pair_dir(cfg: MathSEConfig, checkpoint: str, benchmark: str) -> Path:
-    return eval_dir(cfg) / _safe(checkpoint) / _safe(benchmark)
-
-
-def image_dir(cfg: MathSEConfig, benchmark: str) -> Path:
-    return eval_dir(cfg) / "images" / _safe(benchmark)
+pair_dir = layout.pair_dir
+image_dir = layout.eval_image_dir
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,11 +92,11 @@ def _named_dir(cfg: MathSEConfig, name: str) -> Path | None:
     if name == "final":
         return cfg.model_path("reflection_model_final")
     match = _ROUND.fullmatch(name)
-    return round_model_dir(cfg, int(match.group(1))) if match else None
+    return layout.round_model_dir(cfg, int(match.group(1))) if match else None
 
 
 def _from_dir(name: str, folder: Path) -> Checkpoint:
-    model, adapter = model_ref(folder)
+    model, adapter = layout.model_ref(folder)
     return Checkpoint(name, model, adapter, folder)
 
 
@@ -162,15 +154,14 @@ def finished(cfg: MathSEConfig) -> bool:
     except (StageError, ConfigError):
         return False
     pairs_done = all(is_done(pair_dir(cfg, c.name, b.name)) for c in checkpoints for b in cfg.eval.benchmarks)
-    return pairs_done and (eval_dir(cfg) / "results.md").is_file()
+    return pairs_done and layout.eval_results_path(cfg, "md").is_file()
 
 
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
-    base = eval_dir(cfg)
     found = {
-        "results table (markdown)": base / "results.md",
-        "results table (CSV)": base / "results.csv",
-        "results (JSON, with breakdowns)": base / "results.json",
+        "results table (markdown)": layout.eval_results_path(cfg, "md"),
+        "results table (CSV)": layout.eval_results_path(cfg, "csv"),
+        "results (JSON, with breakdowns)": layout.eval_results_path(cfg, "json"),
     }
     try:
         checkpoints = resolve_checkpoints(cfg)
@@ -203,7 +194,7 @@ def run(
     specs = cfg.eval.benchmarks
     if not specs:
         raise ConfigError(["config error: eval.benchmarks: no benchmarks configured (entries: name, format, path)"])
-    dup = [n for n, k in Counter(_safe(s.name) for s in specs).items() if k > 1]
+    dup = [n for n, k in Counter(layout.safe_name(s.name) for s in specs).items() if k > 1]
     if dup:
         raise ConfigError([f"config error: eval.benchmarks: duplicate benchmark name(s) {dup}"])
     checkpoints = resolve_checkpoints(cfg)
@@ -242,7 +233,7 @@ def run(
                 stats = evaluate_pair(cfg, checkpoint, spec, benches[spec.name], generator)
                 print(pair_summary(stats))
     write_results(cfg, checkpoints, specs)
-    print((eval_dir(cfg) / "results.md").read_text(encoding="utf-8").rstrip())
+    print((layout.eval_results_path(cfg, "md")).read_text(encoding="utf-8").rstrip())
     return 0
 
 
@@ -301,7 +292,7 @@ def evaluate_pair(
             for item in items
             if scores[item.id].extracted is None and (rows[item.id] or {}).get("response")
         ]
-        ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
+        ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
         try:
             judged = run_judge(
                 judge,
@@ -441,8 +432,7 @@ def _columns(specs: list[BenchmarkSpec], results: dict[tuple[str, str], dict[str
         if SUBSET_FIELDS.get(spec.format) is None:
             continue
         seen = {v for (_, b), stats in results.items() if b == spec.name for v in stats.get("subsets", {})}
-        known = [v for v in MATHVERSE_VERSIONS if v in seen]
-        for value in known + sorted(seen - set(known)):
+        for value in ordered_subsets(seen):
             columns.append(_Column(f"{spec.name} ({value})", spec.name, value))
     return columns
 
@@ -544,11 +534,10 @@ def _write_if_changed(path: Path, text: str) -> None:
 def write_results(cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[BenchmarkSpec]) -> None:
     results = collect_results(cfg, checkpoints, specs)
     markdown, table = render_results(checkpoints, specs, results)
-    base = eval_dir(cfg)
-    _write_if_changed(base / "results.md", markdown)
-    _write_if_changed(base / "results.csv", table)
+    _write_if_changed(layout.eval_results_path(cfg, "md"), markdown)
+    _write_if_changed(layout.eval_results_path(cfg, "csv"), table)
     payload = list(results.values())
-    _write_if_changed(base / "results.json", json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+    _write_if_changed(layout.eval_results_path(cfg, "json"), json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -606,5 +595,5 @@ def print_plan(cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[Ben
     )
     print(
         f"[dry-run] outputs: {eval_dir(cfg)}/<checkpoint>/<benchmark>/predictions.jsonl; tables "
-        f"{eval_dir(cfg) / 'results.md'} and {eval_dir(cfg) / 'results.csv'}"
+        f"{layout.eval_results_path(cfg, 'md')} and {layout.eval_results_path(cfg, 'csv')}"
     )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mathse import layout
 from mathse.client import UsageLedger
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
@@ -45,7 +46,7 @@ from mathse.storage import (
 )
 from mathse.timing import StageTimer
 
-STAGE = "evolve"
+STAGE = layout.EVOLVE
 DATASET_NAME = "mathse_stage_final"
 _SHARD_MARKER = re.compile(r"^\.shard-(\d+)-of-(\d+)\.done$")
 
@@ -75,19 +76,11 @@ WHOLE = Shard(0, 1)
 
 
 def evolve_dir(cfg: MathSEConfig) -> Path:
-    return cfg.output_dir / STAGE
-
-
-def round_dir(cfg: MathSEConfig, r: int) -> Path:
-    return evolve_dir(cfg) / f"round_{r}"
-
-
-def round_model_dir(cfg: MathSEConfig, r: int) -> Path:
-    return cfg.output_dir / f"sft_model_round_{r}"
+    return layout.stage_dir(cfg, STAGE)
 
 
 def generations_path(cfg: MathSEConfig, r: int, shard: Shard) -> Path:
-    return round_dir(cfg, r) / f"generations.{shard.tag}.jsonl"
+    return layout.round_dir(cfg, r) / f"generations.{shard.tag}.jsonl"
 
 
 def verdicts_stage(r: int, shard: Shard) -> str:
@@ -95,11 +88,11 @@ def verdicts_stage(r: int, shard: Shard) -> str:
 
 
 def shard_marker(cfg: MathSEConfig, r: int, shard: Shard) -> Path:
-    return round_dir(cfg, r) / f".{shard.tag}.done"
+    return layout.round_dir(cfg, r) / f".{shard.tag}.done"
 
 
 def merged_marker(cfg: MathSEConfig, r: int) -> Path:
-    return round_dir(cfg, r) / ".merged.json"
+    return layout.round_dir(cfg, r) / ".merged.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,17 +100,16 @@ def merged_marker(cfg: MathSEConfig, r: int) -> Path:
 
 
 def finished(cfg: MathSEConfig) -> bool:
-    return all(is_done(round_dir(cfg, r)) for r in range(1, cfg.evolve.rounds + 1)) or _pool_exhausted(cfg)
+    return all(is_done(layout.round_dir(cfg, r)) for r in range(1, cfg.evolve.rounds + 1)) or _pool_exhausted(cfg)
 
 
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
-    base = evolve_dir(cfg)
     return {
-        "D_SFT (after evolve)": base / "d_sft.jsonl",
-        "accepted paths": base / "sft_chosen.jsonl",
-        "rejected paths": base / "sft_rejected.jsonl",
-        "hard buffer": base / "hard_problems.jsonl",
-        "per-problem history": base / "history.jsonl",
+        "D_SFT (after evolve)": layout.d_sft_path(cfg, STAGE),
+        "accepted paths": layout.evolve_file(cfg, "sft_chosen"),
+        "rejected paths": layout.evolve_file(cfg, "sft_rejected"),
+        "hard buffer": layout.evolve_file(cfg, "hard_problems"),
+        "per-problem history": layout.evolve_file(cfg, "history"),
         "evolve dataset": cfg.dataset_dir / f"{DATASET_NAME}.json",
         "latest model": cfg.model_path("sft_model_final"),
     }
@@ -125,7 +117,7 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
 
 def run(cfg: MathSEConfig, dry_run: bool = False, shard: Shard | None = None, merge: bool = False) -> int:
     m0 = cfg.model_path("sft_model_stage0")
-    d_sft0 = cfg.output_dir / "distill" / "d_sft.jsonl"
+    d_sft0 = layout.d_sft_path(cfg, layout.DISTILL)
     pool = read_problems(cfg.require("data.pool_file"), cfg.data.image_root)
     if dry_run:
         print_plan(cfg, pool)
@@ -151,7 +143,7 @@ def run_rounds(
 ) -> int:
 
     for r in range(1, cfg.evolve.rounds + 1):
-        rd = round_dir(cfg, r)
+        rd = layout.round_dir(cfg, r)
         if is_done(rd):
             continue
         remain = remaining_before(cfg, r, pool)
@@ -181,17 +173,17 @@ def remaining_before(cfg: MathSEConfig, r: int, pool: list[Problem]) -> list[str
     """D_remain at the start of round r: the pool, minus every problem solved in rounds < r."""
     if r == 1:
         return [p.id for p in pool]
-    return list(read_json(round_dir(cfg, r - 1) / "remain.json"))
+    return list(read_json(layout.round_dir(cfg, r - 1) / "remain.json"))
 
 
 def _pool_exhausted(cfg: MathSEConfig) -> bool:
-    last = max((r for r in range(1, cfg.evolve.rounds + 1) if is_done(round_dir(cfg, r))), default=0)
-    return last > 0 and not read_json(round_dir(cfg, last) / "remain.json")
+    last = max((r for r in range(1, cfg.evolve.rounds + 1) if is_done(layout.round_dir(cfg, r))), default=0)
+    return last > 0 and not read_json(layout.round_dir(cfg, last) / "remain.json")
 
 
 def load_or_sample_batch(cfg: MathSEConfig, r: int, remain: list[str]) -> list[str]:
     """The round's problem ids: sampled once (seeded by run seed and round), then read back."""
-    path = round_dir(cfg, r) / "batch.json"
+    path = layout.round_dir(cfg, r) / "batch.json"
     if path.is_file():
         return list(read_json(path))
     rng = random.Random(f"{cfg.run.seed}:{r}")
@@ -204,18 +196,10 @@ def load_or_sample_batch(cfg: MathSEConfig, r: int, remain: list[str]) -> list[s
 # Models
 
 
-def model_ref(model_dir: Path) -> tuple[str, str | None]:
-    """(model_name_or_path, adapter_name_or_path) for a trained dir: LoRA dirs are adapters."""
-    adapter_config = model_dir / "adapter_config.json"
-    if adapter_config.is_file():
-        return str(read_json(adapter_config)["base_model_name_or_path"]), str(model_dir)
-    return str(model_dir), None
-
-
 def generation_model(cfg: MathSEConfig, r: int) -> Path:
     """The latest checkpoint before round r: M_{r-1} when retraining, else M0."""
     if cfg.evolve.retrain and r > 1:
-        return round_model_dir(cfg, r - 1)
+        return layout.round_model_dir(cfg, r - 1)
     return cfg.model_path("sft_model_stage0")
 
 
@@ -225,7 +209,7 @@ def train_job(cfg: MathSEConfig, r: int) -> TrainJob:
     if cfg.evolve.retrain_from == "base":
         start = cfg.model.base
     else:
-        start, adapter = model_ref(generation_model(cfg, r))
+        start, adapter = layout.model_ref(generation_model(cfg, r))
         if adapter is not None:
             extra["adapter_name_or_path"] = adapter  # keep training the previous adapter
     return compose_train_job(
@@ -234,8 +218,8 @@ def train_job(cfg: MathSEConfig, r: int) -> TrainJob:
         model_path=start,
         datasets=[DATASET_NAME],
         dataset_dir=cfg.dataset_dir,
-        output_dir=round_model_dir(cfg, r),
-        run_dir=round_dir(cfg, r),
+        output_dir=layout.round_model_dir(cfg, r),
+        run_dir=layout.round_dir(cfg, r),
         extra=extra,
     )
 
@@ -262,7 +246,7 @@ def run_shard(
         return
     mine = [p for j, p in enumerate(batch) if j % shard.count == shard.index]
     items = make_items(mine, cfg.inference.n_paths)
-    model_path, adapter = model_ref(model_dir)
+    model_path, adapter = layout.model_ref(model_dir)
     with Journal(generations_path(cfg, r, shard)) as generations:
         with timer.span("model"), Generator.from_config(cfg, model_path, adapter) as generator:
             gen = generator.generate(items, generations, progress=f"round {r} generate")
@@ -270,7 +254,7 @@ def run_shard(
         rows = [generations.rows[item.key] for item in items if item.key in generations]
     problems = {p.id: p for p in mine}
     to_judge = [JudgeItem(row["key"], problems[row["id"]], row["response"]) for row in rows if row.get("response")]
-    ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
+    ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
     judge = PathJudge(cfg, STAGE, ledger)
     try:
         # A served ORM is an API wait; a local or rule-based one is model compute.
@@ -291,7 +275,7 @@ def run_shard(
 
 
 def shard_counts(cfg: MathSEConfig, r: int) -> set[int]:
-    rd = round_dir(cfg, r)
+    rd = layout.round_dir(cfg, r)
     if not rd.is_dir():
         return set()
     return {int(m.group(2)) for p in rd.iterdir() if (m := _SHARD_MARKER.match(p.name))} | {
@@ -316,7 +300,7 @@ def complete_round(
     remain_before: list[str],
     timer: StageTimer,
 ) -> None:
-    rd = round_dir(cfg, r)
+    rd = layout.round_dir(cfg, r)
     if not merged_marker(cfg, r).is_file():
         counts = shard_counts(cfg, r)
         if len(counts) != 1:
@@ -387,7 +371,7 @@ def merge_shards(
         history.append({"id": pid, "round": r, "verdicts": outcomes, "solved": pid in solved})
 
     remain = [pid for pid in remain_before if pid not in solved]
-    rd = round_dir(cfg, r)
+    rd = layout.round_dir(cfg, r)
     atomic_write_jsonl(rd / "chosen.jsonl", chosen)
     atomic_write_jsonl(rd / "rejected.jsonl", rejected)
     atomic_write_jsonl(rd / "hard.jsonl", hard)
@@ -414,24 +398,23 @@ def _path_part(row: dict[str, Any]) -> dict[str, Any]:
 
 def rebuild_cumulative(cfg: MathSEConfig, upto: int) -> None:
     """Rewrite the run-wide buffers and D_SFT from the merged rounds 1..upto (idempotent)."""
-    base = evolve_dir(cfg)
-    rounds = [round_dir(cfg, r) for r in range(1, upto + 1)]
+    rounds = [layout.round_dir(cfg, r) for r in range(1, upto + 1)]
 
     def concat(name: str) -> list[dict[str, Any]]:
         return [row for rd in rounds for row in iter_jsonl(rd / name)]
 
     chosen = concat("chosen.jsonl")
-    atomic_write_jsonl(base / "sft_chosen.jsonl", chosen)
-    atomic_write_jsonl(base / "sft_rejected.jsonl", concat("rejected.jsonl"))
-    atomic_write_jsonl(base / "hard_problems.jsonl", concat("hard.jsonl"))
-    atomic_write_jsonl(base / "history.jsonl", concat("history.jsonl"))
-    d_sft = list(iter_jsonl(cfg.output_dir / "distill" / "d_sft.jsonl"))
+    atomic_write_jsonl(layout.evolve_file(cfg, "sft_chosen"), chosen)
+    atomic_write_jsonl(layout.evolve_file(cfg, "sft_rejected"), concat("rejected.jsonl"))
+    atomic_write_jsonl(layout.evolve_file(cfg, "hard_problems"), concat("hard.jsonl"))
+    atomic_write_jsonl(layout.evolve_file(cfg, "history"), concat("history.jsonl"))
+    d_sft = list(iter_jsonl(layout.d_sft_path(cfg, layout.DISTILL)))
     d_sft += [
         {"id": c["id"], "prompt": c["prompt"], "images": c["images"], "answer": c["answer"],
          "response": c["reasoning"], "origin": f"evolve_round_{c['round']}"}
         for c in chosen
     ]
-    atomic_write_jsonl(base / "d_sft.jsonl", d_sft)
+    atomic_write_jsonl(layout.d_sft_path(cfg, STAGE), d_sft)
     examples = (SftExample(prompt=d["prompt"], response=d["response"], images=tuple(d["images"])) for d in d_sft)
     write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME)
 
@@ -449,11 +432,11 @@ def round_summary(r: int, stats: dict[str, Any]) -> str:
 
 
 def print_final_summary(cfg: MathSEConfig) -> None:
-    done = [r for r in range(1, cfg.evolve.rounds + 1) if is_done(round_dir(cfg, r))]
+    done = [r for r in range(1, cfg.evolve.rounds + 1) if is_done(layout.round_dir(cfg, r))]
     if not done:
         return
-    accepted = sum(read_marker(round_dir(cfg, r))["accepted"] for r in done)
-    d_sft = sum(1 for _ in iter_jsonl(evolve_dir(cfg) / "d_sft.jsonl"))
+    accepted = sum(read_marker(layout.round_dir(cfg, r))["accepted"] for r in done)
+    d_sft = sum(1 for _ in iter_jsonl(layout.d_sft_path(cfg, STAGE)))
     print(f"evolve: {len(done)} rounds done; {accepted} paths accepted; D_SFT now {d_sft} examples; "
           f"latest model: {cfg.model_path('sft_model_final')}")
 

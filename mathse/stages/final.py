@@ -12,12 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mathse import layout
 from mathse.config import MathSEConfig, save_resolved_config
 from mathse.errors import StageError
 from mathse.llamafactory_bridge import TrainJob, compose_train_job, run_train_job
 from mathse.storage import is_done
 
-STAGE = "final"
+STAGE = layout.FINAL
 DATASET_NAME = "mathse_reflection_sft"  # written by the reflect stage
 
 
@@ -53,7 +54,7 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
         datasets=[DATASET_NAME],
         dataset_dir=cfg.dataset_dir,
         output_dir=cfg.model_path("reflection_model_final"),
-        run_dir=cfg.output_dir / STAGE,
+        run_dir=layout.stage_dir(cfg, STAGE),
         extra=extra,
         recipe_path=cfg.reflect.final_recipe,
     )
@@ -72,9 +73,9 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     if finished(cfg):
         print(f"final: already done, nothing to do (model at {cfg.model_path('reflection_model_final')})")
         return 0
-    if not is_done(cfg.output_dir / "reflect") or not dataset.is_file():
+    if not is_done(layout.stage_dir(cfg, layout.REFLECT)) or not dataset.is_file():
         raise StageError(f"final: the reflection dataset is not ready ({dataset}): run --stage reflect first")
-    save_resolved_config(cfg, cfg.output_dir / STAGE / "config.yaml")
+    save_resolved_config(cfg, layout.stage_dir(cfg, STAGE) / "config.yaml")
     out = run_train_job(train_job(cfg))
     print(f"final: done; final model: {out}")
     return 0

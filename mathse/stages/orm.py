@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pydantic import Field, StrictBool
 
+from mathse import layout
 from mathse.config import MathSEConfig, save_resolved_config
 from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
 from mathse.records import ImageRecord, read_records
@@ -29,7 +30,7 @@ from mathse.steps import split_steps
 from mathse.storage import is_done, mark_done, read_marker
 from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, format_orm_response
 
-STAGE = "orm"
+STAGE = layout.ORM
 DATASET_NAME = "mathse_orm"
 # Below this share of either class the ORM mostly learns to say one thing: worth a warning.
 IMBALANCE_WARN = 0.1
@@ -86,7 +87,7 @@ def _label_problem(row: LabelledPath) -> str | None:
 def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     train_file: Path = cfg.require("orm.train_file")
     rows = read_labelled_paths(train_file, cfg.data.image_root)  # validates everything before any write
-    stage_dir = cfg.output_dir / STAGE
+    stage_dir = layout.stage_dir(cfg, STAGE)
     job = train_job(cfg)
     if dry_run:
         print_plan(cfg, rows, job)
@@ -110,11 +111,11 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
 
 def finished(cfg: MathSEConfig) -> bool:
     """Both units of work (the ORM dataset and the ORM model) carry their completion markers."""
-    return is_done(cfg.output_dir / STAGE) and is_done(cfg.model_path("orm_model"))
+    return is_done(layout.stage_dir(cfg, STAGE)) and is_done(cfg.model_path("orm_model"))
 
 
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
-    stage_dir = cfg.output_dir / STAGE
+    stage_dir = layout.stage_dir(cfg, STAGE)
     return {
         "ORM dataset (LLaMA-Factory)": cfg.dataset_dir / f"{DATASET_NAME}.json",
         "ORM training log": stage_dir / "train_orm.log",
@@ -131,7 +132,7 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
         datasets=[DATASET_NAME],
         dataset_dir=cfg.dataset_dir,
         output_dir=cfg.model_path("orm_model"),
-        run_dir=cfg.output_dir / STAGE,
+        run_dir=layout.stage_dir(cfg, STAGE),
     )
 
 

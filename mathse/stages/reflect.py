@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from mathse import layout
 from mathse.client import ChatClient, ChatRequest, ChatResult, UsageLedger, user_message
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
@@ -30,7 +31,7 @@ from mathse.records import Problem
 from mathse.storage import Journal, atomic_write_json, atomic_write_jsonl, is_done, iter_jsonl, mark_done, read_marker
 from mathse.timing import StageTimer
 
-STAGE = "reflect"
+STAGE = layout.REFLECT
 DATASET_NAME = "mathse_reflection_sft"
 _CORRECTED = re.compile(
     r"^\W*corrected\s+solution\W*:?\W*$|corrected\s+solution\s*\**\s*:", re.IGNORECASE | re.MULTILINE
@@ -41,15 +42,11 @@ _TRANSIENT = re.compile(r" after \d+ retries$")
 
 
 def stage_dir(cfg: MathSEConfig) -> Path:
-    return cfg.output_dir / STAGE
+    return layout.stage_dir(cfg, STAGE)
 
 
-def rows_path(cfg: MathSEConfig) -> Path:
-    return cfg.output_dir / "orm_reflections" / "reflection_rows.jsonl"
-
-
-def fused_path(cfg: MathSEConfig) -> Path:
-    return cfg.output_dir / "reflection_sft.jsonl"
+rows_path = layout.reflection_rows_path
+fused_path = layout.reflection_sft_path
 
 
 def finished(cfg: MathSEConfig) -> bool:
@@ -59,20 +56,21 @@ def finished(cfg: MathSEConfig) -> bool:
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
     return {
         "reflection rows (kept)": rows_path(cfg),
-        "reflections dropped": cfg.output_dir / "orm_reflections" / "reflection_dropped.jsonl",
+        "reflections dropped": layout.reflection_dropped_path(cfg),
         "reflection SFT data": fused_path(cfg),
         "reflection dataset": cfg.dataset_dir / f"{DATASET_NAME}.json",
     }
 
 
 def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
-    rejected_file = cfg.output_dir / "evolve" / "sft_rejected.jsonl"
-    d_sft_file = latest_d_sft(cfg)
+    rejected_file = layout.evolve_file(cfg, "sft_rejected")
+    d_sft_file = layout.latest_d_sft(cfg)
     if dry_run and (not rejected_file.is_file() or d_sft_file is None):
         print(f"[dry-run] reflect: would run on the incorrect paths of evolve ({rejected_file}, not there yet)")
         return 0
     if not rejected_file.is_file() or d_sft_file is None:
-        raise StageError(f"reflect: no evolve results in {cfg.output_dir / 'evolve'}: run --stage evolve first")
+        evolve_dir = layout.stage_dir(cfg, layout.EVOLVE)
+        raise StageError(f"reflect: no evolve results in {evolve_dir}: run --stage evolve first")
     drafts = select_drafts(cfg, list(iter_jsonl(rejected_file)))
     if dry_run:
         print(f"[dry-run] reflect: {len(drafts['keep'])} incorrect paths from {rejected_file} would go to the "
@@ -99,7 +97,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
         kept, dropped = build_rows(cfg, drafts_to_send, replies)
     dropped += [{"key": d["key"], "id": d["id"], "reason": d["skip_reason"]} for d in drafts["skipped"]]
     atomic_write_jsonl(rows_path(cfg), kept)
-    atomic_write_jsonl(cfg.output_dir / "orm_reflections" / "reflection_dropped.jsonl", dropped)
+    atomic_write_jsonl(layout.reflection_dropped_path(cfg), dropped)
     fused = fuse(cfg, d_sft_file, kept)
     reasons = Counter(d["reason"].split(":")[0] for d in dropped)
     stats = {"sent": len(drafts_to_send), "kept": len(kept), "dropped": dict(reasons),
@@ -111,14 +109,6 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
           f"{sum(reasons.values())} ({', '.join(f'{k}: {v}' for k, v in reasons.items()) or 'none'}); "
           f"reflection SFT {fused} rows -> {fused_path(cfg)}")
     return 0
-
-
-def latest_d_sft(cfg: MathSEConfig) -> Path | None:
-    """D_SFT after evolve, or after distill when evolve accepted nothing yet."""
-    for path in (cfg.output_dir / "evolve" / "d_sft.jsonl", cfg.output_dir / "distill" / "d_sft.jsonl"):
-        if path.is_file():
-            return path
-    return None
 
 
 def select_drafts(cfg: MathSEConfig, rejected: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -151,7 +141,7 @@ def ask_teacher(cfg: MathSEConfig, drafts: list[dict[str, Any]]) -> dict[str, di
         if pending and teacher is not None:
             requests = [ChatRequest(key=d["key"], messages=[user_message(reflection_prompt(cfg, d), d["images"])])
                         for d in pending]
-            ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
+            ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
             client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
 
             def journal_it(result: ChatResult) -> None:
@@ -225,7 +215,7 @@ def revalidate(
                   parsed[d["key"]][1])
         for d in drafts
     ]
-    ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
+    ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
     judge = PathJudge(cfg, STAGE, ledger)
     try:
         with Journal(journal_path(cfg, STAGE)) as journal:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from PIL import Image
 
 from mathse.client import ChatResult, UsageLedger
 from mathse.config import MathSEConfig
+from mathse.reporting.collect import SCHEMA_VERSION, TRANSITIONS, transition_counts, usage_role
 from mathse.stages import report
 from mathse.storage import MARKER_NAME, atomic_write_json, atomic_write_jsonl, read_json
 
@@ -151,18 +151,20 @@ PREDICTIONS: dict[str, dict[str, tuple[list[bool | None], int]]] = {
 
 
 def write_eval(out: Path) -> None:
-    """results.csv in the eval stage's layout: score, correct and total per benchmark, MathVerse versions."""
-    (out / "eval").mkdir(parents=True, exist_ok=True)
-    header = ["checkpoint", "model"]
-    for col in ("mathvista", "mathverse", "mathverse (Vision Only)"):
-        header += [col, f"{col} correct", f"{col} total"]
-    with (out / "eval" / "results.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerows([header,
-                          ["base", "tiny", "50.00", "2", "4", "0.00", "0", "2", "0.00", "0", "1"],
-                          ["round_2", "out/sft_model_round_2", "75.00", "3", "4", "", "", "", "", "", ""],
-                          ["final", "out/reflection_model_final", "50.00", "2", "4", "50.00", "1", "2", "100.00", "1",
-                           "1"]])
+    """results.json in the eval stage's layout: one entry per pair, MathVerse versions as subsets."""
+    def pair(ckpt: str, model: str, bench: str, correct: int, total: int, **subsets: tuple[int, int]) -> dict[str, Any]:
+        tally = {"total": total, "correct": correct, "correct_with_judge": correct}
+        return {"checkpoint": ckpt, "benchmark": bench, **tally, "judge": None,
+                "subsets": {k.replace("_", " "): {"total": t, "correct": c, "correct_with_judge": c}
+                            for k, (c, t) in subsets.items()},
+                "settings": {"model": model, "adapter": None}}
+
+    atomic_write_json(out / "eval" / "results.json", [
+        pair("base", "tiny", "mathvista", 2, 4), pair("base", "tiny", "mathverse", 0, 2, Vision_Only=(0, 1)),
+        pair("round_2", "out/sft_model_round_2", "mathvista", 3, 4),
+        pair("final", "out/reflection_model_final", "mathvista", 2, 4),
+        pair("final", "out/reflection_model_final", "mathverse", 1, 2, Vision_Only=(1, 1)),
+    ])
     for ckpt, benches in PREDICTIONS.items():
         for bench, (correct, length) in benches.items():
             rows = [{"id": f"{bench}-{i}", "question": "Q", "answer": "1", "response": "r" * length, "extracted": "1",
@@ -184,7 +186,7 @@ def full_run(tmp_path: Path) -> MathSEConfig:
 
 
 def zero_transitions(**counts: int) -> dict[str, int]:
-    full = dict.fromkeys(report.TRANSITIONS, 0) | counts
+    full = dict.fromkeys(TRANSITIONS, 0) | counts
     return {**full, "n": sum(full.values())}
 
 
@@ -195,7 +197,7 @@ def test_full_run_report_numbers(full_run: MathSEConfig, capsys: pytest.CaptureF
     assert report.finished(cfg)
     out = report.report_dir(cfg)
     data = read_json(out / "report.json")
-    assert data["version"] == report.SCHEMA_VERSION and data["warnings"] == []
+    assert data["version"] == SCHEMA_VERSION and data["warnings"] == []
     assert "report.md" in capsys.readouterr().out
 
     # Distill
@@ -326,7 +328,7 @@ def test_finished_tracks_inputs_and_stale_charts_go(full_run: MathSEConfig) -> N
     assert "eval" not in data["figures"] and not (report.report_dir(cfg) / "eval.png").exists()
     assert "eval.png" not in md.read_text()
     assert data["transitions"]["eval"] is None and data["transitions"]["evolve"] is not None
-    assert any("eval/results.csv" in m for m in data["missing"])
+    assert any("eval/results.json" in m for m in data["missing"])
 
 
 def test_partial_run_reports_what_is_missing(tmp_path: Path) -> None:
@@ -366,14 +368,14 @@ def test_empty_and_corrupt_inputs_do_not_crash(tmp_path: Path) -> None:
 
 def test_transition_counts_and_usage_roles(tmp_path: Path) -> None:
     pairs = [(True, True), (False, True), (True, False), (False, False), (False, False)]
-    assert report.transition_counts(pairs) == zero_transitions(
+    assert transition_counts(pairs) == zero_transitions(
         consistently_correct=1, incorrect_to_correct=1, correct_to_incorrect=1, persistently_incorrect=2
     )
     cfg = make_cfg(tmp_path)
-    assert report.usage_role(cfg, "reflect", TEACHER) == "teacher"
-    assert report.usage_role(cfg, "reflect", ORM) == "orm"
-    assert report.usage_role(cfg, "evolve", "some-served-orm") == "orm"
-    assert report.usage_role(cfg, "distill", "other-teacher") == "teacher"
-    assert report.usage_role(cfg, "reflect", "mystery") == "other"
-    assert report.usage_role(cfg, "reflect", "mystery", seen={"mystery": "orm"}) == "orm"
+    assert usage_role(cfg, "reflect", TEACHER) == "teacher"
+    assert usage_role(cfg, "reflect", ORM) == "orm"
+    assert usage_role(cfg, "evolve", "some-served-orm") == "orm"
+    assert usage_role(cfg, "distill", "other-teacher") == "teacher"
+    assert usage_role(cfg, "reflect", "mystery") == "other"
+    assert usage_role(cfg, "reflect", "mystery", seen={"mystery": "orm"}) == "orm"
     assert json.dumps(report.artifacts(cfg), default=str)

@@ -1,0 +1,157 @@
+"""The run's layout: every path under ``run.output_dir`` that more than one module knows.
+
+A stage writes its own outputs here and reads another stage's only through these functions, so a
+renamed file is renamed once. The layout of one run::
+
+    <output_dir>/
+      usage.json                      API ledger of every stage (usage_path)
+      data/  cache/api/               LLaMA-Factory datasets, answered API calls (cfg.dataset_dir / api_cache_dir)
+      distill/d_sft.jsonl             D_SFT from the teacher (d_sft_path(cfg, DISTILL))
+      evolve/d_sft.jsonl              D_SFT grown by evolve; sft_chosen / sft_rejected / history.jsonl
+      evolve/round_<r>/               one round's generations, verdicts, stats
+      orm_reflections/<stage>.jsonl   verdict journals; reflection_rows.jsonl (kept reflections)
+      reflect/  final/  orm/          stage folders (config.yaml, logs, completion marker)
+      eval/<checkpoint>/<benchmark>/  predictions of one pair; eval/results.{md,csv,json}
+      report/                         report.md, report.json, charts
+      sft_model_stage0/  sft_model_round_<r>/  sft_model_final/  reflection_model_final/  orm_model/
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mathse.storage import MARKER_NAME, read_json
+
+if TYPE_CHECKING:
+    from mathse.config import MathSEConfig
+
+DISTILL, EVOLVE, REFLECT, FINAL, ORM, EVAL, REPORT = "distill", "evolve", "reflect", "final", "orm", "eval", "report"
+
+D_SFT = "d_sft.jsonl"
+USAGE = "usage.json"
+JOURNALS = "orm_reflections"
+REFLECTION_ROWS = "reflection_rows.jsonl"
+EVAL_RESULTS = "results"  # eval/results.{md,csv,json}
+
+
+def stage_dir(cfg: MathSEConfig, stage: str) -> Path:
+    """A stage's own folder: its config.yaml, logs, stats and completion marker."""
+    return cfg.output_dir / stage
+
+
+def usage_path(cfg: MathSEConfig) -> Path:
+    """The run's one API usage ledger, shared by every stage that calls a paid API."""
+    return cfg.output_dir / USAGE
+
+
+def d_sft_path(cfg: MathSEConfig, stage: str) -> Path:
+    """D_SFT as written by `stage` (DISTILL: the teacher's; EVOLVE: grown with accepted paths)."""
+    return stage_dir(cfg, stage) / D_SFT
+
+
+def latest_d_sft(cfg: MathSEConfig) -> Path | None:
+    """D_SFT after evolve, or after distill when evolve accepted nothing yet."""
+    for path in (d_sft_path(cfg, EVOLVE), d_sft_path(cfg, DISTILL)):
+        if path.is_file():
+            return path
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# evolve's outputs that reflect and report read
+
+
+def evolve_file(cfg: MathSEConfig, name: str) -> Path:
+    """A run-wide evolve buffer: sft_chosen / sft_rejected / hard_problems / history (.jsonl)."""
+    return stage_dir(cfg, EVOLVE) / f"{name}.jsonl"
+
+
+def round_dir(cfg: MathSEConfig, r: int) -> Path:
+    return stage_dir(cfg, EVOLVE) / f"round_{r}"
+
+
+def round_model_dir(cfg: MathSEConfig, r: int) -> Path:
+    """M_r, the student trained after evolve round r."""
+    return cfg.output_dir / f"sft_model_round_{r}"
+
+
+def model_ref(model_dir: Path) -> tuple[str, str | None]:
+    """(model_name_or_path, adapter_name_or_path) for a trained dir: LoRA dirs are adapters."""
+    adapter_config = model_dir / "adapter_config.json"
+    if adapter_config.is_file():
+        return str(read_json(adapter_config)["base_model_name_or_path"]), str(model_dir)
+    return str(model_dir), None
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdict journals and reflections
+
+
+def journals_dir(cfg: MathSEConfig) -> Path:
+    return cfg.output_dir / JOURNALS
+
+
+def journal_path(cfg: MathSEConfig, stage: str) -> Path:
+    """Where a stage keeps its ORM verdicts: ``<output_dir>/orm_reflections/<stage>.jsonl``."""
+    return journals_dir(cfg) / f"{stage}.jsonl"
+
+
+def reflection_rows_path(cfg: MathSEConfig) -> Path:
+    return journals_dir(cfg) / REFLECTION_ROWS
+
+
+def reflection_dropped_path(cfg: MathSEConfig) -> Path:
+    return journals_dir(cfg) / "reflection_dropped.jsonl"
+
+
+def reflection_sft_path(cfg: MathSEConfig) -> Path:
+    return cfg.output_dir / "reflection_sft.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+
+
+def safe_name(name: str) -> str:
+    """A checkpoint or benchmark name as a folder name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "unnamed"
+
+
+def pair_dir(cfg: MathSEConfig, checkpoint: str, benchmark: str) -> Path:
+    """Where eval keeps one checkpoint's predictions on one benchmark."""
+    return stage_dir(cfg, EVAL) / safe_name(checkpoint) / safe_name(benchmark)
+
+
+def eval_image_dir(cfg: MathSEConfig, benchmark: str) -> Path:
+    return stage_dir(cfg, EVAL) / "images" / safe_name(benchmark)
+
+
+def eval_results_path(cfg: MathSEConfig, suffix: str) -> Path:
+    """eval/results.<suffix>: md (the table), csv (the same for spreadsheets), json (with breakdowns)."""
+    return stage_dir(cfg, EVAL) / f"{EVAL_RESULTS}.{suffix}"
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+# Files the report reads, relative to output_dir; report's `finished` compares their mtimes with report.md.
+REPORT_INPUT_GLOBS = (
+    f"{DISTILL}/{MARKER_NAME}",
+    f"{DISTILL}/{D_SFT}",
+    f"{EVOLVE}/round_*/stats.json",
+    f"{EVOLVE}/round_*/.merged.json",
+    f"{EVOLVE}/round_*/{MARKER_NAME}",
+    f"{EVOLVE}/round_*/history.jsonl",
+    f"{EVOLVE}/round_*/chosen.jsonl",
+    f"{EVOLVE}/history.jsonl",
+    f"{EVOLVE}/sft_chosen.jsonl",
+    f"{JOURNALS}/*.jsonl",
+    USAGE,
+    f"{REFLECT}/stats.json",
+    f"{JOURNALS}/{REFLECTION_ROWS}",
+    f"{EVAL}/{EVAL_RESULTS}.json",
+    f"{EVAL}/*/*/predictions.jsonl",
+)

@@ -1,0 +1,1 @@
+"""The run report's parts: `collect` (numbers), `charts` (PNGs), `markdown` (report.md)."""

@@ -1,0 +1,175 @@
+"""report.md from the numbers of `collect` (no file reads), embedding the charts by relative link."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from mathse.reporting.collect import TRANSITION_LABELS, TRANSITIONS
+
+
+def _fmt(value: Any, percent: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    if percent:
+        return f"{100 * value:.1f}%"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.4f}".rstrip("0").rstrip(".") if value % 1 else f"{value:,.0f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(headers: list[str], rows: Iterable[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _image(report: dict[str, Any], name: str, alt: str) -> list[str]:
+    filename = report["figures"].get(name)
+    return [f"![{alt}]({filename})", ""] if filename else []
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md from the numbers (no file reads: everything comes from `report`)."""
+    lines = ["# MathSE run report", "", f"Run: `{report['output_dir']}` — generated {report['generated_at']}.", ""]
+    lines += ["All numbers are also in `report.json` next to this file.", ""]
+    if report["missing"]:
+        lines += ["## Missing", "", *(f"- {m}" for m in report["missing"]), ""]
+    if report["warnings"]:
+        lines += ["## Warnings", "", *(f"- {w}" for w in report["warnings"]), ""]
+    lines += _md_distill(report) + _md_evolve(report) + _md_transitions(report) + _md_lengths(report)
+    lines += _md_orm(report) + _md_reflect(report) + _md_eval(report) + _md_usage(report)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _md_distill(report: dict[str, Any]) -> list[str]:
+    lines = ["## Stage 1: distill (D_SFT)", ""]
+    d = report.get("distill")
+    if not d:
+        return [*lines, "Not run yet.", ""]
+    if d["stats"]:
+        lines += _table(["stat", "value"], ([k, _fmt(v)] for k, v in d["stats"].items()))
+    lines += [f"D_SFT rows: {_fmt(d['d_sft_rows'])}.", ""]
+    return lines
+
+
+def _md_evolve(report: dict[str, Any]) -> list[str]:
+    lines = ["## Stage 2: evolve rounds", ""]
+    ev = report.get("evolve")
+    if not ev:
+        return [*lines, "No merged round yet.", ""]
+    keys = ["attempted", "paths", "accepted", "rejected", "unparseable", "no_output", "solved", "pool_left"]
+    rows = [[str(r["round"]), *(_fmt(r[k]) for k in keys), _fmt(r["accept_rate"], True),
+             _fmt(r["solve_rate"], True), _fmt(r["complete"])] for r in ev["rounds"]]
+    t = ev["totals"]
+    rows.append(["**all**", *(_fmt(t.get(k)) for k in keys), _fmt(t["accept_rate"], True), "", ""])
+    lines += _table(["round", *keys, "accept rate", "solve rate", "retrained"], rows)
+    lines += [f"Pool before round 1: {_fmt(ev['pool_start'])}; rounds planned: {ev['rounds_planned']}. "
+              "attempted / solved / pool_left count problems; the others count reasoning paths.", ""]
+    lines += _image(report, "rounds", "Outcomes per evolve round") + _image(report, "pool", "Pool left and accept rate")
+    return lines
+
+
+def _md_transitions(report: dict[str, Any]) -> list[str]:
+    lines = ["## Figure 2: outcome transitions", ""]
+    trans = report.get("transitions") or {}
+    if not trans.get("evolve") and not trans.get("eval"):
+        return [*lines, "Not enough data (see Missing).", ""]
+    headers = [*(TRANSITION_LABELS[k] for k in TRANSITIONS), "n"]
+    if trans.get("evolve"):
+        lines += ["Problems attempted in consecutive evolve rounds (correct = any path accepted). Solved problems "
+                  "leave the pool, so within evolve only incorrect → correct / persistently incorrect can occur.", ""]
+        rows = [[f"{p['from_round']} → {p['to_round']}", *(_fmt(p[k]) for k in (*TRANSITIONS, "n"))]
+                for p in trans["evolve"]["pairs"]]
+        rows.append(["**all**", *(_fmt(trans["evolve"]["total"][k]) for k in (*TRANSITIONS, "n"))])
+        lines += _table(["rounds", *headers], rows)
+    if trans.get("eval"):
+        ev = trans["eval"]
+        lines += [f"Eval problems, checkpoint `{ev['from_checkpoint']}` → `{ev['to_checkpoint']}`:", ""]
+        rows = [[b, *(_fmt(c[k]) for k in (*TRANSITIONS, "n"))] for b, c in ev["benchmarks"].items()]
+        rows.append(["**all**", *(_fmt(ev["total"][k]) for k in (*TRANSITIONS, "n"))])
+        lines += _table(["benchmark", *headers], rows)
+    return lines + _image(report, "transitions", "Outcome transitions")
+
+
+def _md_lengths(report: dict[str, Any]) -> list[str]:
+    lines = ["## Average answer length", ""]
+    rows = report.get("lengths") or []
+    if not rows:
+        return [*lines, "No answers yet.", ""]
+    lines += ["The paper reports 325 → 792 characters from the distilled data to the evolved model.", ""]
+    lines += _table(["stage", "answers", "mean chars", "median chars"],
+                    ([r["label"], _fmt(r["n"]), _fmt(r["mean_chars"]), _fmt(r["median_chars"])] for r in rows))
+    return lines + _image(report, "lengths", "Average answer length per stage")
+
+
+def _md_orm(report: dict[str, Any]) -> list[str]:
+    lines = ["## ORM vs rule verdicts", ""]
+    orm = report.get("orm_vs_rule")
+    if not orm:
+        return [*lines, "No verdict journals.", ""]
+    keys = ["rows", "both", "disagree", "orm_yes_rule_no", "orm_no_rule_yes", "orm_unparseable"]
+    rows = [[name, *(_fmt(g[k]) for k in keys), _fmt(g["rate"], True)] for name, g in orm["journals"].items()]
+    rows.append(["**all**", *(_fmt(orm["total"][k]) for k in keys), _fmt(orm["total"]["rate"], True)])
+    lines += _table(["journal", "verdicts", "both verdicts", "disagree", "ORM yes / rule no", "ORM no / rule yes",
+                     "ORM unparseable", "disagreement rate"], rows)
+    return [*lines, "Disagreement rate = disagreements / verdicts holding both a parsed ORM and a rule verdict.", ""]
+
+
+def _md_reflect(report: dict[str, Any]) -> list[str]:
+    lines = ["## Stage 3: reflection", ""]
+    ref = report.get("reflect")
+    if not ref:
+        return [*lines, "Not run yet.", ""]
+    stats = ref["stats"] or {}
+    rows = [[k, _fmt(v)] for k, v in stats.items() if not isinstance(v, dict)]
+    for k, v in stats.items():
+        if isinstance(v, dict):
+            rows += [[f"{k}: {reason}", _fmt(n)] for reason, n in v.items()]
+    if rows:
+        lines += _table(["stat", "value"], rows)
+    return [*lines, f"Kept rows: {_fmt(ref['kept_rows'])}.", ""]
+
+
+def _md_eval(report: dict[str, Any]) -> list[str]:
+    lines = ["## Evaluation", ""]
+    ev = report.get("eval")
+    if not ev:
+        return [*lines, "Not run yet.", ""]
+    results = ev.get("results")
+    if results:
+        columns = results["columns"]
+
+        def cell(row: dict[str, Any], col: str) -> str:
+            correct, total = row.get(f"{col} correct"), row.get(f"{col} total")
+            counts = f" ({_fmt(correct)}/{_fmt(total)})" if correct is not None and total is not None else ""
+            return _fmt(row.get(col)) + counts
+
+        lines += ["From `eval/results.csv` (accuracy %, correct/total):", ""]
+        lines += _table([results["key_column"], *columns],
+                        ([k, *(cell(row, col) for col in columns)] for k, row in results["table"].items()))
+    preds = ev.get("predictions") or {}
+    if preds:
+        lines += ["Accuracy recomputed from the predictions files:", ""]
+        lines += _table(["checkpoint", "benchmark", "problems", "correct", "accuracy"],
+                        ([k, b, _fmt(p["n"]), _fmt(p["correct"]), _fmt(p["accuracy"], True)]
+                         for k in ev["checkpoint_order"] if k in preds for b, p in preds[k].items()))
+    return lines + _image(report, "eval", "Evaluation results")
+
+
+def _md_usage(report: dict[str, Any]) -> list[str]:
+    lines = ["## API usage and cost", ""]
+    usage = report.get("usage")
+    if not usage:
+        return [*lines, "No usage ledger.", ""]
+    keys = ["answered", "cached", "failures", "calls", "prompt_tokens", "completion_tokens"]
+    lines += _table(["role", *keys, "cost (USD)"],
+                    ([role, *(_fmt(t[k]) for k in keys), f"{t['cost_usd']:.4f}"] for role, t in usage["roles"].items()))
+    lines += _table(["stage", "model", "role", *keys, "cost (USD)"],
+                    ([r["stage"], r["model"], r["role"], *(_fmt(r[k]) for k in keys), f"{r['cost_usd']:.4f}"]
+                     for r in usage["rows"]))
+    return [*lines, f"Total estimated cost: ${usage['total_cost_usd']:.4f} (unpriced models count as $0).", ""]
