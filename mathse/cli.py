@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
 from mathse.config import ConfigError, MathSEConfig, load_config
+from mathse.stages import load_stage
 
 # Stage name -> (module under mathse.stages, one-line help). Modules are imported lazily so a
 # config error is reported in a fraction of a second, before torch or LLaMA-Factory load.
@@ -95,7 +95,7 @@ def pipeline(cfg: MathSEConfig) -> list[str]:
 
 def run_stage(stage: str, cfg: MathSEConfig, dry_run: bool, **options: object) -> int:
     """Run one stage; user-fixable errors become one line on stderr and an exit code."""
-    module = importlib.import_module(f"mathse.stages.{STAGES[stage][0]}")
+    module = load_stage(STAGES[stage][0])
     # Errors a user can fix (bad data, bad config for this stage) are one line, exit 2; a failed
     # training run is exit 1 with its log's tail. Anything else is a bug and keeps its traceback.
     from mathse.errors import USER_ERRORS, TrainingError

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from mathse.errors import ConfigError
 from mathse.storage import atomic_write_text
 
 __all__ = [
@@ -27,14 +28,6 @@ __all__ = [
     "parse_overrides",
     "save_resolved_config",
 ]
-
-
-class ConfigError(Exception):
-    """A config problem; `lines` holds one human-readable line per problem."""
-
-    def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
-        super().__init__("\n".join(lines))
 
 
 class StrictModel(BaseModel):

@@ -28,14 +28,11 @@ from typing import Any
 import yaml
 
 from mathse.config import MathSEConfig
+from mathse.errors import TrainingError
 from mathse.storage import atomic_open, atomic_write_json, atomic_write_text, is_done, mark_done, read_json
 
 DATASET_INFO = "dataset_info.json"
 IMAGE_TOKEN = "<image>"
-
-
-class TrainingError(Exception):
-    """`llamafactory-cli train` failed; the message ends with the log's last lines."""
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,10 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mathse.errors import DataError
 from mathse.storage import atomic_write_jsonl
 
 __all__ = ["DataError", "ImageRecord", "Problem", "read_problems", "read_records", "write_problems"]
-
-
-class DataError(Exception):
-    """Bad input data; the message is one line naming the file and line or the record id."""
 
 
 class ImageRecord(BaseModel):

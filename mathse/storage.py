@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mathse.errors import CorruptFileError
+
 MARKER_NAME = ".mathse_done.json"
 
 
@@ -77,10 +79,6 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-class CorruptFileError(ValueError):
-    """A file MathSE wrote has a damaged line that is not the torn tail of a kill."""
 
 
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
