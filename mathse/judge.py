@@ -53,6 +53,9 @@ from tqdm import tqdm
 from mathse import layout
 from mathse.answers import RuleCheck, check_path
 from mathse.client import ChatClient, ChatRequest, ChatResult, UsageLedger, system_message
+from mathse.config import InferenceConfig
+from mathse.inference import chat_model_args, training_image_max_pixels
+from mathse.llamafactory_bridge import IMAGE_TOKEN  # the ORM was trained with one per image
 from mathse.records import Problem
 from mathse.steps import split_steps
 from mathse.storage import Journal
@@ -61,14 +64,30 @@ from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, combine
 if TYPE_CHECKING:
     from mathse.config import MathSEConfig
 
-__all__ = ["JudgeItem", "JudgeStats", "PathJudge", "failures_path", "journal_path", "open_journal"]
+__all__ = ["JudgeItem", "JudgeStats", "PathJudge", "failures_path", "journal_path", "local_orm_args", "open_journal"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"  # LLaMA-Factory's placeholder; the ORM was trained with one per image
 
 
 journal_path = layout.journal_path  # where a stage keeps its ORM verdicts
+
+
+def local_orm_args(cfg: MathSEConfig) -> dict[str, Any]:
+    """The `ChatModel` arguments of the in-process ORM (`orm.local`): greedy, since a judge must be
+    deterministic, and images resized as its training recipe did (the ORM stage trains with the same
+    `llama_factory` recipe and overrides as every other stage).
+    """
+    local = cfg.require("orm.local")
+    greedy = InferenceConfig(backend="huggingface", temperature=0.0, max_new_tokens=local.max_new_tokens)
+    return chat_model_args(
+        local.model_name_or_path,
+        local.adapter_name_or_path or None,
+        local.template,
+        greedy,
+        image_max_pixels=training_image_max_pixels(cfg),
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
 
 
 def open_journal(cfg: MathSEConfig, stage: str) -> Journal:
@@ -271,22 +290,8 @@ class PathJudge:
         if self._chat_model is None:
             from llamafactory.chat import ChatModel
 
-            local = self.cfg.require("orm.local")
-            args: dict[str, Any] = {
-                "model_name_or_path": local.model_name_or_path,
-                "template": local.template,
-                "infer_backend": "huggingface",
-                "trust_remote_code": self.cfg.model.trust_remote_code,
-                "do_sample": False,  # a judge must be deterministic
-                "max_new_tokens": local.max_new_tokens,
-            }
-            if local.adapter_name_or_path:
-                args["adapter_name_or_path"] = local.adapter_name_or_path
-                args["finetuning_type"] = "lora"
-            if self.cfg.llama_factory.image_max_pixels is not None:
-                # Judge images at the resolution the ORM was trained at.
-                args["image_max_pixels"] = self.cfg.llama_factory.image_max_pixels
-            log.info("loading local ORM from %s", local.model_name_or_path)
+            args = local_orm_args(self.cfg)
+            log.info("loading local ORM from %s", args["model_name_or_path"])
             self._chat_model = ChatModel(args)
         return self._chat_model
 

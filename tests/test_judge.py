@@ -11,8 +11,9 @@ from PIL import Image
 
 from mathse.client import UsageLedger
 from mathse.config import MathSEConfig
-from mathse.judge import JudgeItem, PathJudge, failures_path, journal_path, open_journal
+from mathse.judge import JudgeItem, PathJudge, failures_path, journal_path, local_orm_args, open_journal
 from mathse.records import Problem
+from mathse.stages import orm as orm_stage
 from mathse.storage import Journal, iter_jsonl
 from mathse.testing.openai_server import FakeHTTPError, FakeOpenAIServer, FaultPlan, last_user_text
 from mathse.verdict import ORM_SYSTEM_PROMPT
@@ -231,3 +232,23 @@ def test_problem_without_reference_has_no_rule_verdict(tmp_path: Path, problem: 
     stats, rows = judge_once(cfg, [JudgeItem("a", problem.model_copy(update={"answer": ""}), path_for(""))])
     assert rows["a"]["rule"] is None and rows["a"]["final"]["correct"] is None and stats.undecided == 1
     assert json.dumps(rows["a"])  # a plain JSON row
+
+
+@pytest.mark.parametrize("override", [None, 50176])
+def test_local_orm_resizes_images_like_its_training(tmp_path: Path, override: int | None) -> None:
+    """The in-process ORM's ChatModel gets the image_max_pixels its training job used: the recipe's
+    value, or the llama_factory block's override of it."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("stage: sft\nfinetuning_type: lora\nimage_max_pixels: 200704\n", encoding="utf-8")
+    cfg = MathSEConfig.model_validate({
+        "model": {"base": "tiny"}, "run": {"output_dir": str(tmp_path / "out")},
+        "llama_factory": {"recipe": str(recipe), "image_max_pixels": override},
+        "orm": {"backend": "local", "policy": "orm",
+                "local": {"model_name_or_path": "orm-model", "adapter_name_or_path": "orm-adapter"}},
+    })
+    args = local_orm_args(cfg)
+    trained = orm_stage.train_job(cfg).args["image_max_pixels"]
+    assert trained == (override or 200704)
+    assert args["image_max_pixels"] == trained
+    assert args["do_sample"] is False and args["infer_backend"] == "huggingface"
+    assert (args["model_name_or_path"], args["adapter_name_or_path"]) == ("orm-model", "orm-adapter")
