@@ -156,6 +156,9 @@ class ChatResult:
     latency_s: float = 0.0
     texts: list[str] = field(default_factory=list)  # all choices when n > 1; texts[0] == text
     finish_reason: str | None = None
+    # A failure another try may fix (429, 5xx, timeout: the retries ran out), as opposed to one a
+    # rerun would only pay for again (HTTP 400, a refusal). Callers leave retryable work unmarked.
+    retryable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -561,7 +564,8 @@ class ChatClient:
                 reason = failure.reason
                 if failure.retry:
                     reason = f"{reason} after {attempts - 1} retries"
-                return ChatResult(key=request.key, error=reason, attempts=attempts, latency_s=loop.time() - start)
+                return ChatResult(key=request.key, error=reason, attempts=attempts, latency_s=loop.time() - start,
+                                  retryable=failure.retry)
             delay = self._backoff(attempts)
             if failure.retry_after is not None:
                 retry_after = min(failure.retry_after, RETRY_AFTER_CAP_S)

@@ -301,6 +301,7 @@ def test_exhausted_retries_report_the_reason(kind: str, reason: str, tmp_path: P
         assert server.calls == 3
     assert not result.ok and result.attempts == 3
     assert result.error is not None and result.error.startswith(reason) and result.error.endswith("after 2 retries")
+    assert result.retryable  # a rerun may succeed: callers leave the work unmarked
     assert not list((tmp_path / "c").rglob("*.json"))  # failures are not cached
 
 
@@ -344,6 +345,7 @@ def test_client_errors_are_not_retried(status: int, tmp_path: Path) -> None:
         assert server.calls == 1
     assert not result.ok and result.attempts == 1
     assert result.error == f"HTTP {status}: image too large"
+    assert not result.retryable
 
 
 def test_failed_requests_are_retried_on_rerun(tmp_path: Path) -> None:

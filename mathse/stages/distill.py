@@ -7,7 +7,6 @@ killed midway repeats no paid call when rerun.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from mathse import layout
@@ -22,8 +21,6 @@ from mathse.storage import atomic_write_jsonl, is_done, mark_done, read_marker
 from mathse.timing import StageTimer
 
 STAGE = layout.DISTILL
-# ChatClient appends this to the reason of a retryable failure once its retries are spent.
-_TRANSIENT = re.compile(r" after \d+ retries$")
 DATASET_NAME = "mathse_stage0"
 
 
@@ -169,7 +166,7 @@ def build_d_sft(cfg: MathSEConfig, problems: list[Problem], stage_dir: Path, tim
 def is_transient(result: ChatResult) -> bool:
     """A failure another try may fix (429, 5xx, timeout, ...: the client gave up after its retries),
     as opposed to a deterministic one (HTTP 400, a refusal) that a rerun would only pay for again."""
-    return not result.ok and bool(_TRANSIENT.search(result.error or ""))
+    return not result.ok and result.retryable
 
 
 def sft_row(problem: Problem, response: str, origin: str) -> dict[str, object]:

@@ -37,8 +37,6 @@ _CORRECTED = re.compile(
     r"^\W*corrected\s+solution\W*:?\W*$|corrected\s+solution\s*\**\s*:", re.IGNORECASE | re.MULTILINE
 )
 _REFLECTION = re.compile(r"reflection\s*\**\s*:", re.IGNORECASE)
-# ChatClient appends this to the reason of a retryable failure once its retries are spent.
-_TRANSIENT = re.compile(r" after \d+ retries$")
 
 
 def stage_dir(cfg: MathSEConfig) -> Path:
@@ -89,7 +87,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     timer = StageTimer()
     with timer.span("api"):
         replies = ask_teacher(cfg, drafts_to_send)
-    retry = [key for key, reply in replies.items() if _TRANSIENT.search(reply.get("error") or "")]
+    retry = [key for key, reply in replies.items() if reply.get("retryable")]
     if retry:  # a flaky API must not cost drafts: no marker, the rerun asks just these again
         raise StageError(f"reflect: {len(retry)} teacher calls failed after their retries (first: {retry[0]}: "
                          f"{replies[retry[0]]['error']}); rerun the same command to retry just those")
@@ -152,10 +150,10 @@ def ask_teacher(cfg: MathSEConfig, drafts: list[dict[str, Any]]) -> dict[str, di
                 results = client.complete_many_sync(requests, on_result=journal_it, progress="reflect teacher")
             finally:
                 ledger.save()
-            failed = {r.key: r.error for r in results if not r.ok}
+            failed = {r.key: {"error": r.error, "retryable": r.retryable} for r in results if not r.ok}
         else:
             failed = {}
-        return {d["key"]: journal.rows.get(d["key"]) or {"error": failed.get(d["key"], "no reply")} for d in drafts}
+        return {d["key"]: journal.rows.get(d["key"]) or failed.get(d["key"]) or {"error": "no reply"} for d in drafts}
 
 
 def split_reply(text: str) -> tuple[str, str] | None:
