@@ -19,8 +19,8 @@ from mathse import cli
 from mathse.config import PROJECT_ROOT, ConfigError, MathSEConfig, load_config
 from mathse.demo_assets import build_tiny_qwen2vl, make_synthetic_problems, write_demo_dataset
 from mathse.llamafactory_bridge import SftExample, compose_train_job, run_train_job, serve_api, write_sharegpt_dataset
-from mathse.prompts import fill_template, reflection_prompt
-from mathse.records import read_problems
+from mathse.prompts import fill_template, reflection_prompt, student_prompt
+from mathse.records import JudgedPathRow, PathRow, read_problems
 from mathse.storage import atomic_write_jsonl
 
 DEMO_CONFIG = PROJECT_ROOT / "demo" / "config.yaml"
@@ -75,8 +75,8 @@ def train_demo_teacher(cfg: MathSEConfig, folder: Path) -> Path:
         examples.append(SftExample(prompt=distill, response=p.solution or "", images=p.images,
                                    system=teacher.system_prompt))
         guess = "Step 1: Guess.\nThe final answer is \\boxed{0}"
-        draft = {"question": p.question, "answer": p.answer, "reasoning": guess, "error_step": 1,
-                 "analysis": "The guess ignores the figure."}
+        draft = JudgedPathRow(**PathRow.of(p, 1, 0, student_prompt(p), guess).to_json(), error_step=1,
+                              analysis="The guess ignores the figure.")
         reply = f"Reflection: Read the figure.\nCorrected solution:\n{p.solution}"
         examples.append(SftExample(prompt=reflection_prompt(cfg, draft), response=reply, images=p.images))
     write_sharegpt_dataset(examples, folder / "data", "demo_teacher")

@@ -56,7 +56,7 @@ from mathse.client import ChatClient, ChatRequest, ChatResult, UsageLedger, syst
 from mathse.config import InferenceConfig
 from mathse.inference import chat_model_args, training_image_max_pixels
 from mathse.llamafactory_bridge import IMAGE_TOKEN  # the ORM was trained with one per image
-from mathse.records import Problem
+from mathse.records import Problem, VerdictRow
 from mathse.steps import split_steps
 from mathse.storage import Journal
 from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, combine, parse_verdict, rule_verdict
@@ -328,7 +328,7 @@ class PathJudge:
             row["final"] = {"correct": None, "error_step": None, "analysis": "", "source": self.policy}
             row["error"] = error
             stats.failed += 1
-            stats.unjudged[item.key] = row
+            stats.unjudged[item.key] = VerdictRow(**row).to_json()
             failure = {"key": item.key, "id": item.problem.id, "stage": self.stage, "error": error}
             _append_line(failures_path(journal.path), {**failure, "time": round(time.time(), 3)})
             return
@@ -339,7 +339,7 @@ class PathJudge:
             "analysis": final.analysis,
             "source": final.source,
         }
-        journal.append(row)
+        journal.append(VerdictRow(**row).to_json())
         stats.judged += 1
         if final.correct is True:
             stats.correct += 1

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from mathse.config import ConfigError, MathSEConfig
-from mathse.records import Problem
+from mathse.records import JudgedPathRow, Problem
 from mathse.steps import number_steps, split_steps
 
 # The student (the VLM being evolved) is trained and queried with exactly this prompt.
@@ -29,19 +27,19 @@ def fill_template(template: str, key: str, **values: str) -> str:
         raise ConfigError([f"config error: {key}: bad placeholder {exc} (allowed: {allowed})"]) from None
 
 
-def reflection_prompt(cfg: MathSEConfig, draft: dict[str, Any]) -> str:
+def reflection_prompt(cfg: MathSEConfig, draft: JudgedPathRow) -> str:
     """The teacher's reflection prompt for an incorrect path (`draft`: a rejected-path row)."""
-    steps = split_steps(draft["reasoning"])
-    k = draft.get("error_step")
+    steps = split_steps(draft.reasoning)
+    k = draft.error_step
     step_text = steps[k - 1] if isinstance(k, int) and 1 <= k <= len(steps) else "(the reviewer did not locate it)"
     return fill_template(
         cfg.reflect.prompt,
         "reflect.prompt",
-        question=draft["question"],
-        answer=draft["answer"],
-        draft=draft["reasoning"],
+        question=draft.question,
+        answer=draft.answer,
+        draft=draft.reasoning,
         steps=number_steps(steps),
         error_step=str(k) if k else "unknown",
         error_step_text=step_text,
-        analysis=draft.get("analysis") or "(no analysis given)",
+        analysis=draft.analysis or "(no analysis given)",
     )

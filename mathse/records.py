@@ -1,18 +1,33 @@
-"""The one problem schema, read from JSONL with errors that name file, line and record."""
+"""The rows that pass between stages: the problem schema (read from JSONL with errors that name file,
+line and record) and the typed rows one stage writes and another reads (D_SFT, reasoning paths,
+verdicts, reflections). Fields are declared in their on-disk order, so the JSON stays the same."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mathse.errors import DataError
 from mathse.storage import atomic_write_jsonl
 
-__all__ = ["DataError", "ImageRecord", "Problem", "read_problems", "read_records", "write_problems"]
+__all__ = [
+    "DataError",
+    "ImageRecord",
+    "JudgedPathRow",
+    "PathRow",
+    "Problem",
+    "ReflectionRow",
+    "Row",
+    "SftRow",
+    "VerdictRow",
+    "read_problems",
+    "read_records",
+    "write_problems",
+]
 
 
 class ImageRecord(BaseModel):
@@ -144,3 +159,85 @@ def _resolve_image(ref: str, root: Path) -> Path | str:
 
 def write_problems(path: Path, problems: Iterable[Problem]) -> int:
     return atomic_write_jsonl(path, (p.to_json() for p in problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows between stages
+
+
+class Row(BaseModel):
+    """A JSONL row written by one stage and read by another; a renamed or missing field fails here."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def to_json(self) -> dict[str, Any]:
+        # exclude_unset: an optional key absent from a row (VerdictRow.error) stays absent on disk.
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class SftRow(Row):
+    """A D_SFT example (distill/ and evolve/ d_sft.jsonl): the student prompt, images, target response."""
+
+    id: str
+    prompt: str
+    images: list[str]
+    answer: str
+    response: str
+    origin: str  # "seed" (its own solution), "teacher" or "evolve_round_<r>"
+
+
+class PathRow(Row):
+    """A reasoning path the student generated in an evolve round (accepted paths: chosen.jsonl)."""
+
+    id: str
+    question: str
+    images: list[str]
+    answer: str
+    round: int
+    sample: int
+    prompt: str
+    reasoning: str
+
+    @classmethod
+    def of(cls, problem: Problem, r: int, sample: int, prompt: str, reasoning: str) -> PathRow:
+        return cls(id=problem.id, question=problem.question, images=list(problem.images), answer=problem.answer,
+                   round=r, sample=sample, prompt=prompt, reasoning=reasoning)
+
+
+class JudgedPathRow(PathRow):
+    """A path judged incorrect (rejected.jsonl): where it went wrong, for reflect's teacher prompt."""
+
+    error_step: int | None
+    analysis: str | None
+    verdict_source: str | None = None
+    orm_raw: str | None = None
+
+
+class VerdictRow(Row):
+    """One verdict of a stage's journal (orm_reflections/<stage>.jsonl); `error` only when unjudged."""
+
+    key: str
+    id: str
+    path: str
+    steps: list[str]
+    orm: dict[str, Any] | None
+    rule: dict[str, Any] | None
+    final: dict[str, Any]
+    error: str | None = None
+
+
+class ReflectionRow(Row):
+    """A kept reflection (orm_reflections/reflection_rows.jsonl): draft, reflection, corrected path."""
+
+    instruction: str
+    input: str
+    draft: str
+    reflection: str
+    output: str
+    id: str
+    key: str
+    images: list[str]
+    answer: str
+    round: int
+    error_step: int | None
+    analysis: str | None

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from mathse.records import DataError, read_problems, write_problems
+from mathse.records import DataError, JudgedPathRow, PathRow, SftRow, VerdictRow, read_problems, write_problems
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -78,3 +79,26 @@ def test_write_roundtrip(tmp_path: Path, image: Path) -> None:
     problems = read_problems(path)
     assert write_problems(tmp_path / "out.jsonl", problems) == 1
     assert read_problems(tmp_path / "out.jsonl") == problems
+
+
+def test_rows_between_stages_keep_their_json() -> None:
+    """Typed rows dump to the JSON the stages always wrote: same keys, same order, absent stays absent."""
+    judged = {"id": "p1", "question": "Q?", "images": ["a.png"], "answer": "5", "round": 2, "sample": 1,
+              "prompt": "Q?\n\nSolve.", "reasoning": "Step 1: 4.", "error_step": 1, "analysis": "off by one",
+              "verdict_source": "orm", "orm_raw": None}
+    verdict = {"key": "p1#1", "id": "p1", "path": "Step 1: 4.", "steps": ["Step 1: 4."], "orm": None,
+               "rule": {"correct": False},
+               "final": {"correct": False, "error_step": 1, "analysis": "", "source": "rule"}}
+    for model, row in ((JudgedPathRow, judged), (VerdictRow, verdict), (VerdictRow, {**verdict, "error": "HTTP 500"})):
+        dumped = model.model_validate(row).to_json()
+        assert list(dumped.items()) == list(row.items())
+    path = {k: v for k, v in judged.items() if k in PathRow.model_fields}
+    assert list(PathRow.model_validate(path).to_json()) == list(path)
+
+
+def test_a_renamed_field_fails_at_once() -> None:
+    row = {"id": "s1", "prompt": "Q", "images": [], "answer": "1", "response": "Step 1", "origin": "seed"}
+    assert SftRow.model_validate(row).to_json() == row
+    renamed = {("output" if k == "response" else k): v for k, v in row.items()}
+    with pytest.raises(ValidationError, match="response"):
+        SftRow.model_validate(renamed)

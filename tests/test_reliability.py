@@ -213,21 +213,21 @@ def test_distill_with_20_percent_teacher_faults_equals_fault_free_run(
 
 def evolved_output(out: Path, pool: Path) -> int:
     """An output dir as evolve leaves it (D_SFT and two rejected paths per problem); returns the draft count."""
-    from mathse.records import read_problems
+    from mathse.records import JudgedPathRow, SftRow, read_problems
 
     rejected = []
     for p in read_problems(pool):
         for sample in range(2):
-            rejected.append({
-                "id": p.id, "question": p.question, "images": list(p.images), "answer": p.answer, "round": 1,
-                "sample": sample, "prompt": f"{p.question}\n\nSolve.", "verdict_source": "orm", "orm_raw": "{}",
-                "reasoning": f"Step 1: I count wrongly ({sample}).\nStep 2: So it is 0.\n"
+            rejected.append(JudgedPathRow(
+                id=p.id, question=p.question, images=list(p.images), answer=p.answer, round=1,
+                sample=sample, prompt=f"{p.question}\n\nSolve.", verdict_source="orm", orm_raw="{}",
+                reasoning=f"Step 1: I count wrongly ({sample}).\nStep 2: So it is 0.\n"
                 "The final answer is \\boxed{0}",
-                "error_step": 1, "analysis": f"Miscounted the objects ({sample}).",
-            })
+                error_step=1, analysis=f"Miscounted the objects ({sample}).",
+            ).to_json())
     (out / "evolve").mkdir(parents=True)
     (out / "evolve" / "sft_rejected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rejected))
-    d_sft = {"id": "s1", "prompt": "q?", "images": [], "answer": "1", "response": "Step 1: 1.", "origin": "seed"}
+    d_sft = SftRow(id="s1", prompt="q?", images=[], answer="1", response="Step 1: 1.", origin="seed").to_json()
     (out / "evolve" / "d_sft.jsonl").write_text(json.dumps(d_sft) + "\n")
     return len(rejected)
 

@@ -16,7 +16,7 @@ from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
 from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
 from mathse.prompts import fill_template, student_prompt
-from mathse.records import DataError, Problem, read_problems
+from mathse.records import DataError, Problem, SftRow, read_problems
 from mathse.storage import atomic_write_jsonl, is_done, mark_done, read_marker
 from mathse.timing import StageTimer
 
@@ -147,8 +147,8 @@ def build_d_sft(cfg: MathSEConfig, problems: list[Problem], stage_dir: Path, tim
             rows.append(sft_row(problem, result.text, "teacher"))
 
     atomic_write_jsonl(stage_dir / "dropped.jsonl", dropped)
-    atomic_write_jsonl(layout.d_sft_path(cfg, STAGE), rows)
-    examples = (SftExample(prompt=r["prompt"], response=r["response"], images=tuple(r["images"])) for r in rows)
+    atomic_write_jsonl(layout.d_sft_path(cfg, STAGE), (r.to_json() for r in rows))
+    examples = (SftExample(prompt=r.prompt, response=r.response, images=tuple(r.images)) for r in rows)
     write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME)
     kept = len(rows) - len(given)
     return {
@@ -169,16 +169,10 @@ def is_transient(result: ChatResult) -> bool:
     return not result.ok and result.retryable
 
 
-def sft_row(problem: Problem, response: str, origin: str) -> dict[str, object]:
+def sft_row(problem: Problem, response: str, origin: str) -> SftRow:
     """A D_SFT record: the student prompt, images and target response, with provenance."""
-    return {
-        "id": problem.id,
-        "prompt": student_prompt(problem),
-        "images": list(problem.images),
-        "answer": problem.answer,
-        "response": response,
-        "origin": origin,
-    }
+    return SftRow(id=problem.id, prompt=student_prompt(problem), images=list(problem.images), answer=problem.answer,
+                  response=response, origin=origin)
 
 
 def ask_teacher(cfg: MathSEConfig, problems: list[Problem]) -> list[ChatResult]:

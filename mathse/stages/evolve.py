@@ -33,7 +33,7 @@ from mathse.inference import Generator, chat_model_args, make_items, training_im
 from mathse.judge import JudgeItem, PathJudge, journal_path
 from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
 from mathse.prompts import student_prompt
-from mathse.records import Problem, read_problems
+from mathse.records import JudgedPathRow, PathRow, Problem, SftRow, read_problems
 from mathse.storage import (
     Journal,
     atomic_write_json,
@@ -354,14 +354,16 @@ def merge_shards(
             outcomes.append(final["correct"])
             if verdict.get("orm") and not verdict["orm"].get("parsed", True):
                 counts["unparseable"] += 1
-            row = path_row(problem, r, k, gen["response"])
+            row = PathRow.of(problem, r, k, student_prompt(problem), gen["response"])
             if final["correct"] is True:
                 counts["accepted"] += 1
-                chosen.append(row)
+                chosen.append(row.to_json())
             else:
                 counts["rejected"] += 1
-                judged = {**row, "error_step": final.get("error_step"), "analysis": final.get("analysis", ""),
-                          "verdict_source": final.get("source"), "orm_raw": (verdict.get("orm") or {}).get("raw")}
+                judged = JudgedPathRow(
+                    **row.to_json(), error_step=final.get("error_step"), analysis=final.get("analysis", ""),
+                    verdict_source=final.get("source"), orm_raw=(verdict.get("orm") or {}).get("raw"),
+                ).to_json()
                 rejected.append(judged)
                 wrong.append(judged)
         if any(o is True for o in outcomes):
@@ -387,11 +389,6 @@ def problem_row(problem: Problem) -> dict[str, Any]:
     return {"id": problem.id, "question": problem.question, "images": list(problem.images), "answer": problem.answer}
 
 
-def path_row(problem: Problem, r: int, sample: int, reasoning: str) -> dict[str, Any]:
-    return {**problem_row(problem), "round": r, "sample": sample, "prompt": student_prompt(problem),
-            "reasoning": reasoning}
-
-
 def _path_part(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in ("sample", "reasoning", "error_step", "analysis", "verdict_source")}
 
@@ -403,19 +400,19 @@ def rebuild_cumulative(cfg: MathSEConfig, upto: int) -> None:
     def concat(name: str) -> list[dict[str, Any]]:
         return [row for rd in rounds for row in iter_jsonl(rd / name)]
 
-    chosen = concat("chosen.jsonl")
-    atomic_write_jsonl(layout.evolve_file(cfg, "sft_chosen"), chosen)
+    chosen = [PathRow.model_validate(row) for row in concat("chosen.jsonl")]
+    atomic_write_jsonl(layout.evolve_file(cfg, "sft_chosen"), (c.to_json() for c in chosen))
     atomic_write_jsonl(layout.evolve_file(cfg, "sft_rejected"), concat("rejected.jsonl"))
     atomic_write_jsonl(layout.evolve_file(cfg, "hard_problems"), concat("hard.jsonl"))
     atomic_write_jsonl(layout.evolve_file(cfg, "history"), concat("history.jsonl"))
-    d_sft = list(iter_jsonl(layout.d_sft_path(cfg, layout.DISTILL)))
+    d_sft = [SftRow.model_validate(row) for row in iter_jsonl(layout.d_sft_path(cfg, layout.DISTILL))]
     d_sft += [
-        {"id": c["id"], "prompt": c["prompt"], "images": c["images"], "answer": c["answer"],
-         "response": c["reasoning"], "origin": f"evolve_round_{c['round']}"}
+        SftRow(id=c.id, prompt=c.prompt, images=c.images, answer=c.answer, response=c.reasoning,
+               origin=f"evolve_round_{c.round}")
         for c in chosen
     ]
-    atomic_write_jsonl(layout.d_sft_path(cfg, STAGE), d_sft)
-    examples = (SftExample(prompt=d["prompt"], response=d["response"], images=tuple(d["images"])) for d in d_sft)
+    atomic_write_jsonl(layout.d_sft_path(cfg, STAGE), (d.to_json() for d in d_sft))
+    examples = (SftExample(prompt=d.prompt, response=d.response, images=tuple(d.images)) for d in d_sft)
     write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME)
 
 

@@ -27,7 +27,7 @@ from mathse.errors import StageError
 from mathse.judge import JudgeItem, PathJudge, journal_path
 from mathse.llamafactory_bridge import SftExample, write_sharegpt_dataset
 from mathse.prompts import reflection_prompt
-from mathse.records import Problem
+from mathse.records import JudgedPathRow, Problem, ReflectionRow, SftRow
 from mathse.storage import Journal, atomic_write_json, atomic_write_jsonl, is_done, iter_jsonl, mark_done, read_marker
 from mathse.timing import StageTimer
 
@@ -69,7 +69,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     if not rejected_file.is_file() or d_sft_file is None:
         evolve_dir = layout.stage_dir(cfg, layout.EVOLVE)
         raise StageError(f"reflect: no evolve results in {evolve_dir}: run --stage evolve first")
-    drafts = select_drafts(cfg, list(iter_jsonl(rejected_file)))
+    drafts = select_drafts(cfg, [JudgedPathRow.model_validate(row).to_json() for row in iter_jsonl(rejected_file)])
     if dry_run:
         print(f"[dry-run] reflect: {len(drafts['keep'])} incorrect paths from {rejected_file} would go to the "
               f"teacher ({cfg.teacher.model if cfg.teacher else 'not configured'}); "
@@ -137,7 +137,8 @@ def ask_teacher(cfg: MathSEConfig, drafts: list[dict[str, Any]]) -> dict[str, di
     with Journal(stage_dir(cfg) / "teacher.jsonl") as journal:
         pending = [d for d in drafts if d["key"] not in journal]
         if pending and teacher is not None:
-            requests = [ChatRequest(key=d["key"], messages=[user_message(reflection_prompt(cfg, d), d["images"])])
+            prompts = {d["key"]: reflection_prompt(cfg, JudgedPathRow(**d)) for d in pending}
+            requests = [ChatRequest(key=d["key"], messages=[user_message(prompts[d["key"]], d["images"])])
                         for d in pending]
             ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
             client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
@@ -197,11 +198,11 @@ def build_rows(
                      f"{(verdict['final'].get('analysis') or '').strip()[:200]}"
             dropped.append({"key": d["key"], "id": d["id"], "reason": reason, "corrected": corrected})
             continue
-        kept.append({
-            "instruction": d["prompt"], "input": "", "draft": d["reasoning"], "reflection": reflection,
-            "output": corrected, "id": d["id"], "key": d["key"], "images": d["images"], "answer": d["answer"],
-            "round": d["round"], "error_step": d.get("error_step"), "analysis": d.get("analysis"),
-        })
+        kept.append(ReflectionRow(
+            instruction=d["prompt"], input="", draft=d["reasoning"], reflection=reflection, output=corrected,
+            id=d["id"], key=d["key"], images=d["images"], answer=d["answer"], round=d["round"],
+            error_step=d.get("error_step"), analysis=d.get("analysis"),
+        ).to_json())
     return kept, dropped
 
 
@@ -238,9 +239,9 @@ def training_response(row: dict[str, Any], fmt: str) -> str:
 def fuse(cfg: MathSEConfig, d_sft_file: Path, kept: list[dict[str, Any]]) -> int:
     """D_SFT + kept reflections -> reflection_sft.jsonl and its LLaMA-Factory dataset."""
     fused = [
-        {"instruction": r["prompt"], "input": "", "output": r["response"], "images": r["images"], "id": r["id"],
-         "origin": r["origin"]}
-        for r in iter_jsonl(d_sft_file)
+        {"instruction": r.prompt, "input": "", "output": r.response, "images": r.images, "id": r.id,
+         "origin": r.origin}
+        for r in map(SftRow.model_validate, iter_jsonl(d_sft_file))
     ]
     fused += [
         {"instruction": r["instruction"], "input": "", "output": training_response(r, cfg.reflect.format),

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mathse.cli import main
-from mathse.records import read_problems
+from mathse.records import JudgedPathRow, SftRow, read_problems
 from mathse.stages.reflect import split_reply
 from mathse.storage import atomic_write_jsonl, iter_jsonl
 from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
@@ -47,16 +47,16 @@ def evolved(tmp_path: Path, demo_data, run_config):
     rejected = []
     for i, p in enumerate(problems):
         for sample in range(2 if i % 2 == 0 else 1):
-            rejected.append({
-                "id": p.id, "question": p.question, "images": list(p.images), "answer": p.answer, "round": 1,
-                "sample": sample, "prompt": f"{p.question}\n\nSolve.", "verdict_source": "orm", "orm_raw": "{}",
-                "reasoning": f"Step 1: I count wrongly (draft {sample}).\nStep 2: So it is 0.\n"
+            rejected.append(JudgedPathRow(
+                id=p.id, question=p.question, images=list(p.images), answer=p.answer, round=1,
+                sample=sample, prompt=f"{p.question}\n\nSolve.", verdict_source="orm", orm_raw="{}",
+                reasoning=f"Step 1: I count wrongly (draft {sample}).\nStep 2: So it is 0.\n"
                 "The final answer is \\boxed{0}",
-                "error_step": 1, "analysis": f"Miscounted the objects in draft {sample}.",
-            })
+                error_step=1, analysis=f"Miscounted the objects in draft {sample}.",
+            ).to_json())
     atomic_write_jsonl(out / "sft_rejected.jsonl", rejected)
     atomic_write_jsonl(out / "d_sft.jsonl", [
-        {"id": "s1", "prompt": "q?", "images": [], "answer": "1", "response": "Step 1: 1.", "origin": "seed"},
+        SftRow(id="s1", prompt="q?", images=[], answer="1", response="Step 1: 1.", origin="seed").to_json(),
     ])
     return rejected, problems
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from mathse.client import ChatResult, UsageLedger
 from mathse.config import MathSEConfig
+from mathse.records import PathRow, ReflectionRow, SftRow, VerdictRow
 from mathse.reporting.collect import SCHEMA_VERSION, TRANSITIONS, transition_counts, usage_role
 from mathse.stages import report
 from mathse.storage import MARKER_NAME, atomic_write_json, atomic_write_jsonl, read_json
@@ -49,7 +50,7 @@ def make_cfg(out: Path) -> MathSEConfig:
 def write_distill(out: Path) -> None:
     stats = {"seed": 4, "given": 1, "teacher_sent": 3, "teacher_kept": 2, "teacher_dropped": 1,
              "teacher_failed": 0, "d_sft": 3}
-    rows = [{"id": f"s{i}", "prompt": "Q", "images": [], "answer": "1", "response": "a" * n, "origin": "teacher"}
+    rows = [SftRow(id=f"s{i}", prompt="Q", images=[], answer="1", response="a" * n, origin="teacher").to_json()
             for i, n in enumerate((300, 350, 325))]
     atomic_write_jsonl(out / "distill" / "d_sft.jsonl", rows)
     atomic_write_json(out / "distill" / MARKER_NAME, stats)
@@ -66,7 +67,8 @@ def write_evolve(out: Path) -> None:
         for pid, verdicts in batch.items():
             solved = any(v is True for v in verdicts)
             history.append({"id": pid, "round": r, "verdicts": verdicts, "solved": solved})
-            chosen += [{"id": pid, "round": r, "sample": k, "reasoning": "x" * next(lengths)}
+            chosen += [PathRow(id=pid, question="Q", images=[], answer="1", round=r, sample=k, prompt="Q",
+                               reasoning="x" * next(lengths)).to_json()
                        for k, v in enumerate(verdicts) if v is True]
         solved_ids = {h["id"] for h in history if h["solved"]}
         remain = [p for p in remain if p not in solved_ids]
@@ -101,8 +103,8 @@ def verdict(key: str, orm: bool | str | None, rule: bool | None) -> dict[str, An
                     "parsed": True}
     rule_part = None if rule is None else {"correct": rule, "extracted": "1", "reason": "match" if rule else "mismatch"}
     final = {"correct": bool(orm is True), "error_step": None, "analysis": "", "source": "orm"}
-    return {"key": key, "id": key.split("#")[0], "path": "Step 1: ...", "steps": ["..."], "orm": orm_part,
-            "rule": rule_part, "final": final}
+    return VerdictRow(key=key, id=key.split("#")[0], path="Step 1: ...", steps=["..."], orm=orm_part,
+                      rule=rule_part, final=final).to_json()
 
 
 def write_journals(out: Path) -> None:
@@ -138,8 +140,9 @@ def write_reflect(out: Path) -> None:
     atomic_write_json(out / "reflect" / "stats.json",
                       {"sent": 5, "kept": 2, "dropped": {"orm rejected": 2, "no corrected solution": 1}})
     atomic_write_jsonl(out / "orm_reflections" / "reflection_rows.jsonl",
-                       [{"id": f"r{i}", "instruction": "Q", "input": "", "draft": "d", "reflection": "r",
-                         "output": "o" * n} for i, n in enumerate((1000, 1200))])
+                       [ReflectionRow(id=f"r{i}", instruction="Q", input="", draft="d", reflection="r", output="o" * n,
+                                      key=f"r{i}#r1#s0", images=[], answer="1", round=1, error_step=1, analysis="")
+                        .to_json() for i, n in enumerate((1000, 1200))])
 
 
 # checkpoint -> benchmark -> per problem correct (None: judged neither way), response length
