@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from mathse.inference import (
 )
 from mathse.records import Problem, read_problems
 from mathse.storage import Journal, iter_jsonl
+from mathse.testing.chat_model import FakeChatModel
 
 ROW_FIELDS = {"key", "id", "sample", "response", "prompt", "images", "finish_reason", "gen_s"}
 
@@ -78,41 +77,6 @@ def test_make_items_and_user_turn() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Orchestration with a stand-in ChatModel (fast): streaming, bounds, failures
-
-
-@dataclass
-class FakeResponse:
-    response_text: str
-    response_length: int = 3
-    prompt_length: int = 10
-    finish_reason: str = "stop"
-
-
-class FakeChatModel:
-    """Records what it is asked; `fail` decides per call whether to raise."""
-
-    def __init__(self, journal_path: Path, fail: Any = None, delay: float = 0.0) -> None:
-        self.journal_path = journal_path
-        self.fail = fail or (lambda call: False)
-        self.delay = delay
-        self.calls: list[dict[str, Any]] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-
-    async def achat(self, messages: list[dict[str, str]], images: Any = None, **kw: Any) -> list[FakeResponse]:
-        call = {"content": messages[0]["content"], "n_images": len(images or []), "kw": kw}
-        call["rows_on_disk"] = len(_rows(self.journal_path))
-        self.calls.append(call)
-        index = len(self.calls)
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            await asyncio.sleep(self.delay)
-            if self.fail(index):
-                raise RuntimeError("engine hiccup")
-            return [FakeResponse(f"answer {index}.{i}") for i in range(kw.get("num_return_sequences", 1))]
-        finally:
-            self.in_flight -= 1
 
 
 def _fake_generator(fake: FakeChatModel, **inf: Any) -> Generator:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from mathse.config import ConfigError, MathSEConfig
 from mathse.errors import StageError
 from mathse.stages import eval as eval_stage
 from mathse.storage import is_done, iter_jsonl, mark_done
+from mathse.testing.chat_model import FakeChatModel
 from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
 from tests.conftest import PROJECT_ROOT
 from tests.test_evalsets import write_mathverse_json, write_mathvista_parquet
@@ -35,37 +34,25 @@ SCRIPT = {
 }
 
 
-@dataclass
-class Reply:
-    response_text: str
-    response_length: int = 5
-    prompt_length: int = 20
-    finish_reason: str = "stop"
+def scripted_model(good: bool) -> FakeChatModel:
+    """Answers from SCRIPT by the question it sees; a bad model never gives an answer."""
+    def reply(content: str, call: int, i: int) -> str:
+        if not good:
+            return "Let me think about the figure for a while longer."
+        return next(r for key, r in SCRIPT.items() if key in content)
 
-
-class ScriptedChatModel:
-    def __init__(self, good: bool) -> None:
-        self.good = good
-        self.calls: list[str] = []
-
-    async def achat(self, messages: list[dict[str, str]], images: Any = None, **kw: Any) -> list[Reply]:
-        content = messages[0]["content"]
-        self.calls.append(content)
-        await asyncio.sleep(0)
-        if not self.good:
-            return [Reply("Let me think about the figure for a while longer.")]
-        return [Reply(next(r for key, r in SCRIPT.items() if key in content))]
+    return FakeChatModel(reply=reply)
 
 
 class Factory:
     """Builds one scripted model per checkpoint (the copy of the model answers nothing)."""
 
     def __init__(self) -> None:
-        self.models: dict[str, ScriptedChatModel] = {}
+        self.models: dict[str, FakeChatModel] = {}
 
-    def __call__(self, args: dict[str, Any]) -> ScriptedChatModel:
+    def __call__(self, args: dict[str, Any]) -> FakeChatModel:
         path = args["model_name_or_path"]
-        self.models[path] = ScriptedChatModel(good=not path.endswith("copy"))
+        self.models[path] = scripted_model(good=not path.endswith("copy"))
         return self.models[path]
 
     @property
