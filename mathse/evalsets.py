@@ -399,10 +399,25 @@ def _mathvista_hint(question_type: str, answer_type: str, precision: float | Non
     return _MATHVISTA_HINTS.get(answer_type, "Please answer the question and provide the final value at the end.")
 
 
-def _load_mathvista(rec: _Record, images: _Images, index: int) -> EvalItem:
-    rid = _text(rec, "pid", required=False) or rec.key
+def _record_id(rec: _Record, field: str) -> str:
+    """The record's id field, else its key in a JSON object keyed by id."""
+    rid = _text(rec, field, required=False) or rec.key
     if not rid:
-        raise DataError(f"{rec.where}: missing field 'pid'")
+        raise DataError(f"{rec.where}: missing field {field!r}")
+    return rid
+
+
+def _item(
+    fmt: str, rid: str, question: str, images: tuple[str, ...], answer: str, letter: str | None,
+    options: list[str], meta: dict[str, Any],
+) -> EvalItem:
+    """With an answer letter the item is multiple choice over `options` (none listed: drawn in the image)."""
+    return EvalItem(id=rid, question=question, images=images, answer=answer, kind="choice" if letter else "free",
+                    options=tuple(options) if letter else (), answer_letter=letter, metadata=meta, format=fmt)
+
+
+def _load_mathvista(rec: _Record, images: _Images, index: int) -> EvalItem:
+    rid = _record_id(rec, "pid")
     question = _text(rec, "question", rid)
     answer = _text(rec, "answer", rid)
     question_type = _text(rec, "question_type", rid)
@@ -420,7 +435,6 @@ def _load_mathvista(rec: _Record, images: _Images, index: int) -> EvalItem:
 
     shown = f"Question: {question}" + (f" (Unit: {unit})" if unit else "")
     parts = [f"Hint: {_mathvista_hint(question_type, answer_type, precision)}", shown]
-    kind: Literal["choice", "free"] = "free"
     letter = None
     if question_type == "multi_choice":
         if not choices:
@@ -428,25 +442,13 @@ def _load_mathvista(rec: _Record, images: _Images, index: int) -> EvalItem:
         letter = _letter_for(answer, choices)
         if letter is None:
             raise DataError(f"{_where(rec, rid)}: field 'answer': {answer!r} is not one of the choices")
-        kind = "choice"
         parts.append(_options_block(choices))
-    return EvalItem(
-        id=rid,
-        question="\n".join(parts),
-        images=images.collect(rec, rid, "decoded_image", "image"),
-        answer=answer,
-        kind=kind,
-        options=tuple(choices) if kind == "choice" else (),
-        answer_letter=letter,
-        metadata=meta,
-        format="mathvista",
-    )
+    return _item("mathvista", rid, "\n".join(parts), images.collect(rec, rid, "decoded_image", "image"), answer,
+                 letter, choices, meta)
 
 
 def _load_mathverse(rec: _Record, images: _Images, index: int) -> EvalItem:
-    rid = _text(rec, "sample_index", required=False) or rec.key
-    if not rid:
-        raise DataError(f"{rec.where}: missing field 'sample_index'")
+    rid = _record_id(rec, "sample_index")
     question = _text(rec, "question", rid, allow_empty=True)  # empty for Vision Only
     answer = _text(rec, "answer", rid)
     question_type = _text(rec, "question_type", rid)
@@ -469,23 +471,13 @@ def _load_mathverse(rec: _Record, images: _Images, index: int) -> EvalItem:
         shown = "According to the question shown in the image, answer the question" + (
             " and provide the correct option letter." if is_choice else "."
         )
-    return EvalItem(
-        id=rid,
-        question=shown,
-        images=images.collect(rec, rid, "image", "decoded_image"),
-        answer=answer,
-        kind="choice" if letter else "free",  # a choice answer that is no letter is compared as text
-        options=tuple(options) if letter else (),
-        answer_letter=letter,
-        metadata=meta,
-        format="mathverse",
-    )
+    # A choice answer that is no letter is compared as text.
+    return _item("mathverse", rid, shown, images.collect(rec, rid, "image", "decoded_image"), answer, letter, options,
+                 meta)
 
 
 def _load_mathvision(rec: _Record, images: _Images, index: int) -> EvalItem:
-    rid = _text(rec, "id", required=False) or rec.key
-    if not rid:
-        raise DataError(f"{rec.where}: missing field 'id'")
+    rid = _record_id(rec, "id")
     question = _text(rec, "question", rid)
     answer = _text(rec, "answer", rid)
     options = _str_list(rec, ("options",), rid)
@@ -495,17 +487,8 @@ def _load_mathvision(rec: _Record, images: _Images, index: int) -> EvalItem:
     if options and letter is None:
         raise DataError(f"{_where(rec, rid)}: field 'answer': {answer!r} is neither an option letter nor an option")
     shown = f"{question}\n\n{_options_block(options)}" if options else question
-    return EvalItem(
-        id=rid,
-        question=shown,
-        images=images.collect(rec, rid, "decoded_image", "image"),
-        answer=answer,
-        kind="choice" if letter else "free",
-        options=tuple(options),
-        answer_letter=letter,
-        metadata=meta,
-        format="mathvision",
-    )
+    return _item("mathvision", rid, shown, images.collect(rec, rid, "decoded_image", "image"), answer, letter, options,
+                 meta)
 
 
 _MATHVL_KNOWN = {"id", "question", "answer", "image", "images", "options", "choices", "solution"}
@@ -527,17 +510,7 @@ def _load_mathvl(rec: _Record, images: _Images, index: int) -> EvalItem:
         for k, v in rec.data.items()
         if k not in _MATHVL_KNOWN and isinstance(v, str | int | float | bool | type(None))
     }
-    return EvalItem(
-        id=rid,
-        question=shown,
-        images=images.collect(rec, rid, "images", "image"),
-        answer=answer,
-        kind="choice" if letter else "free",
-        options=tuple(listed) if letter else (),
-        answer_letter=letter,
-        metadata=meta,
-        format="mathvl",
-    )
+    return _item("mathvl", rid, shown, images.collect(rec, rid, "images", "image"), answer, letter, listed, meta)
 
 
 def _load_problems(spec: BenchmarkSpec) -> list[EvalItem]:

@@ -136,18 +136,21 @@ def compose_train_job(
     cfg: MathSEConfig,
     *,
     name: str,
-    model_path: str,
     datasets: list[str],
-    dataset_dir: Path,
     output_dir: Path,
     run_dir: Path,
+    model_path: str | None = None,
+    dataset_dir: Path | None = None,
     extra: dict[str, Any] | None = None,
     recipe_path: Path | None = None,
 ) -> TrainJob:
     """Recipe template < config's llama_factory block < stage specifics (< `extra`).
 
+    By default the job fine-tunes `model.base` on datasets of the run's dataset folder;
     `recipe_path` replaces `llama_factory.recipe` for one stage (e.g. a LoRA final SFT).
     """
+    model_path = model_path or cfg.model.base
+    dataset_dir = dataset_dir or cfg.dataset_dir
     recipe_file = recipe_path or cfg.llama_factory.recipe
     recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
     args: dict[str, Any] = dict(recipe)

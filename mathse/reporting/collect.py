@@ -128,17 +128,28 @@ def _rate(num: float | None, den: float | None) -> float | None:
 # -- distill ----------------------------------------------------------------------------------
 
 
-def _distill(c: _Collector) -> dict[str, Any] | None:
-    folder = layout.stage_dir(c.cfg, layout.DISTILL)
-    stats = c.json(folder / MARKER_NAME)
-    d_sft = layout.d_sft_path(c.cfg, layout.DISTILL)
-    if stats is None and not d_sft.is_file():
-        c.missing.append("distill: no D_SFT yet (distill/d_sft.jsonl, distill/.mathse_done.json): run --stage distill")
+def _stats_and_rows(
+    c: _Collector, stats_file: Path, rows_file: Path, text_field: str, count: str, absent: str, unfinished: str
+) -> dict[str, Any] | None:
+    """A stage's stats file and its output rows (counted, with their text lengths); `absent` /
+    `unfinished` are what Missing says without both / without the stats."""
+    stats = c.json(stats_file)
+    if stats is None and not rows_file.is_file():
+        c.missing.append(absent)
         return None
     if stats is None:
-        c.missing.append("distill: D_SFT has no completion marker (distill/.mathse_done.json): stage not finished")
-    lengths = length_stats(r.get("response") for r in c.rows(d_sft))
-    return {"stats": stats if isinstance(stats, dict) else None, "d_sft_rows": lengths["n"], "length": lengths}
+        c.missing.append(unfinished)
+    lengths = length_stats(r.get(text_field) for r in c.rows(rows_file))
+    return {"stats": stats if isinstance(stats, dict) else None, count: lengths["n"], "length": lengths}
+
+
+def _distill(c: _Collector) -> dict[str, Any] | None:
+    return _stats_and_rows(
+        c, layout.stage_dir(c.cfg, layout.DISTILL) / MARKER_NAME, layout.d_sft_path(c.cfg, layout.DISTILL),
+        "response", "d_sft_rows",
+        "distill: no D_SFT yet (distill/d_sft.jsonl, distill/.mathse_done.json): run --stage distill",
+        "distill: D_SFT has no completion marker (distill/.mathse_done.json): stage not finished",
+    )
 
 
 # -- evolve -----------------------------------------------------------------------------------
@@ -283,15 +294,12 @@ def _transitions(c: _Collector, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _reflect(c: _Collector) -> dict[str, Any] | None:
-    stats = c.json(layout.stage_dir(c.cfg, layout.REFLECT) / "stats.json")
-    kept = layout.reflection_rows_path(c.cfg)
-    if stats is None and not kept.is_file():
-        c.missing.append("reflect: no reflection data yet (reflect/stats.json, orm_reflections/reflection_rows.jsonl)")
-        return None
-    if stats is None:
-        c.missing.append("reflect: reflect/stats.json missing (the stage did not finish)")
-    lengths = length_stats(r.get("output") for r in c.rows(kept))
-    return {"stats": stats if isinstance(stats, dict) else None, "kept_rows": lengths["n"], "length": lengths}
+    return _stats_and_rows(
+        c, layout.stage_dir(c.cfg, layout.REFLECT) / "stats.json", layout.reflection_rows_path(c.cfg),
+        "output", "kept_rows",
+        "reflect: no reflection data yet (reflect/stats.json, orm_reflections/reflection_rows.jsonl)",
+        "reflect: reflect/stats.json missing (the stage did not finish)",
+    )
 
 
 # -- eval -------------------------------------------------------------------------------------

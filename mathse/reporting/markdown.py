@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from mathse.reporting.collect import TRANSITION_LABELS, TRANSITIONS
@@ -41,16 +41,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["## Missing", "", *(f"- {m}" for m in report["missing"]), ""]
     if report["warnings"]:
         lines += ["## Warnings", "", *(f"- {w}" for w in report["warnings"]), ""]
-    lines += _md_distill(report) + _md_evolve(report) + _md_transitions(report) + _md_lengths(report)
-    lines += _md_orm(report) + _md_reflect(report) + _md_eval(report) + _md_usage(report)
+    for title, empty, render in _SECTIONS:
+        lines += [f"## {title}", "", *(render(report) or [empty, ""])]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def _md_distill(report: dict[str, Any]) -> list[str]:
-    lines = ["## Stage 1: distill (D_SFT)", ""]
+    lines: list[str] = []
     d = report.get("distill")
     if not d:
-        return [*lines, "Not run yet.", ""]
+        return []
     if d["stats"]:
         lines += _table(["stat", "value"], ([k, _fmt(v)] for k, v in d["stats"].items()))
     lines += [f"D_SFT rows: {_fmt(d['d_sft_rows'])}.", ""]
@@ -58,10 +58,10 @@ def _md_distill(report: dict[str, Any]) -> list[str]:
 
 
 def _md_evolve(report: dict[str, Any]) -> list[str]:
-    lines = ["## Stage 2: evolve rounds", ""]
+    lines: list[str] = []
     ev = report.get("evolve")
     if not ev:
-        return [*lines, "No merged round yet.", ""]
+        return []
     keys = ["attempted", "paths", "accepted", "rejected", "unparseable", "no_output", "solved", "pool_left"]
     rows = [[str(r["round"]), *(_fmt(r[k]) for k in keys), _fmt(r["accept_rate"], True),
              _fmt(r["solve_rate"], True), _fmt(r["complete"])] for r in ev["rounds"]]
@@ -75,10 +75,10 @@ def _md_evolve(report: dict[str, Any]) -> list[str]:
 
 
 def _md_transitions(report: dict[str, Any]) -> list[str]:
-    lines = ["## Figure 2: outcome transitions", ""]
+    lines: list[str] = []
     trans = report.get("transitions") or {}
     if not trans.get("evolve") and not trans.get("eval"):
-        return [*lines, "Not enough data (see Missing).", ""]
+        return []
     headers = [*(TRANSITION_LABELS[k] for k in TRANSITIONS), "n"]
     if trans.get("evolve"):
         lines += ["Problems attempted in consecutive evolve rounds (correct = any path accepted). Solved problems "
@@ -97,10 +97,10 @@ def _md_transitions(report: dict[str, Any]) -> list[str]:
 
 
 def _md_lengths(report: dict[str, Any]) -> list[str]:
-    lines = ["## Average answer length", ""]
+    lines: list[str] = []
     rows = report.get("lengths") or []
     if not rows:
-        return [*lines, "No answers yet.", ""]
+        return []
     lines += ["The paper reports 325 → 792 characters from the distilled data to the evolved model.", ""]
     lines += _table(["stage", "answers", "mean chars", "median chars"],
                     ([r["label"], _fmt(r["n"]), _fmt(r["mean_chars"]), _fmt(r["median_chars"])] for r in rows))
@@ -108,10 +108,10 @@ def _md_lengths(report: dict[str, Any]) -> list[str]:
 
 
 def _md_orm(report: dict[str, Any]) -> list[str]:
-    lines = ["## ORM vs rule verdicts", ""]
+    lines: list[str] = []
     orm = report.get("orm_vs_rule")
     if not orm:
-        return [*lines, "No verdict journals.", ""]
+        return []
     keys = ["rows", "both", "disagree", "orm_yes_rule_no", "orm_no_rule_yes", "orm_unparseable"]
     rows = [[name, *(_fmt(g[k]) for k in keys), _fmt(g["rate"], True)] for name, g in orm["journals"].items()]
     rows.append(["**all**", *(_fmt(orm["total"][k]) for k in keys), _fmt(orm["total"]["rate"], True)])
@@ -121,10 +121,10 @@ def _md_orm(report: dict[str, Any]) -> list[str]:
 
 
 def _md_reflect(report: dict[str, Any]) -> list[str]:
-    lines = ["## Stage 3: reflection", ""]
+    lines: list[str] = []
     ref = report.get("reflect")
     if not ref:
-        return [*lines, "Not run yet.", ""]
+        return []
     stats = ref["stats"] or {}
     rows = [[k, _fmt(v)] for k, v in stats.items() if not isinstance(v, dict)]
     for k, v in stats.items():
@@ -136,10 +136,10 @@ def _md_reflect(report: dict[str, Any]) -> list[str]:
 
 
 def _md_eval(report: dict[str, Any]) -> list[str]:
-    lines = ["## Evaluation", ""]
+    lines: list[str] = []
     ev = report.get("eval")
     if not ev:
-        return [*lines, "Not run yet.", ""]
+        return []
     results = ev.get("results")
     if results:
         columns = results["columns"]
@@ -149,7 +149,7 @@ def _md_eval(report: dict[str, Any]) -> list[str]:
             counts = f" ({_fmt(correct)}/{_fmt(total)})" if correct is not None and total is not None else ""
             return _fmt(row.get(col)) + counts
 
-        lines += ["From `eval/results.csv` (accuracy %, correct/total):", ""]
+        lines += ["From `eval/results.json` (accuracy %, correct/total):", ""]
         lines += _table([results["key_column"], *columns],
                         ([k, *(cell(row, col) for col in columns)] for k, row in results["table"].items()))
     preds = ev.get("predictions") or {}
@@ -162,10 +162,10 @@ def _md_eval(report: dict[str, Any]) -> list[str]:
 
 
 def _md_usage(report: dict[str, Any]) -> list[str]:
-    lines = ["## API usage and cost", ""]
+    lines: list[str] = []
     usage = report.get("usage")
     if not usage:
-        return [*lines, "No usage ledger.", ""]
+        return []
     keys = ["answered", "cached", "failures", "calls", "prompt_tokens", "completion_tokens"]
     lines += _table(["role", *keys, "cost (USD)"],
                     ([role, *(_fmt(t[k]) for k in keys), f"{t['cost_usd']:.4f}"] for role, t in usage["roles"].items()))
@@ -173,3 +173,16 @@ def _md_usage(report: dict[str, Any]) -> list[str]:
                     ([r["stage"], r["model"], r["role"], *(_fmt(r[k]) for k in keys), f"{r['cost_usd']:.4f}"]
                      for r in usage["rows"]))
     return [*lines, f"Total estimated cost: ${usage['total_cost_usd']:.4f} (unpriced models count as $0).", ""]
+
+
+# (title, what an empty section says, its body: [] when there is nothing to show), in report order
+_SECTIONS: tuple[tuple[str, str, Callable[[dict[str, Any]], list[str]]], ...] = (
+    ("Stage 1: distill (D_SFT)", "Not run yet.", _md_distill),
+    ("Stage 2: evolve rounds", "No merged round yet.", _md_evolve),
+    ("Figure 2: outcome transitions", "Not enough data (see Missing).", _md_transitions),
+    ("Average answer length", "No answers yet.", _md_lengths),
+    ("ORM vs rule verdicts", "No verdict journals.", _md_orm),
+    ("Stage 3: reflection", "Not run yet.", _md_reflect),
+    ("Evaluation", "Not run yet.", _md_eval),
+    ("API usage and cost", "No usage ledger.", _md_usage),
+)

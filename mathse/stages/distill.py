@@ -103,12 +103,7 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
 
 def train_job(cfg: MathSEConfig) -> TrainJob:
     return compose_train_job(
-        cfg,
-        name="train_m0",
-        model_path=cfg.model.base,
-        datasets=[DATASET_NAME],
-        dataset_dir=cfg.dataset_dir,
-        output_dir=cfg.model_path("sft_model_stage0"),
+        cfg, name="train_m0", datasets=[DATASET_NAME], output_dir=cfg.model_path("sft_model_stage0"),
         run_dir=layout.stage_dir(cfg, STAGE),
     )
 

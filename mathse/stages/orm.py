@@ -126,12 +126,7 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
 
 def train_job(cfg: MathSEConfig) -> TrainJob:
     return compose_train_job(
-        cfg,
-        name="train_orm",
-        model_path=cfg.model.base,
-        datasets=[DATASET_NAME],
-        dataset_dir=cfg.dataset_dir,
-        output_dir=cfg.model_path("orm_model"),
+        cfg, name="train_orm", datasets=[DATASET_NAME], output_dir=cfg.model_path("orm_model"),
         run_dir=layout.stage_dir(cfg, STAGE),
     )
 
