@@ -22,46 +22,32 @@ answer (model, messages with their image bytes, sampling parameters) and nothing
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import contextlib
 import email.utils
-import functools
 import hashlib
 import importlib
 import json
 import logging
-import mimetypes
 import os
 import random
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import openai
 from tqdm import tqdm
 
-from mathse.storage import atomic_write_json
+from mathse.messages import ChatRequest, ChatResult, user_message
+from mathse.usage import UsageLedger
 
 if TYPE_CHECKING:
-    from mathse.config import ApiConfig, Price
+    from mathse.config import ApiConfig
 
-__all__ = [
-    "CACHE_VERSION",
-    "ChatClient",
-    "ChatRequest",
-    "ChatResult",
-    "DataURL",
-    "UsageLedger",
-    "cache_key",
-    "image_data_url",
-    "system_message",
-    "user_message",
-]
+__all__ = ["CACHE_VERSION", "ChatClient", "cache_key"]
 
 log = logging.getLogger(__name__)
 
@@ -70,99 +56,6 @@ LEDGER_SAVE_EVERY_S = 30.0  # a killed run loses at most this much bookkeeping (
 RETRY_AFTER_CAP_S = 600.0  # never let one odd header park a worker for hours
 # Besides 429 and 5xx: request timeout and conflict are transient too (OpenAI's SDK retries them).
 RETRYABLE_4XX = {408, 409, 429}
-
-
-# -- messages --------------------------------------------------------------------------------
-
-
-class DataURL(str):
-    """A data URL that carries the sha256 of its text, so cache keys never re-hash the image."""
-
-    sha256: str
-
-    def __new__(cls, text: str) -> DataURL:
-        url = super().__new__(cls, text)
-        url.sha256 = hashlib.sha256(text.encode("ascii")).hexdigest()
-        return url
-
-
-@functools.lru_cache(maxsize=64)
-def _encode_file(path: str, mtime_ns: int, size: int) -> DataURL:
-    # mtime/size are part of the cache key so an edited image is re-read; the same image is often
-    # sent several times in a row (k samples per problem), so it is read and encoded once. Small
-    # maxsize: each entry holds a whole base64 image.
-    mime = mimetypes.guess_type(path)[0] or "image/png"
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return DataURL(f"data:{mime};base64,{data}")
-
-
-def image_data_url(image: str | Path) -> str:
-    """An http(s)/data URL as is; a local file as a base64 data URL (mime type from its name)."""
-    text = str(image)
-    if isinstance(image, str) and text.startswith(("http://", "https://", "data:")):
-        return text
-    stat = os.stat(text)
-    return _encode_file(os.path.abspath(text), stat.st_mtime_ns, stat.st_size)
-
-
-def user_message(text: str, images: Sequence[str | Path] = (), detail: str = "auto") -> dict[str, Any]:
-    """A user message; images go before the text (the order Qwen2-VL was trained on)."""
-    if not images:
-        return {"role": "user", "content": text}
-    parts: list[dict[str, Any]] = []
-    for image in images:
-        image_url: dict[str, Any] = {"url": image_data_url(image)}
-        if detail != "auto":  # "auto" is the API default; omitting it keeps local servers happy
-            image_url["detail"] = detail
-        parts.append({"type": "image_url", "image_url": image_url})
-    parts.append({"type": "text", "text": text})
-    return {"role": "user", "content": parts}
-
-
-def system_message(text: str) -> dict[str, Any]:
-    return {"role": "system", "content": text}
-
-
-# -- requests and results --------------------------------------------------------------------
-
-
-@dataclass
-class ChatRequest:
-    """One chat completion to make. `key` is the caller's id, unique within a batch."""
-
-    key: str
-    messages: list[dict[str, Any]]
-    temperature: float | None = None  # None: the ApiConfig's value
-    max_tokens: int | None = None
-    n: int | None = None
-    # Other body parameters (seed, stop, response_format, ...): sent, and part of the cache key.
-    extra: dict[str, Any] | None = None
-    # Part of the cache key only, never sent: k distinct samples of one prompt at temperature > 0
-    # need k different salts, or they would share one cache entry (and one answer).
-    cache_salt: str | None = None
-
-
-@dataclass
-class ChatResult:
-    """The outcome of one `ChatRequest`: `text` when answered, `error` (the reason) when not."""
-
-    key: str
-    text: str | None = None
-    error: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached: bool = False
-    attempts: int = 0  # HTTP calls made for this request (0 when served from the cache)
-    latency_s: float = 0.0
-    texts: list[str] = field(default_factory=list)  # all choices when n > 1; texts[0] == text
-    finish_reason: str | None = None
-    # A failure another try may fix (429, 5xx, timeout: the retries ran out), as opposed to one a
-    # rerun would only pay for again (HTTP 400, a refusal). Callers leave retryable work unmarked.
-    retryable: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.text is not None
 
 
 def _canonical(obj: Any) -> bytes:
@@ -265,109 +158,6 @@ def _parse_completion(content: bytes) -> tuple[list[str], str | None, int, int]:
         raise _Failure(f"no content (finish_reason={finish}{detail})", retry=False)
     usage = data.get("usage") or {}
     return texts, finish, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-
-
-# -- usage ledger ----------------------------------------------------------------------------
-
-_COUNTERS = ("calls", "answered", "cached", "failures", "prompt_tokens", "completion_tokens")
-
-
-class UsageLedger:
-    """Per stage and model: HTTP calls, answered, cached hits, failures, tokens, estimated USD.
-
-    `calls` counts HTTP calls including retries; `answered` / `cached` / `failures` count
-    requests. Opening an existing ledger file continues its counts, so a resumed run adds to them.
-    Several processes must not share one ledger file (the last save wins): give each its own.
-    """
-
-    def __init__(self, path: Path, prices: dict[str, Price] | None = None) -> None:
-        self.path = Path(path)
-        self.prices = dict(prices or {})
-        self._lock = threading.Lock()
-        self._stages: dict[str, dict[str, dict[str, float]]] = {}
-        self._unpriced_warned: set[str] = set()
-        if self.path.exists():
-            self._load()
-
-    def _load(self) -> None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            stages = data["stages"]
-            for stage, models in stages.items():
-                for model, row in models.items():
-                    entry = self._entry(stage, model)
-                    for name in (*_COUNTERS, "cost_usd"):
-                        entry[name] = type(entry[name])(row.get(name, 0))
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            # Only bookkeeping is at stake: keep the unreadable file aside and start afresh.
-            backup = self.path.with_name(self.path.name + ".corrupt")
-            os.replace(self.path, backup)
-            self._stages = {}
-            log.warning("usage ledger %s unreadable (%s); moved to %s, starting from zero", self.path, err, backup)
-
-    def _entry(self, stage: str, model: str) -> dict[str, float]:
-        models = self._stages.setdefault(stage, {})
-        if model not in models:
-            models[model] = {**{name: 0 for name in _COUNTERS}, "cost_usd": 0.0}
-        return models[model]
-
-    def price_for(self, model: str) -> Price | None:
-        """The exact model's price, else the longest configured prefix (gpt-4o for gpt-4o-2024-08-06)."""
-        if model in self.prices:
-            return self.prices[model]
-        matches = [name for name in self.prices if model.startswith(name)]
-        return self.prices[max(matches, key=len)] if matches else None
-
-    def record(self, stage: str, model: str, result: ChatResult) -> None:
-        """Account for one finished request."""
-        with self._lock:
-            entry = self._entry(stage, model)
-            entry["calls"] += result.attempts
-            if result.cached:
-                entry["cached"] += 1  # no tokens, no cost: nobody was billed
-                return
-            if not result.ok:
-                entry["failures"] += 1
-                return
-            entry["answered"] += 1
-            entry["prompt_tokens"] += result.prompt_tokens
-            entry["completion_tokens"] += result.completion_tokens
-            price = self.price_for(model)
-            if price is None:
-                if model not in self._unpriced_warned and self.prices:
-                    self._unpriced_warned.add(model)
-                    log.warning("no price configured for model %r: its cost is counted as $0", model)
-                return
-            entry["cost_usd"] += (
-                result.prompt_tokens * price.prompt_per_1m + result.completion_tokens * price.completion_per_1m
-            ) / 1e6
-
-    def stage(self, stage: str) -> dict[str, float]:
-        """Totals of one stage over its models."""
-        with self._lock:
-            total: dict[str, float] = {**{name: 0 for name in _COUNTERS}, "cost_usd": 0.0}
-            for entry in self._stages.get(stage, {}).values():
-                for name, value in entry.items():
-                    total[name] += value
-            return total
-
-    def to_dict(self) -> dict[str, Any]:
-        with self._lock:
-            stages = {s: {m: dict(e) for m, e in models.items()} for s, models in self._stages.items()}
-        total_cost = sum(e["cost_usd"] for models in stages.values() for e in models.values())
-        return {"version": 1, "total_cost_usd": round(total_cost, 6), "stages": stages}
-
-    def save(self) -> None:
-        """Write the ledger atomically (temp file + rename)."""
-        atomic_write_json(self.path, self.to_dict())
-
-    def summary_line(self, stage: str) -> str:
-        t = self.stage(stage)
-        return (
-            f"{stage}: {t['answered']:,} answered, {t['cached']:,} cached, {t['failures']:,} failed "
-            f"({t['calls']:,} HTTP calls); {t['prompt_tokens']:,} prompt + {t['completion_tokens']:,} "
-            f"completion tokens; ~${t['cost_usd']:,.4f}"
-        )
 
 
 # -- the client ------------------------------------------------------------------------------

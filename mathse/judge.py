@@ -52,13 +52,15 @@ from tqdm import tqdm
 
 from mathse import layout
 from mathse.answers import RuleCheck, check_path
-from mathse.client import ChatClient, ChatRequest, ChatResult, UsageLedger, system_message
+from mathse.client import ChatClient
 from mathse.config import InferenceConfig
 from mathse.inference import chat_model_args, training_image_max_pixels
 from mathse.llamafactory_bridge import IMAGE_TOKEN  # the ORM was trained with one per image
+from mathse.messages import ChatRequest, ChatResult, system_message
 from mathse.records import Problem, VerdictRow
 from mathse.steps import split_steps
 from mathse.storage import Journal
+from mathse.usage import UsageLedger
 from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, combine, parse_verdict, rule_verdict
 
 if TYPE_CHECKING:

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from mathse.answers import answers_match, extract_choice, extract_final_answer, normalize_answer
-from mathse.client import ChatClient, ChatRequest, UsageLedger, system_message, user_message
+from mathse.client import ChatClient
 from mathse.config import ApiConfig
 from mathse.evalsets import LETTERS, EvalItem
+from mathse.messages import ChatRequest, system_message, user_message
+from mathse.usage import UsageLedger
 
 __all__ = [
     "JUDGE_SYSTEM_PROMPT",

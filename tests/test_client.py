@@ -14,19 +14,11 @@ from typing import Any
 
 import pytest
 
-from mathse.client import (
-    ChatClient,
-    ChatRequest,
-    ChatResult,
-    UsageLedger,
-    _parse_retry_after,
-    cache_key,
-    image_data_url,
-    system_message,
-    user_message,
-)
+from mathse.client import ChatClient, _parse_retry_after, cache_key
 from mathse.config import ApiConfig, Price
+from mathse.messages import ChatRequest, ChatResult, image_data_url, system_message, user_message
 from mathse.testing.openai_server import FakeHTTPError, FakeOpenAIServer, FaultPlan, last_user_text
+from mathse.usage import UsageLedger
 
 MODEL = "fake-model"
 

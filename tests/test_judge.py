@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from mathse.client import UsageLedger
 from mathse.config import MathSEConfig
 from mathse.judge import JudgeItem, PathJudge, failures_path, journal_path, local_orm_args, open_journal
 from mathse.records import Problem
 from mathse.stages import orm as orm_stage
 from mathse.storage import Journal, iter_jsonl
 from mathse.testing.openai_server import FakeHTTPError, FakeOpenAIServer, FaultPlan, last_user_text
+from mathse.usage import UsageLedger
 from mathse.verdict import ORM_SYSTEM_PROMPT
 
 # Scripted ORM replies, chosen by a tag the test writes into the path (the server sees the path).

@@ -11,14 +11,16 @@ from pathlib import Path
 
 from mathse import layout
 from mathse.answers import check_path
-from mathse.client import ChatClient, ChatRequest, ChatResult, UsageLedger, system_message, user_message
+from mathse.client import ChatClient
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
 from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
+from mathse.messages import ChatRequest, ChatResult, system_message, user_message
 from mathse.prompts import fill_template, student_prompt
 from mathse.records import DataError, Problem, SftRow, read_problems
 from mathse.storage import atomic_write_jsonl, is_done, mark_done, read_marker
 from mathse.timing import StageTimer
+from mathse.usage import UsageLedger
 
 STAGE = layout.DISTILL
 DATASET_NAME = "mathse_stage0"

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from mathse import layout
-from mathse.client import UsageLedger
 from mathse.config import BenchmarkSpec, ConfigError, InferenceConfig, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
 from mathse.evalsets import BREAKDOWN_FIELDS, SUBSET_FIELDS, EvalItem, load_benchmark, ordered_subsets
@@ -44,6 +43,7 @@ from mathse.storage import (
     mark_done,
     read_marker,
 )
+from mathse.usage import UsageLedger
 
 STAGE = layout.EVAL
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from mathse import layout
-from mathse.client import UsageLedger
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
 from mathse.inference import Generator, chat_model_args, make_items, training_image_max_pixels
@@ -45,6 +44,7 @@ from mathse.storage import (
     read_marker,
 )
 from mathse.timing import StageTimer
+from mathse.usage import UsageLedger
 
 STAGE = layout.EVOLVE
 DATASET_NAME = "mathse_stage_final"

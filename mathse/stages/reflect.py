@@ -21,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from mathse import layout
-from mathse.client import ChatClient, ChatRequest, ChatResult, UsageLedger, user_message
+from mathse.client import ChatClient
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
 from mathse.judge import JudgeItem, PathJudge, journal_path
 from mathse.llamafactory_bridge import SftExample, write_sharegpt_dataset
+from mathse.messages import ChatRequest, ChatResult, user_message
 from mathse.prompts import reflection_prompt
 from mathse.records import JudgedPathRow, Problem, ReflectionRow, SftRow
 from mathse.storage import Journal, atomic_write_json, atomic_write_jsonl, is_done, iter_jsonl, mark_done, read_marker
 from mathse.timing import StageTimer
+from mathse.usage import UsageLedger
 
 STAGE = layout.REFLECT
 DATASET_NAME = "mathse_reflection_sft"
