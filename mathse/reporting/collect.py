@@ -19,7 +19,7 @@ from typing import Any
 
 from mathse import layout
 from mathse.config import MathSEConfig
-from mathse.evalsets import ordered_subsets
+from mathse.eval_results import results_table
 from mathse.storage import MARKER_NAME, iter_jsonl, read_json
 
 SCHEMA_VERSION = 1
@@ -314,47 +314,6 @@ def _checkpoint_rank(name: str) -> tuple[int, int, str]:
     if m := _ROUND_CKPT.match(name):
         return 2, int(m.group(1)), ""
     return 5, 0, name
-
-
-def results_table(pairs: list[dict[str, Any]]) -> dict[str, Any]:
-    """eval/results.json (one entry per evaluated checkpoint and benchmark) as a table: rows = checkpoints;
-    per benchmark a score column ("<b>", accuracy %) with its "<b> correct", "<b> total" (and "<b> +judge")
-    companions; MathVerse versions as "<b> (<version>)". A cell not evaluated is None.
-    """
-    if not isinstance(pairs, list) or not all(isinstance(p, dict) and "checkpoint" in p for p in pairs):
-        raise ValueError("expected a list of per-pair results")
-    benchmarks = list(dict.fromkeys(str(p["benchmark"]) for p in pairs))
-    columns: list[tuple[str, str, str | None]] = []  # (label, benchmark, subset)
-    for bench in benchmarks:
-        columns.append((bench, bench, None))
-        seen = {v for p in pairs if p["benchmark"] == bench for v in (p.get("subsets") or {})}
-        columns += [(f"{bench} ({v})", bench, v) for v in ordered_subsets(seen)]
-    judged = any(p.get("judge") for p in pairs)
-    suffixes = ("", " correct", " total", *((" +judge",) if judged else ()))
-    table: dict[str, dict[str, Any]] = {}
-    for pair in pairs:
-        settings = pair.get("settings") or {}
-        adapter = settings.get("adapter")
-        row = table.setdefault(str(pair["checkpoint"]), {
-            "model": str(settings.get("model")) + (f" + {adapter}" if adapter else ""),
-            **{label + suffix: None for label, _, _ in columns for suffix in suffixes},
-        })
-        for label, bench, subset in columns:
-            tally = pair if subset is None else (pair.get("subsets") or {}).get(subset)
-            if bench != pair["benchmark"] or not tally or not tally.get("total"):
-                continue
-            total = tally["total"]
-            row[label] = round(100 * tally["correct"] / total, 2)
-            row[f"{label} correct"], row[f"{label} total"] = tally["correct"], total
-            if judged:
-                row[f"{label} +judge"] = round(100 * tally["correct_with_judge"] / total, 2)
-    return {
-        "key_column": "checkpoint",
-        "benchmarks": benchmarks,
-        "columns": [label for label, _, _ in columns],
-        "checkpoints": list(table),
-        "table": table,
-    }
 
 
 def _eval(c: _Collector) -> dict[str, Any] | None:

@@ -16,9 +16,7 @@ rebuilt from the markers at the end of every run.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import re
 from collections import Counter
@@ -30,7 +28,8 @@ from typing import Any
 from mathse import layout
 from mathse.config import BenchmarkSpec, ConfigError, InferenceConfig, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
-from mathse.evalsets import BREAKDOWN_FIELDS, SUBSET_FIELDS, EvalItem, load_benchmark, ordered_subsets
+from mathse.eval_results import render_results
+from mathse.evalsets import BREAKDOWN_FIELDS, SUBSET_FIELDS, EvalItem, load_benchmark
 from mathse.inference import Generator, GenItem, chat_model_args, training_image_max_pixels
 from mathse.scoring import Score, run_judge, score_response
 from mathse.storage import (
@@ -416,101 +415,6 @@ def pair_summary(stats: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Results tables
-
-
-@dataclass(frozen=True)
-class _Column:
-    label: str
-    benchmark: str
-    subset: str | None = None
-
-
-def _columns(specs: list[BenchmarkSpec], results: dict[tuple[str, str], dict[str, Any]]) -> list[_Column]:
-    columns: list[_Column] = []
-    for spec in specs:
-        columns.append(_Column(spec.name, spec.name))
-        if SUBSET_FIELDS.get(spec.format) is None:
-            continue
-        seen = {v for (_, b), stats in results.items() if b == spec.name for v in stats.get("subsets", {})}
-        for value in ordered_subsets(seen):
-            columns.append(_Column(f"{spec.name} ({value})", spec.name, value))
-    return columns
-
-
-def _cell(stats: dict[str, Any] | None, column: _Column, judged: bool = False) -> tuple[str, int, int] | None:
-    if stats is None:
-        return None
-    tally = stats if column.subset is None else stats.get("subsets", {}).get(column.subset)
-    if not tally or not tally["total"]:
-        return None
-    correct = tally["correct_with_judge"] if judged else tally["correct"]
-    return f"{100 * correct / tally['total']:.2f}", correct, tally["total"]
-
-
-def _markdown_table(checkpoints: list[Checkpoint], columns: list[_Column], results: dict, judged: bool) -> list[str]:
-    lines = [
-        "| checkpoint | " + " | ".join(c.label for c in columns) + " |",
-        "|---|" + "---:|" * len(columns),
-    ]
-    for ck in checkpoints:
-        cells = []
-        for col in columns:
-            cell = _cell(results.get((ck.name, col.benchmark)), col, judged)
-            cells.append("–" if cell is None else f"{cell[0]} ({cell[1]}/{cell[2]})")
-        lines.append(f"| {ck.name} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def render_results(
-    checkpoints: list[Checkpoint], specs: list[BenchmarkSpec], results: dict[tuple[str, str], dict[str, Any]]
-) -> tuple[str, str]:
-    """(markdown, CSV) of the results: rows = checkpoints, columns = benchmarks (+ MathVerse versions)."""
-    columns = _columns(specs, results)
-    judged = any(stats.get("judge") for stats in results.values())
-    md = [
-        "# MathSE evaluation results",
-        "",
-        "Accuracy % (correct/total), rule-based answer checking. – = not evaluated yet.",
-        "",
-        *_markdown_table(checkpoints, columns, results, judged=False),
-    ]
-    if judged:
-        md += [
-            "",
-            "## With the LLM judge",
-            "",
-            "Rule-based verdicts plus the judge's verdicts on the responses whose answer the rules could not find.",
-            "",
-            *_markdown_table(checkpoints, columns, results, judged=True),
-        ]
-    md += ["", "## Checkpoints", ""]
-    for ck in checkpoints:
-        md.append(f"- `{ck.name}`: {ck.model}" + (f" + adapter {ck.adapter}" if ck.adapter else ""))
-    md += ["", "## Benchmarks", ""]
-    for spec in specs:
-        md.append(
-            f"- `{spec.name}`: {spec.format}" + (f", split {spec.split}" if spec.split else "") + f", {spec.path}"
-        )
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    header = ["checkpoint", "model"]
-    for col in columns:
-        header += [col.label, f"{col.label} correct", f"{col.label} total"] + (
-            [f"{col.label} +judge"] if judged else []
-        )
-    writer.writerow(header)
-    for ck in checkpoints:
-        row = [ck.name, ck.model + (f" + {ck.adapter}" if ck.adapter else "")]
-        for col in columns:
-            stats = results.get((ck.name, col.benchmark))
-            cell = _cell(stats, col)
-            row += list(cell) if cell else ["", "", ""]
-            if judged:
-                with_judge = _cell(stats, col, judged=True)
-                row.append(with_judge[0] if with_judge else "")
-        writer.writerow(row)
-    return "\n".join(md) + "\n", buffer.getvalue()
 
 
 def collect_results(
