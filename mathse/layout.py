@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from mathse.storage import MARKER_NAME, read_json
 
@@ -34,6 +34,10 @@ USAGE = "usage.json"
 JOURNALS = "orm_reflections"
 REFLECTION_ROWS = "reflection_rows.jsonl"
 EVAL_RESULTS = "results"  # eval/results.{md,csv,json}
+STATS = "stats.json"  # a stage's (or evolve round's) counts
+MERGED = ".merged.json"  # an evolve round's merge marker (its stats, before retraining)
+CHOSEN, HISTORY = "chosen.jsonl", "history.jsonl"  # an evolve round's accepted paths, per-problem verdicts
+PREDICTIONS = "predictions.jsonl"  # one eval pair's scored responses
 
 
 def stage_dir(cfg: MathSEConfig, stage: str) -> Path:
@@ -63,7 +67,10 @@ def latest_d_sft(cfg: MathSEConfig) -> Path | None:
 # evolve's outputs that reflect and report read
 
 
-def evolve_file(cfg: MathSEConfig, name: str) -> Path:
+EvolveBuffer = Literal["sft_chosen", "sft_rejected", "hard_problems", "history"]
+
+
+def evolve_file(cfg: MathSEConfig, name: EvolveBuffer) -> Path:
     """A run-wide evolve buffer: sft_chosen / sft_rejected / hard_problems / history (.jsonl)."""
     return stage_dir(cfg, EVOLVE) / f"{name}.jsonl"
 
@@ -141,17 +148,17 @@ def eval_results_path(cfg: MathSEConfig, suffix: str) -> Path:
 REPORT_INPUT_GLOBS = (
     f"{DISTILL}/{MARKER_NAME}",
     f"{DISTILL}/{D_SFT}",
-    f"{EVOLVE}/round_*/stats.json",
-    f"{EVOLVE}/round_*/.merged.json",
+    f"{EVOLVE}/round_*/{STATS}",
+    f"{EVOLVE}/round_*/{MERGED}",
     f"{EVOLVE}/round_*/{MARKER_NAME}",
-    f"{EVOLVE}/round_*/history.jsonl",
-    f"{EVOLVE}/round_*/chosen.jsonl",
-    f"{EVOLVE}/history.jsonl",
-    f"{EVOLVE}/sft_chosen.jsonl",
+    f"{EVOLVE}/round_*/{HISTORY}",
+    f"{EVOLVE}/round_*/{CHOSEN}",
+    f"{EVOLVE}/{HISTORY}",
+    f"{EVOLVE}/sft_{CHOSEN}",
     f"{JOURNALS}/*.jsonl",
     USAGE,
-    f"{REFLECT}/stats.json",
+    f"{REFLECT}/{STATS}",
     f"{JOURNALS}/{REFLECTION_ROWS}",
     f"{EVAL}/{EVAL_RESULTS}.json",
-    f"{EVAL}/*/*/predictions.jsonl",
+    f"{EVAL}/*/*/{PREDICTIONS}",
 )

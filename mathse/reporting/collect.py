@@ -168,9 +168,9 @@ def _evolve(c: _Collector) -> dict[str, Any] | None:
     pending: list[int] = []
     for r in sorted(set(numbers) | set(range(1, planned + 1))):
         rd = layout.round_dir(c.cfg, r)
-        stats = c.json(rd / "stats.json")
+        stats = c.json(rd / layout.STATS)
         if not isinstance(stats, dict):
-            stats = c.json(rd / ".merged.json")  # same numbers, written with the merge
+            stats = c.json(rd / layout.MERGED)  # same numbers, written with the merge
         if not isinstance(stats, dict):
             pending.append(r)
             continue
@@ -220,7 +220,7 @@ def _history(c: _Collector, rounds: list[int]) -> dict[int, dict[str, bool]]:
         outcome.setdefault(int(r), {})[str(row["id"])] = correct
 
     for r in rounds:
-        for row in c.rows(layout.round_dir(c.cfg, r) / "history.jsonl"):
+        for row in c.rows(layout.round_dir(c.cfg, r) / layout.HISTORY):
             add(row, r)
     for row in c.rows(layout.evolve_file(c.cfg, "history")):
         r = row.get("round")
@@ -295,7 +295,7 @@ def _transitions(c: _Collector, report: dict[str, Any]) -> dict[str, Any]:
 
 def _reflect(c: _Collector) -> dict[str, Any] | None:
     return _stats_and_rows(
-        c, layout.stage_dir(c.cfg, layout.REFLECT) / "stats.json", layout.reflection_rows_path(c.cfg),
+        c, layout.stage_dir(c.cfg, layout.REFLECT) / layout.STATS, layout.reflection_rows_path(c.cfg),
         "output", "kept_rows",
         "reflect: no reflection data yet (reflect/stats.json, orm_reflections/reflection_rows.jsonl)",
         "reflect: reflect/stats.json missing (the stage did not finish)",
@@ -332,7 +332,7 @@ def _eval(c: _Collector) -> dict[str, Any] | None:
     predictions: dict[str, dict[str, dict[str, Any]]] = {}
     outcomes: dict[str, dict[str, dict[str, bool]]] = {}
     texts_by_ckpt: dict[str, list[Any]] = {}
-    for path in sorted(folder.glob("*/*/predictions.jsonl")):
+    for path in sorted(folder.glob(f"*/*/{layout.PREDICTIONS}")):
         ckpt, bench = path.parent.parent.name, path.parent.name
         seen: dict[str, bool] = {}
         texts: list[Any] = []
@@ -491,7 +491,7 @@ def _lengths(c: _Collector, report: dict[str, Any]) -> list[dict[str, Any]]:
     evolve = report.get("evolve") or {}
     cumulative: dict[int, list[Any]] | None = None
     for r in (row["round"] for row in evolve.get("rounds", [])):
-        chosen = layout.round_dir(c.cfg, r) / "chosen.jsonl"
+        chosen = layout.round_dir(c.cfg, r) / layout.CHOSEN
         if chosen.is_file():
             texts = [row.get("reasoning") for row in c.rows(chosen)]
         else:  # the round's own file is gone: the cumulative buffer holds the same rows

@@ -168,7 +168,7 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
         checkpoints = []
     for c in checkpoints:
         for b in cfg.eval.benchmarks:
-            found[f"predictions {c.name}/{b.name}"] = pair_dir(cfg, c.name, b.name) / "predictions.jsonl"
+            found[f"predictions {c.name}/{b.name}"] = pair_dir(cfg, c.name, b.name) / layout.PREDICTIONS
     return found
 
 
@@ -305,7 +305,7 @@ def evaluate_pair(
             ledger.save()
 
     predictions = [_prediction(item, rows[item.id] or {}, scores[item.id], judged.get(item.id)) for item in items]
-    atomic_write_jsonl(folder / "predictions.jsonl", predictions)
+    atomic_write_jsonl(folder / layout.PREDICTIONS, predictions)
     stats = summarize(cfg, checkpoint, spec, items, predictions)
     atomic_write_json(folder / "scores.json", stats)
     failed = stats["judge"]["failed"] if stats["judge"] else 0

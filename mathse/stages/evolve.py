@@ -92,7 +92,7 @@ def shard_marker(cfg: MathSEConfig, r: int, shard: Shard) -> Path:
 
 
 def merged_marker(cfg: MathSEConfig, r: int) -> Path:
-    return layout.round_dir(cfg, r) / ".merged.json"
+    return layout.round_dir(cfg, r) / layout.MERGED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,14 +374,14 @@ def merge_shards(
 
     remain = [pid for pid in remain_before if pid not in solved]
     rd = layout.round_dir(cfg, r)
-    atomic_write_jsonl(rd / "chosen.jsonl", chosen)
+    atomic_write_jsonl(rd / layout.CHOSEN, chosen)
     atomic_write_jsonl(rd / "rejected.jsonl", rejected)
     atomic_write_jsonl(rd / "hard.jsonl", hard)
-    atomic_write_jsonl(rd / "history.jsonl", history)
+    atomic_write_jsonl(rd / layout.HISTORY, history)
     atomic_write_json(rd / "remain.json", remain)
     stats = {**counts, "solved": len(solved), "pool_left": len(remain), "shards": n,
              "gen_seconds": round(seconds, 3), "paths_per_s": round(counts["paths"] / seconds, 3) if seconds else 0.0}
-    atomic_write_json(rd / "stats.json", stats)
+    atomic_write_json(rd / layout.STATS, stats)
     return stats
 
 
@@ -400,11 +400,11 @@ def rebuild_cumulative(cfg: MathSEConfig, upto: int) -> None:
     def concat(name: str) -> list[dict[str, Any]]:
         return [row for rd in rounds for row in iter_jsonl(rd / name)]
 
-    chosen = [PathRow.model_validate(row) for row in concat("chosen.jsonl")]
+    chosen = [PathRow.model_validate(row) for row in concat(layout.CHOSEN)]
     atomic_write_jsonl(layout.evolve_file(cfg, "sft_chosen"), (c.to_json() for c in chosen))
     atomic_write_jsonl(layout.evolve_file(cfg, "sft_rejected"), concat("rejected.jsonl"))
     atomic_write_jsonl(layout.evolve_file(cfg, "hard_problems"), concat("hard.jsonl"))
-    atomic_write_jsonl(layout.evolve_file(cfg, "history"), concat("history.jsonl"))
+    atomic_write_jsonl(layout.evolve_file(cfg, "history"), concat(layout.HISTORY))
     d_sft = [SftRow.model_validate(row) for row in iter_jsonl(layout.d_sft_path(cfg, layout.DISTILL))]
     d_sft += [
         SftRow(id=c.id, prompt=c.prompt, images=c.images, answer=c.answer, response=c.reasoning,

@@ -102,7 +102,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     reasons = Counter(d["reason"].split(":")[0] for d in dropped)
     stats = {"sent": len(drafts_to_send), "kept": len(kept), "dropped": dict(reasons),
              "d_sft": fused - len(kept), "fused": fused, "format": cfg.reflect.format}
-    atomic_write_json(stage_dir(cfg) / "stats.json", stats)
+    atomic_write_json(stage_dir(cfg) / layout.STATS, stats)
     timer.save(stage_dir(cfg) / "timings.json")
     mark_done(stage_dir(cfg), stats)
     print(f"reflect: sent {stats['sent']} drafts, kept {stats['kept']}, dropped "
