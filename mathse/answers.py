@@ -393,6 +393,8 @@ def unicode_math_to_latex(text: str) -> str:
     text = _UNICODE_SYMBOL_RE.sub(lambda m: _UNICODE_SYMBOLS[m.group(0)], text)
     text = re.sub(r"\\[dt]frac\b", r"\\frac", text)
     return re.sub(r"(\\pi|\\infty) (?=[\s)}\]^,.]|$)", r"\1", text).strip()
+
+
 _WORDY_RE = re.compile(r"[A-Za-z][A-Za-z\s'\-]*[A-Za-z]")
 
 
