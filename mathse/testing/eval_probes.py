@@ -3,7 +3,8 @@
 The probe set (tests/data/eval_probes/) holds benchmark records in their published layouts
 (`mathvista.json`, `mathverse.json`, `mathvision.json`, read by the real loaders) and
 `responses.jsonl`: one model response per line with the verdict a careful human grader gives it
-({"benchmark", "id", "response", "human": "correct" | "incorrect", "note"}). Used by
+({"benchmark", "id", "response", "human": "correct" | "incorrect", "set", "note"}; set "heldout":
+written after the rules were changed and not tuned against, "dev": the rest). Used by
 tests/test_scoring.py and benchmarks/bench_eval_extraction.py.
 """
 
@@ -33,6 +34,7 @@ class Probe:
     response: str
     human_correct: bool
     note: str
+    part: str = "dev"  # "heldout": written after the rules were changed
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,15 @@ def load_probes(folder: Path) -> list[Probe]:
         if row["human"] not in ("correct", "incorrect"):
             raise ValueError(f"{path}:{lineno}: human verdict must be correct or incorrect, got {row['human']!r}")
         probes.append(
-            Probe(lineno, key[0], items[key], row["response"], row["human"] == "correct", row.get("note", ""))
+            Probe(
+                lineno,
+                key[0],
+                items[key],
+                row["response"],
+                row["human"] == "correct",
+                row.get("note", ""),
+                row.get("set", "dev"),
+            )
         )
     return probes
 
