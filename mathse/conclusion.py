@@ -50,6 +50,8 @@ _FILLERS = frozenset((
 _BLOCKERS = frozenset(
     ("not", "but", "than", "less", "more", "times", "plus", "minus", "except", "instead", "rather", "and", "or")
 )
+_SETUP_RE = re.compile(r"(?:let|suppose|assume|denote|given|we\s+know|recall)\b", re.IGNORECASE)
+_CONDITIONS = frozenset(("where", "with", "for", "when", "whenever", "let", "given", "suppose", "assume"))
 _CONNECTIVES_RE = re.compile(r"^(?:so|thus|hence|therefore|then|finally|overall|in\s+total)\b[,:]?\s*", re.IGNORECASE)
 _WORD_RE = re.compile(r"[A-Za-z]*[a-z][A-Za-z]*(?:'s)?(?:\^\{?[23]\}?)?")
 _LATEX_CMD_RE = re.compile(r"\\[A-Za-z]+")
@@ -138,6 +140,10 @@ def _cued_value(sentence: str) -> tuple[str | None, bool]:
     if not cues:
         return None, False
     last = cues[-1]
+    head = sentence[: last.start()].split()
+    # "Let x = 14." / "the area is 2x, where x = 3": a definition or a condition, not the conclusion.
+    if last.group(0) == "=" and len(head) >= 2 and head[-2].lower() in _CONDITIONS:
+        return None, True
     if _parallel_statement(sentence[: last.start()]):
         return None, True
     value = _tail_value(sentence[last.end() :])
@@ -176,7 +182,7 @@ def _sole_value(sentence: str) -> str | None:
 def _readable(sentence: str | None) -> str | None:
     if not sentence or not sentence.isprintable() or "\ufffd" in sentence or sentence.rstrip().endswith("?"):
         return None
-    if _HEDGE_RE.search(sentence):
+    if _HEDGE_RE.search(sentence) or _SETUP_RE.match(sentence.lstrip("*# ")):
         return None
     return _clean(sentence)
 

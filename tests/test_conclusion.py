@@ -44,6 +44,9 @@ def test_reads_the_concluded_value(text: str, expected: str) -> None:
         "The blue line peaks at 12.5 in 2019.",  # another value after the concluded one
         "The red segment is 4.5 cm and the blue one is 3 cm.",  # two values side by side
         "The man is 45 and the woman 38 years old, 7 apart.",
+        "Let x = 14.",  # a definition, not a conclusion
+        "The area is 2x, where x = 3.",  # a condition
+        "We know AB = 5 and need AC.",
         "The sequence starts at 2 and the differences seem constant. Let me check the picture again.",
         "ck\ufffdIJ\ufffdHYZrc abcd riV\x0f 24.H",  # what a random tiny model writes
         "",
