@@ -1,14 +1,15 @@
 """How well the rule scorer agrees with a careful human grader on realistic benchmark responses.
 
 Scores the probe set in tests/data/eval_probes/ (MathVista, MathVerse and MathVision records in
-their published layouts, read by the real loaders, and 248 responses with human verdicts) with
+their published layouts, read by the real loaders, and 300 responses with human verdicts) with
 `mathse.scoring.score_response` and prints, as `name: value` lines:
 
 * eval_probe_agreement: share of responses where the rules give the human verdict (target >= 0.95);
 * eval_probe_wrong_passed: wrong answers the rules pass (target 0);
 * eval_correct_unextracted_share: share of the correct answers in which the rules find no answer
   at all (target <= 0.05); these are what the optional LLM judge (`eval.judge`) reads;
-* the same figures on the held-out part alone (responses written after the rules were changed).
+* the same figures on the held-out part alone (responses written after the rules were changed and
+  scored once, not tuned against).
 
     python benchmarks/bench_eval_extraction.py [--show]   # --show: list every disagreement
 """
@@ -47,7 +48,7 @@ def main() -> None:
     start = time.perf_counter()
     report = grade_probes(probes)
     seconds = time.perf_counter() - start
-    heldout = grade_probes([p for p in probes if p.part == "heldout"])
+    heldout = grade_probes([p for p in probes if p.part.startswith("heldout")])
     if args.show:
         _show(report)
     by_layout = {name: sum(p.benchmark == name for p in probes) for name in ("mathvista", "mathverse", "mathvision")}

@@ -3,8 +3,8 @@
 The probe set (tests/data/eval_probes/) holds benchmark records in their published layouts
 (`mathvista.json`, `mathverse.json`, `mathvision.json`, read by the real loaders) and
 `responses.jsonl`: one model response per line with the verdict a careful human grader gives it
-({"benchmark", "id", "response", "human": "correct" | "incorrect", "set", "note"}; set "heldout":
-written after the rules were changed and not tuned against, "dev": the rest). Used by
+({"benchmark", "id", "response", "human": "correct" | "incorrect", "set", "note"}; set "heldout"
+or "heldout2": written after the rules were changed and not tuned against, "dev": the rest). Used by
 tests/test_scoring.py and benchmarks/bench_eval_extraction.py.
 """
 
@@ -34,7 +34,7 @@ class Probe:
     response: str
     human_correct: bool
     note: str
-    part: str = "dev"  # "heldout": written after the rules were changed
+    part: str = "dev"  # "heldout...": written after the rules were changed
 
 
 @dataclass(frozen=True)
