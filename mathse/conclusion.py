@@ -57,7 +57,8 @@ _WORD_RE = re.compile(r"[A-Za-z]*[a-z][A-Za-z]*(?:'s)?(?:\^\{?[23]\}?)?")
 _LATEX_CMD_RE = re.compile(r"\\[A-Za-z]+")
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 # A parenthetical holding words or a calculation is a remark: "is 14 (since 11 + 3 = 14)".
-_REMARK_RE = re.compile(r"\s*\((?=[^()]*(?:(?<![\\A-Za-z])[A-Za-z]{2,}|[=+]))[^()]*\)")
+# Not "(x + 1)^2": the parenthesis must stand alone.
+_REMARK_RE = re.compile(r"\s+\((?=[^()]*(?:(?<![\\A-Za-z])[A-Za-z]{2,}|[=+]))[^()]*\)(?=[\s.,;:!?]|$)")
 
 
 def final_sentence(text: str) -> str | None:

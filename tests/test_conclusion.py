@@ -24,6 +24,7 @@ from mathse.conclusion import final_sentence, read_conclusion, read_conclusion_c
         ("so the solution set is $(-\\infty, 2]$.", "(-\\infty, 2]"),
         ("Reading the axis, the two marked points are at 2 and 5.", "2, 5"),  # a list written out
         ("So the list is [2, 5].", "[2, 5]"),
+        ("The expression equals (x + 1)^2.", "(x + 1)^2"),  # a parenthesis inside the answer stays
         ("Looking at the differences.\n\n**14**", "14"),
         ("After removing them, 3 objects are left.", "3"),
         ("The answer follows.\nThe total is 1260. I hope this helps!", "1260"),  # pleasantry skipped
