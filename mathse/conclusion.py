@@ -180,8 +180,14 @@ def _sole_value(sentence: str) -> str | None:
     return values[0] if len(values) == 1 else None
 
 
+# A longer "sentence" is a run-on paragraph (or degenerate output), not a conclusion.
+_MAX_SENTENCE_CHARS = 600
+
+
 def _readable(sentence: str | None) -> str | None:
-    if not sentence or not sentence.isprintable() or "\ufffd" in sentence or sentence.rstrip().endswith("?"):
+    if not sentence or len(sentence) > _MAX_SENTENCE_CHARS or not sentence.isprintable():
+        return None
+    if "\ufffd" in sentence or sentence.rstrip().endswith("?"):  # garbled output, a question
         return None
     if _HEDGE_RE.search(sentence) or _SETUP_RE.match(sentence.lstrip("*# ")):
         return None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import time
+
 import pytest
 
 from mathse.conclusion import final_sentence, read_conclusion, read_conclusion_choice
@@ -86,3 +89,16 @@ OPTIONS = ["square", "rectangle", "circle", "equilateral triangle"]
 def test_choice_conclusions(text: str, options: list[str], expected: str | None) -> None:
     letters = "ABCDEFGH"[: len(options) or 5]
     assert read_conclusion_choice(text, options, letters) == expected
+
+
+def test_odd_text_never_raises_and_stays_fast() -> None:
+    rng = random.Random(7)
+    alphabet = "0123456789 .,;:=+-()[]{}$\\^_/*?!abcxyzABC√π°×∞²−isaretheofandor\n"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 300))) for _ in range(300)]
+    texts.append("the value is 1 and " * 2000 + "so it is 3")  # one enormous run-on sentence
+    start = time.perf_counter()
+    for text in texts:
+        read_conclusion(text)
+        read_conclusion_choice(text, ["1", "2", "yes"], "ABC")
+    assert time.perf_counter() - start < 20
+    assert read_conclusion(texts[-1]) is None  # not a conclusion sentence
