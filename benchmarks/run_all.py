@@ -45,6 +45,17 @@ FIGURES = [
            "generation: concurrent / one-request-at-a-time paths/s, same ChatModel backend (huggingface, CPU)"),
     Figure("pipeline_overhead_share", "bench_overhead.py", "< 0.02", lambda v: v < 0.02,
            "largest share of a stage's wall time outside model compute and API waits"),
+    Figure("eval_probe_agreement", "bench_eval_extraction.py", ">= 0.95", lambda v: v >= 0.95,
+           "eval rule scorer: share of 300 realistic MathVista/MathVerse/MathVision responses given the human "
+           "grader's verdict"),
+    Figure("eval_probe_wrong_passed", "bench_eval_extraction.py", "0", lambda v: v == 0,
+           "eval rule scorer: wrong answers passed on that probe set"),
+    Figure("eval_correct_unextracted_share", "bench_eval_extraction.py", "<= 0.05", lambda v: v <= 0.05,
+           "eval rule scorer: share of the correct answers in which the rules find no answer"),
+    Figure("eval_heldout_agreement", "bench_eval_extraction.py", "informational", None,
+           "agreement on the held-out part alone (111 responses written after the rules were changed)"),
+    Figure("eval_heldout_unextracted_share", "bench_eval_extraction.py", "informational", None,
+           "share of the held-out correct answers in which the rules find no answer"),
 ]
 
 ARGS = {"bench_generation.py": ["--repeats", "2"]}

@@ -31,7 +31,10 @@ __all__ = [
     "extract_choice",
     "extract_final_answer",
     "is_choice_question",
+    "match_option_text",
     "normalize_answer",
+    "strip_remark",
+    "unicode_math_to_latex",
 ]
 
 # Seconds math-verify may spend per parse / comparison when we are in the main thread.
@@ -112,7 +115,25 @@ def _clean_answer(ans: str) -> str:
             ans = ans[len(left) : -len(right)].strip()
             break
     ans = ans.rstrip("。．.!！").strip().strip("*").strip()
-    return ans
+    return strip_remark(ans)
+
+
+# A parenthetical after the answer is a remark ("14 (11 + 3)", "12π (about 37.7)") when it holds
+# a word or a calculation; "(1, 2)" or "(B)" are not remarks.
+_REMARK_RE = re.compile(r"\s+\((?P<body>[^()]*)\)\s*[.。]?$")
+_REMARK_BODY_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}|[=+≈×*]")
+
+
+def strip_remark(answer: str) -> str:
+    """Drop a trailing parenthetical remark after an answer: "14 (since 11 + 3 = 14)" -> "14"."""
+    match = _REMARK_RE.search(answer)
+    if not match or not _REMARK_BODY_RE.search(match.group("body")):
+        return answer
+    head = answer[: match.start()].rstrip()
+    # "x \in (1, 2)" or "5 + (2 + 3)": the parenthesis is part of the expression.
+    if not head or re.search(r"(?:[=+\-*/,<>]|\\in|\\cup|\\times|\\cdot)$", head):
+        return answer
+    return head
 
 
 def extract_final_answer(text: str) -> str | None:
@@ -266,20 +287,28 @@ def extract_choice(text: str | None, options: list[str] | None = None) -> str | 
     for pattern in _compiled_choice_patterns(letters):
         matches = list(pattern.finditer(text))
         if matches:
-            return matches[-1].group(1).upper()
+            last = matches[-1]
+            # "The answer is B or C": two options named, so none is chosen.
+            if _ANOTHER_LETTER_RE.match(text, last.end()):
+                return None
+            return last.group(1).upper()
 
     stripped = text.strip().strip("*$ ").strip()
     # A whole answer of one letter ("b", "(B)", "B.") may be lower case; longer text needs "B." / "(B)".
     if re.fullmatch(rf"\(?([{letters}])\)?\.?", stripped, re.IGNORECASE):
         return stripped.strip("(). ").upper()
-    bare = re.fullmatch(rf"\(?\s*([{letters}])\s*\)?\s*[.:)]?(?:\s.*)?", stripped, re.DOTALL)
-    if bare and re.match(rf"\(?[{letters}]\s*[).:]", stripped):
+    # "B. 12", "(B) 12", and MathVerse's own "B:12" (no space after the colon).
+    bare = re.fullmatch(rf"\(?\s*([{letters}])\s*\)?\s*(?:[.:：)].*|\s.*)?", stripped, re.DOTALL)
+    if bare and re.match(rf"\(?[{letters}]\s*[).:：]", stripped):
         return bare.group(1)
 
     if options:
-        answer = extract_final_answer(text) or (stripped if len(stripped) <= 200 else None)
+        # A whole short reply may be the option's value ("Therefore x = 3/4."); a longer one or a
+        # chain of equations is not handed to math-verify, which would read some number out of it.
+        short = "\n" not in stripped and len(stripped) <= 80 and stripped.count("=") <= 1
+        answer = extract_final_answer(text) or (stripped if short else None)
         if answer:
-            letter = _match_option_text(answer, options)
+            letter = match_option_text(answer, options)
             if letter:
                 return letter
 
@@ -290,8 +319,15 @@ def extract_choice(text: str | None, options: list[str] | None = None) -> str | 
     return None
 
 
-def _match_option_text(answer: str, options: list[str]) -> str | None:
-    """Letter of the single option whose text equals ``answer`` (string, then math)."""
+_ANOTHER_LETTER_RE = re.compile(r"[)）]?\s*(?:or|and|/|,)\s*[(（]?[A-H](?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def match_option_text(answer: str, options: list[str]) -> str | None:
+    """Letter of the single option whose text equals ``answer`` (string, then math).
+
+    Both sides are normalised first, so "5\\sqrt{2}" matches the option "5√2" and "145^\\circ" "145°".
+    """
+    answer = strip_remark(answer)
     norm = normalize_answer(answer)
     hits = [i for i, opt in enumerate(options) if normalize_answer(opt) == norm and norm]
     if len(hits) == 1:
@@ -313,7 +349,7 @@ def _reference_letter(reference: str, options: list[str] | None) -> str | None:
     if m:
         return m.group(1).upper()
     if options:
-        return _match_option_text(ref, options)
+        return match_option_text(ref, options)
     return None
 
 
@@ -326,7 +362,39 @@ _UNIT_WORDS = (
     r"yards?|miles?|degrees?|deg|dollars?|cents?|grams?|kilograms?|liters?|litres?|l|ml|mph|"
     r"km/h|m/s|cm/s|元|米|厘米|千米|度|个|人|只|天|小时|分钟|秒)"
 )
-_TRAILING_UNIT_RE = re.compile(rf"(?<=[\d}}.)])\s*{_UNIT_WORDS}(?:\^?\{{?[23]\}}?|²|³)?$", re.IGNORECASE)
+# After a number, a closing brace or parenthesis, or a constant ("12\\pi cm^2").
+_TRAILING_UNIT_RE = re.compile(
+    rf"(?:(?<=[\d}}.)])|(?<=\\pi)|(?<=\\infty))\s*{_UNIT_WORDS}(?:\^?\{{?[23]\}}?|²|³)?$", re.IGNORECASE
+)
+_THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:[,\u2009\u202f\u00a0 ]\d{3})+(?:\.\d+)?")
+# Unicode math as models write it -> the LaTeX math-verify parses (order matters: roots first).
+_UNICODE_ROOT_RES = (
+    (re.compile(r"√\s*\{([^{}]*)\}"), r"\\sqrt{\1}"),
+    (re.compile(r"√\s*\(([^()]*)\)"), r"\\sqrt{\1}"),
+    (re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z])"), r"\\sqrt{\1}"),
+)
+_UNICODE_SYMBOLS = {
+    "−": "-", "–": "-", "\u2009": " ", "\u202f": " ", "\u00a0": " ", "×": r" \times ", "·": r" \cdot ",
+    "⋅": r" \cdot ", "÷": r" \div ", "≤": r" \le ", "≥": r" \ge ", "≠": r" \ne ", "≈": r" \approx ",
+    "∞": r"\infty ", "π": r"\pi ", "°": r"^{\circ}", "²": "^{2}", "³": "^{3}", "½": r"\frac{1}{2}",
+    "¼": r"\frac{1}{4}", "¾": r"\frac{3}{4}", "（": "(", "）": ")", "，": ",",
+}  # fmt: skip
+_UNICODE_SYMBOL_RE = re.compile("|".join(map(re.escape, _UNICODE_SYMBOLS)))
+
+
+def unicode_math_to_latex(text: str) -> str:
+    """Unicode math as LaTeX: 5√2 -> 5\\sqrt{2}, 12π -> 12\\pi, 60° -> 60^{\\circ}, × -> \\times, \\dfrac -> \\frac.
+
+    Models and benchmarks mix Unicode math with LaTeX (MathVerse's options are "3√{3}"); both
+    sides are brought to LaTeX before they are compared or matched with an option.
+    """
+    for pattern, repl in _UNICODE_ROOT_RES:
+        text = pattern.sub(repl, text)
+    text = _UNICODE_SYMBOL_RE.sub(lambda m: _UNICODE_SYMBOLS[m.group(0)], text)
+    text = re.sub(r"\\[dt]frac\b", r"\\frac", text)
+    return re.sub(r"(\\pi|\\infty) (?=[\s)}\]^,.]|$)", r"\1", text).strip()
+
+
 _WORDY_RE = re.compile(r"[A-Za-z][A-Za-z\s'\-]*[A-Za-z]")
 
 
@@ -337,10 +405,13 @@ def normalize_answer(answer: str) -> str:
     signs, percent signs, currency, a trailing unit after a number, the trailing
     period and case; removes all whitespace.
     """
-    s = answer.strip()
+    s = unicode_math_to_latex(answer.strip())
     boxed = _last_boxed(s)
     if boxed is not None:
         s = boxed
+    s = strip_remark(s)
+    if _THOUSANDS_RE.fullmatch(s.strip().strip("$")):  # "1,260,000" / "1 260"
+        s = re.sub(r"[,\s]", "", s)
     for delimiter in (r"\$", "$", r"\(", r"\)", r"\[", r"\]"):
         s = s.replace(delimiter, "")
     for _ in range(3):  # nested \text{\textbf{..}}
@@ -357,6 +428,7 @@ def normalize_answer(answer: str) -> str:
 
 def _as_math(answer: str) -> str:
     """Wrap a bare answer in $...$ so math-verify reads it as LaTeX (escaping '%')."""
+    answer = unicode_math_to_latex(answer)
     if re.search(r"(?<!\\)\$", answer) or r"\(" in answer or r"\[" in answer:
         return answer
     body = re.sub(r"(?<!\\)%", r"\\%", answer)
@@ -451,7 +523,15 @@ def answers_match(predicted: str | None, reference: str, question: str | None = 
         return False
     if _numbers_equal(norm_pred, norm_ref):
         return True
-    return _math_equal(reference, predicted)
+    return _math_equal(_without_unit(reference), _without_unit(predicted))
+
+
+def _without_unit(answer: str) -> str:
+    """The answer without a trailing remark or unit, for math-verify ("12\\pi \\text{ cm}^2" -> "12\\pi")."""
+    s = strip_remark(unicode_math_to_latex(answer.strip()))
+    unwrapped = _TEXT_CMD_RE.sub(r" \1", s).strip()
+    bare = _TRAILING_UNIT_RE.sub("", unwrapped.rstrip("$").rstrip()).strip()
+    return bare if bare and bare != unwrapped.rstrip("$").rstrip() else s
 
 
 def check_path(path_text: str, reference: str, question: str | None = None) -> RuleCheck:

@@ -70,6 +70,17 @@ def _markdown_table(
     return lines
 
 
+def _unextracted_table(
+    checkpoints: Sequence[CheckpointLike], specs: list[BenchmarkSpec], results: dict[tuple[str, str], dict[str, Any]]
+) -> list[str]:
+    lines = ["| checkpoint | " + " | ".join(s.name for s in specs) + " |", "|---|" + "---:|" * len(specs)]
+    for ck in checkpoints:
+        stats = [results.get((ck.name, s.name)) for s in specs]
+        cells = ["–" if st is None else f"{st['unextracted']}/{st['total']}" for st in stats]
+        lines.append(f"| {ck.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_results(
     checkpoints: Sequence[CheckpointLike], specs: list[BenchmarkSpec], results: dict[tuple[str, str], dict[str, Any]]
 ) -> tuple[str, str]:
@@ -82,6 +93,11 @@ def render_results(
         "Accuracy % (correct/total), rule-based answer checking. – = not evaluated yet.",
         "",
         *_markdown_table(checkpoints, columns, results, judged=False),
+        "",
+        "Answers the rules could not extract (counted wrong above; for numbers to publish, let the LLM "
+        "judge `eval.judge` read them):",
+        "",
+        *_unextracted_table(checkpoints, specs, results),
     ]
     if judged:
         md += [
@@ -105,8 +121,10 @@ def render_results(
     writer = csv.writer(buffer, lineterminator="\n")
     header = ["checkpoint", "model"]
     for col in columns:
-        header += [col.label, f"{col.label} correct", f"{col.label} total"] + (
-            [f"{col.label} +judge"] if judged else []
+        header += (
+            [col.label, f"{col.label} correct", f"{col.label} total"]
+            + ([f"{col.label} unextracted"] if col.subset is None else [])
+            + ([f"{col.label} +judge"] if judged else [])
         )
     writer.writerow(header)
     for ck in checkpoints:
@@ -115,6 +133,8 @@ def render_results(
             stats = results.get((ck.name, col.benchmark))
             cell = _cell(stats, col)
             row += list(cell) if cell else ["", "", ""]
+            if col.subset is None:
+                row.append(stats["unextracted"] if stats else "")
             if judged:
                 with_judge = _cell(stats, col, judged=True)
                 row.append(with_judge[0] if with_judge else "")

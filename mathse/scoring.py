@@ -10,7 +10,9 @@ Rules first (`score_response`):
 * other free form: `answers_match` (math-verify equivalence with string fallbacks).
 
 The final answer is the last ``\\boxed{}``, else a final-answer line, else the whole response
-when it is a short bare answer ("14", "3.5 cm"). Responses where none is found are "unextracted":
+when it is a short bare answer ("14", "3.5 cm"), else what the final sentence concludes with
+("The number missing in the sequence is 14.", `mathse.conclusion`; nothing when that sentence is
+ambiguous). Responses where none is found are "unextracted":
 only those go to the optional LLM judge (`run_judge`), whose verdicts are kept apart, so accuracy
 is reported both without and with it.
 """
@@ -24,8 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mathse.answers import answers_match, extract_choice, extract_final_answer, normalize_answer
+from mathse.answers import (
+    answers_match,
+    extract_choice,
+    extract_final_answer,
+    normalize_answer,
+    unicode_math_to_latex,
+)
 from mathse.client import ChatClient
+from mathse.conclusion import read_conclusion, read_conclusion_choice
 from mathse.config import ApiConfig
 from mathse.evalsets import LETTERS, EvalItem
 from mathse.messages import ChatRequest, system_message, user_message
@@ -80,13 +89,15 @@ def extract_answer(item: EvalItem, response: str | None) -> str | None:
     if not response or not response.strip():
         return None
     if item.kind != "choice":
-        return _final_text(response)
+        return _final_text(response) or read_conclusion(response)
     # Choice: a letter, or an option's text (extract_choice matches both, bare answers included);
     # an explicit final answer that is neither is kept (and scored wrong); anything else is unread.
     options = list(item.options) or list(LETTERS[:5])  # options drawn in the image: A-E
     final = extract_final_answer(response)
     letter = extract_choice(final, options) if final else None
-    return letter or extract_choice(response, options) or final
+    if letter or final:
+        return letter or extract_choice(response, options) or final
+    return extract_choice(response, options) or read_conclusion_choice(response, options, LETTERS[: len(options)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +111,7 @@ _NUMBER_WITH_UNIT_RE = re.compile(r"(?P<num>[-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?:[
 
 def _strip_unit(text: str, unit: str | None) -> str:
     """Drop the record's unit (and LaTeX text wrappers) from the end of an answer."""
-    s = _TEXT_WRAP_RE.sub(r"\1", text).replace("$", "").strip()
+    s = _TEXT_WRAP_RE.sub(r"\1", text).replace("\\$", "").replace("$", "").strip()
     if unit:
         bare_unit = unit.strip()
         if bare_unit and s.endswith(bare_unit) and len(s) > len(bare_unit):
@@ -115,7 +126,7 @@ def _timeout() -> int | None:
 
 def numeric_value(text: str) -> float | None:
     """The number an answer denotes: "1,000", "$12", "45%" -> 45, "x = 3.5", "\\frac{3}{2}", "1000 g"."""
-    s = _TEXT_WRAP_RE.sub(r"\1", text).strip()
+    s = _TEXT_WRAP_RE.sub(r"\1", unicode_math_to_latex(text)).strip()
     if "=" in s:  # "x = 3.5": the value is on the right
         s = s.rsplit("=", 1)[1]
     s = s.replace("\\$", "").replace("$", "").replace("\\%", "%").replace("\\!", "").replace("\\,", "")

@@ -15,7 +15,10 @@ from mathse.answers import (
     extract_choice,
     extract_final_answer,
     is_choice_question,
+    match_option_text,
     normalize_answer,
+    strip_remark,
+    unicode_math_to_latex,
 )
 
 # --------------------------------------------------------------------------- extraction
@@ -37,6 +40,8 @@ from mathse.answers import (
         ("答案：15", "15"),
         ("所以答案是 7。", "7"),
         ("#### 18", "18"),
+        ("Final answer: 14 (8 small, 4 medium, 2 large)", "14"),  # a remark after the answer
+        ("The answer is 12π (about 37.7).", "12π"),
         ("Answer: 3\nLater the final answer is 4", "4"),  # "final answer" beats "answer"
         ("no answer here", None),
         ("\\boxed{\\frac{1}{2", None),  # truncated box is not an answer
@@ -100,6 +105,48 @@ OPTIONS = ["1/2", "3/4", "5", "7"]
 )
 def test_extract_choice(text: str, expected: str | None) -> None:
     assert extract_choice(text, OPTIONS) == expected
+
+
+def test_extract_choice_mathverse_format_and_two_letters() -> None:
+    assert extract_choice("B:40°", ["30°", "40°", "50°", "60°"]) == "B"  # MathVerse: no space after the colon
+    assert extract_choice("Answer: B:40°", ["30°", "40°", "50°", "60°"]) == "B"
+    assert extract_choice("The answer is B or C.", OPTIONS) is None  # two options named: none chosen
+    assert extract_choice("The answer is (B) and (C)", OPTIONS) is None
+    # A chain of equations is not handed whole to math-verify (it read "5" out of this one).
+    assert extract_choice("AB² = 25 + 25 = 50, so AB = 5√2.", ["5", "5√2", "10", "10√2"]) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "latex"),
+    [
+        ("5√2", "5\\sqrt{2}"),
+        ("3√{3}", "3\\sqrt{3}"),  # MathVerse's options
+        ("√(25 − 16)", "\\sqrt{25 - 16}"),
+        ("12π", "12\\pi"),
+        ("60°", "60^{\\circ}"),
+        ("(-∞, 2]", "(-\\infty, 2]"),
+        ("6²", "6^{2}"),
+        ("\\dfrac{5}{2}", "\\frac{5}{2}"),
+    ],
+)
+def test_unicode_math_to_latex(text: str, latex: str) -> None:
+    assert unicode_math_to_latex(text) == latex
+
+
+def test_option_matching_across_unicode_and_latex() -> None:
+    assert match_option_text("5\\sqrt{2}", ["5", "5√2", "10", "10√2"]) == "B"
+    assert match_option_text("\\sqrt{27}", ["3", "3√{3}", "6", "6√{3}"]) == "B"
+    assert match_option_text("145^\\circ", ["135°", "140°", "145°", "150°"]) == "C"
+    assert match_option_text("4π", ["2π", "4π", "8π"]) == "B"
+
+
+def test_strip_remark() -> None:
+    assert strip_remark("14 (since 11 + 3 = 14)") == "14"
+    assert strip_remark("12π (about 37.7)") == "12π"
+    assert strip_remark("(1, 2)") == "(1, 2)"  # an interval, not a remark
+    assert strip_remark("x \\in (1, 2)") == "x \\in (1, 2)"
+    assert strip_remark("5 + (2 + 3)") == "5 + (2 + 3)"  # part of the expression
+    assert strip_remark("14 (B)") == "14 (B)"
 
 
 def test_extract_choice_respects_option_count() -> None:
@@ -167,6 +214,13 @@ def test_letter_reference_without_question() -> None:
         ("Yes", "yes"),
         ("\\text{yes}", "yes"),
         ("Isosceles.", "isosceles"),
+        ("12\\pi \\text{ cm}^2", "12\\pi"),  # a unit after a constant
+        ("12π square units", "12\\pi"),
+        ("1,260,000", "1260000"),
+        ("1 260", "1260"),
+        ("5√2", "5\\sqrt{2}"),
+        ("(-∞, 2]", "(-\\infty, 2]"),
+        ("14 (11 + 3)", "14"),
     ],
 )
 def test_equivalent_answers(predicted: str, reference: str) -> None:
@@ -192,6 +246,10 @@ def test_equivalent_answers(predicted: str, reference: str) -> None:
         ("3", ""),
         ("10^{10^{10}}", "5"),  # power tower: refused before sympy, no hang
         ("(1+x)^{1000}", "5"),  # huge symbolic expansion: refused before sympy
+        ("37.7", "12\\pi"),  # an approximation is not the exact answer
+        ("5√3", "5\\sqrt{2}"),
+        ("(-∞, 2)", "(-\\infty, 2]"),
+        ("126,000", "1260000"),
     ],
 )
 def test_different_answers(predicted: str | None, reference: str) -> None:

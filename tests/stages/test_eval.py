@@ -120,7 +120,12 @@ def test_eval_end_to_end_with_judge_tables_and_rerun(tmp_path: Path, capsys: pyt
         assert "| base | 50.00 (2/4) | 66.67 (2/3) | 100.00 (1/1) | 0.00 (0/1) | 100.00 (1/1) |" in md
         assert "| copy | 0.00 (0/4) | 0.00 (0/3) |" in md
         assert "## With the LLM judge" in md and "| base | 75.00 (3/4) | 66.67 (2/3) |" in md
+        # Per benchmark, how many answers the rules could not extract.
+        unread = md.split("Answers the rules could not extract", 1)[1].split("## With the LLM judge", 1)[0]
+        assert "| checkpoint | MathVista | MathVerse |" in unread and "| base | 1/4 | 0/3 |" in unread
+        assert "| copy | 4/4 | 3/3 |" in unread
         rows = list(csv.DictReader((out / "results.csv").open()))
+        assert rows[0]["MathVista unextracted"] == "1" and rows[1]["MathVerse unextracted"] == "3"
         assert [r["checkpoint"] for r in rows] == ["base", "copy"]
         assert rows[0]["MathVista"] == "50.00" and rows[0]["MathVista total"] == "4"
         assert rows[0]["MathVista +judge"] == "75.00" and rows[0]["MathVerse (Vision Only) correct"] == "0"
