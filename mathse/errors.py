@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mathse.client import FatalEndpointError
 from mathse.config import ConfigError
 from mathse.llamafactory_bridge import TrainingError
 from mathse.records import DataError
@@ -12,6 +13,13 @@ class StageError(Exception):
     """A stage cannot run now (an earlier stage is missing, shards are incomplete, ...)."""
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (DataError, StageError, CorruptFileError, FileNotFoundError)
+# FatalEndpointError: the API refuses every request (401/403/404, a 400 for all): fix the config.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    DataError,
+    StageError,
+    CorruptFileError,
+    FileNotFoundError,
+    FatalEndpointError,
+)
 
-__all__ = ["USER_ERRORS", "ConfigError", "DataError", "StageError", "TrainingError"]
+__all__ = ["USER_ERRORS", "ConfigError", "DataError", "FatalEndpointError", "StageError", "TrainingError"]
