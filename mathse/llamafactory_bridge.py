@@ -34,6 +34,25 @@ DATASET_INFO = "dataset_info.json"
 IMAGE_TOKEN = "<image>"
 
 
+def llamafactory_command(*args: str) -> list[str]:
+    """`llamafactory-cli <args>` as run by this very interpreter.
+
+    Not looked up on PATH: `venv/bin/python main.py` without an activated venv would find no
+    `llamafactory-cli`, or another environment's. `python -m llamafactory.cli` is what that
+    console script runs.
+    """
+    return [sys.executable, "-m", "llamafactory.cli", *args]
+
+
+def llamafactory_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a LLaMA-Factory subprocess: ours, plus `extra`, with this interpreter's
+    bin folder first on PATH, because LLaMA-Factory's launcher starts `torchrun` by name."""
+    env = {**os.environ, **(extra or {})}
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([bin_dir, *(p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir)])
+    return env
+
+
 class TrainingError(Exception):
     """`llamafactory-cli train` failed; the message ends with the log's last lines."""
 
@@ -123,7 +142,7 @@ class TrainJob:
         return self.run_dir / f"{self.name}.log"
 
     def command(self) -> list[str]:
-        return ["llamafactory-cli", "train", str(self.yaml_path)]
+        return llamafactory_command("train", str(self.yaml_path))
 
     def yaml_text(self) -> str:
         return yaml.safe_dump(self.args, sort_keys=False, allow_unicode=True)
@@ -131,7 +150,13 @@ class TrainJob:
     def describe(self) -> str:
         """What would run: environment, command and YAML (for --dry-run)."""
         env = " ".join(f"{k}={v}" for k, v in self.env.items())
-        lines = [f"$ {env + ' ' if env else ''}{' '.join(self.command())}", f"--- {self.yaml_path}", self.yaml_text()]
+        # Shown as the familiar console script; it runs as `<this python> -m llamafactory.cli`.
+        lines = [
+            f"$ {env + ' ' if env else ''}llamafactory-cli train {self.yaml_path}",
+            f"# (run as {sys.executable} -m llamafactory.cli train ...)",
+            f"--- {self.yaml_path}",
+            self.yaml_text(),
+        ]
         return "\n".join(lines)
 
 
@@ -226,7 +251,7 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
         job = replace(job, args={**job.args, "model_name_or_path": str(resume)})
     job.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job.yaml_path, job.yaml_text())
-    env = {**os.environ, **job.env}
+    env = llamafactory_env(job.env)
     last: deque[str] = deque(maxlen=tail_lines)
     with job.log_path.open("a", encoding="utf-8") as log:
         log.write(f"\n$ {' '.join(job.command())}\n")
@@ -241,8 +266,8 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
                 errors="replace",
                 preexec_fn=_die_with_parent,
             )
-        except FileNotFoundError:
-            raise TrainingError("llamafactory-cli not found on PATH: pip install -r requirements.txt") from None
+        except FileNotFoundError:  # only if the interpreter itself vanished
+            raise TrainingError(f"cannot run {sys.executable}: pip install -r requirements.txt") from None
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -297,11 +322,11 @@ def serve_api(
     run_dir.mkdir(parents=True, exist_ok=True)
     yaml_path = run_dir / f"api_{port}.yaml"
     atomic_write_text(yaml_path, yaml.safe_dump(args, sort_keys=False))
-    env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port)}
+    env = llamafactory_env({"API_HOST": "127.0.0.1", "API_PORT": str(port)})
     base_url = f"http://127.0.0.1:{port}/v1"
     with (run_dir / f"api_{port}.log").open("w", encoding="utf-8") as log:
         proc = subprocess.Popen(
-            ["llamafactory-cli", "api", str(yaml_path)],
+            llamafactory_command("api", str(yaml_path)),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
