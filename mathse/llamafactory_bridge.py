@@ -128,6 +128,11 @@ class TrainJob:
     args: dict[str, Any]
     run_dir: Path  # where train.yaml and train.log live
     env: dict[str, str] = field(default_factory=dict)
+    # Where each argument's value came from: "recipe <file>", "llama_factory", "trainings.<t>", "stage".
+    origins: dict[str, str] = field(default_factory=dict)
+    # Things the user should know before hours of training (e.g. a shared value over a LoRA recipe's).
+    notes: list[str] = field(default_factory=list)
+    keep_checkpoints: bool = False  # else checkpoint-* folders are deleted once training finished
 
     @property
     def output_dir(self) -> Path:
@@ -148,16 +153,20 @@ class TrainJob:
         return yaml.safe_dump(self.args, sort_keys=False, allow_unicode=True)
 
     def describe(self) -> str:
-        """What would run: environment, command and YAML (for --dry-run)."""
+        """What would run: environment, command, notes and YAML with each value's origin (for --dry-run)."""
         env = " ".join(f"{k}={v}" for k, v in self.env.items())
         # Shown as the familiar console script; it runs as `<this python> -m llamafactory.cli`.
         lines = [
             f"$ {env + ' ' if env else ''}llamafactory-cli train {self.yaml_path}",
             f"# (run as {sys.executable} -m llamafactory.cli train ...)",
+            *(f"# note: {note}" for note in self.notes),
             f"--- {self.yaml_path}",
-            self.yaml_text(),
         ]
-        return "\n".join(lines)
+        for key, value in self.args.items():
+            text = yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True).rstrip("\n")
+            origin = f"# from {self.origins.get(key, 'stage')}"
+            lines.append(f"{text}  {origin}" if "\n" not in text else f"{origin}\n{text}")
+        return "\n".join(lines) + "\n"
 
 
 def compose_train_job(
@@ -171,33 +180,63 @@ def compose_train_job(
     run_dir: Path,
     extra: dict[str, Any] | None = None,
     recipe_path: Path | None = None,
+    training: str | None = None,
 ) -> TrainJob:
-    """Recipe template < config's llama_factory block < stage specifics (< `extra`).
+    """Recipe template < shared `llama_factory` block < `trainings.<training>` < stage specifics (< `extra`).
 
-    `recipe_path` replaces `llama_factory.recipe` for one stage (e.g. a LoRA final SFT).
+    `training` names the per-training overrides ("m0", "rounds", "orm", "final"; None: none).
+    Its `recipe`, else `recipe_path` (e.g. reflect.final_recipe), replaces `llama_factory.recipe`.
     """
-    recipe_file = recipe_path or cfg.llama_factory.recipe
+    own = getattr(cfg.trainings, training) if training is not None else None
+    recipe_file = (own.recipe if own is not None else None) or recipe_path or cfg.llama_factory.recipe
     recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
-    args: dict[str, Any] = dict(recipe)
-    args.update(cfg.llama_factory.overrides())
-    args.update(
-        {
-            "model_name_or_path": model_path,
-            "template": cfg.model.template,
-            "trust_remote_code": cfg.model.trust_remote_code,
-            "dataset": ",".join(datasets),
-            "dataset_dir": str(dataset_dir),
-            # Images are stored as absolute paths, so media_dir only matters for relative ones.
-            "media_dir": str(dataset_dir),
-            "output_dir": str(output_dir),
-            "seed": cfg.run.seed,
-            "data_seed": cfg.run.seed,
-        }
+    stage = {
+        "model_name_or_path": model_path,
+        "template": cfg.model.template,
+        "trust_remote_code": cfg.model.trust_remote_code,
+        "dataset": ",".join(datasets),
+        "dataset_dir": str(dataset_dir),
+        # Images are stored as absolute paths, so media_dir only matters for relative ones.
+        "media_dir": str(dataset_dir),
+        "output_dir": str(output_dir),
+        "seed": cfg.run.seed,
+        "data_seed": cfg.run.seed,
+        **(extra or {}),
+    }
+    layers: list[tuple[str, dict[str, Any]]] = [
+        (f"recipe {recipe_file.name}", dict(recipe)),
+        ("llama_factory", cfg.llama_factory.overrides()),
+        (f"trainings.{training}", own.overrides() if own is not None else {}),
+        ("stage", stage),
+    ]
+    args: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for origin, values in layers:
+        for key, value in values.items():
+            args[key] = value
+            origins[key] = origin
+    for key, value in (("stage", "sft"), ("do_train", True)):
+        if key not in args:
+            args[key], origins[key] = value, "stage"
+    notes = []
+    if recipe_file != cfg.llama_factory.recipe:
+        # This training has its own recipe (e.g. LoRA): shared values that beat it are worth a word.
+        shared = cfg.llama_factory.overrides()
+        for key, value in recipe.items():
+            if origins.get(key) == "llama_factory" and shared[key] != value:
+                notes.append(
+                    f"{key}: {shared[key]!r} from llama_factory.{key} replaces {value!r} of {recipe_file.name} "
+                    f"(set trainings.{training or '<training>'}.{key} to choose)"
+                )
+    return TrainJob(
+        name=name,
+        args=args,
+        run_dir=run_dir,
+        env=launcher_env(cfg),
+        origins=origins,
+        notes=notes,
+        keep_checkpoints=cfg.llama_factory.keep_checkpoints,
     )
-    args.update(extra or {})
-    args.setdefault("stage", "sft")
-    args.setdefault("do_train", True)
-    return TrainJob(name=name, args=args, run_dir=run_dir, env=launcher_env(cfg))
 
 
 def launcher_env(cfg: MathSEConfig) -> dict[str, str]:
@@ -232,7 +271,7 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
         if (out / "trainer_state.json").is_file():
             # Training finished (LLaMA-Factory saves the model, its metrics, then trainer_state.json
             # last) and the kill came before the marker: resuming would train a step past max_steps.
-            mark_done(out, {"job": job.name, "yaml": str(job.yaml_path)})
+            _finish(job)
             return out
         # A checkpoint is complete once trainer_state.json exists (the Trainer writes it last);
         # one cut short by the kill would make the resume fail, so it goes.
@@ -250,6 +289,8 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
         # keys) makes the resume exact; optimizer, scheduler, RNG state and step still come from it.
         job = replace(job, args={**job.args, "model_name_or_path": str(resume)})
     job.run_dir.mkdir(parents=True, exist_ok=True)
+    for note in job.notes:
+        print(f"{job.name}: note: {note}", flush=True)
     atomic_write_text(job.yaml_path, job.yaml_text())
     env = llamafactory_env(job.env)
     last: deque[str] = deque(maxlen=tail_lines)
@@ -279,8 +320,25 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
     if code != 0:
         tail = "\n".join(last)
         raise TrainingError(f"llamafactory-cli train failed (exit {code}); log: {job.log_path}\n{tail}")
-    mark_done(out, {"job": job.name, "yaml": str(job.yaml_path)})
+    _finish(job)
     return out
+
+
+def _finish(job: TrainJob) -> None:
+    """Prune the finished training's intermediate checkpoints (unless kept), then mark it done.
+
+    Each checkpoint-* holds a full model plus optimizer state (3x the model for full fine-tuning):
+    at 7B that is ~100 GB per checkpoint, per training, for resumes that can no longer happen.
+    The marker comes last, so a kill mid-prune is finished by the rerun.
+    """
+    out = job.output_dir
+    pruned = 0
+    if not job.keep_checkpoints:
+        for ckpt in sorted(out.glob("checkpoint-*")):
+            if ckpt.is_dir():
+                shutil.rmtree(ckpt)
+                pruned += 1
+    mark_done(out, {"job": job.name, "yaml": str(job.yaml_path), "checkpoints_pruned": pruned})
 
 
 def _resume_weights(out: Path) -> Path | None:

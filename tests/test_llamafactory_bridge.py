@@ -23,7 +23,7 @@ from mathse.llamafactory_bridge import (
     write_sharegpt_dataset,
 )
 from mathse.records import read_problems
-from mathse.storage import is_done
+from mathse.storage import is_done, read_marker
 
 
 def test_sharegpt_dataset_and_registration(tmp_path: Path) -> None:
@@ -105,6 +105,9 @@ def test_real_training_writes_a_loadable_checkpoint(
     log = (tmp_path / "run" / "t.log").read_text()
     assert "train_loss" in log and f"{sys.executable} -m llamafactory.cli train" in log
     assert "Initializing 1 distributed tasks" in log  # it went through torchrun
+    # save_steps 20 of max_steps 40 wrote checkpoints; once finished they are pruned.
+    assert "checkpoint-20" in log or "checkpoint-40" in log
+    assert not list(out.glob("checkpoint-*")) and read_marker(out)["checkpoints_pruned"] >= 1
     chat = ChatModel(
         dict(
             model_name_or_path=str(out),
@@ -167,3 +170,20 @@ def _is_api_server(pid: str, tmp_path: Path) -> bool:
     except OSError:
         return False
     return b"llamafactory.cli" in cmdline and any(str(tmp_path).encode() in part for part in cmdline)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_finished_training_prunes_checkpoints_unless_kept(run_config, tmp_path: Path, keep: bool) -> None:
+    """A training that finished before its marker (killed then) is marked done, its checkpoints pruned."""
+    cfg = load_config(run_config(llama_factory={"keep_checkpoints": keep}))
+    job = compose_train_job(cfg, name="t", model_path=cfg.model.base, datasets=["d"], dataset_dir=tmp_path,
+                            output_dir=tmp_path / "model", run_dir=tmp_path / "run")
+    out = tmp_path / "model"
+    for step in (20, 40):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (out / "model.safetensors").write_text("weights")
+    (out / "trainer_state.json").write_text("{}")
+    assert run_train_job(job) == out and is_done(out)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == (["checkpoint-20", "checkpoint-40"] if keep else [])
+    assert (out / "model.safetensors").is_file()

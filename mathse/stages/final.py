@@ -49,6 +49,7 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
     return compose_train_job(
         cfg,
         name="train_final",
+        training="final",
         model_path=model,
         datasets=[DATASET_NAME],
         dataset_dir=cfg.dataset_dir,

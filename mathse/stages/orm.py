@@ -127,6 +127,7 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
     return compose_train_job(
         cfg,
         name="train_orm",
+        training="orm",
         model_path=cfg.model.base,
         datasets=[DATASET_NAME],
         dataset_dir=cfg.dataset_dir,
