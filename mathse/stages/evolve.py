@@ -11,7 +11,8 @@ its own marker, so a kill at any moment loses nothing and a rerun redoes only th
                     stats (marker `.merged.json`); the cumulative `sft_chosen.jsonl`,
                     `sft_rejected.jsonl`, `hard_problems.jsonl`, `history.jsonl`, D_SFT and the
                     LLaMA-Factory dataset `mathse_stage_final` are rebuilt from all merged rounds.
-4. retrain          M_r into `sft_model_round_<r>` (resumes from its last checkpoint)
+4. retrain          M_r into `sft_model_round_<r>` (resumes from its last checkpoint); a round that
+                    accepted no new path keeps the previous model instead (the data did not change)
 5. round marker     `.mathse_done.json` with the round summary; `sft_model_final` -> latest model
 """
 
@@ -213,9 +214,15 @@ def model_ref(model_dir: Path) -> tuple[str, str | None]:
 
 
 def generation_model(cfg: MathSEConfig, r: int) -> Path:
-    """The latest checkpoint before round r: M_{r-1} when retraining, else M0."""
+    """The latest checkpoint before round r: round r-1's model when retraining, else M0.
+
+    Round r-1's model is M_{r-1}, or the model before it when that round accepted no new path
+    (its marker records which), so the chain never points at a model that was not trained.
+    """
     if cfg.evolve.retrain and r > 1:
-        return round_model_dir(cfg, r - 1)
+        previous = round_dir(cfg, r - 1)
+        recorded = read_marker(previous).get("model") if is_done(previous) else None
+        return Path(recorded) if recorded else round_model_dir(cfg, r - 1)
     return cfg.model_path("sft_model_stage0")
 
 
@@ -231,6 +238,7 @@ def train_job(cfg: MathSEConfig, r: int) -> TrainJob:
     return compose_train_job(
         cfg,
         name=f"train_round_{r}",
+        training="rounds",
         model_path=start,
         datasets=[DATASET_NAME],
         dataset_dir=cfg.dataset_dir,
@@ -329,9 +337,15 @@ def complete_round(
         atomic_write_json(merged_marker(cfg, r), stats)
     stats = read_json(merged_marker(cfg, r))
     rebuild_cumulative(cfg, r)
-    # Without retraining the data still grows each round; the model stays M0.
+    # Without retraining the data still grows each round; the model stays M0. A round that accepted
+    # no new path left D_SFT as it was: retraining would spend hours to reproduce the model before.
     with timer.span("model"):
-        latest = run_train_job(train_job(cfg, r)) if cfg.evolve.retrain else generation_model(cfg, r)
+        if cfg.evolve.retrain and stats["accepted"] > 0:
+            latest = run_train_job(train_job(cfg, r))
+        else:
+            latest = generation_model(cfg, r)
+            if cfg.evolve.retrain:
+                print(f"evolve: round {r} accepted no new path; not retraining, its model stays {latest}")
     point_final_at(cfg, latest)
     mark_done(rd, {**stats, "model": str(latest)})
     print(round_summary(r, stats))
