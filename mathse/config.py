@@ -254,6 +254,9 @@ class LlamaFactoryConfig(TrainingArgs):
     # Intermediate checkpoint-* folders are deleted once a training has finished (they hold a full
     # model and optimizer state each); true keeps them.
     keep_checkpoints: bool = False
+    # An example whose image tokens cannot fit the training's cutoff_len (LLaMA-Factory would cut
+    # them and die): "drop" leaves it out of the dataset and lists it; "stop" stops before training.
+    too_long: Literal["drop", "stop"] = "drop"
 
 
 class TrainingOverrides(TrainingArgs):

@@ -23,12 +23,16 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mathse.config import MathSEConfig
+from mathse.records import DataError
 from mathse.storage import atomic_open, atomic_write_json, atomic_write_text, is_done, mark_done, read_json
+
+if TYPE_CHECKING:
+    from mathse.token_budget import TokenBudget
 
 DATASET_INFO = "dataset_info.json"
 IMAGE_TOKEN = "<image>"
@@ -65,6 +69,7 @@ class SftExample:
     response: str
     images: tuple[str, ...] = ()
     system: str | None = None
+    id: str | None = None  # the record it came from, to name it when it is left out
 
 
 def to_sharegpt(example: SftExample) -> dict[str, Any]:
@@ -81,24 +86,55 @@ def to_sharegpt(example: SftExample) -> dict[str, Any]:
     return row
 
 
-def write_sharegpt_dataset(examples: Iterable[SftExample], dataset_dir: Path, name: str) -> int:
+def write_sharegpt_dataset(
+    examples: Iterable[SftExample], dataset_dir: Path, name: str, budget: TokenBudget | None = None
+) -> int:
     """Stream `examples` into `<dataset_dir>/<name>.json` (a JSON array) and register it.
 
     Streaming keeps memory flat for hundreds of thousands of rows; the file is written to a temp
     name and renamed, and registered in dataset_info.json only after, so a kill leaves either the
     previous dataset or the new one.
+
+    With a `budget`, an example that cannot keep its image tokens within the training's cutoff_len
+    is left out and listed in `<name>.too_long.jsonl` (or, with `llama_factory.too_long: stop`,
+    nothing is written and DataError says how many and what cutoff_len would fit them).
     """
     file_name = f"{name}.json"
     count = 0
+    too_long: list[dict[str, Any]] = []
     with atomic_open(dataset_dir / file_name) as handle:
         handle.write("[")
         for example in examples:
+            needed = budget.needed(example) if budget is not None else None
+            if needed is not None:
+                too_long.append({"id": example.id, "tokens": needed, "images": list(example.images),
+                                 "prompt": example.prompt[:200]})
+                continue
             handle.write(",\n" if count else "\n")
             handle.write(json.dumps(to_sharegpt(example), ensure_ascii=False))
             count += 1
         handle.write("\n]\n")
+        if too_long and budget is not None:
+            _report_too_long(too_long, dataset_dir / f"{name}.too_long.jsonl", name, budget, count)
+    if budget is not None and not too_long:
+        (dataset_dir / f"{name}.too_long.jsonl").unlink(missing_ok=True)
     register_dataset(dataset_dir, name, file_name)
     return count
+
+
+def _report_too_long(rows: list[dict[str, Any]], listing: Path, name: str, budget: TokenBudget, kept: int) -> None:
+    atomic_write_text(listing, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    longest = max(r["tokens"] for r in rows)
+    limit = f"{budget.where}={budget.cutoff_len}"
+    if kept == 0:
+        raise DataError(f"dataset {name}: none of its {len(rows)} examples keeps its image tokens within {limit}; "
+                        f"cutoff_len {longest} fits them all (listed in {listing})")
+    if budget.policy == "stop":
+        raise DataError(f"dataset {name}: {len(rows)} examples would lose image tokens to {limit}; cutoff_len "
+                        f"{longest} fits them all (listed in {listing}): raise it, or set llama_factory.too_long: "
+                        f"drop to leave them out")
+    print(f"dataset {name}: left out {len(rows)} examples whose image tokens do not fit {limit} (cutoff_len "
+          f"{longest} fits them all); listed in {listing}", flush=True)
 
 
 def register_dataset(dataset_dir: Path, name: str, file_name: str) -> None:
@@ -169,6 +205,33 @@ class TrainJob:
         return "\n".join(lines) + "\n"
 
 
+def training_layers(
+    cfg: MathSEConfig, training: str | None, recipe_path: Path | None = None
+) -> tuple[Path, list[tuple[str, dict[str, Any]]]]:
+    """(recipe file, [(origin, args)] from the bottom up): recipe < llama_factory < trainings.<training>.
+
+    The one place a training's arguments are layered, for its YAML and for counting its tokens.
+    """
+    own = getattr(cfg.trainings, training) if training is not None else None
+    if training == "final" and recipe_path is None:
+        recipe_path = cfg.reflect.final_recipe
+    recipe_file = (own.recipe if own is not None else None) or recipe_path or cfg.llama_factory.recipe
+    recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
+    return recipe_file, [
+        (f"recipe {recipe_file.name}", dict(recipe)),
+        ("llama_factory", cfg.llama_factory.overrides()),
+        (f"trainings.{training}", own.overrides() if own is not None else {}),
+    ]
+
+
+def training_args(cfg: MathSEConfig, training: str | None) -> dict[str, Any]:
+    """The training's LLaMA-Factory arguments before the stage specifics (model, data, output)."""
+    args: dict[str, Any] = {}
+    for _, values in training_layers(cfg, training)[1]:
+        args.update(values)
+    return args
+
+
 def compose_train_job(
     cfg: MathSEConfig,
     *,
@@ -187,9 +250,8 @@ def compose_train_job(
     `training` names the per-training overrides ("m0", "rounds", "orm", "final"; None: none).
     Its `recipe`, else `recipe_path` (e.g. reflect.final_recipe), replaces `llama_factory.recipe`.
     """
-    own = getattr(cfg.trainings, training) if training is not None else None
-    recipe_file = (own.recipe if own is not None else None) or recipe_path or cfg.llama_factory.recipe
-    recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
+    recipe_file, layers = training_layers(cfg, training, recipe_path)
+    recipe = layers[0][1]
     stage = {
         "model_name_or_path": model_path,
         "template": cfg.model.template,
@@ -203,12 +265,7 @@ def compose_train_job(
         "data_seed": cfg.run.seed,
         **(extra or {}),
     }
-    layers: list[tuple[str, dict[str, Any]]] = [
-        (f"recipe {recipe_file.name}", dict(recipe)),
-        ("llama_factory", cfg.llama_factory.overrides()),
-        (f"trainings.{training}", own.overrides() if own is not None else {}),
-        ("stage", stage),
-    ]
+    layers.append(("stage", stage))
     args: dict[str, Any] = {}
     origins: dict[str, str] = {}
     for origin, values in layers:

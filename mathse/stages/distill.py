@@ -19,6 +19,7 @@ from mathse.prompts import fill_template, student_prompt
 from mathse.records import DataError, Problem, read_problems
 from mathse.storage import atomic_write_jsonl, is_done, mark_done, read_marker
 from mathse.timing import StageTimer
+from mathse.token_budget import TokenBudget
 
 STAGE = "distill"
 # ChatClient appends this to the reason of a retryable failure once its retries are spent.
@@ -151,8 +152,9 @@ def build_d_sft(cfg: MathSEConfig, problems: list[Problem], stage_dir: Path, tim
 
     atomic_write_jsonl(stage_dir / "dropped.jsonl", dropped)
     atomic_write_jsonl(stage_dir / "d_sft.jsonl", rows)
-    examples = (SftExample(prompt=r["prompt"], response=r["response"], images=tuple(r["images"])) for r in rows)
-    write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME)
+    examples = (SftExample(prompt=r["prompt"], response=r["response"], images=tuple(r["images"]), id=r["id"])
+                for r in rows)
+    write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME, TokenBudget.for_training(cfg, "m0"))
     kept = len(rows) - len(given)
     return {
         "seed": len(problems),

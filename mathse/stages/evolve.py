@@ -45,6 +45,7 @@ from mathse.storage import (
     read_marker,
 )
 from mathse.timing import StageTimer
+from mathse.token_budget import TokenBudget
 
 STAGE = "evolve"
 DATASET_NAME = "mathse_stage_final"
@@ -446,8 +447,9 @@ def rebuild_cumulative(cfg: MathSEConfig, upto: int) -> None:
         for c in chosen
     ]
     atomic_write_jsonl(base / "d_sft.jsonl", d_sft)
-    examples = (SftExample(prompt=d["prompt"], response=d["response"], images=tuple(d["images"])) for d in d_sft)
-    write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME)
+    examples = (SftExample(prompt=d["prompt"], response=d["response"], images=tuple(d["images"]), id=d["id"])
+                for d in d_sft)
+    write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME, TokenBudget.for_training(cfg, "rounds"))
 
 
 # ---------------------------------------------------------------------------------------------

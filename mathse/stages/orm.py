@@ -27,6 +27,7 @@ from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, 
 from mathse.records import ImageRecord, read_records
 from mathse.steps import split_steps
 from mathse.storage import is_done, mark_done, read_marker
+from mathse.token_budget import TokenBudget
 from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, format_orm_response
 
 STAGE = "orm"
@@ -59,6 +60,7 @@ class LabelledPath(ImageRecord):
             response=format_orm_response(self.verdict()),
             images=self.images,
             system=ORM_SYSTEM_PROMPT,
+            id=self.id,
         )
 
 
@@ -169,7 +171,8 @@ def build_dataset(cfg: MathSEConfig, rows: list[LabelledPath], train_file: Path)
     for label in ("correct", "incorrect"):
         if counts[label] < IMBALANCE_WARN * counts["rows"]:
             print(f"orm: warning: only {counts[label]} of {counts['rows']} labelled paths are {label}")
-    examples = write_sharegpt_dataset((r.example() for r in rows), cfg.dataset_dir, DATASET_NAME)
+    budget = TokenBudget.for_training(cfg, "orm")
+    examples = write_sharegpt_dataset((r.example() for r in rows), cfg.dataset_dir, DATASET_NAME, budget)
     return {**counts, "examples": examples, "train_file_sha256": _sha256(train_file)}
 
 
