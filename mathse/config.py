@@ -204,6 +204,8 @@ class LauncherConfig(StrictModel):
     nproc_per_node: int | None = Field(None, ge=1)
     master_addr: str | None = None
     master_port: int | None = Field(None, ge=1, le=65535)
+    # nnodes > 1: how long a node_rank > 0 waits for node 0's data before giving up.
+    wait_timeout_s: float = Field(24 * 3600.0, gt=0)
 
 
 class TrainingArgs(StrictModel):

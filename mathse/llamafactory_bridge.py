@@ -324,6 +324,9 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
     out = job.output_dir
     if is_done(out):
         return out
+    if job.env.get("NODE_RANK", "0") != "0":
+        return _join_train_job(job)
+    job.yaml_path.unlink(missing_ok=True)  # nodes > 0 start from the YAML node 0 writes below
     if out.exists():
         if (out / "trainer_state.json").is_file():
             # Training finished (LLaMA-Factory saves the model, its metrics, then trainer_state.json
@@ -379,6 +382,33 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
         raise TrainingError(f"llamafactory-cli train failed (exit {code}); log: {job.log_path}\n{tail}")
     _finish(job)
     return out
+
+
+def _join_train_job(job: TrainJob, poll_s: float = 1.0) -> Path:
+    """A node_rank > 0 joins node 0's training: the same YAML (node 0 decided resume and cleanup),
+    its own log; node 0 prunes and marks the output (the output_dir is on a shared filesystem)."""
+    rank = job.env["NODE_RANK"]
+    while not job.yaml_path.is_file():
+        time.sleep(poll_s)  # node 0 writes it right before it launches; the launcher's rendezvous times out
+    log_path = job.run_dir / f"{job.name}.rank{rank}.log"
+    last: deque[str] = deque(maxlen=30)
+    with log_path.open("a", encoding="utf-8") as log:
+        log.write(f"\n$ {' '.join(job.command())}\n")
+        proc = subprocess.Popen(job.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=llamafactory_env(job.env), text=True, bufsize=1, errors="replace",
+                                preexec_fn=_die_with_parent)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                last.append(line.rstrip("\n"))
+                sys.stdout.write(line)
+        finally:
+            code = proc.wait()
+    if code != 0:
+        tail = "\n".join(last)
+        raise TrainingError(f"llamafactory-cli train (node_rank {rank}) failed (exit {code}); log: {log_path}\n{tail}")
+    return job.output_dir
 
 
 def _finish(job: TrainJob) -> None:

@@ -201,3 +201,13 @@ def ask_teacher(cfg: MathSEConfig, problems: list[Problem]) -> list[ChatResult]:
         return client.complete_many_sync(requests, progress="teacher")
     finally:
         ledger.save()
+
+
+def follow(cfg: MathSEConfig) -> int:
+    """node_rank > 0 of a multi-node run: wait for node 0's D_SFT, then join M0's training."""
+    from mathse.nodes import wait_for
+
+    wait_for(cfg, cfg.output_dir / STAGE, "D_SFT")
+    run_train_job(train_job(cfg))
+    print(f"distill: this node's share of M0's training is done ({cfg.model_path('sft_model_stage0')})")
+    return 0

@@ -485,3 +485,18 @@ def print_plan(cfg: MathSEConfig, pool: list[Problem]) -> None:
     if ev.retrain:
         print(f"[dry-run] retrain each round from {ev.retrain_from}; round 1 training command (not run):")
         print(train_job(cfg, 1).describe())
+
+
+def follow(cfg: MathSEConfig) -> int:
+    """node_rank > 0 of a multi-node run: per round, wait for node 0's merge, join its retraining."""
+    from mathse.nodes import wait_for
+
+    for r in range(1, cfg.evolve.rounds + 1):
+        if r > 1 and not read_json(round_dir(cfg, r - 1) / "remain.json"):
+            break  # node 0 stops when D_remain is empty
+        wait_for(cfg, round_dir(cfg, r), f"round {r} data", marker=merged_marker(cfg, r))
+        if cfg.evolve.retrain and read_json(merged_marker(cfg, r))["accepted"] > 0:
+            run_train_job(train_job(cfg, r))
+        wait_for(cfg, round_dir(cfg, r), f"round {r}")
+    print(f"evolve: this node's share of the {cfg.evolve.rounds} rounds' trainings is done")
+    return 0

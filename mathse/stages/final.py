@@ -79,3 +79,13 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     out = run_train_job(train_job(cfg))
     print(f"final: done; final model: {out}")
     return 0
+
+
+def follow(cfg: MathSEConfig) -> int:
+    """node_rank > 0 of a multi-node run: wait for node 0's reflection data, then join the final SFT."""
+    from mathse.nodes import wait_for
+
+    wait_for(cfg, cfg.output_dir / "reflect", "reflection dataset")
+    run_train_job(train_job(cfg))
+    print(f"final: this node's share of the final SFT is done ({cfg.model_path('reflection_model_final')})")
+    return 0

@@ -178,3 +178,13 @@ def build_dataset(cfg: MathSEConfig, rows: list[LabelledPath], train_file: Path)
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def follow(cfg: MathSEConfig) -> int:
+    """node_rank > 0 of a multi-node run: wait for node 0's ORM dataset, then join the ORM's training."""
+    from mathse.nodes import wait_for
+
+    wait_for(cfg, cfg.output_dir / STAGE, "ORM dataset")
+    run_train_job(train_job(cfg))
+    print(f"orm: this node's share of the ORM's training is done ({cfg.model_path('orm_model')})")
+    return 0
