@@ -99,8 +99,16 @@ def run_stage(stage: str, cfg: MathSEConfig, dry_run: bool, **options: object) -
     # Errors a user can fix (bad data, bad config for this stage) are one line, exit 2; a failed
     # training run is exit 1 with its log's tail. Anything else is a bug and keeps its traceback.
     from mathse.errors import USER_ERRORS, TrainingError
+    from mathse.nodes import is_follower, node_rank
 
     try:
+        if is_follower(cfg) and not dry_run:
+            # Multi-node: node 0 pays for the API calls, generation and data; this node joins trainings.
+            follow = getattr(module, "follow", None)
+            if follow is None:
+                print(f"{stage}: node_rank {node_rank(cfg)}: runs on node 0 only; nothing to do on this node")
+                return 0
+            return int(follow(cfg) or 0)
         return int(module.run(cfg, dry_run=dry_run, **options) or 0)
     except ConfigError as exc:
         for line in exc.lines:

@@ -41,13 +41,14 @@ from typing import TYPE_CHECKING, Any
 import openai
 from tqdm import tqdm
 
+from mathse.errors import FatalEndpointError
 from mathse.messages import ChatRequest, ChatResult, user_message
 from mathse.usage import UsageLedger
 
 if TYPE_CHECKING:
     from mathse.config import ApiConfig
 
-__all__ = ["CACHE_VERSION", "ChatClient", "cache_key"]
+__all__ = ["CACHE_VERSION", "ChatClient", "FatalEndpointError", "cache_key"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ LEDGER_SAVE_EVERY_S = 30.0  # a killed run loses at most this much bookkeeping (
 RETRY_AFTER_CAP_S = 600.0  # never let one odd header park a worker for hours
 # Besides 429 and 5xx: request timeout and conflict are transient too (OpenAI's SDK retries them).
 RETRYABLE_4XX = {408, 409, 429}
+# Statuses that say the endpoint, model or key is wrong: no request of the batch can succeed.
+CONFIG_STATUSES = {401, 403, 404}
+# This many requests in a row failing with one such status (or with a 400 before any success)
+# stop the batch: paying for, or dropping, the rest would only lose data to a config mistake.
+FATAL_STREAK = 3
 
 
 def _canonical(obj: Any) -> bytes:
@@ -96,14 +102,57 @@ def cache_key(body: dict[str, Any], salt: str | None = None) -> str:
     return digest.hexdigest()
 
 
+class _FatalWatch:
+    """Tells a per-request failure (one refused prompt) from an endpoint that refuses everything."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
+        self.answered = 0  # HTTP successes in this batch
+        self.seen = 0  # requests sent in this batch that came back
+        self.streak = 0
+        self.status: int | None = None
+        self.message = ""
+
+    def observe(self, result: ChatResult) -> None:
+        """Account one sent request; raise FatalEndpointError once the pattern is unmistakable."""
+        self.seen += 1
+        if result.ok:
+            self.answered += 1
+            self.streak = 0
+            return
+        status = result.status
+        # A 400 is a per-request refusal unless every request gets it: only before any success.
+        if status in CONFIG_STATUSES or (status == 400 and self.answered == 0):
+            self.streak = self.streak + 1 if status == self.status else 1
+            self.status, self.message = status, result.error or ""
+            if self.streak >= FATAL_STREAK:
+                self.fail()
+        else:
+            self.streak = 0
+
+    def finish(self) -> None:
+        """A batch smaller than the streak whose every request got a config status is fatal too."""
+        if self.status in CONFIG_STATUSES and 0 < self.streak == self.seen:
+            self.fail()
+
+    def fail(self) -> None:
+        cfg = self.client.cfg
+        assert self.status is not None
+        message = self.message.removeprefix(f"HTTP {self.status}: ")
+        raise FatalEndpointError(self.client.stage, cfg.base_url, cfg.model, self.status, message, self.streak)
+
+
 class _Failure(Exception):
     """An attempt that did not produce an answer; `retry` says whether another try may help."""
 
-    def __init__(self, reason: str, retry: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry: bool, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry = retry
         self.retry_after = retry_after
+        self.status = status
 
 
 def _parse_retry_after(headers: Any) -> float | None:
@@ -310,8 +359,8 @@ class ChatClient:
             status = err.status_code
             if status in RETRYABLE_4XX or status >= 500:
                 retry_after = _parse_retry_after(err.response.headers) if status in (429, 503) else None
-                raise _Failure(f"HTTP {status}", retry=True, retry_after=retry_after) from err
-            raise _Failure(f"HTTP {status}: {_error_message(err)}", retry=False) from err
+                raise _Failure(f"HTTP {status}", retry=True, retry_after=retry_after, status=status) from err
+            raise _Failure(f"HTTP {status}: {_error_message(err)}", retry=False, status=status) from err
         return _parse_completion(content)
 
     def _backoff(self, attempt: int) -> float:
@@ -354,8 +403,14 @@ class ChatClient:
                 reason = failure.reason
                 if failure.retry:
                     reason = f"{reason} after {attempts - 1} retries"
-                return ChatResult(key=request.key, error=reason, attempts=attempts, latency_s=loop.time() - start,
-                                  retryable=failure.retry)
+                return ChatResult(
+                    key=request.key,
+                    error=reason,
+                    attempts=attempts,
+                    latency_s=loop.time() - start,
+                    retryable=failure.retry,
+                    status=failure.status,
+                )
             delay = self._backoff(attempts)
             if failure.retry_after is not None:
                 retry_after = min(failure.retry_after, RETRY_AFTER_CAP_S)
@@ -451,6 +506,7 @@ class ChatClient:
         window = concurrency * 4 + 16
         tasks: set[asyncio.Task[None]] = set()
         client = self._make_openai()
+        watch = _FatalWatch(self)
 
         async def run(index: int) -> None:
             result = await self._one(client, sem, requests[index], bodies.pop(index))
@@ -478,7 +534,9 @@ class ChatClient:
                         deliver(j, replace(result, key=requests[j].key, cached=True, attempts=0, latency_s=0.0))
                     else:
                         deliver(j, replace(result, key=requests[j].key, attempts=0))
+                watch.observe(result)  # raises to stop the batch; the finally cancels the rest
                 spawn()
+            watch.finish()
         finally:
             for task in tasks:
                 task.cancel()

@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "MathSEConfig",
     "Price",
+    "TrainingOverrides",
     "load_config",
     "parse_overrides",
     "save_resolved_config",
@@ -160,6 +161,7 @@ class ReflectConfig(StrictModel):
     revalidate: bool = True
     max_drafts_per_question: int | None = Field(None, ge=1)
     # Final SFT recipe; default: llama_factory.recipe (e.g. configs/llama_factory/sft_lora.yaml).
+    # The same as trainings.final.recipe, where its hyperparameters can be set too.
     final_recipe: Path | None = None
     # Start the final SFT from the Stage-2 checkpoint ("stage2") or from the base model ("base").
     final_from: Literal["stage2", "base"] = "stage2"
@@ -195,12 +197,13 @@ class LauncherConfig(StrictModel):
     nproc_per_node: int | None = Field(None, ge=1)
     master_addr: str | None = None
     master_port: int | None = Field(None, ge=1, le=65535)
+    # nnodes > 1: how long a node_rank > 0 waits for node 0's data before giving up.
+    wait_timeout_s: float = Field(24 * 3600.0, gt=0)
 
 
-class LlamaFactoryConfig(StrictModel):
-    """Training settings; merged over the recipe template, stage specifics merged last."""
+class TrainingArgs(StrictModel):
+    """LLaMA-Factory training arguments MathSE knows by name; None means: not set at this layer."""
 
-    recipe: Path = Path("configs/llama_factory/sft_full.yaml")
     deepspeed: Path | None = None
     finetuning_type: Literal["full", "lora", "freeze"] | None = None
     learning_rate: float | None = Field(None, gt=0)
@@ -225,18 +228,48 @@ class LlamaFactoryConfig(StrictModel):
     freeze_vision_tower: bool | None = None
     preprocessing_num_workers: int | None = Field(None, ge=1)
     report_to: str | None = None
-    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
     # Any other LLaMA-Factory argument, passed verbatim.
     extra: dict[str, Any] = Field(default_factory=dict)
 
     def overrides(self) -> dict[str, Any]:
-        """The LLaMA-Factory keys set here (None means: keep the recipe's value)."""
-        skip = {"recipe", "launcher", "extra"}
-        args = {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+        """The LLaMA-Factory keys set at this layer (None means: keep the layer below's value)."""
+        names = set(TrainingArgs.model_fields) - {"extra", "deepspeed"}
+        args = {k: v for k, v in self.model_dump(include=names).items() if v is not None}
         if self.deepspeed is not None:
             args["deepspeed"] = str(self.deepspeed)
         args.update(self.extra)
         return args
+
+
+class LlamaFactoryConfig(TrainingArgs):
+    """Settings shared by every training; merged over the recipe template, stage specifics last."""
+
+    recipe: Path = Path("configs/llama_factory/sft_full.yaml")
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
+    # Intermediate checkpoint-* folders are deleted once a training has finished (they hold a full
+    # model and optimizer state each); true keeps them.
+    keep_checkpoints: bool = False
+    # An example whose image tokens cannot fit the training's cutoff_len (LLaMA-Factory would cut
+    # them and die): "drop" leaves it out of the dataset and lists it; "stop" stops before training.
+    too_long: Literal["drop", "stop"] = "drop"
+
+
+class TrainingOverrides(TrainingArgs):
+    """One training's own settings, over the shared `llama_factory` block (same keys)."""
+
+    recipe: Path | None = None  # default: llama_factory.recipe
+
+
+TRAININGS = ("m0", "rounds", "orm", "final")
+
+
+class TrainingsConfig(StrictModel):
+    """Per training: M0 (distill), every evolve round, the ORM, the final SFT."""
+
+    m0: TrainingOverrides = Field(default_factory=TrainingOverrides)
+    rounds: TrainingOverrides = Field(default_factory=TrainingOverrides)
+    orm: TrainingOverrides = Field(default_factory=TrainingOverrides)
+    final: TrainingOverrides = Field(default_factory=TrainingOverrides)
 
 
 class PathsConfig(StrictModel):
@@ -259,6 +292,7 @@ class MathSEConfig(StrictModel):
     reflect: ReflectConfig = Field(default_factory=ReflectConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     llama_factory: LlamaFactoryConfig = Field(default_factory=LlamaFactoryConfig)
+    trainings: TrainingsConfig = Field(default_factory=TrainingsConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     pricing: dict[str, Price] = Field(default_factory=dict)
 
@@ -313,6 +347,7 @@ _INPUT_PATHS = (
     "orm.train_file",
     "llama_factory.recipe",
     "llama_factory.deepspeed",
+    *(f"trainings.{name}.{key}" for name in TRAININGS for key in ("recipe", "deepspeed")),
 )
 
 
@@ -410,7 +445,10 @@ def _resolve_and_check_paths(cfg: MathSEConfig, config_dir: Path) -> list[str]:
             value = getattr(bench, key)
             if value is not None and not value.exists():
                 errors.append(f"config error: eval.benchmarks[{i}].{key}: path not found: {value}")
+    if cfg.reflect.final_recipe is not None and cfg.trainings.final.recipe is not None:
+        errors.append("config error: reflect.final_recipe: also set as trainings.final.recipe; keep one")
     recipes = {"llama_factory.recipe": cfg.llama_factory.recipe, "reflect.final_recipe": cfg.reflect.final_recipe}
+    recipes |= {f"trainings.{name}.recipe": getattr(cfg.trainings, name).recipe for name in TRAININGS}
     for key, recipe in recipes.items():
         if recipe is not None and recipe.exists() and (problem := _recipe_problem(recipe)):
             errors.append(f"config error: {key}: {recipe}: {problem}")
@@ -543,6 +581,11 @@ def _resolve_paths(cfg: MathSEConfig, base: Path) -> None:
     cfg.llama_factory.recipe = _resolve_shipped(cfg.llama_factory.recipe, base)
     if cfg.llama_factory.deepspeed is not None:
         cfg.llama_factory.deepspeed = _resolve_shipped(cfg.llama_factory.deepspeed, base)
+    for name in TRAININGS:
+        training = getattr(cfg.trainings, name)
+        for key in ("recipe", "deepspeed"):
+            if getattr(training, key) is not None:
+                setattr(training, key, _resolve_shipped(getattr(training, key), base))
     if cfg.orm.train_file is not None:
         cfg.orm.train_file = _resolve(cfg.orm.train_file, base)
     if cfg.reflect.final_recipe is not None:

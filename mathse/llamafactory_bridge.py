@@ -23,16 +23,38 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mathse.config import MathSEConfig
-from mathse.errors import TrainingError
+from mathse.errors import DataError, TrainingError
 from mathse.storage import atomic_open, atomic_write_json, atomic_write_text, is_done, mark_done, read_json
+
+if TYPE_CHECKING:
+    from mathse.token_budget import TokenBudget
 
 DATASET_INFO = "dataset_info.json"
 IMAGE_TOKEN = "<image>"
+
+
+def llamafactory_command(*args: str) -> list[str]:
+    """`llamafactory-cli <args>` as run by this very interpreter.
+
+    Not looked up on PATH: `venv/bin/python main.py` without an activated venv would find no
+    `llamafactory-cli`, or another environment's. `python -m llamafactory.cli` is what that
+    console script runs.
+    """
+    return [sys.executable, "-m", "llamafactory.cli", *args]
+
+
+def llamafactory_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a LLaMA-Factory subprocess: ours, plus `extra`, with this interpreter's
+    bin folder first on PATH, because LLaMA-Factory's launcher starts `torchrun` by name."""
+    env = {**os.environ, **(extra or {})}
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([bin_dir, *(p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir)])
+    return env
 
 
 @dataclass(frozen=True)
@@ -43,6 +65,7 @@ class SftExample:
     response: str
     images: tuple[str, ...] = ()
     system: str | None = None
+    id: str | None = None  # the record it came from, to name it when it is left out
 
 
 def to_sharegpt(example: SftExample) -> dict[str, Any]:
@@ -59,24 +82,55 @@ def to_sharegpt(example: SftExample) -> dict[str, Any]:
     return row
 
 
-def write_sharegpt_dataset(examples: Iterable[SftExample], dataset_dir: Path, name: str) -> int:
+def write_sharegpt_dataset(
+    examples: Iterable[SftExample], dataset_dir: Path, name: str, budget: TokenBudget | None = None
+) -> int:
     """Stream `examples` into `<dataset_dir>/<name>.json` (a JSON array) and register it.
 
     Streaming keeps memory flat for hundreds of thousands of rows; the file is written to a temp
     name and renamed, and registered in dataset_info.json only after, so a kill leaves either the
     previous dataset or the new one.
+
+    With a `budget`, an example that cannot keep its image tokens within the training's cutoff_len
+    is left out and listed in `<name>.too_long.jsonl` (or, with `llama_factory.too_long: stop`,
+    nothing is written and DataError says how many and what cutoff_len would fit them).
     """
     file_name = f"{name}.json"
     count = 0
+    too_long: list[dict[str, Any]] = []
     with atomic_open(dataset_dir / file_name) as handle:
         handle.write("[")
         for example in examples:
+            needed = budget.needed(example) if budget is not None else None
+            if needed is not None:
+                too_long.append({"id": example.id, "tokens": needed, "images": list(example.images),
+                                 "prompt": example.prompt[:200]})
+                continue
             handle.write(",\n" if count else "\n")
             handle.write(json.dumps(to_sharegpt(example), ensure_ascii=False))
             count += 1
         handle.write("\n]\n")
+        if too_long and budget is not None:
+            _report_too_long(too_long, dataset_dir / f"{name}.too_long.jsonl", name, budget, count)
+    if budget is not None and not too_long:
+        (dataset_dir / f"{name}.too_long.jsonl").unlink(missing_ok=True)
     register_dataset(dataset_dir, name, file_name)
     return count
+
+
+def _report_too_long(rows: list[dict[str, Any]], listing: Path, name: str, budget: TokenBudget, kept: int) -> None:
+    atomic_write_text(listing, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    longest = max(r["tokens"] for r in rows)
+    limit = f"{budget.where}={budget.cutoff_len}"
+    if kept == 0:
+        raise DataError(f"dataset {name}: none of its {len(rows)} examples keeps its image tokens within {limit}; "
+                        f"cutoff_len {longest} fits them all (listed in {listing})")
+    if budget.policy == "stop":
+        raise DataError(f"dataset {name}: {len(rows)} examples would lose image tokens to {limit}; cutoff_len "
+                        f"{longest} fits them all (listed in {listing}): raise it, or set llama_factory.too_long: "
+                        f"drop to leave them out")
+    print(f"dataset {name}: left out {len(rows)} examples whose image tokens do not fit {limit} (cutoff_len "
+          f"{longest} fits them all); listed in {listing}", flush=True)
 
 
 def register_dataset(dataset_dir: Path, name: str, file_name: str) -> None:
@@ -106,6 +160,11 @@ class TrainJob:
     args: dict[str, Any]
     run_dir: Path  # where train.yaml and train.log live
     env: dict[str, str] = field(default_factory=dict)
+    # Where each argument's value came from: "recipe <file>", "llama_factory", "trainings.<t>", "stage".
+    origins: dict[str, str] = field(default_factory=dict)
+    # Things the user should know before hours of training (e.g. a shared value over a LoRA recipe's).
+    notes: list[str] = field(default_factory=list)
+    keep_checkpoints: bool = False  # else checkpoint-* folders are deleted once training finished
 
     @property
     def output_dir(self) -> Path:
@@ -120,16 +179,53 @@ class TrainJob:
         return self.run_dir / f"{self.name}.log"
 
     def command(self) -> list[str]:
-        return ["llamafactory-cli", "train", str(self.yaml_path)]
+        return llamafactory_command("train", str(self.yaml_path))
 
     def yaml_text(self) -> str:
         return yaml.safe_dump(self.args, sort_keys=False, allow_unicode=True)
 
     def describe(self) -> str:
-        """What would run: environment, command and YAML (for --dry-run)."""
+        """What would run: environment, command, notes and YAML with each value's origin (for --dry-run)."""
         env = " ".join(f"{k}={v}" for k, v in self.env.items())
-        lines = [f"$ {env + ' ' if env else ''}{' '.join(self.command())}", f"--- {self.yaml_path}", self.yaml_text()]
-        return "\n".join(lines)
+        # Shown as the familiar console script; it runs as `<this python> -m llamafactory.cli`.
+        lines = [
+            f"$ {env + ' ' if env else ''}llamafactory-cli train {self.yaml_path}",
+            f"# (run as {sys.executable} -m llamafactory.cli train ...)",
+            *(f"# note: {note}" for note in self.notes),
+            f"--- {self.yaml_path}",
+        ]
+        for key, value in self.args.items():
+            text = yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True).rstrip("\n")
+            origin = f"# from {self.origins.get(key, 'stage')}"
+            lines.append(f"{text}  {origin}" if "\n" not in text else f"{origin}\n{text}")
+        return "\n".join(lines) + "\n"
+
+
+def training_layers(
+    cfg: MathSEConfig, training: str | None, recipe_path: Path | None = None
+) -> tuple[Path, list[tuple[str, dict[str, Any]]]]:
+    """(recipe file, [(origin, args)] from the bottom up): recipe < llama_factory < trainings.<training>.
+
+    The one place a training's arguments are layered, for its YAML and for counting its tokens.
+    """
+    own = getattr(cfg.trainings, training) if training is not None else None
+    if training == "final" and recipe_path is None:
+        recipe_path = cfg.reflect.final_recipe
+    recipe_file = (own.recipe if own is not None else None) or recipe_path or cfg.llama_factory.recipe
+    recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
+    return recipe_file, [
+        (f"recipe {recipe_file.name}", dict(recipe)),
+        ("llama_factory", cfg.llama_factory.overrides()),
+        (f"trainings.{training}", own.overrides() if own is not None else {}),
+    ]
+
+
+def training_args(cfg: MathSEConfig, training: str | None) -> dict[str, Any]:
+    """The training's LLaMA-Factory arguments before the stage specifics (model, data, output)."""
+    args: dict[str, Any] = {}
+    for _, values in training_layers(cfg, training)[1]:
+        args.update(values)
+    return args
 
 
 def compose_train_job(
@@ -143,36 +239,59 @@ def compose_train_job(
     dataset_dir: Path | None = None,
     extra: dict[str, Any] | None = None,
     recipe_path: Path | None = None,
+    training: str | None = None,
 ) -> TrainJob:
-    """Recipe template < config's llama_factory block < stage specifics (< `extra`).
+    """Recipe template < shared `llama_factory` block < `trainings.<training>` < stage specifics (< `extra`).
 
-    By default the job fine-tunes `model.base` on datasets of the run's dataset folder;
-    `recipe_path` replaces `llama_factory.recipe` for one stage (e.g. a LoRA final SFT).
+    `training` names the per-training overrides ("m0", "rounds", "orm", "final"; None: none).
+    Its `recipe`, else `recipe_path` (e.g. reflect.final_recipe), replaces `llama_factory.recipe`.
     """
     model_path = model_path or cfg.model.base
     dataset_dir = dataset_dir or cfg.dataset_dir
-    recipe_file = recipe_path or cfg.llama_factory.recipe
-    recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
-    args: dict[str, Any] = dict(recipe)
-    args.update(cfg.llama_factory.overrides())
-    args.update(
-        {
-            "model_name_or_path": model_path,
-            "template": cfg.model.template,
-            "trust_remote_code": cfg.model.trust_remote_code,
-            "dataset": ",".join(datasets),
-            "dataset_dir": str(dataset_dir),
-            # Images are stored as absolute paths, so media_dir only matters for relative ones.
-            "media_dir": str(dataset_dir),
-            "output_dir": str(output_dir),
-            "seed": cfg.run.seed,
-            "data_seed": cfg.run.seed,
-        }
+    recipe_file, layers = training_layers(cfg, training, recipe_path)
+    recipe = layers[0][1]
+    stage = {
+        "model_name_or_path": model_path,
+        "template": cfg.model.template,
+        "trust_remote_code": cfg.model.trust_remote_code,
+        "dataset": ",".join(datasets),
+        "dataset_dir": str(dataset_dir),
+        # Images are stored as absolute paths, so media_dir only matters for relative ones.
+        "media_dir": str(dataset_dir),
+        "output_dir": str(output_dir),
+        "seed": cfg.run.seed,
+        "data_seed": cfg.run.seed,
+        **(extra or {}),
+    }
+    layers.append(("stage", stage))
+    args: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for origin, values in layers:
+        for key, value in values.items():
+            args[key] = value
+            origins[key] = origin
+    for key, value in (("stage", "sft"), ("do_train", True)):
+        if key not in args:
+            args[key], origins[key] = value, "stage"
+    notes = []
+    if recipe_file != cfg.llama_factory.recipe:
+        # This training has its own recipe (e.g. LoRA): shared values that beat it are worth a word.
+        shared = cfg.llama_factory.overrides()
+        for key, value in recipe.items():
+            if origins.get(key) == "llama_factory" and shared[key] != value:
+                notes.append(
+                    f"{key}: {shared[key]!r} from llama_factory.{key} replaces {value!r} of {recipe_file.name} "
+                    f"(set trainings.{training or '<training>'}.{key} to choose)"
+                )
+    return TrainJob(
+        name=name,
+        args=args,
+        run_dir=run_dir,
+        env=launcher_env(cfg),
+        origins=origins,
+        notes=notes,
+        keep_checkpoints=cfg.llama_factory.keep_checkpoints,
     )
-    args.update(extra or {})
-    args.setdefault("stage", "sft")
-    args.setdefault("do_train", True)
-    return TrainJob(name=name, args=args, run_dir=run_dir, env=launcher_env(cfg))
 
 
 def launcher_env(cfg: MathSEConfig) -> dict[str, str]:
@@ -203,11 +322,14 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
     out = job.output_dir
     if is_done(out):
         return out
+    if job.env.get("NODE_RANK", "0") != "0":
+        return _join_train_job(job)
+    job.yaml_path.unlink(missing_ok=True)  # nodes > 0 start from the YAML node 0 writes below
     if out.exists():
         if (out / "trainer_state.json").is_file():
             # Training finished (LLaMA-Factory saves the model, its metrics, then trainer_state.json
             # last) and the kill came before the marker: resuming would train a step past max_steps.
-            mark_done(out, {"job": job.name, "yaml": str(job.yaml_path)})
+            _finish(job)
             return out
         # A checkpoint is complete once trainer_state.json exists (the Trainer writes it last);
         # one cut short by the kill would make the resume fail, so it goes.
@@ -225,8 +347,10 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
         # keys) makes the resume exact; optimizer, scheduler, RNG state and step still come from it.
         job = replace(job, args={**job.args, "model_name_or_path": str(resume)})
     job.run_dir.mkdir(parents=True, exist_ok=True)
+    for note in job.notes:
+        print(f"{job.name}: note: {note}", flush=True)
     atomic_write_text(job.yaml_path, job.yaml_text())
-    env = {**os.environ, **job.env}
+    env = llamafactory_env(job.env)
     last: deque[str] = deque(maxlen=tail_lines)
     with job.log_path.open("a", encoding="utf-8") as log:
         log.write(f"\n$ {' '.join(job.command())}\n")
@@ -241,8 +365,8 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
                 errors="replace",
                 preexec_fn=_die_with_parent,
             )
-        except FileNotFoundError:
-            raise TrainingError("llamafactory-cli not found on PATH: pip install -r requirements.txt") from None
+        except FileNotFoundError:  # only if the interpreter itself vanished
+            raise TrainingError(f"cannot run {sys.executable}: pip install -r requirements.txt") from None
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -254,8 +378,52 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
     if code != 0:
         tail = "\n".join(last)
         raise TrainingError(f"llamafactory-cli train failed (exit {code}); log: {job.log_path}\n{tail}")
-    mark_done(out, {"job": job.name, "yaml": str(job.yaml_path)})
+    _finish(job)
     return out
+
+
+def _join_train_job(job: TrainJob, poll_s: float = 1.0) -> Path:
+    """A node_rank > 0 joins node 0's training: the same YAML (node 0 decided resume and cleanup),
+    its own log; node 0 prunes and marks the output (the output_dir is on a shared filesystem)."""
+    rank = job.env["NODE_RANK"]
+    while not job.yaml_path.is_file():
+        time.sleep(poll_s)  # node 0 writes it right before it launches; the launcher's rendezvous times out
+    log_path = job.run_dir / f"{job.name}.rank{rank}.log"
+    last: deque[str] = deque(maxlen=30)
+    with log_path.open("a", encoding="utf-8") as log:
+        log.write(f"\n$ {' '.join(job.command())}\n")
+        proc = subprocess.Popen(job.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=llamafactory_env(job.env), text=True, bufsize=1, errors="replace",
+                                preexec_fn=_die_with_parent)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                last.append(line.rstrip("\n"))
+                sys.stdout.write(line)
+        finally:
+            code = proc.wait()
+    if code != 0:
+        tail = "\n".join(last)
+        raise TrainingError(f"llamafactory-cli train (node_rank {rank}) failed (exit {code}); log: {log_path}\n{tail}")
+    return job.output_dir
+
+
+def _finish(job: TrainJob) -> None:
+    """Prune the finished training's intermediate checkpoints (unless kept), then mark it done.
+
+    Each checkpoint-* holds a full model plus optimizer state (3x the model for full fine-tuning):
+    at 7B that is ~100 GB per checkpoint, per training, for resumes that can no longer happen.
+    The marker comes last, so a kill mid-prune is finished by the rerun.
+    """
+    out = job.output_dir
+    pruned = 0
+    if not job.keep_checkpoints:
+        for ckpt in sorted(out.glob("checkpoint-*")):
+            if ckpt.is_dir():
+                shutil.rmtree(ckpt)
+                pruned += 1
+    mark_done(out, {"job": job.name, "yaml": str(job.yaml_path), "checkpoints_pruned": pruned})
 
 
 def _resume_weights(out: Path) -> Path | None:
@@ -297,11 +465,11 @@ def serve_api(
     run_dir.mkdir(parents=True, exist_ok=True)
     yaml_path = run_dir / f"api_{port}.yaml"
     atomic_write_text(yaml_path, yaml.safe_dump(args, sort_keys=False))
-    env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port)}
+    env = llamafactory_env({"API_HOST": "127.0.0.1", "API_PORT": str(port)})
     base_url = f"http://127.0.0.1:{port}/v1"
     with (run_dir / f"api_{port}.log").open("w", encoding="utf-8") as log:
         proc = subprocess.Popen(
-            ["llamafactory-cli", "api", str(yaml_path)],
+            llamafactory_command("api", str(yaml_path)),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

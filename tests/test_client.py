@@ -16,6 +16,7 @@ import pytest
 
 from mathse.client import ChatClient, _parse_retry_after, cache_key
 from mathse.config import ApiConfig, Price
+from mathse.errors import FatalEndpointError
 from mathse.messages import ChatRequest, ChatResult, image_data_url, system_message, user_message
 from mathse.testing.openai_server import FakeHTTPError, FakeOpenAIServer, FaultPlan, last_user_text
 from mathse.usage import UsageLedger
@@ -327,7 +328,7 @@ def test_retry_after_formats() -> None:
     assert _parse_retry_after({}) is None
 
 
-@pytest.mark.parametrize("status", [400, 401, 404])
+@pytest.mark.parametrize("status", [400, 422])
 def test_client_errors_are_not_retried(status: int, tmp_path: Path) -> None:
     def replies(body: dict[str, Any]) -> str:
         raise FakeHTTPError(status, "image too large")
@@ -335,9 +336,56 @@ def test_client_errors_are_not_retried(status: int, tmp_path: Path) -> None:
     with FakeOpenAIServer(replies=replies) as server:
         [result] = ChatClient(api(server), tmp_path / "cache").complete_many_sync(batch(1))
         assert server.calls == 1
-    assert not result.ok and result.attempts == 1
+    assert not result.ok and result.attempts == 1 and result.status == status
     assert result.error == f"HTTP {status}: image too large"
     assert not result.retryable
+
+
+@pytest.mark.parametrize("fault", ["key", "model"])
+def test_endpoint_refusing_everything_stops_the_batch(fault: str, tmp_path: Path) -> None:
+    """A wrong key (401) or model (404) stops after a few calls with one line; nothing cached or lost."""
+    with FakeOpenAIServer(replies=echo, api_key="sk-right", models=[MODEL]) as server:
+        cfg = api(server, api_key="sk-wrong" if fault == "key" else "sk-right",
+                  model=MODEL if fault == "key" else "gpt-typo", concurrency=2)
+        seen: list[ChatResult] = []
+        with pytest.raises(FatalEndpointError) as info:
+            ChatClient(cfg, tmp_path / "cache", stage="distill").complete_many_sync(batch(50), on_result=seen.append)
+        message = str(info.value)
+        status = 401 if fault == "key" else 404
+        assert "\n" not in message and f"HTTP {status}" in message and server.base_url in message
+        assert f"(model {cfg.model})" in message and message.startswith("distill: ")
+        assert server.calls <= 3 + 2 and len(seen) <= 3 + 2  # the streak, plus what was in flight
+        assert not any(r.ok for r in seen)
+        # After the fix the same batch is answered in full (no failure was cached).
+        fixed = api(server, api_key="sk-right", concurrency=2)
+        results = ChatClient(fixed, tmp_path / "cache").complete_many_sync(batch(50))
+    assert all(r.ok and not r.cached for r in results)
+
+
+def test_small_batch_all_unauthorized_is_fatal(tmp_path: Path) -> None:
+    with (FakeOpenAIServer(replies=echo, api_key="sk-right") as server,
+          pytest.raises(FatalEndpointError, match="HTTP 401 to 2 requests")):
+        ChatClient(api(server, api_key="sk-x"), tmp_path / "cache").complete_many_sync(batch(2))
+
+
+def test_400_for_every_request_is_fatal_but_one_400_is_a_drop(tmp_path: Path) -> None:
+    refuse = {"all": True}
+
+    def replies(body: dict[str, Any]) -> str:
+        text = last_user_text(body)
+        if refuse["all"] or text.endswith(" 3"):
+            raise FakeHTTPError(400, "Invalid value for 'max_tokens'" if refuse["all"] else "content policy")
+        return echo(body)
+
+    with FakeOpenAIServer(replies=replies) as server:
+        cfg = api(server, concurrency=1)
+        with pytest.raises(FatalEndpointError, match="HTTP 400 to 3 requests"):
+            ChatClient(cfg, tmp_path / "cache").complete_many_sync(batch(20))
+        assert server.chat_calls == 3
+        refuse["all"] = False
+        results = ChatClient(cfg, tmp_path / "cache").complete_many_sync(batch(20))
+    assert [r.key for r in results if not r.ok] == ["q3"]
+    assert results[3].error == "HTTP 400: content policy"
 
 
 def test_failed_requests_are_retried_on_rerun(tmp_path: Path) -> None:

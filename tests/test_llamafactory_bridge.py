@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +16,14 @@ from mathse.llamafactory_bridge import (
     SftExample,
     TrainingError,
     compose_train_job,
+    free_port,
     launcher_env,
     run_train_job,
+    serve_api,
     write_sharegpt_dataset,
 )
 from mathse.records import read_problems
-from mathse.storage import is_done
+from mathse.storage import is_done, read_marker
 
 
 def test_sharegpt_dataset_and_registration(tmp_path: Path) -> None:
@@ -71,11 +76,18 @@ def test_launcher_env_for_multi_node(run_config) -> None:
 
 
 @pytest.mark.slow
-def test_real_training_writes_a_loadable_checkpoint(run_config, demo_data, tmp_path: Path) -> None:
+def test_real_training_writes_a_loadable_checkpoint(
+    run_config, demo_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from llamafactory.chat import ChatModel
     from PIL import Image
 
-    cfg = load_config(run_config())
+    # As `venv/bin/python main.py` without an activated venv: neither llamafactory-cli nor the
+    # torchrun its launcher starts is on PATH; both must come from the running interpreter.
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert shutil.which("llamafactory-cli") is None and shutil.which("torchrun") is None
+    launcher = {"force_torchrun": True, "nproc_per_node": 1, "master_port": free_port()}
+    cfg = load_config(run_config(llama_factory={"launcher": launcher}))
     problems = read_problems(demo_data[0])
     examples = [SftExample(prompt=p.question, response=p.solution or p.answer, images=p.images) for p in problems]
     write_sharegpt_dataset(examples, tmp_path / "data", "train")
@@ -90,7 +102,12 @@ def test_real_training_writes_a_loadable_checkpoint(run_config, demo_data, tmp_p
     )
     out = run_train_job(job)
     assert is_done(out) and (out / "model.safetensors").is_file()
-    assert "train_loss" in (tmp_path / "run" / "t.log").read_text()
+    log = (tmp_path / "run" / "t.log").read_text()
+    assert "train_loss" in log and f"{sys.executable} -m llamafactory.cli train" in log
+    assert "Initializing 1 distributed tasks" in log  # it went through torchrun
+    # save_steps 20 of max_steps 40 wrote checkpoints; once finished they are pruned.
+    assert "checkpoint-20" in log or "checkpoint-40" in log
+    assert not list(out.glob("checkpoint-*")) and read_marker(out)["checkpoints_pruned"] >= 1
     chat = ChatModel(
         dict(
             model_name_or_path=str(out),
@@ -126,3 +143,47 @@ def test_failed_training_raises_with_log_tail(run_config, tmp_path: Path) -> Non
         run_train_job(job)
     assert "exit" in str(err.value) and str(job.log_path) in str(err.value)
     assert not is_done(tmp_path / "model")
+
+
+@pytest.mark.slow
+def test_api_server_runs_without_llamafactory_cli_on_path(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve_api` starts the running interpreter's LLaMA-Factory, answers, and is gone after."""
+    import openai
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    args = {"model_name_or_path": str(tiny_model), "template": "qwen2_vl", "infer_backend": "huggingface",
+            "max_new_tokens": 4}
+    with serve_api(args, tmp_path / "api") as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="x")
+        reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+        assert isinstance(reply.choices[0].message.content, str)
+        running = [p for p in os.listdir("/proc") if p.isdigit() and _is_api_server(p, tmp_path)]
+        assert running  # the server we started is running
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_api_server(p, tmp_path)]
+
+
+def _is_api_server(pid: str, tmp_path: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"llamafactory.cli" in cmdline and any(str(tmp_path).encode() in part for part in cmdline)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_finished_training_prunes_checkpoints_unless_kept(run_config, tmp_path: Path, keep: bool) -> None:
+    """A training that finished before its marker (killed then) is marked done, its checkpoints pruned."""
+    cfg = load_config(run_config(llama_factory={"keep_checkpoints": keep}))
+    job = compose_train_job(cfg, name="t", model_path=cfg.model.base, datasets=["d"], dataset_dir=tmp_path,
+                            output_dir=tmp_path / "model", run_dir=tmp_path / "run")
+    out = tmp_path / "model"
+    for step in (20, 40):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (out / "model.safetensors").write_text("weights")
+    (out / "trainer_state.json").write_text("{}")
+    assert run_train_job(job) == out and is_done(out)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == (["checkpoint-20", "checkpoint-40"] if keep else [])
+    assert (out / "model.safetensors").is_file()

@@ -20,6 +20,7 @@ from mathse.prompts import fill_template, student_prompt
 from mathse.records import DataError, Problem, SftRow, read_problems
 from mathse.storage import atomic_write_jsonl, is_done, mark_done, read_marker
 from mathse.timing import StageTimer
+from mathse.token_budget import TokenBudget
 from mathse.usage import UsageLedger
 
 STAGE = layout.DISTILL
@@ -105,7 +106,11 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
 
 def train_job(cfg: MathSEConfig) -> TrainJob:
     return compose_train_job(
-        cfg, name="train_m0", datasets=[DATASET_NAME], output_dir=cfg.model_path("sft_model_stage0"),
+        cfg,
+        name="train_m0",
+        training="m0",
+        datasets=[DATASET_NAME],
+        output_dir=cfg.model_path("sft_model_stage0"),
         run_dir=layout.stage_dir(cfg, STAGE),
     )
 
@@ -145,8 +150,8 @@ def build_d_sft(cfg: MathSEConfig, problems: list[Problem], stage_dir: Path, tim
 
     atomic_write_jsonl(stage_dir / "dropped.jsonl", dropped)
     atomic_write_jsonl(layout.d_sft_path(cfg, STAGE), (r.to_json() for r in rows))
-    examples = (SftExample(prompt=r.prompt, response=r.response, images=tuple(r.images)) for r in rows)
-    write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME)
+    examples = (SftExample(prompt=r.prompt, response=r.response, images=tuple(r.images), id=r.id) for r in rows)
+    write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME, TokenBudget.for_training(cfg, "m0"))
     kept = len(rows) - len(given)
     return {
         "seed": len(problems),
@@ -187,3 +192,13 @@ def ask_teacher(cfg: MathSEConfig, problems: list[Problem]) -> list[ChatResult]:
         return client.complete_many_sync(requests, progress="teacher")
     finally:
         ledger.save()
+
+
+def follow(cfg: MathSEConfig) -> int:
+    """node_rank > 0 of a multi-node run: wait for node 0's D_SFT, then join M0's training."""
+    from mathse.nodes import wait_for
+
+    wait_for(cfg, layout.stage_dir(cfg, STAGE), "D_SFT")
+    run_train_job(train_job(cfg))
+    print(f"distill: this node's share of M0's training is done ({cfg.model_path('sft_model_stage0')})")
+    return 0

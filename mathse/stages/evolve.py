@@ -11,7 +11,8 @@ its own marker, so a kill at any moment loses nothing and a rerun redoes only th
                     stats (marker `.merged.json`); the cumulative `sft_chosen.jsonl`,
                     `sft_rejected.jsonl`, `hard_problems.jsonl`, `history.jsonl`, D_SFT and the
                     LLaMA-Factory dataset `mathse_stage_final` are rebuilt from all merged rounds.
-4. retrain          M_r into `sft_model_round_<r>` (resumes from its last checkpoint)
+4. retrain          M_r into `sft_model_round_<r>` (resumes from its last checkpoint); a round that
+                    accepted no new path keeps the previous model instead (the data did not change)
 5. round marker     `.mathse_done.json` with the round summary; `sft_model_final` -> latest model
 """
 
@@ -44,6 +45,7 @@ from mathse.storage import (
     read_marker,
 )
 from mathse.timing import StageTimer
+from mathse.token_budget import TokenBudget
 from mathse.usage import UsageLedger
 
 STAGE = layout.EVOLVE
@@ -197,9 +199,15 @@ def load_or_sample_batch(cfg: MathSEConfig, r: int, remain: list[str]) -> list[s
 
 
 def generation_model(cfg: MathSEConfig, r: int) -> Path:
-    """The latest checkpoint before round r: M_{r-1} when retraining, else M0."""
+    """The latest checkpoint before round r: round r-1's model when retraining, else M0.
+
+    Round r-1's model is M_{r-1}, or the model before it when that round accepted no new path
+    (its marker records which), so the chain never points at a model that was not trained.
+    """
     if cfg.evolve.retrain and r > 1:
-        return layout.round_model_dir(cfg, r - 1)
+        previous = layout.round_dir(cfg, r - 1)
+        recorded = read_marker(previous).get("model") if is_done(previous) else None
+        return Path(recorded) if recorded else layout.round_model_dir(cfg, r - 1)
     return cfg.model_path("sft_model_stage0")
 
 
@@ -215,6 +223,7 @@ def train_job(cfg: MathSEConfig, r: int) -> TrainJob:
     return compose_train_job(
         cfg,
         name=f"train_round_{r}",
+        training="rounds",
         model_path=start,
         datasets=[DATASET_NAME],
         dataset_dir=cfg.dataset_dir,
@@ -313,9 +322,15 @@ def complete_round(
         atomic_write_json(merged_marker(cfg, r), stats)
     stats = read_json(merged_marker(cfg, r))
     rebuild_cumulative(cfg, r)
-    # Without retraining the data still grows each round; the model stays M0.
+    # Without retraining the data still grows each round; the model stays M0. A round that accepted
+    # no new path left D_SFT as it was: retraining would spend hours to reproduce the model before.
     with timer.span("model"):
-        latest = run_train_job(train_job(cfg, r)) if cfg.evolve.retrain else generation_model(cfg, r)
+        if cfg.evolve.retrain and stats["accepted"] > 0:
+            latest = run_train_job(train_job(cfg, r))
+        else:
+            latest = generation_model(cfg, r)
+            if cfg.evolve.retrain:
+                print(f"evolve: round {r} accepted no new path; not retraining, its model stays {latest}")
     point_final_at(cfg, latest)
     mark_done(rd, {**stats, "model": str(latest)})
     print(round_summary(r, stats))
@@ -412,8 +427,8 @@ def rebuild_cumulative(cfg: MathSEConfig, upto: int) -> None:
         for c in chosen
     ]
     atomic_write_jsonl(layout.d_sft_path(cfg, STAGE), (d.to_json() for d in d_sft))
-    examples = (SftExample(prompt=d.prompt, response=d.response, images=tuple(d.images)) for d in d_sft)
-    write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME)
+    examples = (SftExample(prompt=d.prompt, response=d.response, images=tuple(d.images), id=d.id) for d in d_sft)
+    write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME, TokenBudget.for_training(cfg, "rounds"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,3 +464,18 @@ def print_plan(cfg: MathSEConfig, pool: list[Problem]) -> None:
     if ev.retrain:
         print(f"[dry-run] retrain each round from {ev.retrain_from}; round 1 training command (not run):")
         print(train_job(cfg, 1).describe())
+
+
+def follow(cfg: MathSEConfig) -> int:
+    """node_rank > 0 of a multi-node run: per round, wait for node 0's merge, join its retraining."""
+    from mathse.nodes import wait_for
+
+    for r in range(1, cfg.evolve.rounds + 1):
+        if r > 1 and not read_json(layout.round_dir(cfg, r - 1) / "remain.json"):
+            break  # node 0 stops when D_remain is empty
+        wait_for(cfg, layout.round_dir(cfg, r), f"round {r} data", marker=merged_marker(cfg, r))
+        if cfg.evolve.retrain and read_json(merged_marker(cfg, r))["accepted"] > 0:
+            run_train_job(train_job(cfg, r))
+        wait_for(cfg, layout.round_dir(cfg, r), f"round {r}")
+    print(f"evolve: this node's share of the {cfg.evolve.rounds} rounds' trainings is done")
+    return 0

@@ -50,6 +50,7 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
     return compose_train_job(
         cfg,
         name="train_final",
+        training="final",
         model_path=model,
         datasets=[DATASET_NAME],
         dataset_dir=cfg.dataset_dir,
@@ -78,4 +79,14 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     save_resolved_config(cfg, layout.stage_dir(cfg, STAGE) / "config.yaml")
     out = run_train_job(train_job(cfg))
     print(f"final: done; final model: {out}")
+    return 0
+
+
+def follow(cfg: MathSEConfig) -> int:
+    """node_rank > 0 of a multi-node run: wait for node 0's reflection data, then join the final SFT."""
+    from mathse.nodes import wait_for
+
+    wait_for(cfg, layout.stage_dir(cfg, layout.REFLECT), "reflection dataset")
+    run_train_job(train_job(cfg))
+    print(f"final: this node's share of the final SFT is done ({cfg.model_path('reflection_model_final')})")
     return 0

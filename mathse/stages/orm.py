@@ -28,6 +28,7 @@ from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, 
 from mathse.records import ImageRecord, read_records
 from mathse.steps import split_steps
 from mathse.storage import is_done, mark_done, read_marker
+from mathse.token_budget import TokenBudget
 from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, format_orm_response
 
 STAGE = layout.ORM
@@ -60,6 +61,7 @@ class LabelledPath(ImageRecord):
             response=format_orm_response(self.verdict()),
             images=self.images,
             system=ORM_SYSTEM_PROMPT,
+            id=self.id,
         )
 
 
@@ -126,7 +128,11 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
 
 def train_job(cfg: MathSEConfig) -> TrainJob:
     return compose_train_job(
-        cfg, name="train_orm", datasets=[DATASET_NAME], output_dir=cfg.model_path("orm_model"),
+        cfg,
+        name="train_orm",
+        training="orm",
+        datasets=[DATASET_NAME],
+        output_dir=cfg.model_path("orm_model"),
         run_dir=layout.stage_dir(cfg, STAGE),
     )
 
@@ -164,9 +170,20 @@ def build_dataset(cfg: MathSEConfig, rows: list[LabelledPath], train_file: Path)
     for label in ("correct", "incorrect"):
         if counts[label] < IMBALANCE_WARN * counts["rows"]:
             print(f"orm: warning: only {counts[label]} of {counts['rows']} labelled paths are {label}")
-    examples = write_sharegpt_dataset((r.example() for r in rows), cfg.dataset_dir, DATASET_NAME)
+    budget = TokenBudget.for_training(cfg, "orm")
+    examples = write_sharegpt_dataset((r.example() for r in rows), cfg.dataset_dir, DATASET_NAME, budget)
     return {**counts, "examples": examples, "train_file_sha256": _sha256(train_file)}
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def follow(cfg: MathSEConfig) -> int:
+    """node_rank > 0 of a multi-node run: wait for node 0's ORM dataset, then join the ORM's training."""
+    from mathse.nodes import wait_for
+
+    wait_for(cfg, layout.stage_dir(cfg, STAGE), "ORM dataset")
+    run_train_job(train_job(cfg))
+    print(f"orm: this node's share of the ORM's training is done ({cfg.model_path('orm_model')})")
+    return 0

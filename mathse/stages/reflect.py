@@ -31,6 +31,7 @@ from mathse.prompts import reflection_prompt
 from mathse.records import JudgedPathRow, Problem, ReflectionRow, SftRow
 from mathse.storage import Journal, atomic_write_json, atomic_write_jsonl, is_done, iter_jsonl, mark_done, read_marker
 from mathse.timing import StageTimer
+from mathse.token_budget import TokenBudget
 from mathse.usage import UsageLedger
 
 STAGE = layout.REFLECT
@@ -252,5 +253,6 @@ def fuse(cfg: MathSEConfig, d_sft_file: Path, kept: list[dict[str, Any]]) -> int
         for r in kept
     ]
     atomic_write_jsonl(fused_path(cfg), fused)
-    examples = (SftExample(prompt=r["instruction"], response=r["output"], images=tuple(r["images"])) for r in fused)
-    return write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME)
+    examples = (SftExample(prompt=r["instruction"], response=r["output"], images=tuple(r["images"]), id=r["id"])
+                for r in fused)
+    return write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME, TokenBudget.for_training(cfg, "final"))

@@ -7,7 +7,10 @@ and fighting the client for the GIL, and the client then measures the server, no
 
 Replies are scripted (a fixed string or a function of the request body), and faults can be
 injected deterministically per (seed, call index): 429 with Retry-After, 500, a stall longer than
-the client's timeout, a malformed body, a dropped connection.
+the client's timeout, a malformed body, a dropped connection. Configuration errors are answered
+as OpenAI does: with `api_key` set, a request without that bearer key gets 401; with `models`
+set, a request for another model gets 404 (both attributes may be changed while serving, to
+"fix" the endpoint mid-test).
 
     with FakeOpenAIServer(replies="The final answer is \\boxed{4}", latency_s=0.5) as server:
         ...  # point an OpenAI client at server.base_url
@@ -124,6 +127,8 @@ class FakeOpenAIServer:
         host: str = "127.0.0.1",
         record_bodies: bool = True,
         model_name: str = "fake-model",
+        api_key: str | None = None,
+        models: Sequence[str] | None = None,
     ) -> None:
         self.replies = replies
         self.latency_s = latency_s
@@ -132,6 +137,8 @@ class FakeOpenAIServer:
         self.port = port
         self.record_bodies = record_bodies
         self.model_name = model_name
+        self.api_key = api_key  # when set, requests must carry "Authorization: Bearer <api_key>"
+        self.models = models  # when set, the only model names served; others get 404
         self.requests: list[dict[str, Any]] = []  # received chat bodies, when record_bodies
         self.faults_injected: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -219,7 +226,7 @@ class FakeOpenAIServer:
                     break
                 method, path, headers, body = request
                 keep_alive = headers.get("connection", "").lower() != "close"
-                response = await self._dispatch(method, path, body)
+                response = await self._dispatch(method, path, body, headers)
                 if response.disconnect:
                     break
                 writer.write(self._serialize(response, keep_alive))
@@ -277,9 +284,11 @@ class FakeOpenAIServer:
 
     # -- routes ------------------------------------------------------------------------------
 
-    async def _dispatch(self, method: str, path: str, body: bytes) -> _Response:
+    async def _dispatch(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> _Response:
         with self._lock:
             self._calls += 1
+        if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
+            return _error(401, "Incorrect API key provided (fake server)")
         path = path.rstrip("/")
         if path.endswith("/chat/completions"):
             if method != "POST":
@@ -306,6 +315,8 @@ class FakeOpenAIServer:
         if self.record_bodies:
             with self._lock:
                 self.requests.append(body)
+        if self.models is not None and body["model"] not in self.models:
+            return _error(404, f"The model `{body['model']}` does not exist or you do not have access to it.")
 
         fault, rng = self.faults.fault_for(index) if self.faults else (None, None)
         if fault is not None:

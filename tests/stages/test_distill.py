@@ -114,3 +114,31 @@ def test_teacher_needed_but_not_configured(run_config, capsys) -> None:
     config = run_config(teacher=None)
     assert main(["--stage", "distill", "--config", str(config)]) == 2
     assert "teacher: required" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_unauthorized_teacher_stops_marks_nothing_and_rerun_equals_clean_run(
+    run_config, demo_data, tmp_path, capsys
+) -> None:
+    with FakeOpenAIServer(replies=teacher_reply, api_key="sk-right") as teacher:
+        section = {"base_url": teacher.base_url, "model": "gpt-4o", "max_retries": 1, "concurrency": 2}
+        clean = run_config(teacher={**section, "api_key": "sk-right"}, run={"output_dir": str(tmp_path / "clean")})
+        assert main(["--stage", "distill", "--config", str(clean)]) == 0
+        calls = teacher.chat_calls
+        capsys.readouterr()
+
+        config = run_config(teacher={**section, "api_key": "sk-wrong"})
+        assert main(["--stage", "distill", "--config", str(config)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err
+        assert f"error: distill: endpoint {teacher.base_url} (model gpt-4o) answered HTTP 401" in err
+        assert teacher.chat_calls - calls <= 3 + 2  # stopped after the first few
+        out = tmp_path / "output"
+        assert not is_done(out / "distill") and not (out / "distill" / "d_sft.jsonl").exists()
+        assert not (out / "sft_model_stage0").exists()
+
+        config = run_config(teacher={**section, "api_key": "sk-right"})
+        assert main(["--stage", "distill", "--config", str(config)]) == 0
+    for name in ("distill/d_sft.jsonl", "distill/dropped.jsonl", "data/mathse_stage0.json"):
+        assert (out / name).read_text() == (tmp_path / "clean" / name).read_text(), name
+    assert is_done(out / "sft_model_stage0")

@@ -215,3 +215,21 @@ def test_two_shards_plus_merge_equal_one_unsharded_run(baseline, distilled, tmp_
         assert is_done(out / "evolve" / f"round_{r}")
     assert outputs(out) == outputs(baseline)
     assert json.loads((out / "evolve" / "round_1" / "stats.json").read_text())["shards"] == 2
+
+
+def test_round_that_accepts_nothing_does_not_retrain(distilled, tmp_path, tiny_model, demo_data, servers, capsys):
+    """No new path means the same D_SFT: no training; the chain stays on the previous model (M0)."""
+    rejecting = '{"correct": false, "error_step": 1, "analysis": "Step 1 is wrong."}'
+    with FakeOpenAIServer(replies=rejecting) as orm:
+        config = fresh_run(distilled, tmp_path, tiny_model, demo_data, (orm, servers[1]))
+        assert main(["--stage", "evolve", "--config", str(config)]) == 0
+    out = tmp_path / "output"
+    m0 = out / "sft_model_stage0"
+    printed = capsys.readouterr().out
+    for r in range(1, ROUNDS + 1):
+        marker = json.loads((out / "evolve" / f"round_{r}" / ".mathse_done.json").read_text())
+        assert marker["accepted"] == 0 and marker["paths"] > 0
+        assert not (out / f"sft_model_round_{r}").exists()
+        assert f"round {r} accepted no new path; not retraining" in printed
+    assert (out / "sft_model_final").resolve() == m0.resolve()
+    assert not list((out / "evolve").rglob("train_round_*.log"))

@@ -142,3 +142,23 @@ def test_bad_train_file_line_names_file_and_line_and_writes_nothing(
 def test_train_file_is_required(run_config, capsys) -> None:
     assert main(["--stage", "orm", "--config", str(run_config())]) == 2
     assert "orm.train_file: required" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_over_long_path_is_left_out_and_training_runs(run_config, demo_data, tmp_path: Path, capsys) -> None:
+    """At the demo's ORM cutoff_len one very long path would lose its image tokens: left out, listed."""
+    rows = labelled_paths(demo_data[0])
+    long_path = "\n".join(f"Step {i}: count the dots in the figure again, one by one." for i in range(1, 60))
+    rows.append({**rows[0], "id": "long-one", "path": long_path + "\nThe final answer is \\boxed{3}",
+                 "correct": False, "error_step": 1, "analysis": "Miscounted the dots. " * 1500})
+    train_file = write_rows(tmp_path / "labelled.jsonl", rows)
+    config = run_config(**orm_sections(train_file, demo_data))  # the demo's trainings.orm.cutoff_len: 1024
+    assert main(["--stage", "orm", "--config", str(config)]) == 0
+    out = tmp_path / "output"
+    printed = capsys.readouterr().out
+    assert "dataset mathse_orm: left out 1 examples whose image tokens do not fit trainings.orm.cutoff_len=1024" \
+        in printed
+    listed = [json.loads(line) for line in (out / "data" / "mathse_orm.too_long.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in listed] == ["long-one"] and listed[0]["tokens"] > 1024
+    assert len(json.loads((out / "data" / "mathse_orm.json").read_text())) == len(rows) - 1
+    assert is_done(out / "orm_model")

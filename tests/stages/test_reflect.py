@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from mathse.cli import main
 from mathse.records import JudgedPathRow, SftRow, read_problems
 from mathse.stages.reflect import split_reply
 from mathse.storage import atomic_write_jsonl, iter_jsonl
-from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
+from mathse.testing.openai_server import FakeHTTPError, FakeOpenAIServer, last_user_text
+from mathse.verdict import Verdict, format_orm_response
 from tests.conftest import PROJECT_ROOT
 
 
@@ -161,3 +163,78 @@ def test_killed_midway_rerun_repeats_no_teacher_call(evolved, run_config, tmp_pa
         # may be in the client's cache but not yet in the journal: then it costs no call either)
         assert server.chat_calls - calls_at_kill <= len(rejected) - answered
     assert len(list(iter_jsonl(journal))) == len(rejected)
+
+
+def orm_reply(body: dict[str, Any]) -> str:
+    """A scripted ORM: a corrected path ending in 999 is wrong at step 1, the rest are right."""
+    wrong = "boxed{999}" in last_user_text(body)
+    verdict = Verdict(correct=not wrong, error_step=1 if wrong else None, analysis="checked", parsed=True)
+    return format_orm_response(verdict)
+
+
+def api_sections(teacher: FakeOpenAIServer, orm: FakeOpenAIServer, key: str, orm_model: str) -> dict[str, Any]:
+    return {
+        "teacher": {"base_url": teacher.base_url, "model": "gpt-4o", "max_retries": 1, "concurrency": 2,
+                    "api_key": key},
+        "orm": {"backend": "api", "policy": "orm",
+                "api": {"base_url": orm.base_url, "model": orm_model, "max_retries": 1, "concurrency": 2}},
+    }
+
+
+def outputs(out: Path) -> dict[str, list[dict[str, Any]]]:
+    names = ["orm_reflections/reflection_rows.jsonl", "orm_reflections/reflection_dropped.jsonl",
+             "reflection_sft.jsonl"]
+    return {name: list(iter_jsonl(out / name)) for name in names}
+
+
+@pytest.mark.parametrize("broken", ["teacher-401", "orm-404"])
+def test_endpoint_config_error_stops_and_rerun_equals_clean_run(
+    evolved, run_config, tmp_path: Path, capsys, broken: str
+) -> None:
+    out = tmp_path / "output"
+    clean_out = tmp_path / "clean"
+    shutil.copytree(out / "evolve", clean_out / "evolve")
+    with (FakeOpenAIServer(replies=teacher_reply, api_key="sk-right") as teacher,
+          FakeOpenAIServer(replies=orm_reply, models=["orm-model"]) as orm):
+        clean = run_config(**api_sections(teacher, orm, "sk-right", "orm-model"), run={"output_dir": str(clean_out)})
+        assert main(["--stage", "reflect", "--config", str(clean)]) == 0
+        capsys.readouterr()
+        calls = teacher.chat_calls, orm.chat_calls
+
+        bad_key, bad_model = ("sk-wrong", "orm-model") if broken == "teacher-401" else ("sk-right", "orm-typo")
+        config = run_config(**api_sections(teacher, orm, bad_key, bad_model))
+        assert main(["--stage", "reflect", "--config", str(config)]) == 2
+        err = capsys.readouterr().err.strip()
+        server, model, status = (teacher, "gpt-4o", 401) if broken == "teacher-401" else (orm, "orm-typo", 404)
+        assert "\n" not in err and err.startswith("error: reflect: endpoint ")
+        assert f"{server.base_url} (model {model}) answered HTTP {status}" in err
+        # Stopped after the first few refusals, nothing marked done, no rows written.
+        refused = (teacher.chat_calls - calls[0]) if broken == "teacher-401" else (orm.chat_calls - calls[1])
+        assert refused <= 3 + 2
+        assert not (out / "reflect" / ".mathse_done.json").exists()
+        assert not (out / "orm_reflections" / "reflection_rows.jsonl").exists()
+
+        fixed = run_config(**api_sections(teacher, orm, "sk-right", "orm-model"))
+        assert main(["--stage", "reflect", "--config", str(fixed)]) == 0
+    assert outputs(out) == outputs(clean_out)
+    assert outputs(out)["orm_reflections/reflection_rows.jsonl"]
+
+
+def test_one_request_400_is_a_counted_drop(evolved, run_config) -> None:
+    rejected, problems = evolved
+    refused = problems[1].question
+
+    def replies(body: dict[str, Any]) -> str:
+        if refused in last_user_text(body):
+            raise FakeHTTPError(400, "content policy")
+        return teacher_reply(body)
+
+    with FakeOpenAIServer(replies=replies) as server:
+        config = run_config(**sections(server))
+        assert main(["--stage", "reflect", "--config", str(config)]) == 0
+    out = config.parent / "output"
+    dropped = list(iter_jsonl(out / "orm_reflections" / "reflection_dropped.jsonl"))
+    failed = [d for d in dropped if d["reason"].startswith("teacher call failed: HTTP 400")]
+    assert {d["id"] for d in failed} == {problems[1].id}
+    assert len(failed) == sum(1 for r in rejected if r["id"] == problems[1].id)
+    assert (out / "reflect" / ".mathse_done.json").exists()
