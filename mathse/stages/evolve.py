@@ -28,11 +28,12 @@ from typing import Any
 from mathse.client import UsageLedger
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
-from mathse.inference import Generator, chat_model_args, make_items, training_image_max_pixels
+from mathse.inference import chat_model_args, make_items, training_image_max_pixels
 from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
 from mathse.orm import Judge, JudgeItem, journal_path
 from mathse.prompts import student_prompt
 from mathse.records import Problem, read_problems
+from mathse.served import open_generator
 from mathse.storage import (
     Journal,
     atomic_write_json,
@@ -264,7 +265,9 @@ def run_shard(
     items = make_items(mine, cfg.inference.n_paths)
     model_path, adapter = model_ref(model_dir)
     with Journal(generations_path(cfg, r, shard)) as generations:
-        with timer.span("model"), Generator.from_config(cfg, model_path, adapter) as generator:
+        # Served: the checkpoint's servers start here and stop when the block ends, before judging/training.
+        with timer.span("model"), open_generator(cfg, model_path, adapter,
+                                                 server_dir=round_dir(cfg, r) / "servers") as generator:
             gen = generator.generate(items, generations, progress=f"round {r} generate")
         print(gen.summary())
         rows = [generations.rows[item.key] for item in items if item.key in generations]
