@@ -600,6 +600,8 @@ def _resolve_paths(cfg: MathSEConfig, base: Path) -> None:
         cfg.llama_factory.deepspeed = _resolve_shipped(cfg.llama_factory.deepspeed, base)
     if cfg.orm.train_file is not None:
         cfg.orm.train_file = _resolve(cfg.orm.train_file, base)
+    if cfg.serve.python is not None and ("/" in cfg.serve.python or cfg.serve.python.startswith("~")):
+        cfg.serve.python = str(_resolve(Path(cfg.serve.python), base))  # a path, not a name on PATH
     if cfg.reflect.final_recipe is not None:
         cfg.reflect.final_recipe = _resolve_shipped(cfg.reflect.final_recipe, base)
     for bench in cfg.eval.benchmarks:

@@ -49,7 +49,7 @@ from mathse.storage import Journal
 if TYPE_CHECKING:
     from mathse.config import MathSEConfig
 
-__all__ = ["ServedGenerator", "open_generator", "served_name", "student_spec"]
+__all__ = ["ServedGenerator", "describe", "open_generator", "served_name", "student_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -249,3 +249,15 @@ def _chunks(groups: list[tuple[GenItem, ...]], size: int) -> Iterator[list[tuple
     for i in range(0, len(groups), size):
         yield groups[i : i + size]
 
+
+
+def describe(cfg: MathSEConfig, model_path: str | Path, adapter_path: str | Path | None, server_dir: Path) -> str:
+    """What serving this checkpoint would run (for --dry-run): replicas, placement, replica 0's command."""
+    from mathse.serving import server_command
+
+    spec = student_spec(cfg, model_path, adapter_path)
+    argv, env = server_command(cfg.serve, spec, cfg.serve.host, 0, server_dir / f"{spec.name}.replica-0.yaml")
+    where = f"Ray ({cfg.ray.address or 'local'})" if cfg.ray is not None else "this node"
+    env_text = " ".join(f"{k}={v}" for k, v in env.items() if k != "PYTHONUNBUFFERED")
+    return (f"{cfg.serve.replicas} {cfg.serve.engine} replica(s) on {where}, port chosen at start; replica 0:\n"
+            f"$ {env_text + ' ' if env_text else ''}{' '.join(argv)}")

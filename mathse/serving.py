@@ -101,7 +101,7 @@ def server_command(
     elif serve.engine == "vllm":
         argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model, "--host", host,
                 "--port", str(port), "--max-model-len", str(spec.max_model_len),
-                "--gpu-memory-utilization", str(spec.gpu_memory_utilization), "--disable-log-requests"]
+                "--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
         if spec.trust_remote_code:
             argv.append("--trust-remote-code")
         if spec.seed is not None:

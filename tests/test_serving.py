@@ -274,3 +274,45 @@ def test_ray_places_replicas_restarts_a_killed_one_and_the_round_completes(tiny_
     finally:
         ray.shutdown()
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole pipeline, unattended, serving each checkpoint
+
+
+def pipeline_teacher(body: dict) -> str:
+    """Distill: a one-step solution; reflect: a reflection plus a corrected solution."""
+    from mathse.testing.openai_server import last_user_text
+
+    if "Student's solution" in last_user_text(body):
+        return ("Reflection: The student misread the figure.\n\n"
+                "Corrected solution:\nStep 1: Read the figure again.\nThe final answer is \\boxed{1}")
+    return "Step 1: Read the figure.\nThe final answer is \\boxed{1}"
+
+
+@pytest.mark.slow
+def test_stage_all_two_rounds_serves_each_checkpoint_and_leaves_no_server(run_config) -> None:
+    from mathse.cli import main
+    from mathse.testing.openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer(replies=pipeline_teacher) as teacher:
+        config = run_config(
+            teacher={"base_url": teacher.base_url, "model": "teacher", "filter_by_answer": False, "max_retries": 1},
+            inference={"backend": "served", "temperature": 0, "n_paths": 2, "max_new_tokens": 16, "concurrency": 2},
+            serve={"engine": "llamafactory", "replicas": 2},
+            evolve={"rounds": 2, "batch_size": 4, "retrain": True, "retrain_from": "previous"},
+        )
+        assert main(["--stage", "all", "--config", str(config)]) == 0
+    out = config.parent / "output"
+    served = {}
+    for r in (1, 2):
+        logs = sorted((out / "evolve" / f"round_{r}" / "servers").glob("*.replica-*.log"))
+        assert len(logs) == 2, logs
+        served[r] = {log.name.split(".replica-")[0] for log in logs}
+        assert sum(posts_since_last_start(log) for log in logs) > 0
+        assert len(journal_keys(out / "evolve" / f"round_{r}" / "generations.shard-0-of-1.jsonl")) == 8
+    # Round 1 served M0, round 2 the model retrained in round 1: a new server for the new checkpoint.
+    assert served[1] != served[2]
+    assert next(iter(served[1])).startswith("sft_model_stage0-")
+    assert next(iter(served[2])).startswith("sft_model_round_1-")
+    assert not wait_gone(str(out))

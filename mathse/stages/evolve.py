@@ -33,6 +33,7 @@ from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, 
 from mathse.orm import Judge, JudgeItem, journal_path
 from mathse.prompts import student_prompt
 from mathse.records import Problem, read_problems
+from mathse.served import describe as describe_serving
 from mathse.served import open_generator
 from mathse.storage import (
     Journal,
@@ -466,9 +467,13 @@ def print_plan(cfg: MathSEConfig, pool: list[Problem]) -> None:
     print(f"[dry-run] evolve: {ev.rounds} rounds over D_remain = {len(pool)} problems from {cfg.data.pool_file}")
     print(f"[dry-run] per round: batch {ev.batch_size}, {inf.n_paths} paths per problem, backend {inf.backend}, "
           f"{inf.concurrency} requests in flight; ORM backend {cfg.orm.backend}, policy {cfg.orm.policy}")
-    args = chat_model_args(str(cfg.model_path("sft_model_stage0")), None, cfg.model.template, inf,
-                           image_max_pixels=training_image_max_pixels(cfg))
-    print(f"[dry-run] round 1 generation: ChatModel({json.dumps(args)})")
+    if inf.backend == "served":
+        m0 = cfg.model_path("sft_model_stage0")
+        print(f"[dry-run] round 1 generation: {describe_serving(cfg, m0, None, round_dir(cfg, 1) / 'servers')}")
+    else:
+        args = chat_model_args(str(cfg.model_path("sft_model_stage0")), None, cfg.model.template, inf,
+                               image_max_pixels=training_image_max_pixels(cfg))
+        print(f"[dry-run] round 1 generation: ChatModel({json.dumps(args)})")
     if ev.retrain:
         print(f"[dry-run] retrain each round from {ev.retrain_from}; round 1 training command (not run):")
         print(train_job(cfg, 1).describe())
