@@ -43,6 +43,10 @@ FIGURES = [
            "peak RSS (MiB) writing that dataset"),
     Figure("generation_concurrent_over_sequential", "bench_generation.py", "informational", None,
            "generation: concurrent / one-request-at-a-time paths/s, same ChatModel backend (huggingface, CPU)"),
+    Figure("cluster_two_over_one_replica", "bench_cluster.py", ">= 1.5", lambda v: v >= 1.5,
+           "served generation (llamafactory-cli api replicas, 1 torch thread each): paths/s, 2 replicas / 1"),
+    Figure("cluster_served_over_inprocess", "bench_cluster.py", ">= 0.9", lambda v: v >= 0.9,
+           "served generation, 1 replica / the in-process ChatModel, same items and torch threads"),
     Figure("pipeline_overhead_share", "bench_overhead.py", "< 0.02", lambda v: v < 0.02,
            "largest share of a stage's wall time outside model compute and API waits"),
 ]

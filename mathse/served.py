@@ -37,7 +37,6 @@ from mathse.inference import (
     GenItem,
     GenStats,
     _derive_seed,
-    _load_images,
     _row,
     chat_model_args,
     training_image_max_pixels,
@@ -74,6 +73,7 @@ def student_spec(
         adapter=None if adapter_path is None else str(adapter_path), template=cfg.model.template,
         llamafactory_args=args, image_max_pixels=pixels, max_model_len=inf.vllm_maxlen,
         gpu_memory_utilization=inf.vllm_gpu_util, seed=cfg.run.seed, trust_remote_code=cfg.model.trust_remote_code,
+        concurrency=inf.concurrency,
     )
 
 
@@ -204,7 +204,7 @@ class ServedGenerator:
         by_key: dict[str, tuple[GenItem, ...]] = {}
         for group in groups:
             problem = group[0].problem
-            _, error = _load_images(problem.images)  # the in-process backend's check, same "error" rows
+            error = _image_problem(problem.images)  # the in-process backend's "error" rows, without decoding
             if error is not None:
                 for item in group:
                     journal.append(_row(item, student_prompt(problem), None, None, 0.0) | {"error": error})
@@ -243,6 +243,24 @@ class ServedGenerator:
                 f"all {len(results)} generation requests of a batch failed on every replica of {self.spec.name} "
                 f"(last: {results[-1].error}); finished paths are in {journal.path}; server logs in {self.server_dir}"
             )
+
+
+def _image_problem(paths: Sequence[str]) -> str | None:
+    """Why an image cannot be sent (missing, remote, not an image), or None. The server decodes the
+    pixels; here only the header and structure are checked (PIL verify), which costs no decoding."""
+    from PIL import Image
+
+    for ref in paths:
+        if ref.startswith(("http://", "https://")):
+            return f"image {ref}: remote images are not supported, download them first"
+        try:
+            with Image.open(ref) as img:
+                img.verify()
+        except FileNotFoundError:
+            return f"image not found: {ref}"
+        except Exception as exc:  # PIL raises OSError, SyntaxError, DecompressionBombError, ...
+            return f"image unreadable: {ref}: {type(exc).__name__}: {exc}"
+    return None
 
 
 def _chunks(groups: list[tuple[GenItem, ...]], size: int) -> Iterator[list[tuple[GenItem, ...]]]:

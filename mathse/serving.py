@@ -81,6 +81,7 @@ class ServedModel:
     gpu_memory_utilization: float = 0.9
     seed: int | None = None
     trust_remote_code: bool = True
+    concurrency: int = 1  # requests the client keeps in flight per replica
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +98,9 @@ def server_command(
     if serve.engine == "llamafactory":
         # The module rather than the `llamafactory-cli` script: no shell shim between us and the server.
         argv = [python, "-m", "llamafactory.cli", "api", str(args_file)]
-        env.update({"API_HOST": host, "API_PORT": str(port), "API_MODEL_NAME": spec.name})
+        env.update({"API_HOST": host, "API_PORT": str(port), "API_MODEL_NAME": spec.name,
+                    # The huggingface engine runs at most MAX_CONCURRENT requests at once (default 1).
+                    "MAX_CONCURRENT": str(spec.concurrency)})
     elif serve.engine == "vllm":
         argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model, "--host", host,
                 "--port", str(port), "--max-model-len", str(spec.max_model_len),
