@@ -199,7 +199,7 @@ print(stats.summary())
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_killing_the_driver_leaves_no_server_and_the_rerun_sends_only_missing(
     tiny_model, demo_data, problems, tmp_path, sig
 ) -> None:
