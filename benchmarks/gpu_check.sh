@@ -8,10 +8,13 @@
 # 3. benchmarks/bench_cluster.py on vLLM: paths/s with 2 replicas over 1 (in-process path skipped:
 #    vLLM cannot live in the project's environment, see requirements-gpu.txt).
 # The model must be a real checkpoint vLLM supports (the tests' tiny random model is not: head size 16).
+# Needs on the box: the project's environment (pip install -r requirements.txt) and either a vLLM
+# environment or access to the package index to build one; no model is downloaded.
 set -euo pipefail
 MODEL=${1:?usage: gpu_check.sh MODEL_PATH [VLLM_PYTHON]}
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+python -c "import mathse.served" || { echo "gpu_check: the project's environment is missing: pip install -r requirements.txt"; exit 2; }
 VLLM_PY=${2:-${VLLM_PYTHON:-}}
 if [[ -z "$VLLM_PY" ]]; then
   for cand in python3 python /opt/vllm/bin/python ~/venvs/vllm/bin/python /tmp/vllm-env/bin/python; do

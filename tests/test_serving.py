@@ -171,8 +171,8 @@ def test_killing_one_replica_mid_round_loses_and_duplicates_nothing(tiny_model, 
             stats = gen.generate(items, journal)
         watcher.join(timeout=5)
         assert not victim.alive()
-        survivor_posts = posts_since_last_start(gen.servers.processes[1].log_path)
-        assert gen._router.failovers >= 1 or survivor_posts == len(items)
+        # Requests in flight on the killed replica (or sent to it before it was seen down) went to the other.
+        assert gen._router.failovers >= 1
     assert stats.done == len(items) and stats.retry_later == 0
     keys = journal_keys(path)
     assert len(keys) == len(set(keys)) == len(items)
