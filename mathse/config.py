@@ -248,6 +248,9 @@ class LauncherConfig(StrictModel):
     nproc_per_node: int | None = Field(None, ge=1)
     master_addr: str | None = None
     master_port: int | None = Field(None, ge=1, le=65535)
+    # LLaMA-Factory's Ray trainer (USE_RAY=1): workers on the Ray cluster; set ray_num_workers,
+    # resources_per_worker, ray_init_kwargs in llama_factory.extra.
+    use_ray: bool = False
 
 
 class LlamaFactoryConfig(StrictModel):

@@ -188,6 +188,8 @@ def launcher_env(cfg: MathSEConfig) -> dict[str, str]:
         env["MASTER_ADDR"] = launch.master_addr
     if launch.master_port is not None:
         env["MASTER_PORT"] = str(launch.master_port)
+    if launch.use_ray:
+        env["USE_RAY"] = "1"
     return env
 
 
