@@ -46,13 +46,14 @@ from mathse.storage import Journal, atomic_write_jsonl
 WORK = Path(__file__).resolve().parent / "work"
 
 
-def timed(gen: Generator | ServedGenerator, items: list[GenItem]) -> float:
-    """paths/s of one full generation into a fresh journal."""
+def timed(gen: Generator | ServedGenerator, items: list[GenItem]) -> tuple[float, float]:
+    """paths/s of one full generation into a fresh journal, and the mean response length (characters)."""
     with tempfile.TemporaryDirectory(prefix="mathse-bench-cluster-") as tmp, Journal(Path(tmp) / "g.jsonl") as journal:
         stats = gen.generate(items, journal)
+        chars = statistics.fmean(len(row["response"] or "") for row in journal.rows.values())
     if stats.failed or stats.done != len(items):
         raise SystemExit(f"benchmark run had {stats.failed} failed paths; fix the setup first")
-    return stats.done / stats.seconds
+    return stats.done / stats.seconds, chars
 
 
 def main() -> None:
@@ -64,9 +65,11 @@ def main() -> None:
     parser.add_argument("--inprocess", choices=("huggingface", "vllm", "none"), default="huggingface")
     parser.add_argument("--gpus-per-replica", type=int, default=0, help="0: replicas share the visible GPUs")
     parser.add_argument("--gpu-util", type=float, default=0.9, help="vLLM memory share per replica (0.4: share a GPU)")
-    parser.add_argument("--problems", type=int, default=32, help="synthetic image problems (one greedy path each)")
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight per replica / in-process")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--problems", type=int, default=64, help="synthetic image problems (one greedy path each)")
+    # 1 on CPU: LLaMA-Factory's huggingface engine runs concurrent requests as threads that contend for
+    # the GIL (see bench_generation.py); on vLLM use 64+.
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight per replica / in-process")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per engine (CPU)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--startup-timeout", type=float, default=900.0)
@@ -74,7 +77,7 @@ def main() -> None:
 
     model = Path(args.model) if args.model else build_tiny_qwen2vl(WORK / "tiny_model")
     data = WORK / "cluster_data"
-    pool = data / "problems.jsonl"
+    pool = data / f"problems_{args.problems}.jsonl"
     if not pool.is_file():
         atomic_write_jsonl(pool, make_synthetic_problems(data, args.problems, seed=7, id_prefix="bench"))
     items = make_items(read_problems(pool)[: args.problems], 1)
@@ -107,8 +110,9 @@ def main() -> None:
                 timed(modes["inprocess"], items[:2])  # load the model outside the timed runs
             for _ in range(args.repeats):
                 for name, gen in modes.items():
-                    rates[name].append(timed(gen, items))
-                    print(f"  {name}: {rates[name][-1]:.2f} paths/s", flush=True)
+                    rate, chars = timed(gen, items)
+                    rates[name].append(rate)
+                    print(f"  {name}: {rate:.2f} paths/s, responses {chars:.0f} chars on average", flush=True)
             if "inprocess" in modes:
                 modes["inprocess"].close()
     median = {name: statistics.median(values) for name, values in rates.items()}
