@@ -227,12 +227,16 @@ class ChatClient:
     def __init__(
         self,
         cfg: ApiConfig,
-        cache_dir: Path,
+        cache_dir: Path | None,
         ledger: UsageLedger | None = None,
         stage: str = "default",
+        transport: Any = None,
     ) -> None:
+        """`cache_dir` None: no answer cache (the caller's journal is the record, e.g. student paths).
+        `transport`: an httpx transport, e.g. serving.ReplicaRouter spreading requests over replicas."""
         self.cfg = cfg
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.transport = transport
         self.ledger = ledger
         self.stage = stage
         self._made_dirs: set[str] = set()
@@ -268,6 +272,8 @@ class ChatClient:
         return self.cache_dir / digest[:2] / digest[2:4] / f"{digest}.json"
 
     def _cache_get(self, digest: str) -> dict[str, Any] | None:
+        if self.cache_dir is None:
+            return None
         try:
             with open(self._cache_path(digest), "rb") as handle:
                 entry = json.loads(handle.read())
@@ -280,6 +286,8 @@ class ChatClient:
         return None
 
     def _cache_put(self, digest: str, result: ChatResult) -> None:
+        if self.cache_dir is None:
+            return
         path = self._cache_path(digest)
         folder = str(path.parent)
         entry = {
@@ -329,6 +337,7 @@ class ChatClient:
             # sit idle and cost the pool a liveness probe each on every request.
             limits=httpx_mod.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             timeout=httpx_mod.Timeout(self.cfg.timeout_s),
+            transport=self.transport,
         )
         api_key = self.cfg.api_key.get_secret_value() if self.cfg.api_key is not None else ""
         return openai.AsyncOpenAI(

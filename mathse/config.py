@@ -24,6 +24,8 @@ __all__ = [
     "ConfigError",
     "MathSEConfig",
     "Price",
+    "RayConfig",
+    "ServeConfig",
     "TrainingOverrides",
     "load_config",
     "parse_overrides",
@@ -123,7 +125,10 @@ class OrmConfig(StrictModel):
 
 
 class InferenceConfig(StrictModel):
-    backend: Literal["huggingface", "vllm", "sglang"] = "huggingface"
+    # huggingface / vllm / sglang: LLaMA-Factory's ChatModel in this process (LLaMA-Factory 0.9.5
+    # accepts vllm>=0.4.3,<=0.11.0 only). served: OpenAI-compatible servers the pipeline starts per
+    # checkpoint (see the `serve` block), one or many replicas, optionally placed by Ray (`ray`).
+    backend: Literal["huggingface", "vllm", "sglang", "served"] = "huggingface"
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(1024, ge=1)
@@ -133,6 +138,47 @@ class InferenceConfig(StrictModel):
     vllm_maxlen: int = Field(4096, ge=64)
     # Passed verbatim to llamafactory.chat.ChatModel (any ModelArguments/GeneratingArguments key).
     extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServeConfig(StrictModel):
+    """How the pipeline serves a model (student per checkpoint, ORM, eval) over OpenAI's protocol.
+
+    The server runs as a subprocess, so its engine may live in its own environment: `python` is
+    that environment's interpreter (e.g. /opt/vllm/bin/python), `env` extra variables for it.
+    """
+
+    engine: Literal["llamafactory", "vllm", "sglang", "command"] = "llamafactory"
+    # engine "command": the server's argv; placeholders {python} {model} {adapter} {host} {port}
+    # {served_name} {template} {args_file} {max_model_len} {gpus} are filled in.
+    command: list[str] | None = None
+    python: str | None = None  # interpreter that runs the engine (default: this one)
+    env: dict[str, str] = Field(default_factory=dict)
+    replicas: int = Field(1, ge=1)  # servers per model; requests are spread over them
+    gpus_per_replica: int = Field(0, ge=0)  # local placement: replica i gets GPUs [i*g, (i+1)*g)
+    # vLLM/SGLang: data parallelism inside one server (--data-parallel-size / --dp) over this many GPUs.
+    data_parallel_size: int = Field(1, ge=1)
+    host: str = "127.0.0.1"  # where servers listen (Ray: each node's own address is used)
+    startup_timeout_s: float = Field(900.0, gt=0)
+    request_timeout_s: float = Field(600.0, gt=0)
+    max_retries: int = Field(6, ge=0)  # per request, over all replicas
+    extra_args: list[str] = Field(default_factory=list)  # appended to the server command verbatim
+
+    @model_validator(mode="after")
+    def _command_has_argv(self) -> ServeConfig:
+        if self.engine == "command" and not self.command:
+            raise ValueError("serve.engine is 'command' but serve.command (the server argv) is not set")
+        return self
+
+
+class RayConfig(StrictModel):
+    """Place the `serve` replicas on a Ray cluster (actors that own the server processes)."""
+
+    address: str | None = "auto"  # "auto": the cluster this node joined with `ray start`; None: a local one
+    num_gpus: float = Field(0, ge=0)  # per replica actor (default: serve.gpus_per_replica)
+    num_cpus: float = Field(1, ge=0)  # per replica actor
+    max_restarts: int = Field(3, ge=-1)  # Ray restarts a dead replica (node loss) this often; -1: forever
+    # Passed verbatim to ray.init (namespace, runtime_env, ...).
+    init_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class EvolveConfig(StrictModel):
@@ -199,6 +245,9 @@ class LauncherConfig(StrictModel):
     master_port: int | None = Field(None, ge=1, le=65535)
     # nnodes > 1: how long a node_rank > 0 waits for node 0's data before giving up.
     wait_timeout_s: float = Field(24 * 3600.0, gt=0)
+    # LLaMA-Factory's Ray trainer (USE_RAY=1): workers on the Ray cluster; set ray_num_workers,
+    # resources_per_worker, ray_init_kwargs in llama_factory.extra.
+    use_ray: bool = False
 
 
 class TrainingArgs(StrictModel):
@@ -288,6 +337,8 @@ class MathSEConfig(StrictModel):
     teacher: TeacherConfig | None = None
     orm: OrmConfig = Field(default_factory=OrmConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    ray: RayConfig | None = None  # set: serve replicas are Ray actors on the cluster
     evolve: EvolveConfig = Field(default_factory=EvolveConfig)
     reflect: ReflectConfig = Field(default_factory=ReflectConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -588,6 +639,8 @@ def _resolve_paths(cfg: MathSEConfig, base: Path) -> None:
                 setattr(training, key, _resolve_shipped(getattr(training, key), base))
     if cfg.orm.train_file is not None:
         cfg.orm.train_file = _resolve(cfg.orm.train_file, base)
+    if cfg.serve.python is not None and ("/" in cfg.serve.python or cfg.serve.python.startswith("~")):
+        cfg.serve.python = str(_resolve(Path(cfg.serve.python), base))  # a path, not a name on PATH
     if cfg.reflect.final_recipe is not None:
         cfg.reflect.final_recipe = _resolve_shipped(cfg.reflect.final_recipe, base)
     for bench in cfg.eval.benchmarks:

@@ -82,7 +82,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_BACKENDS = {"huggingface": "huggingface", "vllm": "vllm", "sglang": "sglang"}
+# "served": the ChatModel runs inside `llamafactory-cli api` (serve.engine llamafactory); its engine
+# is huggingface unless inference.extra sets infer_backend.
+_BACKENDS = {"huggingface": "huggingface", "vllm": "vllm", "sglang": "sglang", "served": "huggingface"}
 # Upper bound for auto grouping on huggingface: k sequences share one batched generate, and k KV
 # caches must fit in memory at once.
 MAX_PATHS_PER_REQUEST = 16

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -309,6 +308,8 @@ def launcher_env(cfg: MathSEConfig) -> dict[str, str]:
         env["MASTER_ADDR"] = launch.master_addr
     if launch.master_port is not None:
         env["MASTER_PORT"] = str(launch.master_port)
+    if launch.use_ray:
+        env["USE_RAY"] = "1"
     return env
 
 
@@ -454,50 +455,16 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_api(
-    args: dict[str, Any], run_dir: Path, port: int | None = None, startup_timeout_s: float = 180.0
+    args: dict[str, Any], run_dir: Path, startup_timeout_s: float = 180.0, name: str | None = None
 ) -> Iterator[str]:
-    """Serve a model with `llamafactory-cli api` on 127.0.0.1; yields its OpenAI base URL.
+    """Serve a model with `llamafactory-cli api` on a free 127.0.0.1 port; yields its OpenAI base URL.
 
-    The server's output goes to `run_dir/api_<port>.log`; it is stopped (SIGTERM, then SIGKILL)
-    when the block ends, however it ends.
+    A one-replica `mathse.serving.serve_model` (stopped however the block ends; log in `run_dir`).
     """
-    port = port or free_port()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    yaml_path = run_dir / f"api_{port}.yaml"
-    atomic_write_text(yaml_path, yaml.safe_dump(args, sort_keys=False))
-    env = llamafactory_env({"API_HOST": "127.0.0.1", "API_PORT": str(port)})
-    base_url = f"http://127.0.0.1:{port}/v1"
-    with (run_dir / f"api_{port}.log").open("w", encoding="utf-8") as log:
-        proc = subprocess.Popen(
-            llamafactory_command("api", str(yaml_path)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=_die_with_parent,
-        )
-        try:
-            _wait_until_serving(proc, base_url, startup_timeout_s, run_dir / f"api_{port}.log")
-            yield base_url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    from mathse.config import ServeConfig
+    from mathse.serving import ServedModel, serve_model
 
-
-def _wait_until_serving(proc: subprocess.Popen[bytes], base_url: str, timeout_s: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-            raise TrainingError(f"llamafactory-cli api exited with {proc.returncode}; log: {log_path}\n{tail}")
-        try:
-            with urllib.request.urlopen(f"{base_url}/models", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TrainingError(f"llamafactory-cli api did not start within {timeout_s:.0f}s; log: {log_path}")
+    model = str(args["model_name_or_path"])
+    spec = ServedModel(name=name or Path(model).name or "model", model=model, llamafactory_args=args)
+    with serve_model(ServeConfig(engine="llamafactory", startup_timeout_s=startup_timeout_s), spec, run_dir) as servers:
+        yield servers.base_urls[0]

@@ -73,6 +73,8 @@ def test_launcher_env_for_multi_node(run_config) -> None:
         "MASTER_PORT": "29500",
     }
     assert launcher_env(load_config(run_config())) == {}
+    ray = load_config(run_config(llama_factory={"launcher": {"use_ray": True}, "extra": {"ray_num_workers": 4}}))
+    assert launcher_env(ray) == {"USE_RAY": "1"}
 
 
 @pytest.mark.slow

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.stages.test_distill import teacher_reply
 
 from mathse.llamafactory_bridge import free_port
 from mathse.storage import is_done
 from mathse.testing.openai_server import FakeOpenAIServer
 from tests.conftest import PROJECT_ROOT, write_run_config
+from tests.stages.test_distill import teacher_reply
 
 
 def node_config(tmp_path: Path, tiny_model: Path, demo_data, rank: int, teacher: str, port: int, **extra: Any) -> Path:

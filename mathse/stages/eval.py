@@ -32,6 +32,7 @@ from mathse.eval_results import render_results
 from mathse.evalsets import BREAKDOWN_FIELDS, SUBSET_FIELDS, EvalItem, load_benchmark
 from mathse.inference import Generator, GenItem, chat_model_args, training_image_max_pixels
 from mathse.scoring import Score, run_judge, score_response
+from mathse.served import ServedGenerator, open_generator
 from mathse.storage import (
     MARKER_NAME,
     Journal,
@@ -217,17 +218,16 @@ def run(
         todo = [s for c, s in pending if c is checkpoint]
         if not todo:
             continue
-        generator = Generator(
+        # In-process ChatModel, or (inference.backend: served) this checkpoint's servers.
+        generator = open_generator(
+            cfg,
             checkpoint.model,
             checkpoint.adapter,
-            cfg.model.template,
-            eval_inference(cfg),
-            image_max_pixels=training_image_max_pixels(cfg),
-            trust_remote_code=cfg.model.trust_remote_code,
-            seed=cfg.run.seed,
+            inf=eval_inference(cfg),
+            server_dir=eval_dir(cfg) / "servers" / layout.safe_name(checkpoint.name),
             chat_model_factory=chat_model_factory,
         )
-        with generator:  # loaded lazily: only if some item still needs a response
+        with generator:  # loaded (or served) lazily: only if some item still needs a response
             for spec in todo:
                 stats = evaluate_pair(cfg, checkpoint, spec, benches[spec.name], generator)
                 print(pair_summary(stats))
@@ -268,7 +268,11 @@ def _warn_if_stale(cfg: MathSEConfig, checkpoint: Checkpoint, spec: BenchmarkSpe
 
 
 def evaluate_pair(
-    cfg: MathSEConfig, checkpoint: Checkpoint, spec: BenchmarkSpec, items: list[EvalItem], generator: Generator
+    cfg: MathSEConfig,
+    checkpoint: Checkpoint,
+    spec: BenchmarkSpec,
+    items: list[EvalItem],
+    generator: Generator | ServedGenerator,
 ) -> dict[str, Any]:
     """Generate (resumably), score, judge, write predictions and scores, mark done."""
     folder = pair_dir(cfg, checkpoint.name, spec.name)

@@ -29,11 +29,13 @@ from typing import Any
 from mathse import layout
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
-from mathse.inference import Generator, chat_model_args, make_items, training_image_max_pixels
+from mathse.inference import chat_model_args, make_items, training_image_max_pixels
 from mathse.judge import JudgeItem, PathJudge, journal_path
 from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
 from mathse.prompts import student_prompt
 from mathse.records import JudgedPathRow, PathRow, Problem, SftRow, read_problems
+from mathse.served import describe as describe_serving
+from mathse.served import open_generator
 from mathse.storage import (
     Journal,
     atomic_write_json,
@@ -257,7 +259,9 @@ def run_shard(
     items = make_items(mine, cfg.inference.n_paths)
     model_path, adapter = layout.model_ref(model_dir)
     with Journal(generations_path(cfg, r, shard)) as generations:
-        with timer.span("model"), Generator.from_config(cfg, model_path, adapter) as generator:
+        # Served: the checkpoint's servers start here and stop when the block ends, before judging/training.
+        with timer.span("model"), open_generator(cfg, model_path, adapter,
+                                                 server_dir=layout.round_dir(cfg, r) / "servers") as generator:
             gen = generator.generate(items, generations, progress=f"round {r} generate")
         print(gen.summary())
         rows = [generations.rows[item.key] for item in items if item.key in generations]
@@ -458,9 +462,13 @@ def print_plan(cfg: MathSEConfig, pool: list[Problem]) -> None:
     print(f"[dry-run] evolve: {ev.rounds} rounds over D_remain = {len(pool)} problems from {cfg.data.pool_file}")
     print(f"[dry-run] per round: batch {ev.batch_size}, {inf.n_paths} paths per problem, backend {inf.backend}, "
           f"{inf.concurrency} requests in flight; ORM backend {cfg.orm.backend}, policy {cfg.orm.policy}")
-    args = chat_model_args(str(cfg.model_path("sft_model_stage0")), None, cfg.model.template, inf,
-                           image_max_pixels=training_image_max_pixels(cfg))
-    print(f"[dry-run] round 1 generation: ChatModel({json.dumps(args)})")
+    if inf.backend == "served":
+        m0 = cfg.model_path("sft_model_stage0")
+        print(f"[dry-run] round 1 generation: {describe_serving(cfg, m0, None, layout.round_dir(cfg, 1) / 'servers')}")
+    else:
+        args = chat_model_args(str(cfg.model_path("sft_model_stage0")), None, cfg.model.template, inf,
+                               image_max_pixels=training_image_max_pixels(cfg))
+        print(f"[dry-run] round 1 generation: ChatModel({json.dumps(args)})")
     if ev.retrain:
         print(f"[dry-run] retrain each round from {ev.retrain_from}; round 1 training command (not run):")
         print(train_job(cfg, 1).describe())
