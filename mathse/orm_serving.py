@@ -26,7 +26,7 @@ from mathse.inference import chat_model_args, training_image_max_pixels
 from mathse.llamafactory_bridge import serve_api
 from mathse.storage import is_done, read_json
 
-__all__ = ["SERVED_MODEL_NAME", "orm_endpoint", "orm_serve_args", "rule_only_notice"]
+__all__ = ["SERVED_MODEL_NAME", "model_ref", "orm_endpoint", "orm_serve_args", "rule_only_notice"]
 
 SERVED_MODEL_NAME = "mathse-orm"
 
@@ -41,15 +41,19 @@ def rule_only_notice(cfg: MathSEConfig, stage: str) -> str | None:
     return None
 
 
+def model_ref(model_dir: Path) -> tuple[str, str | None]:
+    """(model_name_or_path, adapter_name_or_path) for a trained dir: LoRA dirs are adapters."""
+    adapter_config = model_dir / "adapter_config.json"
+    if adapter_config.is_file():
+        return str(read_json(adapter_config)["base_model_name_or_path"]), str(model_dir)
+    return str(model_dir), None
+
+
 def orm_serve_args(cfg: MathSEConfig) -> dict[str, Any]:
     """`llamafactory-cli api` arguments for the trained ORM: its training's template and image size."""
-    model_dir = cfg.model_path("orm_model")
-    adapter = None
-    if (model_dir / "adapter_config.json").is_file():  # a LoRA-trained ORM: base + adapter
-        adapter = str(model_dir)
-        model_dir = Path(read_json(model_dir / "adapter_config.json")["base_model_name_or_path"])
+    model_path, adapter = model_ref(cfg.model_path("orm_model"))
     args = chat_model_args(
-        str(model_dir),
+        model_path,
         adapter,
         cfg.model.template,
         cfg.inference,
