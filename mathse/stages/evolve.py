@@ -31,6 +31,7 @@ from mathse.errors import StageError
 from mathse.inference import Generator, chat_model_args, make_items, training_image_max_pixels
 from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
 from mathse.orm import Judge, JudgeItem, journal_path
+from mathse.orm_serving import orm_endpoint, rule_only_notice
 from mathse.prompts import student_prompt
 from mathse.records import Problem, read_problems
 from mathse.storage import (
@@ -133,6 +134,8 @@ def run(cfg: MathSEConfig, dry_run: bool = False, shard: Shard | None = None, me
     if not (is_done(m0) and d_sft0.is_file()):
         raise StageError(f"evolve: M0 is not trained yet ({m0}): run --stage distill first")
     save_resolved_config(cfg, evolve_dir(cfg) / "config.yaml")
+    if (notice := rule_only_notice(cfg, STAGE)) is not None:
+        print(notice)
     by_id = {p.id: p for p in pool}
     timer = StageTimer()
     try:
@@ -271,15 +274,17 @@ def run_shard(
     problems = {p.id: p for p in mine}
     to_judge = [JudgeItem(row["key"], problems[row["id"]], row["response"]) for row in rows if row.get("response")]
     ledger = UsageLedger(cfg.output_dir / "usage.json", cfg.pricing)
-    judge = Judge(cfg, STAGE, ledger)
-    try:
-        # A served ORM is an API wait; a local or rule-based one is model compute.
-        with Journal(journal_path(cfg, verdicts_stage(r, shard))) as verdicts, \
-                timer.span("api" if cfg.orm.backend == "api" else "model"):
-            verdict_stats = judge.judge(to_judge, verdicts, progress=f"round {r} judge")
-    finally:
-        judge.close()
-        ledger.save()
+    # The trained ORM is served by the pipeline for just this judging (stopped however it ends).
+    with orm_endpoint(cfg, round_dir(cfg, r)) as api:
+        judge = Judge(cfg, STAGE, ledger, api=api)
+        try:
+            # A served ORM is an API wait; a local or rule-based one is model compute.
+            with Journal(journal_path(cfg, verdicts_stage(r, shard))) as verdicts, \
+                    timer.span("api" if cfg.orm.backend in ("api", "trained") else "model"):
+                verdict_stats = judge.judge(to_judge, verdicts, progress=f"round {r} judge")
+        finally:
+            judge.close()
+            ledger.save()
     print(verdict_stats.summary_line())
     if gen.retry_later or verdict_stats.failed:
         raise StageError(
@@ -352,7 +357,11 @@ def merge_shards(
 
     chosen, rejected, hard, history = [], [], [], []
     solved: set[str] = set()
-    counts = {"attempted": len(batch), "paths": 0, "accepted": 0, "rejected": 0, "unparseable": 0, "no_output": 0}
+    # unknown: the verdict decided nothing (an ORM reply unreadable even after a re-ask). Unknown is
+    # not wrong: such a path goes neither to the rejected paths / hard buffer nor to reflection, and
+    # its problem stays in D_remain, so a later round asks again.
+    counts = {"attempted": len(batch), "paths": 0, "accepted": 0, "rejected": 0, "unparseable": 0, "unknown": 0,
+              "no_output": 0}
     for pid in batch:
         problem = by_id[pid]
         outcomes: list[bool | None] = []
@@ -370,6 +379,9 @@ def merge_shards(
             outcomes.append(final["correct"])
             if verdict.get("orm") and not verdict["orm"].get("parsed", True):
                 counts["unparseable"] += 1
+            if final["correct"] is None:
+                counts["unknown"] += 1
+                continue
             row = path_row(problem, r, k, gen["response"])
             if final["correct"] is True:
                 counts["accepted"] += 1
@@ -444,6 +456,7 @@ def round_summary(r: int, stats: dict[str, Any]) -> str:
     return (
         f"evolve: round {r}: attempted {stats['attempted']} problems ({stats['paths']} paths), "
         f"accepted {stats['accepted']}, rejected {stats['rejected']}, unparseable {stats['unparseable']}, "
+        f"unknown {stats.get('unknown', 0)} (not rejected), "
         f"solved {stats['solved']}, pool left {stats['pool_left']}, {stats['paths_per_s']:.2f} paths/s"
     )
 
