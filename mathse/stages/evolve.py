@@ -31,7 +31,7 @@ from mathse.errors import StageError
 from mathse.inference import Generator, chat_model_args, make_items, training_image_max_pixels
 from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
 from mathse.orm import Judge, JudgeItem, journal_path
-from mathse.orm_serving import orm_endpoint, rule_only_notice
+from mathse.orm_serving import orm_endpoint, orm_serve_args, rule_only_notice
 from mathse.prompts import student_prompt
 from mathse.records import Problem, read_problems
 from mathse.storage import (
@@ -479,6 +479,11 @@ def print_plan(cfg: MathSEConfig, pool: list[Problem]) -> None:
     args = chat_model_args(str(cfg.model_path("sft_model_stage0")), None, cfg.model.template, inf,
                            image_max_pixels=training_image_max_pixels(cfg))
     print(f"[dry-run] round 1 generation: ChatModel({json.dumps(args)})")
+    if (notice := rule_only_notice(cfg, STAGE)) is not None:
+        print(f"[dry-run] {notice}")
+    elif cfg.orm.backend == "trained" and cfg.orm.api is None:
+        print(f"[dry-run] judge: the trained ORM served by the pipeline: llamafactory-cli api "
+              f"{json.dumps(orm_serve_args(cfg))}")
     if ev.retrain:
         print(f"[dry-run] retrain each round from {ev.retrain_from}; round 1 training command (not run):")
         print(train_job(cfg, 1).describe())
