@@ -184,6 +184,13 @@ def test_stage_measures_the_orm_on_its_heldout_file(run_config, demo_data, tmp_p
     assert str(cfg.model_path("orm_model") / "orm_metrics.json") in printed
     assert len(list(iter_jsonl(cfg.output_dir / "orm" / "heldout_verdicts.jsonl"))) == 4
 
+    # The run report shows them.
+    assert main(["--stage", "report", "--config", str(config)]) == 0
+    report = (cfg.output_dir / "report" / "report.md").read_text()
+    section = report[report.index("## The trained ORM"):]
+    assert "| 4 | 75.0% | 50.0% | 100.0% | 50.0% | 25.0% |" in section
+    assert read_json(cfg.output_dir / "report" / "report.json")["orm_model"]["metrics"]["accuracy"] == 0.75
+
 
 def test_dry_run_prints_the_data_plan_and_training_command(run_config, capsys, tmp_path: Path) -> None:
     with FakeOpenAIServer() as server:

@@ -47,7 +47,7 @@ TRANSITION_COLORS = {
     "correct_to_incorrect": "#ff7f0e",
     "persistently_incorrect": "#d62728",
 }
-ROUND_COUNTS = ("attempted", "paths", "accepted", "rejected", "unparseable", "no_output", "solved")
+ROUND_COUNTS = ("attempted", "paths", "accepted", "rejected", "unparseable", "unknown", "no_output", "solved")
 USAGE_COUNTERS = ("calls", "answered", "cached", "failures", "prompt_tokens", "completion_tokens")
 FIGURES = {
     "rounds": "rounds.png",
@@ -196,6 +196,7 @@ def collect(cfg: MathSEConfig) -> dict[str, Any]:
         ("reflect", _reflect),
         ("eval", _eval),
         ("orm_vs_rule", _orm_vs_rule),
+        ("orm_model", _orm_model),
         ("usage", _usage),
     )
     for name, build in sections:
@@ -872,7 +873,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["warnings"]:
         lines += ["## Warnings", "", *(f"- {w}" for w in report["warnings"]), ""]
     lines += _md_distill(report) + _md_evolve(report) + _md_transitions(report) + _md_lengths(report)
-    lines += _md_orm(report) + _md_reflect(report) + _md_eval(report) + _md_usage(report)
+    lines += _md_orm_model(report) + _md_orm(report) + _md_reflect(report) + _md_eval(report) + _md_usage(report)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -892,7 +893,7 @@ def _md_evolve(report: dict[str, Any]) -> list[str]:
     ev = report.get("evolve")
     if not ev:
         return [*lines, "No merged round yet.", ""]
-    keys = ["attempted", "paths", "accepted", "rejected", "unparseable", "no_output", "solved", "pool_left"]
+    keys = ["attempted", "paths", "accepted", "rejected", "unparseable", "unknown", "no_output", "solved", "pool_left"]
     rows = [[str(r["round"]), *(_fmt(r[k]) for k in keys), _fmt(r["accept_rate"], True),
              _fmt(r["solve_rate"], True), _fmt(r["complete"])] for r in ev["rounds"]]
     t = ev["totals"]
@@ -935,6 +936,37 @@ def _md_lengths(report: dict[str, Any]) -> list[str]:
     lines += _table(["stage", "answers", "mean chars", "median chars"],
                     ([r["label"], _fmt(r["n"]), _fmt(r["mean_chars"]), _fmt(r["median_chars"])] for r in rows))
     return lines + _image(report, "lengths", "Average answer length per stage")
+
+
+def _orm_model(c: _Collector) -> dict[str, Any] | None:
+    """The trained ORM: its data (orm/data/stats.json) and held-out metrics (<orm_model>/orm_metrics.json)."""
+    metrics_file = c.cfg.model_path("orm_model") / "orm_metrics.json"
+    metrics = c.json(metrics_file)
+    data = c.json(c.out / "orm" / "data" / "stats.json")
+    if metrics is None and data is None:
+        if c.cfg.orm.backend == "trained":
+            c.missing.append("orm: no trained ORM metrics yet (orm_model/orm_metrics.json): run --stage orm")
+        return None
+    return {"metrics": metrics, "metrics_file": str(metrics_file) if metrics else None, "data": data}
+
+
+def _md_orm_model(report: dict[str, Any]) -> list[str]:
+    section = report.get("orm_model")
+    if not section:
+        return []
+    lines = ["## The trained ORM", ""]
+    data = section.get("data")
+    if data:
+        lines += [f"Data: {data['paths']} paths from M0 on {data['problems']} problems; "
+                  f"{data['labelled_correct']} correct / {data['labelled_incorrect']} incorrect by the rule check; "
+                  f"{data['annotated']} annotated by the teacher ({data['annotation_dropped']} dropped); "
+                  f"train {data['train']['rows']} paths, held out {data['heldout']['rows']}.", ""]
+    m = section.get("metrics")
+    if m:
+        keys = ["accuracy", "accuracy_on_correct", "accuracy_on_incorrect", "error_step_exact", "unparseable_rate"]
+        lines += _table(["held-out paths", *keys], [[_fmt(m["paths"]), *(_fmt(m[k], True) for k in keys)]])
+        lines += [f"From `{section['metrics_file']}`.", ""]
+    return lines
 
 
 def _md_orm(report: dict[str, Any]) -> list[str]:

@@ -1,0 +1,123 @@
+"""The pipeline serves the trained ORM itself: `llamafactory-cli api` started, used and stopped.
+
+The "trained ORM" is the tiny model copied to paths.orm_model: it judges nonsense, which is what
+an untrained-for-this model does; what is checked is the server's life cycle, that a stage really
+talks to it, and that no process is left after success, after a failure, and after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mathse.cli import main
+from mathse.config import load_config
+from mathse.orm import Judge, JudgeItem, open_journal
+from mathse.orm_serving import orm_endpoint, orm_serve_args
+from mathse.records import read_problems
+from mathse.storage import mark_done, read_json
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+PATH = "Step 1: Look at the figure.\nStep 2: Work it out.\nThe final answer is \\boxed{{{answer}}}"
+
+
+def api_servers(root: psutil.Process) -> list[psutil.Process]:
+    """`llamafactory-cli api` processes under `root`."""
+    found = []
+    for proc in root.children(recursive=True):
+        try:
+            if "api" in proc.cmdline() and any("llamafactory" in part for part in proc.cmdline()):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def gone(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+def trained_orm_config(run_config, tiny_model, demo_data, tmp_path: Path) -> Path:
+    """backend trained with no orm.api: the pipeline must serve paths.orm_model itself."""
+    heldout = tmp_path / "heldout.jsonl"
+    rows = []
+    for p in read_problems(demo_data[0])[:2]:
+        base = {"id": p.id, "question": p.question, "images": list(p.images), "answer": p.answer}
+        rows.append({**base, "path": PATH.format(answer=p.answer), "correct": True, "analysis": "ok"})
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = run_config(orm={"backend": "trained", "policy": "orm", "max_new_tokens": 8, "logprobs": False,
+                             "train_file": str(heldout), "heldout_file": str(heldout), "serve_timeout_s": 300})
+    model_dir = load_config(config).model_path("orm_model")
+    shutil.copytree(tiny_model, model_dir)
+    mark_done(model_dir, {"job": "the tiny model stands in for a trained ORM"})
+    return config
+
+
+def test_stage_serves_the_orm_uses_it_and_stops_it(trained_orm_config: Path, capsys) -> None:
+    cfg = load_config(trained_orm_config)
+    args = orm_serve_args(cfg)
+    # Served like it was trained: the run's template and image size, greedy.
+    assert (args["template"], args["image_max_pixels"], args["do_sample"]) == ("qwen2_vl", 12544, False)
+    assert main(["--stage", "orm", "--config", str(trained_orm_config)]) == 0
+    out = capsys.readouterr().out
+    assert "orm: serving" in out and "held-out metrics on 2 paths" in out
+    metrics = read_json(cfg.model_path("orm_model") / "orm_metrics.json")
+    assert metrics["paths"] == 2 and 0.0 <= metrics["unparseable_rate"] <= 1.0
+    logs = list((cfg.output_dir / "orm").glob("api_*.log"))
+    served = logs[0].read_text() if len(logs) == 1 else ""
+    # The server's own log, in the stage folder: it answered our calls, then shut down cleanly.
+    assert '"POST /v1/chat/completions HTTP/1.1" 200' in served and "Finished server process" in served
+    verdicts = [json.loads(x) for x in (cfg.output_dir / "orm" / "heldout_verdicts.jsonl").read_text().splitlines()]
+    assert len({v["key"] for v in verdicts}) == 2 and all(isinstance(v["orm"]["raw"], str) for v in verdicts)
+    assert api_servers(psutil.Process()) == []
+
+
+def test_failure_inside_the_block_stops_the_server(trained_orm_config: Path) -> None:
+    cfg = load_config(trained_orm_config)
+    problem = read_problems(cfg.data.seed_file)[0]
+    with pytest.raises(RuntimeError, match="boom"), orm_endpoint(cfg, cfg.output_dir / "serve") as api:
+        assert api is not None and api.base_url.startswith("http://127.0.0.1:")
+        (server,) = api_servers(psutil.Process())
+        with open_journal(cfg, "serve-test") as journal:
+            stats = Judge(cfg, "serve-test", api=api).judge([JudgeItem("k", problem, PATH.format(answer=1))], journal)
+        assert stats.failed == 0 and stats.judged == 1  # the served ORM answered
+        raise RuntimeError("boom")
+    assert gone(server) and api_servers(psutil.Process()) == []
+
+
+def test_ctrl_c_stops_the_server(trained_orm_config: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    log = (tmp_path / "main.log").open("w")
+    main_proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "main.py"), "--stage", "orm", "--config",
+                                  str(trained_orm_config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    parent = psutil.Process(main_proc.pid)
+    deadline = time.monotonic() + 240
+    servers: list[psutil.Process] = []
+    while not servers and time.monotonic() < deadline and main_proc.poll() is None:
+        servers = api_servers(parent)
+        time.sleep(0.5)
+    assert servers, (tmp_path / "main.log").read_text()[-2000:]
+    time.sleep(3)  # the server is starting or serving: Ctrl-C must stop it either way
+    main_proc.send_signal(signal.SIGINT)
+    assert main_proc.wait(timeout=120) == 130
+    for server in servers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            server.wait(timeout=30)  # reaped by the pipeline, or already gone
+        assert gone(server)
+    assert "interrupted: rerun the same command to resume" in (tmp_path / "main.log").read_text()
