@@ -171,7 +171,7 @@ class OrmConfig(StrictModel):
         if self.backend == "local" and self.local is None:
             raise ValueError("orm.backend is 'local' but orm.local (model_name_or_path) is not set")
         if self.policy in ("orm", "both", "either") and self.backend == "rule":
-            raise ValueError(f"orm.policy '{self.policy}' needs an ORM model: set orm.backend to api or local")
+            raise ValueError(f"orm.policy '{self.policy}' needs an ORM model: set orm.backend to trained, api or local")
         return self
 
 

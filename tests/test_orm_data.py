@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +202,22 @@ def test_dry_run_prints_the_data_plan_and_training_command(run_config, capsys, t
     assert "at temperature 0.9" in out and "teacher teacher-x" in out and "25% of the problems held out" in out
     assert re.search(r"\$ llamafactory-cli train \S+/orm/train_orm\.yaml", out)
     assert not (tmp_path / "output").exists()
+
+
+@pytest.mark.slow
+def test_m0_really_samples_the_paths(run_config, tiny_model) -> None:
+    """M0 (the tiny model) generates through LLaMA-Factory's ChatModel; all its paths are wrong, so
+    the teacher is asked about each, and with no correct path to balance against the stage says so."""
+    reply = '{"correct": false, "error_step": 1, "analysis": "Step 1 does not read the figure."}'
+    with FakeOpenAIServer(replies=reply) as server:
+        cfg = load_config(data_config(run_config, server, max_problems=3))
+        shutil.copytree(tiny_model, cfg.model_path("sft_model_stage0"))
+        mark_done(cfg.model_path("sft_model_stage0"), {"job": "the tiny model stands in for M0"})
+        with pytest.raises(StageError, match=r"no training path left after balancing .*'correct': 0"):
+            orm_stage.build_data(cfg)
+        generations = list(iter_jsonl(orm_stage.data_dir(cfg) / "generations.jsonl"))
+        answered = [g for g in generations if g["response"]]
+        assert len(generations) == 6 and {g["id"] for g in generations} == {"seed-0000", "seed-0001", "seed-0002"}
+        assert server.chat_calls == len(answered) > 0
+        notes = list(iter_jsonl(orm_stage.data_dir(cfg) / "annotations.jsonl"))
+        assert len(notes) == len(answered) and all(n["status"] == "ok" and n["error_step"] == 1 for n in notes)
