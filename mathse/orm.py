@@ -19,9 +19,10 @@ The caller owns the journal. Stages keep it at ``journal_path(cfg, stage)``, i.e
 ``<output_dir>/orm_reflections/<stage>.jsonl``; each verdict is appended the moment it arrives::
 
     {"key", "id", "path", "steps": [...],
-     "orm": {"raw", "correct", "error_step", "analysis", "score", "parsed"} | null,
+     "orm": {"raw", "correct", "error_step", "analysis", "score", "score_source", "parsed"} | null,
      "rule": {"correct", "extracted", "reason"} | null,
-     "final": {"correct", "error_step", "analysis", "source"}}
+     "final": {"correct", "error_step", "analysis", "source"},
+     "asks": <how many times this path was asked: > 1 after an unknown verdict was asked again>}
 
 A key already in the journal is never judged again, so a killed or repeated run resumes for free.
 An unparseable ORM reply is asked again once at once (the reply and a reminder of the format go
