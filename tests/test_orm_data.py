@@ -221,3 +221,31 @@ def test_m0_really_samples_the_paths(run_config, tiny_model) -> None:
         assert server.chat_calls == len(answered) > 0
         notes = list(iter_jsonl(orm_stage.data_dir(cfg) / "annotations.jsonl"))
         assert len(notes) == len(answered) and all(n["status"] == "ok" and n["error_step"] == 1 for n in notes)
+
+
+@pytest.mark.slow
+def test_orm_stage_end_to_end_data_training_served_metrics_and_a_free_rerun(run_config, capsys) -> None:
+    """Built data -> real `llamafactory-cli train` -> the pipeline serves the ORM -> held-out metrics."""
+    with FakeOpenAIServer(replies=lambda body: teacher_reply(body, set())) as server:
+        teacher = {"base_url": server.base_url, "model": "teacher-x", "max_retries": 0}
+        orm = {"backend": "trained", "policy": "orm", "max_new_tokens": 8, "logprobs": False, "serve_timeout_s": 300,
+               "data": {"paths_per_problem": 2, "heldout_fraction": 0.25}}
+        config = run_config(teacher=teacher, orm=orm, llama_factory={"max_steps": 2, "cutoff_len": 1024})
+        cfg = load_config(config)
+        prefill_m0_paths(cfg)
+        assert main(["--stage", "orm", "--config", str(config)]) == 0
+        out = capsys.readouterr().out
+        calls = server.chat_calls
+        assert calls == 8 + 2  # every incorrect path annotated, two asked again
+        model = cfg.model_path("orm_model")
+        assert is_done(model) and (model / "model.safetensors").is_file()
+        assert "orm: data: 16 paths from M0 on 8 problems" in out and "orm: serving" in out
+        metrics = read_json(model / "orm_metrics.json")
+        heldout = read_labelled_paths(orm_stage.data_dir(cfg) / "heldout.jsonl")
+        assert metrics["paths"] == len(heldout) > 0 and f"held-out metrics on {len(heldout)} paths" in out
+        assert list((cfg.output_dir / "orm").glob("api_*.log"))
+
+        mtime = (model / "model.safetensors").stat().st_mtime_ns
+        assert main(["--stage", "orm", "--config", str(config)]) == 0
+        assert "orm: already done, nothing to do" in capsys.readouterr().out
+        assert server.chat_calls == calls and (model / "model.safetensors").stat().st_mtime_ns == mtime

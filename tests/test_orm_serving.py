@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from mathse.cli import main
 from mathse.config import load_config
@@ -121,3 +122,34 @@ def test_ctrl_c_stops_the_server(trained_orm_config: Path, tmp_path: Path) -> No
             server.wait(timeout=30)  # reaped by the pipeline, or already gone
         assert gone(server)
     assert "interrupted: rerun the same command to resume" in (tmp_path / "main.log").read_text()
+
+
+def test_evolve_judges_with_the_served_orm_and_keeps_unknown_apart(trained_orm_config: Path, tiny_model) -> None:
+    """One evolve round judged by the pipeline-served ORM (policy orm): the tiny model's verdicts are
+    mostly unreadable; those are unknown, not rejected, and the server is gone after the round."""
+    raw = yaml.safe_load(trained_orm_config.read_text())
+    raw["evolve"] = {"rounds": 1, "batch_size": 2, "retrain": False}
+    raw["inference"].update({"n_paths": 1, "max_new_tokens": 8, "temperature": 0})
+    trained_orm_config.write_text(yaml.safe_dump(raw))
+    cfg = load_config(trained_orm_config)
+    shutil.copytree(tiny_model, cfg.model_path("sft_model_stage0"))
+    mark_done(cfg.model_path("sft_model_stage0"), {"job": "the tiny model stands in for M0"})
+    d_sft = cfg.output_dir / "distill" / "d_sft.jsonl"
+    d_sft.parent.mkdir(parents=True)
+    d_sft.write_text(json.dumps({"id": "s", "prompt": "q", "images": [], "answer": "1", "response": "r",
+                                 "origin": "seed"}) + "\n")
+    assert main(["--stage", "evolve", "--config", str(trained_orm_config)]) == 0
+    rd = cfg.output_dir / "evolve" / "round_1"
+    stats = read_json(rd / "stats.json")
+    assert stats["paths"] == 2 and stats["unknown"] + stats["rejected"] + stats["accepted"] == 2
+    verdicts = [json.loads(x) for x in next((cfg.output_dir / "orm_reflections").glob("evolve_round_1.*.jsonl"))
+                .read_text().splitlines()]
+    unknown = {v["id"] for v in verdicts if v["final"]["correct"] is None}
+    assert len(unknown) == stats["unknown"]
+    rejected = [json.loads(x) for x in (rd / "rejected.jsonl").read_text().splitlines()]
+    hard = [json.loads(x) for x in (rd / "hard.jsonl").read_text().splitlines()]
+    assert not unknown & {r["id"] for r in rejected} and not unknown & {h["id"] for h in hard}
+    assert unknown <= set(read_json(rd / "remain.json"))
+    (log,) = rd.glob("api_*.log")
+    assert '"POST /v1/chat/completions HTTP/1.1" 200' in log.read_text()
+    assert api_servers(psutil.Process()) == []
