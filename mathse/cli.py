@@ -18,11 +18,12 @@ STAGES: dict[str, tuple[str, str]] = {
     "final": ("final", "Stage 3 training: final SFT on D_SFT + reflections from the Stage-2 checkpoint"),
     "eval": ("eval", "Evaluate checkpoints (base, M0, rounds, final) on the benchmarks -> results table"),
     "report": ("report", "Run report: tables, charts and report.json from whatever the run produced so far"),
-    "orm": ("orm", "Train the outcome reward model on labelled paths (correct / first wrong step / analysis)"),
+    "orm": ("orm", "The ORM: M0's paths labelled + teacher's first wrong step -> train -> held-out metrics"),
 }
 # `--stage all` runs these in order, stopping at the first failure; each stage skips the work it
-# already finished, so a rerun resumes where the last one stopped. Eval runs when benchmarks are set.
-PIPELINE = ("distill", "evolve", "reflect", "final", "eval", "report")
+# already finished, so a rerun resumes where the last one stopped. The ORM stage runs when the judge
+# is the ORM the run trains (orm.backend: trained, as in the paper); eval when benchmarks are set.
+PIPELINE = ("distill", "orm", "evolve", "reflect", "final", "eval", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mathse",
         description="MathSE: self-evolving multimodal math reasoning (arXiv 2511.06805).",
         epilog=f"stages:\n{stage_help}\n  {'all':<9} every pipeline stage in order: {' -> '.join(PIPELINE)} "
-        "(eval when eval.benchmarks is set)",
+        "(orm when orm.backend is trained, eval when eval.benchmarks is set)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--stage", required=True, choices=[*STAGES, "all"], help="which stage to run")
@@ -90,7 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def pipeline(cfg: MathSEConfig) -> list[str]:
     """The stages `--stage all` runs for this config."""
-    return [stage for stage in PIPELINE if stage != "eval" or cfg.eval.benchmarks]
+    skip = {"eval"} if not cfg.eval.benchmarks else set()
+    if cfg.orm.backend != "trained":
+        skip.add("orm")
+    return [stage for stage in PIPELINE if stage not in skip]
 
 
 def run_stage(stage: str, cfg: MathSEConfig, dry_run: bool, **options: object) -> int:

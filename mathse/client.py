@@ -188,8 +188,8 @@ def _error_message(err: openai.APIStatusError) -> str:
     return str(err.message)[:300]
 
 
-def _parse_completion(content: bytes) -> tuple[list[str], str | None, int, int]:
-    """texts, finish_reason, prompt_tokens, completion_tokens from a response body."""
+def _parse_completion(content: bytes) -> tuple[list[str], str | None, int, int, list[dict[str, Any]] | None]:
+    """texts, finish_reason, prompt_tokens, completion_tokens, first choice's token logprobs."""
     try:
         data = json.loads(content)
         choices = data["choices"]
@@ -206,7 +206,15 @@ def _parse_completion(content: bytes) -> tuple[list[str], str | None, int, int]:
         detail = f", refusal: {str(refusal)[:200]}" if refusal else ""
         raise _Failure(f"no content (finish_reason={finish}{detail})", retry=False)
     usage = data.get("usage") or {}
-    return texts, finish, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    logprobs = choices[0].get("logprobs") if isinstance(choices[0], dict) else None
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    return (
+        texts,
+        finish,
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        tokens if isinstance(tokens, list) else None,
+    )
 
 
 # -- the client ------------------------------------------------------------------------------
@@ -299,6 +307,8 @@ class ChatClient:
             "completion_tokens": result.completion_tokens,
             "created": time.time(),
         }
+        if result.logprobs is not None:
+            entry["logprobs"] = result.logprobs
         # Unique temp name per process and write, so writers on several nodes never collide.
         tmp = f"{folder}/.{digest}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         try:
@@ -325,6 +335,7 @@ class ChatClient:
             cached=True,
             texts=texts,
             finish_reason=entry.get("finish_reason"),
+            logprobs=entry.get("logprobs"),
         )
 
     # -- HTTP --
@@ -350,7 +361,7 @@ class ChatClient:
 
     async def _attempt(
         self, client: openai.AsyncOpenAI, body: dict[str, Any]
-    ) -> tuple[list[str], str | None, int, int]:
+    ) -> tuple[list[str], str | None, int, int, list[dict[str, Any]] | None]:
         try:
             # The raw POST skips the SDK's request transform and response models (a third of its
             # per-call CPU); the body is already plain JSON and we parse the answer ourselves.
@@ -393,7 +404,7 @@ class ChatClient:
                     await asyncio.sleep(wait)
                 attempts += 1
                 try:
-                    texts, finish, p_tok, c_tok = await self._attempt(client, body)
+                    texts, finish, p_tok, c_tok, logprobs = await self._attempt(client, body)
                     return ChatResult(
                         key=request.key,
                         text=texts[0],
@@ -403,6 +414,7 @@ class ChatClient:
                         latency_s=loop.time() - start,
                         texts=texts,
                         finish_reason=finish,
+                        logprobs=logprobs,
                     )
                 except _Failure as err:
                     failure = err

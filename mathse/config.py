@@ -103,15 +103,62 @@ class LocalModelConfig(StrictModel):
     max_new_tokens: int = Field(512, ge=1)
 
 
+class OrmDataConfig(StrictModel):
+    """How `--stage orm` builds the ORM's training data the paper's way (when orm.train_file is unset)."""
+
+    # Labelled problems to sample paths on: the seed set, the first problems of the pool, or a file.
+    source: Literal["seed", "pool", "file"] = "seed"
+    file: Path | None = None  # with source: file (the problem schema of data.seed_file)
+    max_problems: int | None = Field(None, ge=1)  # only the first N problems of the source
+    paths_per_problem: int = Field(4, ge=1)  # paths sampled from M0 per problem
+    temperature: float = Field(1.0, ge=0)  # sampling temperature for those paths
+    # Balance: correct paths kept per incorrect path (paper: 30K + 30K, i.e. 1.0); the larger class
+    # is cut down (deterministically) to match. max_incorrect caps the incorrect class first.
+    correct_per_incorrect: float = Field(1.0, gt=0)
+    max_incorrect: int | None = Field(None, ge=1)
+    # Share of the problems (all their paths) held out to measure the trained ORM.
+    heldout_fraction: float = Field(0.1, ge=0, lt=1)
+    # The teacher's annotation of an incorrect path; {question} {answer} {steps} {n_steps} are filled in.
+    annotate_prompt: str = (
+        "A student's solution to the problem below reaches a wrong final answer.\n\n"
+        "Problem: {question}\n\nReference answer: {answer}\n\n"
+        "Student's solution ({n_steps} numbered steps):\n{steps}\n\n"
+        "Find the FIRST step that contains an error and explain what goes wrong there and how to fix it. "
+        'Reply with exactly one JSON object: {{"correct": false, "error_step": <step number from 1 to {n_steps}>, '
+        '"analysis": "<your analysis>"}}'
+    )
+    # The analysis written for correct paths (the teacher is asked only about incorrect ones).
+    correct_analysis: str = "Every step is valid and the final answer matches the reference answer."
+
+    @model_validator(mode="after")
+    def _file_for_file_source(self) -> OrmDataConfig:
+        if self.source == "file" and self.file is None:
+            raise ValueError("orm.data.source is 'file' but orm.data.file is not set")
+        return self
+
+
 class OrmConfig(StrictModel):
-    backend: Literal["api", "local", "rule"] = "rule"
+    # trained: the ORM `--stage orm` trains (paths.orm_model), served by the pipeline itself with
+    #          `llamafactory-cli api` for the stages that judge, unless orm.api points at a server;
+    # api: an ORM served elsewhere (orm.api); local: loaded in-process (orm.local);
+    # rule: no ORM, the final answer is checked against the reference (rejection sampling).
+    backend: Literal["trained", "api", "local", "rule"] = "rule"
     # How the ORM verdict and the rule (math-verify vs reference) combine.
     policy: Literal["orm", "rule", "both", "either"] = "rule"
+    # A positive ORM verdict whose P(correct) is below this becomes negative. P(correct) comes from
+    # the token log-probabilities of the verdict when the server returns them (see mathse.verdict).
     score_threshold: float | None = Field(None, ge=0, le=1)
+    # Ask the ORM server for token log-probabilities (OpenAI `logprobs`) to compute P(correct).
+    logprobs: bool = True
     api: ApiConfig | None = None
     local: LocalModelConfig | None = None
-    # Labelled paths (JSONL) used by `--stage orm` to train the ORM.
+    # Hand-made labelled paths (JSONL) to train on instead of building the data from M0 + teacher.
     train_file: Path | None = None
+    # Labelled paths (same format) to measure a hand-trained ORM on; built data has its own held-out set.
+    heldout_file: Path | None = None
+    data: OrmDataConfig = Field(default_factory=OrmDataConfig)
+    serve_timeout_s: float = Field(900.0, gt=0)  # how long the pipeline waits for its ORM server to answer
+    max_new_tokens: int = Field(512, ge=1)  # verdict length limit of the ORM the pipeline serves
 
     @model_validator(mode="after")
     def _backend_has_settings(self) -> OrmConfig:
@@ -120,7 +167,7 @@ class OrmConfig(StrictModel):
         if self.backend == "local" and self.local is None:
             raise ValueError("orm.backend is 'local' but orm.local (model_name_or_path) is not set")
         if self.policy in ("orm", "both", "either") and self.backend == "rule":
-            raise ValueError(f"orm.policy '{self.policy}' needs an ORM model: set orm.backend to api or local")
+            raise ValueError(f"orm.policy '{self.policy}' needs an ORM model: set orm.backend to trained, api or local")
         return self
 
 
@@ -396,6 +443,8 @@ _INPUT_PATHS = (
     "data.pool_file",
     "data.image_root",
     "orm.train_file",
+    "orm.heldout_file",
+    "orm.data.file",
     "llama_factory.recipe",
     "llama_factory.deepspeed",
     *(f"trainings.{name}.{key}" for name in TRAININGS for key in ("recipe", "deepspeed")),
@@ -457,6 +506,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> MathSEC
     _deep_merge(raw, parse_overrides(overrides or []))
 
     errors: list[str] = []
+    _apply_aliases(raw, errors)
     try:
         raw = _substitute_env(raw, "", errors)
     except RecursionError:  # a self-referencing YAML anchor (`a: &a [*a]`)
@@ -476,6 +526,44 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> MathSEC
     if errors:
         raise ConfigError(errors)
     return cfg
+
+
+# Keys of the official MathSE README -> this project's keys (docs/config reference: "Aliases").
+KEY_ALIASES: dict[str, str] = {
+    "orm.endpoint": "orm.api.base_url",
+    "orm.api_key": "orm.api.api_key",
+    "gpt4o.api_key": "teacher.api_key",
+}
+# The model name sent to an ORM given only by `orm.endpoint` (servers that serve one model ignore it).
+DEFAULT_ORM_API_MODEL = "mathse-orm"
+
+
+def _apply_aliases(raw: dict[str, Any], errors: list[str]) -> None:
+    """Move every alias key (KEY_ALIASES) to its project key; both given is an error."""
+    for alias, target in KEY_ALIASES.items():
+        section, _, key = alias.partition(".")
+        holder = raw.get(section)
+        if not isinstance(holder, dict) or key not in holder:
+            continue
+        value = holder.pop(key)
+        if not holder and section not in ("orm", "teacher"):
+            raw.pop(section)  # a section that only held aliases (gpt4o) is gone
+        node = raw
+        *parents, leaf = target.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                errors.append(f"config error: {alias}: alias of {target}, but {part} is not a section")
+                break
+        else:
+            if leaf in node:
+                errors.append(f"config error: {alias}: alias of {target}, which is also set; keep one")
+            else:
+                node[leaf] = value
+        if target.startswith("orm.api.") and isinstance(raw.get("orm"), dict):
+            api = raw["orm"].get("api")
+            if isinstance(api, dict):
+                api.setdefault("model", DEFAULT_ORM_API_MODEL)
 
 
 def _resolve_and_check_paths(cfg: MathSEConfig, config_dir: Path) -> list[str]:
@@ -637,8 +725,11 @@ def _resolve_paths(cfg: MathSEConfig, base: Path) -> None:
         for key in ("recipe", "deepspeed"):
             if getattr(training, key) is not None:
                 setattr(training, key, _resolve_shipped(getattr(training, key), base))
-    if cfg.orm.train_file is not None:
-        cfg.orm.train_file = _resolve(cfg.orm.train_file, base)
+    for key in ("train_file", "heldout_file"):
+        if getattr(cfg.orm, key) is not None:
+            setattr(cfg.orm, key, _resolve(getattr(cfg.orm, key), base))
+    if cfg.orm.data.file is not None:
+        cfg.orm.data.file = _resolve(cfg.orm.data.file, base)
     if cfg.serve.python is not None and ("/" in cfg.serve.python or cfg.serve.python.startswith("~")):
         cfg.serve.python = str(_resolve(Path(cfg.serve.python), base))  # a path, not a name on PATH
     if cfg.reflect.final_recipe is not None:

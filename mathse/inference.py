@@ -53,12 +53,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import yaml
 from tqdm import tqdm
 
 from mathse.config import ConfigError, InferenceConfig
 from mathse.errors import StageError
-from mathse.llamafactory_bridge import IMAGE_TOKEN
+from mathse.llamafactory_bridge import IMAGE_TOKEN, training_args
 from mathse.prompts import student_prompt
 from mathse.records import Problem
 from mathse.storage import Journal
@@ -179,20 +178,17 @@ def chat_model_args(
     return args
 
 
-def training_image_max_pixels(cfg: MathSEConfig) -> int | None:
-    """The image_max_pixels training used: our override, else the recipe's, else None (LF default).
+def training_image_max_pixels(cfg: MathSEConfig, training: str | None = "rounds") -> int | None:
+    """The image_max_pixels a training used: its layered args (recipe < llama_factory <
+    trainings.<training>), else None (LLaMA-Factory's default).
 
     Inference must resize images like training did, and the shipped recipes set 262144 while
     LLaMA-Factory's own default is 768*768, so the recipe has to be consulted, not only our config.
+    The student's checkpoints all come from the same recipe as the rounds ("rounds"); the ORM
+    from "orm".
     """
-    value = cfg.llama_factory.overrides().get("image_max_pixels")
-    if value is None:
-        try:
-            recipe = yaml.safe_load(Path(cfg.llama_factory.recipe).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            recipe = {}
-        value = recipe.get("image_max_pixels") if isinstance(recipe, dict) else None
-    return None if value is None else int(value)
+    value = training_args(cfg, training).get("image_max_pixels")
+    return int(value) if value is not None else None
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,23 @@ The caller owns the journal. Stages keep it at ``journal_path(cfg, stage)``, i.e
 ``<output_dir>/orm_reflections/<stage>.jsonl``; each verdict is appended the moment it arrives::
 
     {"key", "id", "path", "steps": [...],
-     "orm": {"raw", "correct", "error_step", "analysis", "score", "parsed"} | null,
+     "orm": {"raw", "correct", "error_step", "analysis", "score", "score_source", "parsed"} | null,
      "rule": {"correct", "extracted", "reason"} | null,
-     "final": {"correct", "error_step", "analysis", "source"}}
+     "final": {"correct", "error_step", "analysis", "source"},
+     "asks": <how many times this path was asked: > 1 after an unknown verdict was asked again>}
 
 A key already in the journal is never judged again, so a killed or repeated run resumes for free.
-An unparseable ORM reply is a verdict too: it is journaled with its raw text and counted, and the
-ORM's vote is never "correct" (``combine`` may still accept the path under policy "either").
+An unparseable ORM reply is asked again once at once (the reply and a reminder of the format go
+back to the ORM). One that still does not parse is journaled with its raw text and counted; the
+ORM's vote is never "correct" (``combine`` may still accept the path under policy "either"). A
+row whose final verdict stayed unknown (``final.correct`` null) is *asked again* by the next
+``judge`` call over the same journal (the new row supersedes it): unknown is not wrong.
+
+P(correct): with ``orm.logprobs`` the request asks for token log-probabilities; when the server
+returns them, ``score_from_logprobs`` turns them into the verdict's ``score`` (``score_source``
+"logprobs"), which ``orm.score_threshold`` acts on. A server without log-probabilities
+(``llamafactory-cli api`` is one) leaves the score to what the ORM wrote itself ("score" in its
+JSON, ``score_source`` "reply"), and with neither the threshold does not apply.
 
 A *failed* ORM call (the API gave up after its retries, or the local model raised) is not a verdict:
 it is NOT journaled, so the next run asks again. It is reported in ``JudgeStats.failed`` and
@@ -57,11 +67,20 @@ from mathse.config import InferenceConfig
 from mathse.inference import chat_model_args, training_image_max_pixels
 from mathse.llamafactory_bridge import IMAGE_TOKEN  # the ORM was trained with one per image
 from mathse.messages import ChatRequest, ChatResult, system_message
+from mathse.orm_serving import OrmEndpoint
 from mathse.records import Problem, VerdictRow
 from mathse.steps import split_steps
 from mathse.storage import Journal
 from mathse.usage import UsageLedger
-from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, combine, parse_verdict, rule_verdict
+from mathse.verdict import (
+    ORM_SYSTEM_PROMPT,
+    Verdict,
+    build_orm_prompt,
+    combine,
+    parse_verdict,
+    rule_verdict,
+    score_from_logprobs,
+)
 
 if TYPE_CHECKING:
     from mathse.config import MathSEConfig
@@ -70,6 +89,17 @@ __all__ = ["JudgeItem", "JudgeStats", "PathJudge", "failures_path", "journal_pat
 
 log = logging.getLogger(__name__)
 
+TOP_LOGPROBS = 5  # alternatives per token: enough to see both "true" and "false" at the verdict
+REASK_TEXT = (
+    "Your reply could not be read as a verdict. Reply again with exactly one JSON object: "
+    '{{"correct": true or false, "error_step": <step number from 1 to {n_steps}, or null>, "analysis": "<text>"}}'
+)
+
+
+def is_unknown(row: dict[str, Any]) -> bool:
+    """A journaled verdict that decided nothing (final.correct null): asked again by the next run."""
+    final = row.get("final") or {}
+    return final.get("correct") is None
 
 
 journal_path = layout.journal_path  # where a stage keeps its ORM verdicts
@@ -87,7 +117,7 @@ def local_orm_args(cfg: MathSEConfig) -> dict[str, Any]:
         local.adapter_name_or_path or None,
         local.template,
         greedy,
-        image_max_pixels=training_image_max_pixels(cfg),
+        image_max_pixels=training_image_max_pixels(cfg, "orm"),
         trust_remote_code=cfg.model.trust_remote_code,
     )
 
@@ -119,8 +149,9 @@ class JudgeStats:
     judged: int = 0  # new verdicts journaled by this call
     correct: int = 0
     incorrect: int = 0
-    undecided: int = 0  # final.correct null (e.g. unparseable ORM reply under policy "orm")
-    unparseable: int = 0  # ORM replies that parse_verdict could not read
+    undecided: int = 0  # final.correct null (e.g. unparseable ORM reply under policy "orm"): asked again next run
+    unparseable: int = 0  # ORM replies that parse_verdict could not read, even after the re-ask
+    reasked: int = 0  # unparseable first replies asked again at once
     failed: int = 0  # ORM calls that failed: not journaled, retried on the next run
     skipped_existing: int = 0  # already in the journal
     disagree: int = 0  # parsed ORM verdict and rule verdict differ
@@ -130,7 +161,8 @@ class JudgeStats:
         prefix = f"{self.stage}: " if self.stage else ""
         return (
             f"{prefix}judged {self.judged:,} new paths: {self.correct:,} correct, {self.incorrect:,} incorrect, "
-            f"{self.undecided:,} undecided; {self.unparseable:,} unparseable ORM replies, "
+            f"{self.undecided:,} undecided (asked again on the next run); {self.unparseable:,} unparseable "
+            f"ORM replies ({self.reasked:,} re-asked), "
             f"{self.disagree:,} ORM/rule disagreements; {self.failed:,} failed (retried on rerun); "
             f"{self.skipped_existing:,} already judged"
         )
@@ -142,8 +174,13 @@ class JudgeStats:
 class PathJudge:
     """Judges reasoning paths per `cfg.orm` (backend, policy, threshold); see the module docstring."""
 
-    def __init__(self, cfg: MathSEConfig, stage: str, ledger: UsageLedger | None = None) -> None:
+    def __init__(
+        self, cfg: MathSEConfig, stage: str, ledger: UsageLedger | None = None, endpoint: OrmEndpoint | None = None
+    ) -> None:
+        """`endpoint`: the ORM to ask (backend api / trained); default `orm.api`. The pipeline
+        passes the one `orm_serving.orm_endpoint` yields (servers it started, or orm.api)."""
         self.cfg = cfg
+        self.endpoint = endpoint
         self.stage = stage
         self.ledger = ledger
         self.policy = cfg.orm.policy
@@ -163,7 +200,7 @@ class PathJudge:
             if item.key in seen:
                 raise ValueError(f"duplicate judge item key in one batch: {item.key!r}")
             seen.add(item.key)
-            if item.key in journal:
+            if item.key in journal and not is_unknown(journal.rows[item.key]):
                 stats.skipped_existing += 1
             else:
                 pending.append(item)
@@ -176,7 +213,7 @@ class PathJudge:
         if not self.uses_orm:
             for item in tqdm(pending, desc=progress, unit="path", disable=True if progress is None else None):
                 self._record(item, steps[item.key], None, journal, stats)
-        elif self.cfg.orm.backend == "api":
+        elif self.cfg.orm.backend in ("api", "trained"):
             self._judge_api(pending, steps, journal, stats, progress)
         elif self.cfg.orm.backend == "local":
             self._judge_local(pending, steps, journal, stats, progress)
@@ -222,31 +259,59 @@ class PathJudge:
         stats: JudgeStats,
         progress: str | None,
     ) -> None:
-        api = self.cfg.require("orm.api")
-        client = ChatClient(api, self.cfg.api_cache_dir, ledger=self.ledger, stage=self.stage)
+        endpoint = self.endpoint or (OrmEndpoint(self.cfg.orm.api) if self.cfg.orm.api is not None else None)
+        if endpoint is None:
+            raise ValueError("the trained ORM is not served: pass the endpoint of orm_serving.orm_endpoint(cfg)")
+        client = ChatClient(endpoint.api, self.cfg.api_cache_dir if endpoint.cache else None, ledger=self.ledger,
+                            stage=self.stage, transport=endpoint.transport)
         by_key = {item.key: item for item in pending}
-        requests = [
-            ChatRequest(
-                key=item.key,
-                messages=[
-                    system_message(ORM_SYSTEM_PROMPT),
-                    client.user_message(self.prompt(item, steps[item.key]), item.problem.images),
-                ],
-            )
+        extra = {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if self.cfg.orm.logprobs else None
+        messages = {
+            item.key: [
+                system_message(ORM_SYSTEM_PROMPT),
+                client.user_message(self.prompt(item, steps[item.key]), item.problem.images),
+            ]
             for item in pending
+        }
+        # A verdict asked again on a later run must not come back from the answer cache.
+        asks = {item.key: int(journal.rows.get(item.key, {}).get("asks", 0)) for item in pending}
+        requests = [
+            ChatRequest(key=k, messages=messages[k], extra=extra, cache_salt=f"ask-{asks[k]}" if asks[k] else None)
+            for k in by_key
         ]
+        reask: dict[str, str] = {}
 
-        def on_result(result: ChatResult) -> None:
+        def record(result: ChatResult, final_try: bool) -> None:
             # Called as each answer arrives, so a kill loses at most the calls still in flight
             # (and those are in the client's cache if they were answered).
             item = by_key[result.key]
             item_steps = steps[item.key]
-            if result.ok and result.text is not None:
-                self._record(item, item_steps, parse_verdict(result.text, len(item_steps)), journal, stats)
-            else:
+            if not (result.ok and result.text is not None):
                 self._record(item, item_steps, None, journal, stats, error=result.error or "no answer")
+                return
+            verdict = parse_verdict(result.text, len(item_steps))
+            if not verdict.parsed and not final_try:
+                reask[item.key] = result.text  # asked again once, right after this batch
+                return
+            self._record(item, item_steps, _with_score(verdict, result), journal, stats, asks=asks[item.key] + 1)
 
-        client.complete_many_sync(requests, on_result=on_result, progress=progress)
+        client.complete_many_sync(requests, on_result=lambda r: record(r, False), progress=progress)
+        if reask:
+            stats.reasked += len(reask)
+            again = [
+                ChatRequest(
+                    key=k,
+                    messages=[
+                        *messages[k],
+                        {"role": "assistant", "content": text},
+                        {"role": "user", "content": REASK_TEXT.format(n_steps=max(len(steps[k]), 1))},
+                    ],
+                    extra=extra,
+                    cache_salt=f"ask-{asks[k]}" if asks[k] else None,
+                )
+                for k, text in reask.items()
+            ]
+            client.complete_many_sync(again, on_result=lambda r: record(r, True), progress=progress)
 
     def _judge_local(
         self,
@@ -313,6 +378,7 @@ class PathJudge:
         journal: Journal,
         stats: JudgeStats,
         error: str | None = None,
+        asks: int = 1,
     ) -> None:
         check = self._checks.get(item.key) if item.key in self._checks else self._rule(item)
         rule = rule_verdict(check) if check is not None else None
@@ -323,6 +389,7 @@ class PathJudge:
             "steps": steps,
             "orm": _orm_dict(orm) if orm is not None else None,
             "rule": _rule_dict(check) if check is not None else None,
+            "asks": asks,
         }
         if error is not None:
             # Unjudged: the policy needs the ORM and it did not answer. Not journaled, so the
@@ -341,7 +408,10 @@ class PathJudge:
             "analysis": final.analysis,
             "source": final.source,
         }
-        journal.append(VerdictRow(**row).to_json())
+        if item.key in journal:
+            journal.replace(VerdictRow(**row).to_json())  # a verdict that was unknown, asked again
+        else:
+            journal.append(VerdictRow(**row).to_json())
         stats.judged += 1
         if final.correct is True:
             stats.correct += 1
@@ -362,8 +432,20 @@ def _orm_dict(verdict: Verdict) -> dict[str, Any]:
         "error_step": verdict.error_step,
         "analysis": verdict.analysis,
         "score": verdict.score,
+        "score_source": verdict.source if verdict.source in ("logprobs", "reply") else None,
         "parsed": verdict.parsed,
     }
+
+
+def _with_score(verdict: Verdict, result: ChatResult) -> Verdict:
+    """The verdict with P(correct) from the reply's token log-probabilities when there are any.
+
+    `source` records where the score came from ("logprobs" / "reply"), for the journal.
+    """
+    score = score_from_logprobs(result.logprobs)
+    if score is not None:
+        return verdict.model_copy(update={"score": score, "source": "logprobs"})
+    return verdict.model_copy(update={"source": "reply"}) if verdict.score is not None else verdict
 
 
 def _rule_dict(check: RuleCheck) -> dict[str, Any]:

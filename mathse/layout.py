@@ -11,6 +11,9 @@ renamed file is renamed once. The layout of one run::
       evolve/round_<r>/               one round's generations, verdicts, stats
       orm_reflections/<stage>.jsonl   verdict journals; reflection_rows.jsonl (kept reflections)
       reflect/  final/  orm/          stage folders (config.yaml, logs, completion marker)
+      orm/data/                       the ORM's labelled paths: train.jsonl, heldout.jsonl, stats.json
+      orm_model/orm_metrics.json      the trained ORM's held-out metrics
+      <stage or round>/servers/       logs of the model servers the pipeline started
       eval/<checkpoint>/<benchmark>/  predictions of one pair; eval/results.{md,csv,json}
       report/                         report.md, report.json, charts
       sft_model_stage0/  sft_model_round_<r>/  sft_model_final/  reflection_model_final/  orm_model/
@@ -141,6 +144,27 @@ def eval_results_path(cfg: MathSEConfig, suffix: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# the ORM
+
+ORM_METRICS = "orm_metrics.json"
+
+
+def orm_data_dir(cfg: MathSEConfig) -> Path:
+    """The ORM's labelled paths built from M0 (train.jsonl, heldout.jsonl, stats.json, journals)."""
+    return stage_dir(cfg, ORM) / "data"
+
+
+def orm_metrics_path(cfg: MathSEConfig) -> Path:
+    """The trained ORM's held-out metrics, inside the model folder so they travel with it."""
+    return cfg.model_path("orm_model") / ORM_METRICS
+
+
+def servers_dir(folder: Path) -> Path:
+    """Where the model servers started for a unit of work (a round, a stage) keep their logs."""
+    return folder / "servers"
+
+
+# ---------------------------------------------------------------------------------------------
 # report
 
 
@@ -161,4 +185,5 @@ REPORT_INPUT_GLOBS = (
     f"{JOURNALS}/{REFLECTION_ROWS}",
     f"{EVAL}/{EVAL_RESULTS}.json",
     f"{EVAL}/*/*/{PREDICTIONS}",
+    f"{ORM}/data/{STATS}",
 )

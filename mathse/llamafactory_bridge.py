@@ -65,14 +65,21 @@ class SftExample:
     images: tuple[str, ...] = ()
     system: str | None = None
     id: str | None = None  # the record it came from, to name it when it is left out
+    # Earlier (user, assistant) turns before `prompt`: a multi-turn sample. Trained on only with
+    # LLaMA-Factory's default; `mask_history: true` keeps the loss on the last response alone.
+    history: tuple[tuple[str, str], ...] = ()
 
 
 def to_sharegpt(example: SftExample) -> dict[str, Any]:
-    """The sharegpt row LLaMA-Factory expects: one `<image>` tag per image in the user turn."""
+    """The sharegpt row LLaMA-Factory expects: one `<image>` tag per image in the first user turn."""
     messages: list[dict[str, str]] = []
     if example.system:
         messages.append({"role": "system", "content": example.system})
     tags = IMAGE_TOKEN * len(example.images)
+    for user, assistant in example.history:
+        messages.append({"role": "user", "content": tags + user})
+        messages.append({"role": "assistant", "content": assistant})
+        tags = ""
     messages.append({"role": "user", "content": tags + example.prompt})
     messages.append({"role": "assistant", "content": example.response})
     row: dict[str, Any] = {"messages": messages}

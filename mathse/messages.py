@@ -104,6 +104,9 @@ class ChatResult:
     # rerun would only pay for again (HTTP 400, a refusal). Callers leave retryable work unmarked.
     retryable: bool = False
     status: int | None = None  # the HTTP status of the failed attempt, when the server answered one
+    # Token log-probabilities of the first choice (`choices[0].logprobs.content`), when asked for
+    # (request extra {"logprobs": true}) and the server returns them; None otherwise.
+    logprobs: list[dict[str, Any]] | None = None
 
     @property
     def ok(self) -> bool:

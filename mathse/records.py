@@ -223,6 +223,7 @@ class VerdictRow(Row):
     orm: dict[str, Any] | None
     rule: dict[str, Any] | None
     final: dict[str, Any]
+    asks: int = 1  # ORM requests made for it (a reply that did not parse is asked again once)
     error: str | None = None
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from mathse.client import ChatClient, ChatRequest, ChatResult
+from mathse.client import ChatClient
 from mathse.config import InferenceConfig, RayConfig, ServeConfig
 from mathse.inference import (
     MAX_PATHS_PER_REQUEST,
@@ -41,6 +41,7 @@ from mathse.inference import (
     chat_model_args,
     training_image_max_pixels,
 )
+from mathse.messages import ChatRequest, ChatResult
 from mathse.prompts import student_prompt
 from mathse.serving import ServedModel, Servers, serve_model
 from mathse.storage import Journal

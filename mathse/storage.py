@@ -114,7 +114,7 @@ class Journal:
         self._truncate_torn_tail()
         self.rows: dict[str, dict[str, Any]] = {}
         for row in iter_jsonl(path):
-            self.rows.setdefault(str(row[key_field]), row)
+            self.rows[str(row[key_field])] = row  # the last row of a key wins (see `replace`)
         self._handle = path.open("a", encoding="utf-8")
 
     def _truncate_torn_tail(self) -> None:
@@ -141,6 +141,13 @@ class Journal:
         self._handle.flush()
         self.rows[key] = row
         return True
+
+    def replace(self, row: dict[str, Any]) -> None:
+        """Append `row` even if its key is present: it supersedes the earlier row (e.g. a verdict
+        asked again). The file stays append-only, so a kill never loses the earlier row."""
+        self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        self.rows[str(row[self.key_field])] = row
 
     def close(self) -> None:
         if not self._handle.closed:

@@ -14,7 +14,7 @@ from mathse.judge import JudgeItem, PathJudge, failures_path, journal_path, loca
 from mathse.records import Problem
 from mathse.stages import orm as orm_stage
 from mathse.storage import Journal, iter_jsonl
-from mathse.testing.openai_server import FakeHTTPError, FakeOpenAIServer, FaultPlan, last_user_text
+from mathse.testing.openai_server import FakeHTTPError, FakeOpenAIServer, FaultPlan, last_user_text, token_logprobs
 from mathse.usage import UsageLedger
 from mathse.verdict import ORM_SYSTEM_PROMPT
 
@@ -30,7 +30,8 @@ REPLIES = {
 
 
 def scripted(body: dict[str, Any]) -> str:
-    text = last_user_text(body)
+    # The path's tag is in the first user turn; a re-ask adds the reply and a reminder after it.
+    text = last_user_text({"messages": body["messages"][:2]})
     for tag, reply in REPLIES.items():
         if tag in text:
             return reply
@@ -87,12 +88,16 @@ def test_rule_backend_records_rule_and_resumes(tmp_path: Path, problem: Problem)
 
 def test_api_reply_formats_prompt_content_and_rerun_makes_no_calls(tmp_path: Path, problem: Problem) -> None:
     with FakeOpenAIServer(replies=scripted) as server:
-        cfg = make_cfg(tmp_path, backend="api", policy="orm", api=api_section(server))
+        # Without log-probabilities the score is what the ORM wrote (see the logprobs test below).
+        cfg = make_cfg(tmp_path, backend="api", policy="orm", api=api_section(server), logprobs=False)
         tags = ["[json-ok]", "[json-bad]", "[fenced]", "[tagged]", "[garbage]"]
         items = [JudgeItem(f"p1#{i}", problem, path_for(tag)) for i, tag in enumerate(tags)]
         ledger = UsageLedger(tmp_path / "usage.json")
         stats, rows = judge_once(cfg, items, ledger=ledger)
-        assert server.chat_calls == len(items)
+        assert server.chat_calls == len(items) + 1  # the garbage reply is asked again once
+        reask = server.requests[-1]["messages"]
+        assert reask[2] == {"role": "assistant", "content": "I like turtles."}
+        assert reask[3]["role"] == "user" and "could not be read as a verdict" in reask[3]["content"]
 
         # What the ORM was shown: system prompt, the image as a data URL, then the numbered steps
         # and the reference answer.
@@ -123,12 +128,17 @@ def test_api_reply_formats_prompt_content_and_rerun_makes_no_calls(tmp_path: Pat
         assert garbage["orm"]["correct"] is None and garbage["final"]["correct"] is None
         assert all(row["rule"]["correct"] is True for row in rows.values())  # the rule is always recorded
         assert (stats.judged, stats.correct, stats.incorrect, stats.undecided) == (5, 1, 3, 1)
-        assert (stats.unparseable, stats.disagree, stats.failed) == (1, 3, 0)
-        assert ledger.stage("evolve-r1")["answered"] == 5
+        assert (stats.unparseable, stats.disagree, stats.failed, stats.reasked) == (1, 3, 0, 1)
+        assert ledger.stage("evolve-r1")["answered"] == 6
+        assert garbage["asks"] == 1
 
-        # Rerun of the finished batch: zero HTTP calls, everything skipped.
-        stats, _ = judge_once(cfg, items)
-        assert server.chat_calls == len(items) and (stats.judged, stats.skipped_existing) == (0, 5)
+        # Rerun: the decided verdicts cost nothing; the unknown one is asked again (past the answer
+        # cache: a new ask, then its re-ask) and its new row supersedes the old one.
+        stats, rows = judge_once(cfg, items)
+        assert server.chat_calls == len(items) + 3 and (stats.judged, stats.skipped_existing) == (1, 4)
+        assert rows["p1#4"]["asks"] == 2 and rows["p1#4"]["final"]["correct"] is None
+        with open_journal(cfg, "evolve-r1") as journal:
+            assert journal.rows["p1#4"]["asks"] == 2 and len(journal) == 5
 
 
 @pytest.mark.parametrize(
@@ -158,7 +168,9 @@ def test_policies_with_a_disagreeing_rule(
 @pytest.mark.parametrize(("threshold", "correct"), [(None, True), (0.5, True), (0.8, False)])
 def test_score_threshold(tmp_path: Path, problem: Problem, threshold: float | None, correct: bool) -> None:
     with FakeOpenAIServer(replies=scripted) as server:
-        cfg = make_cfg(tmp_path, backend="api", policy="orm", score_threshold=threshold, api=api_section(server))
+        cfg = make_cfg(
+            tmp_path, backend="api", policy="orm", score_threshold=threshold, api=api_section(server), logprobs=False
+        )
         stats, rows = judge_once(cfg, [JudgeItem("x", problem, path_for("[ok-0.6]"))])
     assert rows["x"]["orm"]["correct"] is True and rows["x"]["orm"]["score"] == 0.6
     assert rows["x"]["final"]["correct"] is correct and stats.correct == int(correct)
@@ -252,3 +264,36 @@ def test_local_orm_resizes_images_like_its_training(tmp_path: Path, override: in
     assert args["image_max_pixels"] == trained
     assert args["do_sample"] is False and args["infer_backend"] == "huggingface"
     assert (args["model_name_or_path"], args["adapter_name_or_path"]) == ("orm-model", "orm-adapter")
+@pytest.mark.parametrize(("threshold", "accepted"), [(None, True), (0.5, True), (0.8, False)])
+def test_score_from_logprobs_and_the_threshold_decide(
+    tmp_path: Path, problem: Problem, threshold: float | None, accepted: bool
+) -> None:
+    """The ORM says correct with P(true) = 0.7 at its verdict token; the threshold turns it down above 0.7."""
+    reply = '{"correct": true, "error_step": null, "analysis": "fine", "score": 0.99}'
+    with FakeOpenAIServer(replies=reply, logprobs=lambda body, text: token_logprobs(text, p_true=0.7)) as server:
+        cfg = make_cfg(tmp_path, backend="api", policy="orm", api=api_section(server), score_threshold=threshold)
+        stats, rows = judge_once(cfg, [JudgeItem("p1#0", problem, path_for(""))])
+    body = server.requests[0]
+    assert body["logprobs"] is True and body["top_logprobs"] >= 2
+    row = rows["p1#0"]
+    # The score comes from the log-probabilities (0.7), not from the 0.99 the ORM wrote.
+    assert row["orm"]["score"] == pytest.approx(0.7) and row["orm"]["score_source"] == "logprobs"
+    assert row["orm"]["correct"] is True and row["final"]["correct"] is accepted
+    assert (stats.correct, stats.incorrect) == ((1, 0) if accepted else (0, 1))
+    if not accepted:
+        assert "below threshold 0.8" in row["final"]["analysis"]
+
+
+def test_without_logprobs_the_reply_score_is_used_or_none(tmp_path: Path, problem: Problem) -> None:
+    """A server that returns no log-probabilities (llamafactory-cli api): the ORM's own score, else none."""
+    replies = {"[a]": '{"correct": true, "analysis": "ok", "score": 0.6}', "[b]": '{"correct": true, "analysis": "ok"}'}
+
+    def reply(body: dict[str, Any]) -> str:
+        return next(v for k, v in replies.items() if k in last_user_text(body))
+
+    with FakeOpenAIServer(replies=reply, logprobs=lambda body, text: None) as server:
+        cfg = make_cfg(tmp_path, backend="api", policy="orm", api=api_section(server), score_threshold=0.8)
+        items = [JudgeItem("p1#0", problem, path_for("[a]")), JudgeItem("p1#1", problem, path_for("[b]"))]
+        _, rows = judge_once(cfg, items)
+    assert rows["p1#0"]["orm"]["score_source"] == "reply" and rows["p1#0"]["final"]["correct"] is False
+    assert rows["p1#1"]["orm"]["score"] is None and rows["p1#1"]["final"]["correct"] is True  # no score: no threshold

@@ -32,7 +32,7 @@ TRANSITION_LABELS = {
     "correct_to_incorrect": "correct → incorrect",
     "persistently_incorrect": "persistently incorrect",
 }
-ROUND_COUNTS = ("attempted", "paths", "accepted", "rejected", "unparseable", "no_output", "solved")
+ROUND_COUNTS = ("attempted", "paths", "accepted", "rejected", "unparseable", "unknown", "no_output", "solved")
 USAGE_COUNTERS = ("calls", "answered", "cached", "failures", "prompt_tokens", "completion_tokens")
 _ROUND_DIR = re.compile(r"^round_(\d+)$")
 _SHARD_SUFFIX = re.compile(r"\.shard-\d+-of-\d+$")
@@ -88,6 +88,7 @@ def collect(cfg: MathSEConfig) -> dict[str, Any]:
         ("reflect", _reflect),
         ("eval", _eval),
         ("orm_vs_rule", _orm_vs_rule),
+        ("orm_model", _orm_model),
         ("usage", _usage),
     )
     for name, build in sections:
@@ -509,3 +510,18 @@ def _lengths(c: _Collector, report: dict[str, Any]) -> list[dict[str, Any]]:
         if ckpt in ev.get("lengths", {}):
             rows.append({"key": f"eval:{ckpt}", "label": f"eval responses, {ckpt}", **ev["lengths"][ckpt]})
     return rows
+
+
+# -- the trained ORM --------------------------------------------------------------------------
+
+
+def _orm_model(c: _Collector) -> dict[str, Any] | None:
+    """The trained ORM: its data (orm/data/stats.json) and held-out metrics (<orm_model>/orm_metrics.json)."""
+    metrics_file = layout.orm_metrics_path(c.cfg)
+    metrics = c.json(metrics_file)
+    data = c.json(layout.orm_data_dir(c.cfg) / layout.STATS)
+    if metrics is None and data is None:
+        if c.cfg.orm.backend == "trained":
+            c.missing.append("orm: no trained ORM metrics yet (orm_model/orm_metrics.json): run --stage orm")
+        return None
+    return {"metrics": metrics, "metrics_file": str(metrics_file) if metrics else None, "data": data}

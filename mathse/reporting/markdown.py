@@ -62,7 +62,7 @@ def _md_evolve(report: dict[str, Any]) -> list[str]:
     ev = report.get("evolve")
     if not ev:
         return []
-    keys = ["attempted", "paths", "accepted", "rejected", "unparseable", "no_output", "solved", "pool_left"]
+    keys = ["attempted", "paths", "accepted", "rejected", "unparseable", "unknown", "no_output", "solved", "pool_left"]
     rows = [[str(r["round"]), *(_fmt(r[k]) for k in keys), _fmt(r["accept_rate"], True),
              _fmt(r["solve_rate"], True), _fmt(r["complete"])] for r in ev["rounds"]]
     t = ev["totals"]
@@ -105,6 +105,25 @@ def _md_lengths(report: dict[str, Any]) -> list[str]:
     lines += _table(["stage", "answers", "mean chars", "median chars"],
                     ([r["label"], _fmt(r["n"]), _fmt(r["mean_chars"]), _fmt(r["median_chars"])] for r in rows))
     return lines + _image(report, "lengths", "Average answer length per stage")
+
+
+def _md_orm_model(report: dict[str, Any]) -> list[str]:
+    section = report.get("orm_model")
+    if not section:
+        return []
+    lines: list[str] = []
+    data = section.get("data")
+    if data:
+        lines += [f"Data: {data['paths']} paths from M0 on {data['problems']} problems; "
+                  f"{data['labelled_correct']} correct / {data['labelled_incorrect']} incorrect by the rule check; "
+                  f"{data['annotated']} annotated by the teacher ({data['annotation_dropped']} dropped); "
+                  f"train {data['train']['rows']} paths, held out {data['heldout']['rows']}.", ""]
+    m = section.get("metrics")
+    if m:
+        keys = ["accuracy", "accuracy_on_correct", "accuracy_on_incorrect", "error_step_exact", "unparseable_rate"]
+        lines += _table(["held-out paths", *keys], [[_fmt(m["paths"]), *(_fmt(m[k], True) for k in keys)]])
+        lines += [f"From `{section['metrics_file']}` (the paper's Table 5 reports 97.10% accuracy).", ""]
+    return lines
 
 
 def _md_orm(report: dict[str, Any]) -> list[str]:
@@ -181,6 +200,7 @@ _SECTIONS: tuple[tuple[str, str, Callable[[dict[str, Any]], list[str]]], ...] = 
     ("Stage 2: evolve rounds", "No merged round yet.", _md_evolve),
     ("Figure 2: outcome transitions", "Not enough data (see Missing).", _md_transitions),
     ("Average answer length", "No answers yet.", _md_lengths),
+    ("The trained ORM", "No trained ORM (orm.backend is not trained, or --stage orm has not run).", _md_orm_model),
     ("ORM vs rule verdicts", "No verdict journals.", _md_orm),
     ("Stage 3: reflection", "Not run yet.", _md_reflect),
     ("Evaluation", "Not run yet.", _md_eval),

@@ -224,7 +224,7 @@ def run(
             checkpoint.model,
             checkpoint.adapter,
             inf=eval_inference(cfg),
-            server_dir=eval_dir(cfg) / "servers" / layout.safe_name(checkpoint.name),
+            server_dir=layout.servers_dir(eval_dir(cfg)) / layout.safe_name(checkpoint.name),
             chat_model_factory=chat_model_factory,
         )
         with generator:  # loaded (or served) lazily: only if some item still needs a response

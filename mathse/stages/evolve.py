@@ -32,6 +32,7 @@ from mathse.errors import StageError
 from mathse.inference import chat_model_args, make_items, training_image_max_pixels
 from mathse.judge import JudgeItem, PathJudge, journal_path
 from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
+from mathse.orm_serving import describe_orm_serving, orm_endpoint, rule_only_notice
 from mathse.prompts import student_prompt
 from mathse.records import JudgedPathRow, PathRow, Problem, SftRow, read_problems
 from mathse.served import describe as describe_serving
@@ -129,6 +130,8 @@ def run(cfg: MathSEConfig, dry_run: bool = False, shard: Shard | None = None, me
     if not (is_done(m0) and d_sft0.is_file()):
         raise StageError(f"evolve: M0 is not trained yet ({m0}): run --stage distill first")
     save_resolved_config(cfg, evolve_dir(cfg) / "config.yaml")
+    if (notice := rule_only_notice(cfg, STAGE)) is not None:
+        print(notice)
     by_id = {p.id: p for p in pool}
     timer = StageTimer()
     try:
@@ -261,22 +264,24 @@ def run_shard(
     with Journal(generations_path(cfg, r, shard)) as generations:
         # Served: the checkpoint's servers start here and stop when the block ends, before judging/training.
         with timer.span("model"), open_generator(cfg, model_path, adapter,
-                                                 server_dir=layout.round_dir(cfg, r) / "servers") as generator:
+                                                 server_dir=layout.servers_dir(layout.round_dir(cfg, r))) as generator:
             gen = generator.generate(items, generations, progress=f"round {r} generate")
         print(gen.summary())
         rows = [generations.rows[item.key] for item in items if item.key in generations]
     problems = {p.id: p for p in mine}
     to_judge = [JudgeItem(row["key"], problems[row["id"]], row["response"]) for row in rows if row.get("response")]
     ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
-    judge = PathJudge(cfg, STAGE, ledger)
-    try:
-        # A served ORM is an API wait; a local or rule-based one is model compute.
-        with Journal(journal_path(cfg, verdicts_stage(r, shard))) as verdicts, \
-                timer.span("api" if cfg.orm.backend == "api" else "model"):
-            verdict_stats = judge.judge(to_judge, verdicts, progress=f"round {r} judge")
-    finally:
-        judge.close()
-        ledger.save()
+    # The trained ORM is served by the pipeline for just this judging (stopped however it ends).
+    with orm_endpoint(cfg, layout.servers_dir(layout.round_dir(cfg, r))) as endpoint:
+        judge = PathJudge(cfg, STAGE, ledger, endpoint=endpoint)
+        try:
+            # A served ORM is an API wait; a local or rule-based one is model compute.
+            with Journal(journal_path(cfg, verdicts_stage(r, shard))) as verdicts, \
+                    timer.span("api" if cfg.orm.backend in ("api", "trained") else "model"):
+                verdict_stats = judge.judge(to_judge, verdicts, progress=f"round {r} judge")
+        finally:
+            judge.close()
+            ledger.save()
     print(verdict_stats.summary_line())
     if gen.retry_later or verdict_stats.failed:
         raise StageError(
@@ -355,7 +360,11 @@ def merge_shards(
 
     chosen, rejected, hard, history = [], [], [], []
     solved: set[str] = set()
-    counts = {"attempted": len(batch), "paths": 0, "accepted": 0, "rejected": 0, "unparseable": 0, "no_output": 0}
+    # unknown: the verdict decided nothing (an ORM reply unreadable even after a re-ask). Unknown is
+    # not wrong: such a path goes neither to the rejected paths / hard buffer nor to reflection, and
+    # its problem stays in D_remain, so a later round asks again.
+    counts = {"attempted": len(batch), "paths": 0, "accepted": 0, "rejected": 0, "unparseable": 0, "unknown": 0,
+              "no_output": 0}
     for pid in batch:
         problem = by_id[pid]
         outcomes: list[bool | None] = []
@@ -373,6 +382,9 @@ def merge_shards(
             outcomes.append(final["correct"])
             if verdict.get("orm") and not verdict["orm"].get("parsed", True):
                 counts["unparseable"] += 1
+            if final["correct"] is None:
+                counts["unknown"] += 1
+                continue
             row = PathRow.of(problem, r, k, student_prompt(problem), gen["response"])
             if final["correct"] is True:
                 counts["accepted"] += 1
@@ -443,6 +455,7 @@ def round_summary(r: int, stats: dict[str, Any]) -> str:
     return (
         f"evolve: round {r}: attempted {stats['attempted']} problems ({stats['paths']} paths), "
         f"accepted {stats['accepted']}, rejected {stats['rejected']}, unparseable {stats['unparseable']}, "
+        f"unknown {stats.get('unknown', 0)} (not rejected), "
         f"solved {stats['solved']}, pool left {stats['pool_left']}, {stats['paths_per_s']:.2f} paths/s"
     )
 
@@ -469,6 +482,11 @@ def print_plan(cfg: MathSEConfig, pool: list[Problem]) -> None:
         args = chat_model_args(str(cfg.model_path("sft_model_stage0")), None, cfg.model.template, inf,
                                image_max_pixels=training_image_max_pixels(cfg))
         print(f"[dry-run] round 1 generation: ChatModel({json.dumps(args)})")
+    if (notice := rule_only_notice(cfg, STAGE)) is not None:
+        print(f"[dry-run] {notice}")
+    elif cfg.orm.backend == "trained" and cfg.orm.api is None:
+        served = describe_orm_serving(cfg, layout.servers_dir(layout.round_dir(cfg, 1)))
+        print(f"[dry-run] judge: the trained ORM served by the pipeline: {served}")
     if ev.retrain:
         print(f"[dry-run] retrain each round from {ev.retrain_from}; round 1 training command (not run):")
         print(train_job(cfg, 1).describe())

@@ -47,6 +47,10 @@ def start_model(cfg: MathSEConfig) -> tuple[str, str | None]:
 def train_job(cfg: MathSEConfig) -> TrainJob:
     model, adapter = start_model(cfg)
     extra: dict[str, Any] = {"adapter_name_or_path": adapter} if adapter else {}
+    if cfg.reflect.format == "reflection":
+        # Reflection rows are question -> draft -> diagnosis -> reflection + corrected path: the
+        # loss goes on the last turn only, so the wrong draft is never a training target.
+        extra["mask_history"] = True
     return compose_train_job(
         cfg,
         name="train_final",

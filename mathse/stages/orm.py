@@ -1,35 +1,62 @@
-"""`--stage orm`: train the outcome reward model (ORM) on labelled reasoning paths.
+"""`--stage orm`: build the ORM's training data, train the outcome reward model, measure it.
 
-Input: `orm.train_file`, JSONL, one labelled path a line::
+Read top to bottom, four units of work, each finished by its own marker (a rerun redoes only
+what is unmarked; a finished stage does nothing):
 
-    {"id": "p1", "question": "...", "images": ["img/p1.png"], "answer": "12" (optional),
-     "path": "Step 1: ...\\nStep 2: ...", "correct": false, "error_step": 2, "analysis": "..."}
-
-Every line is validated before anything is written (errors name `file:line`). Each row becomes
-one SFT example in exactly the ORM contract of `mathse.verdict`: system `ORM_SYSTEM_PROMPT`, user
-`build_orm_prompt(question, split_steps(path), answer)` after one `<image>` per image, assistant
-`format_orm_response(verdict)`. That is what `mathse.judge.PathJudge` shows the trained ORM, and what
-`parse_verdict` reads back.
-
-Two units of work with completion markers: the dataset (`output/orm/`, dataset `mathse_orm` in
-`output/data/`) and the model (`paths.orm_model`). A finished stage does nothing when rerun.
+1. data (`output/orm/data/`), the paper's way, unless a hand-made `orm.train_file` is given:
+   sample `orm.data.paths_per_problem` paths from M0 (the distilled model, LLaMA-Factory
+   `ChatModel`) on labelled problems (`orm.data.source`: the seed set, the first problems of the
+   pool, or a file); label each path by the rule check (final answer vs reference); ask the
+   teacher, for every incorrect path, for the first faulty step (numbered as `mathse.steps`
+   numbers them) and an analysis, in the verdict contract of `mathse.verdict`. An annotation
+   whose step is out of range or that does not parse is asked again once (the reply and a
+   reminder go back), then dropped and counted. Correct and incorrect paths are balanced
+   (`orm.data.correct_per_incorrect`), a deterministic share of the problems is held out, and
+   `train.jsonl` / `heldout.jsonl` are written (labelled-path format of `mathse.orm_data`).
+   Generations and annotations are journaled as they arrive, teacher calls are cached and
+   accounted in `usage.json`, so a killed run repeats no teacher call.
+2. dataset: the training paths -> LLaMA-Factory dataset `mathse_orm` in the ORM contract
+   (system `ORM_SYSTEM_PROMPT`, user `build_orm_prompt`, assistant `format_orm_response`).
+3. model: `llamafactory-cli train` into `paths.orm_model`.
+4. metrics: the trained ORM judges the held-out paths (served by the pipeline, see
+   `mathse.orm_serving`); accuracy overall / on correct / on incorrect paths, error-step exact
+   match and unparseable rate are printed and written to `<orm_model>/orm_metrics.json`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
-from pydantic import Field, StrictBool
+from typing import Any
 
 from mathse import layout
-from mathse.config import MathSEConfig, save_resolved_config
-from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
-from mathse.records import ImageRecord, read_records
+from mathse.answers import check_path
+from mathse.client import ChatClient
+from mathse.config import ConfigError, MathSEConfig, save_resolved_config
+from mathse.errors import StageError
+from mathse.inference import chat_model_args, make_items, training_image_max_pixels
+from mathse.judge import JudgeItem, PathJudge
+from mathse.llamafactory_bridge import TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
+from mathse.messages import ChatRequest, ChatResult, system_message
+from mathse.orm_data import (
+    ANNOTATOR_SYSTEM_PROMPT,
+    REASK_ANNOTATION,
+    LabelledPath,
+    annotation_prompt,
+    balance,
+    class_counts,
+    heldout_ids,
+    orm_metrics,
+    read_labelled_paths,
+    valid_annotation,
+)
+from mathse.orm_serving import orm_endpoint
+from mathse.records import Problem, read_problems
+from mathse.served import open_generator
 from mathse.steps import split_steps
-from mathse.storage import is_done, mark_done, read_marker
+from mathse.storage import Journal, atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json, read_marker
 from mathse.token_budget import TokenBudget
-from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, format_orm_response
+from mathse.usage import UsageLedger
 
 STAGE = layout.ORM
 DATASET_NAME = "mathse_orm"
@@ -37,113 +64,248 @@ DATASET_NAME = "mathse_orm"
 IMBALANCE_WARN = 0.1
 
 
-class LabelledPath(ImageRecord):
-    """One labelled reasoning path: the ORM's training example."""
-
-    question: str = Field(min_length=1)
-    answer: str | None = None
-    path: str = Field(min_length=1)
-    correct: StrictBool  # "false" or 0 would silently flip labels: only JSON booleans
-    error_step: int | None = Field(default=None, ge=1)
-    analysis: str
-
-    @property
-    def steps(self) -> list[str]:
-        return split_steps(self.path)
-
-    def verdict(self) -> Verdict:
-        return Verdict(correct=self.correct, error_step=self.error_step, analysis=self.analysis, parsed=True)
-
-    def example(self) -> SftExample:
-        """The SFT example in the ORM prompt/response contract (see mathse.verdict)."""
-        return SftExample(
-            prompt=build_orm_prompt(self.question, self.steps, self.answer),
-            response=format_orm_response(self.verdict()),
-            images=self.images,
-            system=ORM_SYSTEM_PROMPT,
-            id=self.id,
-        )
+def stage_dir(cfg: MathSEConfig) -> Path:
+    return layout.stage_dir(cfg, STAGE)
 
 
-def read_labelled_paths(path: Path, image_root: Path | None = None) -> list[LabelledPath]:
-    """Read and validate every line of the ORM train file; DataError names `file:line` on the first bad one.
-
-    Several labelled paths may share a problem id. Image paths are made absolute: relative ones
-    resolve against `image_root`, else the file's folder.
-    """
-    return read_records(
-        path, LabelledPath, image_root, unique_ids=False, check=_label_problem, what="labelled paths"
-    )
+data_dir = layout.orm_data_dir
 
 
-def _label_problem(row: LabelledPath) -> str | None:
-    """Why a row's label is inconsistent with its path, or None."""
-    if row.correct and row.error_step is not None:
-        return f"error_step: must be null when correct is true (got {row.error_step})"
-    n_steps = len(row.steps)
-    if row.error_step is not None and row.error_step > n_steps:
-        return f"error_step: {row.error_step} is beyond the path's {n_steps} steps"
-    return None
+metrics_path = layout.orm_metrics_path
 
 
 def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
-    train_file: Path = cfg.require("orm.train_file")
-    rows = read_labelled_paths(train_file, cfg.data.image_root)  # validates everything before any write
-    stage_dir = layout.stage_dir(cfg, STAGE)
+    hand_made = cfg.orm.train_file
+    rows = read_labelled_paths(hand_made, cfg.data.image_root) if hand_made else None  # validated before any write
     job = train_job(cfg)
     if dry_run:
         print_plan(cfg, rows, job)
         return 0
     if finished(cfg):
-        stats = read_marker(stage_dir)
-        print(f"orm: already done, nothing to do ({stats['rows']} labelled paths; ORM at {job.output_dir})")
-        if stats.get("train_file_sha256") != _sha256(train_file):
-            print(f"orm: note: {train_file} changed since; delete {stage_dir} and {job.output_dir} to retrain")
+        print(f"orm: already done, nothing to do (ORM at {job.output_dir}; metrics {metrics_text(cfg)})")
+        if hand_made and read_marker(stage_dir(cfg)).get("train_file_sha256") != _sha256(hand_made):
+            print(f"orm: note: {hand_made} changed since; delete {stage_dir(cfg)} and {job.output_dir} to retrain")
         return 0
 
-    save_resolved_config(cfg, stage_dir / "config.yaml")
-    if not is_done(stage_dir):
-        mark_done(stage_dir, build_dataset(cfg, rows, train_file))
-    stats = read_marker(stage_dir)
+    save_resolved_config(cfg, stage_dir(cfg) / "config.yaml")
+    if rows is None:
+        if not is_done(data_dir(cfg)):
+            mark_done(data_dir(cfg), build_data(cfg))
+        print(data_summary(read_marker(data_dir(cfg))))
+        rows = read_labelled_paths(data_dir(cfg) / "train.jsonl")
+    if not is_done(stage_dir(cfg)):
+        mark_done(stage_dir(cfg), build_dataset(cfg, rows, hand_made))
+    stats = read_marker(stage_dir(cfg))
     run_train_job(job)
     print(summary(stats))
     print(f"orm: ORM checkpoint: {job.output_dir}")
+
+    heldout = heldout_rows(cfg)
+    if heldout and not metrics_path(cfg).is_file():
+        atomic_write_json(metrics_path(cfg), measure(cfg, heldout))
+    print(f"orm: held-out metrics {metrics_text(cfg)}")
     return 0
 
 
 def finished(cfg: MathSEConfig) -> bool:
-    """Both units of work (the ORM dataset and the ORM model) carry their completion markers."""
-    return is_done(layout.stage_dir(cfg, STAGE)) and is_done(cfg.model_path("orm_model"))
+    """Dataset and model carry their markers, and the metrics exist wherever there is a held-out set."""
+    if not (is_done(stage_dir(cfg)) and is_done(cfg.model_path("orm_model"))):
+        return False
+    return metrics_path(cfg).is_file() or not heldout_rows(cfg)
 
 
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
-    stage_dir = layout.stage_dir(cfg, STAGE)
     return {
+        "ORM training paths": data_dir(cfg) / "train.jsonl",
+        "ORM held-out paths": data_dir(cfg) / "heldout.jsonl",
         "ORM dataset (LLaMA-Factory)": cfg.dataset_dir / f"{DATASET_NAME}.json",
-        "ORM training log": stage_dir / "train_orm.log",
+        "ORM training log": stage_dir(cfg) / "train_orm.log",
         "ORM checkpoint": cfg.model_path("orm_model"),
+        "ORM held-out metrics": metrics_path(cfg),
     }
-
 
 
 def train_job(cfg: MathSEConfig) -> TrainJob:
     return compose_train_job(
         cfg,
         name="train_orm",
-        training="orm",
+        model_path=cfg.model.base,
         datasets=[DATASET_NAME],
+        dataset_dir=cfg.dataset_dir,
         output_dir=cfg.model_path("orm_model"),
-        run_dir=layout.stage_dir(cfg, STAGE),
+        run_dir=stage_dir(cfg),
     )
 
 
-def balance(rows: list[LabelledPath]) -> dict[str, int]:
-    correct = sum(1 for r in rows if r.correct)
-    located = sum(1 for r in rows if not r.correct and r.error_step is not None)
-    return {"rows": len(rows), "correct": correct, "incorrect": len(rows) - correct, "error_step_known": located}
+# ---------------------------------------------------------------------------------------------
+# 1. Data: M0's paths, labelled by the rule, annotated by the teacher, balanced, split
 
 
-def summary(stats: dict[str, int]) -> str:
+def source_problems(cfg: MathSEConfig) -> list[Problem]:
+    """The labelled problems paths are sampled on (`orm.data.source`), the first max_problems of them."""
+    data = cfg.orm.data
+    key = {"seed": "data.seed_file", "pool": "data.pool_file", "file": "orm.data.file"}[data.source]
+    path: Path = cfg.require(key)
+    problems = [p for p in read_problems(path, cfg.data.image_root) if p.answer.strip()]
+    if not problems:
+        raise ConfigError([f"config error: {key}: no problem with a reference answer to label paths against"])
+    return problems[: data.max_problems] if data.max_problems else problems
+
+
+def build_data(cfg: MathSEConfig) -> dict[str, Any]:
+    """Write train.jsonl / heldout.jsonl under orm/data; returns the stats kept in its marker."""
+    m0 = cfg.model_path("sft_model_stage0")
+    if not is_done(m0):
+        raise StageError(f"orm: M0 is not trained yet ({m0}): run --stage distill first (or set orm.train_file)")
+    data, out = cfg.orm.data, data_dir(cfg)
+    problems = source_problems(cfg)
+    by_id = {p.id: p for p in problems}
+    paths = sample_paths(cfg, problems, m0)
+
+    labelled: list[LabelledPath] = []
+    wrong: dict[str, tuple[Problem, str]] = {}
+    for row in paths:
+        problem = by_id[row["id"]]
+        if check_path(row["response"], problem.answer, problem.question).correct:
+            labelled.append(_labelled(problem, row["response"], True, None, data.correct_analysis))
+        else:
+            wrong[row["key"]] = (problem, row["response"])
+    notes = annotate(cfg, wrong)
+    dropped = 0
+    for key, (problem, path) in wrong.items():
+        note = notes[key]
+        if note["status"] == "ok":
+            labelled.append(_labelled(problem, path, False, note["error_step"], note["analysis"]))
+        else:
+            dropped += 1
+
+    kept = balance(labelled, data.correct_per_incorrect, data.max_incorrect, cfg.run.seed)
+    held = heldout_ids((r.id for r in kept), data.heldout_fraction, cfg.run.seed)
+    train = [r for r in kept if r.id not in held]
+    heldout = [r for r in kept if r.id in held]
+    if not train:
+        raise StageError(f"orm: no training path left after balancing ({class_counts(labelled)}); "
+                         "sample more paths (orm.data.paths_per_problem) or more problems")
+    atomic_write_jsonl(out / "train.jsonl", (r.model_dump(mode="json") for r in train))
+    atomic_write_jsonl(out / "heldout.jsonl", (r.model_dump(mode="json") for r in heldout))
+    sampled = class_counts(labelled)
+    stats = {
+        "problems": len(problems), "paths": len(paths), "labelled_correct": sampled["correct"],
+        "labelled_incorrect": len(wrong), "annotated": len(wrong) - dropped, "annotation_dropped": dropped,
+        "reasked": sum(1 for k in wrong if notes[k]["asks"] > 1),
+        "train": class_counts(train), "heldout": class_counts(heldout), "heldout_problems": len(held),
+    }
+    atomic_write_json(out / "stats.json", stats)
+    return stats
+
+
+def _labelled(problem: Problem, path: str, correct: bool, step: int | None, analysis: str) -> LabelledPath:
+    return LabelledPath(id=problem.id, question=problem.question, images=problem.images, answer=problem.answer,
+                        path=path, correct=correct, error_step=step, analysis=analysis)
+
+
+def sample_paths(cfg: MathSEConfig, problems: list[Problem], m0: Path) -> list[dict[str, Any]]:
+    """paths_per_problem paths per problem from M0 at orm.data.temperature, journaled as they come."""
+    inf = cfg.inference.model_copy(update={"temperature": cfg.orm.data.temperature})
+    items = make_items(problems, cfg.orm.data.paths_per_problem)
+    model_path, adapter = layout.model_ref(m0)
+    with Journal(data_dir(cfg) / "generations.jsonl") as journal:
+        servers = layout.servers_dir(data_dir(cfg))
+        with open_generator(cfg, model_path, adapter, inf=inf, server_dir=servers) as generator:
+            gen = generator.generate(items, journal, progress="orm: sample M0")
+        print(gen.summary())
+        rows = [journal.rows[i.key] for i in items if i.key in journal and journal.rows[i.key].get("response")]
+    if gen.retry_later:
+        raise StageError(f"orm: {gen.retry_later} generations failed; rerun the same command to retry just those")
+    return rows
+
+
+def annotate(cfg: MathSEConfig, wrong: dict[str, tuple[Problem, str]]) -> dict[str, dict[str, Any]]:
+    """The teacher's annotation per incorrect path: {status ok|dropped, error_step, analysis, asks}.
+
+    Journaled as each settles (`orm/data/annotations.jsonl`); a failed call is not journaled, so
+    the rerun asks just that one again (and the answer cache makes every answered call free).
+    """
+    teacher = cfg.teacher
+    with Journal(data_dir(cfg) / "annotations.jsonl") as journal:
+        pending = [k for k in wrong if k not in journal]
+        if pending and teacher is None:
+            raise ConfigError([f"config error: teacher: required to annotate {len(pending)} incorrect paths"])
+        failed: dict[str, str] = {}
+        if pending and teacher is not None:
+            ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
+            client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
+            steps = {k: split_steps(wrong[k][1]) for k in pending}
+            first = {
+                k: [system_message(ANNOTATOR_SYSTEM_PROMPT),
+                    client.user_message(annotation_prompt(cfg.orm.data, wrong[k][0], steps[k]), wrong[k][0].images)]
+                for k in pending
+            }
+            again: dict[str, list[dict[str, Any]]] = {}
+
+            def settle(result: ChatResult, asks: int) -> None:
+                k = result.key
+                if not result.ok or result.text is None:
+                    failed[k] = result.error or "no answer"
+                    return
+                verdict = valid_annotation(result.text, len(steps[k]))
+                if verdict is not None:
+                    journal.append({"key": k, "status": "ok", "error_step": verdict.error_step,
+                                    "analysis": verdict.analysis, "asks": asks})
+                elif asks == 1:
+                    reminder = REASK_ANNOTATION.format(n_steps=len(steps[k]))
+                    again[k] = [*first[k], {"role": "assistant", "content": result.text},
+                                {"role": "user", "content": reminder}]
+                else:
+                    journal.append({"key": k, "status": "dropped", "reason": "unusable annotation after a re-ask",
+                                    "raw": result.text, "asks": asks})
+
+            try:
+                client.complete_many_sync([ChatRequest(key=k, messages=m) for k, m in first.items()],
+                                          on_result=lambda r: settle(r, 1), progress="orm: teacher annotates")
+                if again:
+                    client.complete_many_sync([ChatRequest(key=k, messages=m) for k, m in again.items()],
+                                              on_result=lambda r: settle(r, 2), progress="orm: teacher re-asked")
+            finally:
+                ledger.save()
+            print(ledger.summary_line(STAGE))
+        if failed:
+            key = next(iter(failed))
+            raise StageError(f"orm: {len(failed)} teacher annotations failed (first: {key}: {failed[key]}); "
+                             "rerun the same command to ask just those again")
+        return {k: journal.rows[k] for k in wrong}
+
+
+def data_summary(stats: dict[str, Any]) -> str:
+    train, held = stats["train"], stats["heldout"]
+    return (
+        f"orm: data: {stats['paths']} paths from M0 on {stats['problems']} problems: {stats['labelled_correct']} "
+        f"correct, {stats['labelled_incorrect']} incorrect ({stats['annotated']} annotated by the teacher, "
+        f"{stats['reasked']} after a re-ask, {stats['annotation_dropped']} dropped); balanced: train "
+        f"{train['correct']} correct + {train['incorrect']} incorrect, held out {held['correct']} + "
+        f"{held['incorrect']} ({stats['heldout_problems']} problems)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Dataset
+
+
+def build_dataset(cfg: MathSEConfig, rows: list[LabelledPath], hand_made: Path | None) -> dict[str, Any]:
+    """Write the ORM's SFT dataset; returns the stats kept in the stage marker."""
+    counts = class_counts(rows)
+    for label in ("correct", "incorrect"):
+        if counts[label] < IMBALANCE_WARN * counts["rows"]:
+            print(f"orm: warning: only {counts[label]} of {counts['rows']} labelled paths are {label}")
+    examples = write_sharegpt_dataset((r.example() for r in rows), cfg.dataset_dir, DATASET_NAME,
+                                      TokenBudget.for_training(cfg, "orm"))
+    stats: dict[str, Any] = {**counts, "examples": examples}
+    if hand_made is not None:
+        stats["train_file_sha256"] = _sha256(hand_made)
+    return stats
+
+
+def summary(stats: dict[str, Any]) -> str:
     rows = max(stats["rows"], 1)
     return (
         f"orm: done: {stats['rows']} labelled paths ({stats['correct']} correct / {stats['incorrect']} incorrect, "
@@ -152,38 +314,95 @@ def summary(stats: dict[str, int]) -> str:
     )
 
 
-def print_plan(cfg: MathSEConfig, rows: list[LabelledPath], job: TrainJob) -> None:
-    counts = balance(rows)
-    print(f"[dry-run] orm: {counts['rows']} labelled paths from {cfg.orm.train_file}")
-    print(
-        f"[dry-run] {counts['correct']} correct / {counts['incorrect']} incorrect "
-        f"({counts['error_step_known']} with a first wrong step)"
+# ---------------------------------------------------------------------------------------------
+# 4. Metrics on the held-out paths
+
+
+def heldout_rows(cfg: MathSEConfig) -> list[LabelledPath]:
+    """The held-out labelled paths: orm.heldout_file for a hand-made train file, else the built split."""
+    if cfg.orm.train_file is not None:
+        path = cfg.orm.heldout_file
+        return read_labelled_paths(path, cfg.data.image_root) if path is not None else []
+    path = data_dir(cfg) / "heldout.jsonl"
+    return read_labelled_paths(path) if path.is_file() and path.stat().st_size else []
+
+
+def measure(cfg: MathSEConfig, heldout: list[LabelledPath]) -> dict[str, Any]:
+    """The trained ORM (alone: policy orm) judges the held-out paths; the Table-5 numbers."""
+    judge_cfg = cfg.model_copy(deep=True)
+    if judge_cfg.orm.backend == "rule":
+        judge_cfg.orm.backend = "trained"  # measure the ORM this stage trained, whatever judges the run
+    judge_cfg.orm.policy = "orm"
+    items = [JudgeItem(f"{r.id}#h{i}", r.problem(), r.path) for i, r in enumerate(heldout)]
+    ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
+    with orm_endpoint(judge_cfg, layout.servers_dir(stage_dir(cfg)), measuring=True) as endpoint, \
+            Journal(stage_dir(cfg) / "heldout_verdicts.jsonl") as journal:
+        judge = PathJudge(judge_cfg, "orm_heldout", ledger, endpoint=endpoint)
+        try:
+            stats = judge.judge(items, journal, progress="orm: judge held-out")
+        finally:
+            judge.close()
+            ledger.save()
+        verdicts = {k: journal.rows.get(k) for k in (i.key for i in items)}
+    print(stats.summary_line())
+    if stats.failed:
+        raise StageError(f"orm: {stats.failed} ORM calls on the held-out paths failed; rerun to retry just those")
+    metrics = orm_metrics((r, (verdicts[i.key] or {}).get("orm")) for r, i in zip(heldout, items, strict=True))
+    return {**metrics, "model": str(cfg.model_path("orm_model")), "heldout_file": str(_heldout_source(cfg))}
+
+
+def _heldout_source(cfg: MathSEConfig) -> Path | None:
+    return cfg.orm.heldout_file if cfg.orm.train_file is not None else data_dir(cfg) / "heldout.jsonl"
+
+
+def metrics_text(cfg: MathSEConfig) -> str:
+    path = metrics_path(cfg)
+    if not path.is_file():
+        return "(none: no held-out paths)"
+    m = read_json(path)
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    return (
+        f"on {m['paths']} paths: accuracy {pct(m['accuracy'])} (correct paths {pct(m['accuracy_on_correct'])}, "
+        f"incorrect paths {pct(m['accuracy_on_incorrect'])}), error step exact {pct(m['error_step_exact'])}, "
+        f"unparseable {pct(m['unparseable_rate'])} -> {path}"
     )
-    print(f"[dry-run] dataset {DATASET_NAME} ({counts['rows']} examples) in {cfg.dataset_dir}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dry run
+
+
+def print_plan(cfg: MathSEConfig, rows: list[LabelledPath] | None, job: TrainJob) -> None:
+    if rows is not None:
+        counts = class_counts(rows)
+        print(f"[dry-run] orm: {counts['rows']} labelled paths from {cfg.orm.train_file}")
+        print(f"[dry-run] {counts['correct']} correct / {counts['incorrect']} incorrect "
+              f"({counts['error_step_known']} with a first wrong step)")
+    else:
+        data = cfg.orm.data
+        problems = source_problems(cfg)
+        m0 = cfg.model_path("sft_model_stage0")
+        teacher = cfg.teacher.model if cfg.teacher else "NOT CONFIGURED (teacher: required)"
+        print(f"[dry-run] orm data: {len(problems)} labelled problems ({data.source}"
+              f"{f', first {data.max_problems}' if data.max_problems else ''}) x {data.paths_per_problem} paths "
+              f"= {len(problems) * data.paths_per_problem} paths from M0 ({m0}) at temperature {data.temperature}")
+        inf = cfg.inference.model_copy(update={"temperature": data.temperature})
+        args = chat_model_args(str(m0), None, cfg.model.template, inf, image_max_pixels=training_image_max_pixels(cfg))
+        print(f"[dry-run] sampling: ChatModel({args})")
+        print(f"[dry-run] labels: rule check against the reference; every incorrect path -> teacher {teacher} "
+              "(first faulty step + analysis; unusable -> asked again once, then dropped)")
+        print(f"[dry-run] balance {data.correct_per_incorrect:g} correct per incorrect"
+              f"{f', at most {data.max_incorrect} incorrect' if data.max_incorrect else ''}; "
+              f"{100 * data.heldout_fraction:g}% of the problems held out -> {data_dir(cfg)}/"
+              "train.jsonl, heldout.jsonl")
+    print(f"[dry-run] dataset {DATASET_NAME} in {cfg.dataset_dir}")
     print("[dry-run] training command (not run):")
     print(job.describe())
-
-
-def build_dataset(cfg: MathSEConfig, rows: list[LabelledPath], train_file: Path) -> dict[str, int | str]:
-    """Write the ORM's SFT dataset; returns the stats kept in the stage marker."""
-    counts = balance(rows)
-    for label in ("correct", "incorrect"):
-        if counts[label] < IMBALANCE_WARN * counts["rows"]:
-            print(f"orm: warning: only {counts[label]} of {counts['rows']} labelled paths are {label}")
-    budget = TokenBudget.for_training(cfg, "orm")
-    examples = write_sharegpt_dataset((r.example() for r in rows), cfg.dataset_dir, DATASET_NAME, budget)
-    return {**counts, "examples": examples, "train_file_sha256": _sha256(train_file)}
+    print(f"[dry-run] then: held-out metrics with the trained ORM -> {metrics_path(cfg)}")
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def follow(cfg: MathSEConfig) -> int:
-    """node_rank > 0 of a multi-node run: wait for node 0's ORM dataset, then join the ORM's training."""
-    from mathse.nodes import wait_for
-
-    wait_for(cfg, layout.stage_dir(cfg, STAGE), "ORM dataset")
-    run_train_job(train_job(cfg))
-    print(f"orm: this node's share of the ORM's training is done ({cfg.model_path('orm_model')})")
-    return 0

@@ -27,6 +27,7 @@ from mathse.errors import StageError
 from mathse.judge import JudgeItem, PathJudge, journal_path
 from mathse.llamafactory_bridge import SftExample, write_sharegpt_dataset
 from mathse.messages import ChatRequest, ChatResult, user_message
+from mathse.orm_serving import orm_endpoint, rule_only_notice
 from mathse.prompts import reflection_prompt
 from mathse.records import JudgedPathRow, Problem, ReflectionRow, SftRow
 from mathse.storage import Journal, atomic_write_json, atomic_write_jsonl, is_done, iter_jsonl, mark_done, read_marker
@@ -86,6 +87,8 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
         return 0
 
     save_resolved_config(cfg, stage_dir(cfg) / "config.yaml")
+    if cfg.reflect.revalidate and (notice := rule_only_notice(cfg, STAGE)) is not None:
+        print(notice)
     drafts_to_send = drafts["keep"]
     timer = StageTimer()
     with timer.span("api"):
@@ -94,7 +97,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     if retry:  # a flaky API must not cost drafts: no marker, the rerun asks just these again
         raise StageError(f"reflect: {len(retry)} teacher calls failed after their retries (first: {retry[0]}: "
                          f"{replies[retry[0]]['error']}); rerun the same command to retry just those")
-    with timer.span("api" if cfg.orm.backend == "api" else "model"):
+    with timer.span("api" if cfg.orm.backend in ("api", "trained") else "model"):
         kept, dropped = build_rows(cfg, drafts_to_send, replies)
     dropped += [{"key": d["key"], "id": d["id"], "reason": d["skip_reason"]} for d in drafts["skipped"]]
     atomic_write_jsonl(rows_path(cfg), kept)
@@ -197,8 +200,12 @@ def build_rows(
         reflection, corrected = parsed[d["key"]]
         verdict = verdicts.get(d["key"])
         if cfg.reflect.revalidate and (verdict is None or verdict["final"]["correct"] is not True):
-            reason = "ORM call failed" if verdict is None else f"ORM rejected the corrected path: " \
-                     f"{(verdict['final'].get('analysis') or '').strip()[:200]}"
+            if verdict is None:
+                reason = "ORM call failed"
+            elif verdict["final"]["correct"] is None:  # unknown is not wrong: counted apart
+                reason = "unknown: the ORM's verdict on the corrected path could not be read"
+            else:
+                reason = f"ORM rejected the corrected path: {(verdict['final'].get('analysis') or '').strip()[:200]}"
             dropped.append({"key": d["key"], "id": d["id"], "reason": reason, "corrected": corrected})
             continue
         kept.append(ReflectionRow(
@@ -218,14 +225,15 @@ def revalidate(
         for d in drafts
     ]
     ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
-    judge = PathJudge(cfg, STAGE, ledger)
-    try:
-        with Journal(journal_path(cfg, STAGE)) as journal:
-            stats = judge.judge(items, journal, progress="reflect judge")
-            rows = dict(journal.rows)
-    finally:
-        judge.close()
-        ledger.save()
+    with orm_endpoint(cfg, layout.servers_dir(layout.stage_dir(cfg, STAGE))) as endpoint:
+        judge = PathJudge(cfg, STAGE, ledger, endpoint=endpoint)
+        try:
+            with Journal(journal_path(cfg, STAGE)) as journal:
+                stats = judge.judge(items, journal, progress="reflect judge")
+                rows = dict(journal.rows)
+        finally:
+            judge.close()
+            ledger.save()
     print(stats.summary_line())
     if stats.failed:
         raise StageError(f"reflect: {stats.failed} ORM calls failed; rerun the same command to retry just those")
@@ -233,10 +241,23 @@ def revalidate(
 
 
 def training_response(row: dict[str, Any], fmt: str) -> str:
-    """The SFT target of a kept row: the corrected path, or draft + reflection + corrected path."""
+    """The SFT target of a kept row: the corrected path, or the reflection + the corrected path.
+
+    The draft is never part of a target: with format "reflection" it is an earlier turn of the
+    sample (see `reflection_turns`), masked out of the loss in the final training.
+    """
     if fmt == "corrected":
         return row["output"]
-    return f"{row['draft']}\n\nReflection: {row['reflection']}\n\nCorrected solution:\n{row['output']}"
+    return f"Reflection: {row['reflection']}\n\nCorrected solution:\n{row['output']}"
+
+
+def diagnosis_turn(row: dict[str, Any]) -> str:
+    """The user turn after the draft in a reflection sample: the ORM's diagnosis of it."""
+    step = row.get("error_step")
+    where = f"the first error is at step {step}" if step else "the solution contains an error"
+    analysis = (row.get("analysis") or "").strip()
+    return (f"A reviewer checked your solution: {where}." + (f" {analysis}" if analysis else "")
+            + "\nReflect on the mistake, then write a corrected step-by-step solution.")
 
 
 def fuse(cfg: MathSEConfig, d_sft_file: Path, kept: list[dict[str, Any]]) -> int:
@@ -246,13 +267,20 @@ def fuse(cfg: MathSEConfig, d_sft_file: Path, kept: list[dict[str, Any]]) -> int
          "origin": r.origin}
         for r in map(SftRow.model_validate, iter_jsonl(d_sft_file))
     ]
+    multi_turn = cfg.reflect.format == "reflection"
+    # format reflection: LLaMA-Factory's alpaca convention, `history` holds the earlier turns
+    # (question -> draft) and `instruction` the current one (the diagnosis).
     fused += [
-        {"instruction": r["instruction"], "input": "", "output": training_response(r, cfg.reflect.format),
-         "images": r["images"], "id": r["id"], "origin": "reflection", "draft": r["draft"],
-         "reflection": r["reflection"]}
+        {"instruction": diagnosis_turn(r) if multi_turn else r["instruction"], "input": "",
+         "output": training_response(r, cfg.reflect.format), "images": r["images"], "id": r["id"],
+         "origin": "reflection", "draft": r["draft"], "reflection": r["reflection"],
+         **({"history": [[r["instruction"], r["draft"]]]} if multi_turn else {})}
         for r in kept
     ]
     atomic_write_jsonl(fused_path(cfg), fused)
-    examples = (SftExample(prompt=r["instruction"], response=r["output"], images=tuple(r["images"]), id=r["id"])
-                for r in fused)
+    examples = (
+        SftExample(prompt=r["instruction"], response=r["output"], images=tuple(r["images"]), id=r["id"],
+                   history=tuple((u, a) for u, a in r.get("history", ())))
+        for r in fused
+    )
     return write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME, TokenBudget.for_training(cfg, "final"))

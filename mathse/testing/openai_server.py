@@ -24,7 +24,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,13 +34,51 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-__all__ = ["ALL_FAULTS", "FakeHTTPError", "FakeOpenAIServer", "FaultPlan", "count_words", "last_user_text"]
+__all__ = [
+    "ALL_FAULTS",
+    "FakeHTTPError",
+    "FakeOpenAIServer",
+    "FaultPlan",
+    "count_words",
+    "last_user_text",
+    "token_logprobs",
+]
 
 ALL_FAULTS: tuple[str, ...] = ("429", "500", "timeout", "malformed", "disconnect")
 DEFAULT_REPLY = "Step 1: Compute 2 + 2 = 4.\nThe final answer is \\boxed{4}"
 IMAGE_TOKENS = 85  # what OpenAI bills a low-detail image; keeps the fake usage plausible
 
 Replies = Callable[[dict[str, Any]], str] | str
+# (request body, reply text) -> OpenAI `logprobs.content` for that reply, or None for no logprobs.
+Logprobs = Callable[[dict[str, Any], str], list[dict[str, Any]] | None]
+
+_TOKEN_RE = re.compile(r"\s*(?:\w+|[^\w\s])")
+
+
+def token_logprobs(text: str, p_true: float | None = None, top: int = 2) -> list[dict[str, Any]]:
+    """`text` cut into word/punctuation tokens with OpenAI-style log-probabilities.
+
+    Every token is certain (logprob 0) except, when `p_true` is given, a "true"/"false" token right
+    after `"correct":`, where the alternatives " true" (p_true) and " false" (1 - p_true) are listed
+    in `top_logprobs`: what a real ORM server returns for the verdict's deciding token.
+    """
+    entries: list[dict[str, Any]] = []
+    seen = ""
+    for match in _TOKEN_RE.finditer(text):
+        token = match.group(0)
+        word = token.strip().lower()
+        entry: dict[str, Any] = {"token": token, "logprob": 0.0, "top_logprobs": [{"token": token, "logprob": 0.0}]}
+        if p_true is not None and word in ("true", "false") and re.search(r'correct"?\s*:\s*$', seen):
+            p = p_true if word == "true" else 1.0 - p_true
+            alts = [(" true", p_true), (" false", 1.0 - p_true)][:top]
+            entry = {
+                "token": token,
+                "logprob": math.log(max(p, 1e-12)),
+                "top_logprobs": [{"token": t, "logprob": math.log(max(q, 1e-12))} for t, q in alts],
+            }
+        entries.append(entry)
+        seen += token
+    return entries
 
 
 class FakeHTTPError(Exception):
@@ -129,8 +169,12 @@ class FakeOpenAIServer:
         model_name: str = "fake-model",
         api_key: str | None = None,
         models: Sequence[str] | None = None,
+        logprobs: Logprobs | None = None,
     ) -> None:
+        """`logprobs`: the token log-probabilities of a reply, sent when a request asks for them
+        (`"logprobs": true`); default: `token_logprobs(reply)` (every token certain)."""
         self.replies = replies
+        self.logprobs = logprobs
         self.latency_s = latency_s
         self.faults = faults
         self.host = host
@@ -346,6 +390,11 @@ class FakeOpenAIServer:
             return _error(err.status, err.message, err.headers)
         except Exception as err:  # a bug in a scripted reply: show it to the client
             return _error(500, f"replies callable failed: {err!r}")
+        want_logprobs = bool(body.get("logprobs"))
+        try:
+            logprobs = [self._logprobs(body, t) if want_logprobs else None for t in texts]
+        except Exception as err:  # a bug in a scripted logprobs function: show it to the client
+            return _error(500, f"logprobs callable failed: {err!r}")
         completion_tokens = sum(count_words(t) for t in texts)
         prompt_tokens = _prompt_tokens(body)
         data = {
@@ -354,7 +403,12 @@ class FakeOpenAIServer:
             "created": int(time.time()),
             "model": body["model"],
             "choices": [
-                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop", "logprobs": None}
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": t},
+                    "finish_reason": "stop",
+                    "logprobs": None if logprobs[i] is None else {"content": logprobs[i]},
+                }
                 for i, t in enumerate(texts)
             ],
             "usage": {
@@ -364,6 +418,11 @@ class FakeOpenAIServer:
             },
         }
         return _Response(200, json.dumps(data).encode())
+
+    def _logprobs(self, body: dict[str, Any], text: str) -> list[dict[str, Any]] | None:
+        if self.logprobs is not None:
+            return self.logprobs(body, text)
+        return token_logprobs(text)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> _Response:

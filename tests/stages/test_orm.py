@@ -139,9 +139,10 @@ def test_bad_train_file_line_names_file_and_line_and_writes_nothing(
     assert not (tmp_path / "output").exists()
 
 
-def test_train_file_is_required(run_config, capsys) -> None:
+def test_without_train_file_the_data_needs_m0(run_config, capsys) -> None:
     assert main(["--stage", "orm", "--config", str(run_config())]) == 2
-    assert "orm.train_file: required" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "orm: M0 is not trained yet" in err and "run --stage distill first" in err
 
 
 @pytest.mark.slow

@@ -109,8 +109,20 @@ def test_reflection_rows_prompt_revalidation_and_formats(evolved, run_config, fm
     if fmt == "corrected":
         assert target.startswith("Step 1: Read the figure again.") and "Reflection:" not in target
     else:
-        assert target.startswith("Step 1: I count wrongly") and "Reflection: The student misread" in target
-        assert target.endswith(rows[0]["output"])
+        # question -> draft -> the ORM's diagnosis -> reflection + corrected path: the draft is an
+        # earlier turn, never the target, and the final training masks every earlier turn.
+        system_free = dataset[1]["messages"]
+        assert [m["role"] for m in system_free] == ["user", "assistant", "user", "assistant"]
+        assert system_free[0]["content"].startswith("<image>") and system_free[2]["content"].count("<image>") == 0
+        assert system_free[1]["content"] == rows[0]["draft"] and "I count wrongly" not in target
+        assert "first error is at step 1" in system_free[2]["content"]
+        assert "Miscounted the objects" in system_free[2]["content"]
+        assert target.startswith("Reflection: The student misread") and target.endswith(rows[0]["output"])
+        from mathse.config import load_config
+        from mathse.stages.final import train_job
+
+        (out / "sft_model_final").mkdir()  # train_job only needs the Stage-2 checkpoint to exist
+        assert train_job(load_config(config)).args["mask_history"] is True
     stats = json.loads((out / "reflect" / "stats.json").read_text())
     assert stats["sent"] == len(rejected) and stats["kept"] == len(rows)
 
@@ -238,3 +250,18 @@ def test_one_request_400_is_a_counted_drop(evolved, run_config) -> None:
     assert {d["id"] for d in failed} == {problems[1].id}
     assert len(failed) == sum(1 for r in rejected if r["id"] == problems[1].id)
     assert (out / "reflect" / ".mathse_done.json").exists()
+def test_unknown_revalidation_is_neither_kept_nor_rejected(evolved, run_config) -> None:
+    """An ORM verdict on a corrected path that stays unreadable after the re-ask: counted as unknown."""
+    rejected, _ = evolved
+    with FakeOpenAIServer(replies=teacher_reply) as teacher, FakeOpenAIServer(replies="turtles") as orm:
+        api = {"base_url": orm.base_url, "model": "orm", "max_retries": 0}
+        config = run_config(**{**sections(teacher), "orm": {"backend": "api", "policy": "orm", "api": api}})
+        assert main(["--stage", "reflect", "--config", str(config)]) == 0
+        # each distinct corrected path (one per question here) asked, then asked again once
+        assert orm.chat_calls == 2 * len({r["id"] for r in rejected})
+    out = config.parent / "output"
+    assert list(iter_jsonl(out / "orm_reflections" / "reflection_rows.jsonl")) == []
+    dropped = list(iter_jsonl(out / "orm_reflections" / "reflection_dropped.jsonl"))
+    assert len(dropped) == len(rejected) and all(d["reason"].startswith("unknown:") for d in dropped)
+    stats = json.loads((out / "reflect" / "stats.json").read_text())
+    assert stats["dropped"] == {"unknown": len(rejected)}
