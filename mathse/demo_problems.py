@@ -45,10 +45,13 @@ __all__ = [
     "ProblemSpec",
     "countdown_lines",
     "countdown_solution",
+    "countdown_splits",
     "make_synthetic_problems",
     "render_problem_image",
     "sample_problem_specs",
+    "write_countdown_dataset",
     "write_demo_dataset",
+    "write_problem_images",
 ]
 
 _PYTHAGOREAN = ((3, 4, 5), (6, 8, 10), (5, 12, 13), (8, 6, 10), (4, 3, 5), (9, 12, 15), (12, 5, 13))
@@ -348,9 +351,14 @@ def make_synthetic_problems(
     (a number, or a letter for multiple choice), solution (see `sample_problem_specs`; it ends with
     `The final answer is \\boxed{...}`) and source "synthetic". Deterministic given `seed`.
     """
+    return write_problem_images(out_dir, sample_problem_specs(n, seed, kinds, solution_every), id_prefix)
+
+
+def write_problem_images(out_dir: Path, specs: Sequence[ProblemSpec], id_prefix: str) -> list[dict[str, Any]]:
+    """Save each spec's picture as `out_dir/images/<id>.png`; return the problem records."""
     out_dir = Path(out_dir)
     records: list[dict[str, Any]] = []
-    for i, spec in enumerate(sample_problem_specs(n, seed, kinds, solution_every)):
+    for i, spec in enumerate(specs):
         pid = f"{id_prefix}-{i:04d}"
         rel = f"images/{pid}.png"
         atomic_write_bytes(out_dir / rel, _png_bytes(render_problem_image(spec)))
@@ -360,6 +368,31 @@ def make_synthetic_problems(
         record["source"] = "synthetic"
         records.append(record)
     return records
+
+
+def countdown_splits(
+    sizes: dict[str, int], seed: int = 0, solution_every: dict[str, int | None] | None = None
+) -> dict[str, list[ProblemSpec]]:
+    """Disjoint countdown problem sets (e.g. seed / pool / test) drawn without replacement.
+
+    There are only 20 * 10 = 200 distinct sums, so independent draws would put test questions in
+    the training data; a shuffled partition keeps the test set truly held out.
+    """
+    pairs = [(a, b) for a in range(COUNTDOWN_A_MAX + 1) for b in range(COUNTDOWN_B_MAX + 1)]
+    if sum(sizes.values()) > len(pairs):
+        raise ValueError(f"countdown has {len(pairs)} distinct problems; asked for {sum(sizes.values())}")
+    random.Random(seed).shuffle(pairs)
+    every = solution_every or {}
+    splits: dict[str, list[ProblemSpec]] = {}
+    start = 0
+    for name, n in sizes.items():
+        k = every.get(name)
+        splits[name] = [
+            ProblemSpec("countdown", pair, (56, 56), with_solution=k is not None and i % k == 0)
+            for i, pair in enumerate(pairs[start : start + n])
+        ]
+        start += n
+    return splits
 
 
 def _count_lines(path: Path) -> int:
@@ -395,3 +428,20 @@ def write_demo_dataset(
     atomic_write_jsonl(seed_path, seed_rows)
     atomic_write_jsonl(pool_path, make_synthetic_problems(out_dir, n_pool, seed + 1, "pool", kinds))
     return seed_path, pool_path
+
+
+def write_countdown_dataset(
+    out_dir: Path, sizes: dict[str, int], seed: int = 0, solution_every: dict[str, int | None] | None = None
+) -> dict[str, Path]:
+    """Write `<name>.jsonl` (ids `<name>-*`) plus images for each of `countdown_splits`' sets.
+
+    Skips the work when every file exists with the expected line count and its images; each file is
+    written whole and renamed into place. Returns {name: path}.
+    """
+    out_dir = Path(out_dir)
+    paths = {name: out_dir / f"{name}.jsonl" for name in sizes}
+    if all(_dataset_complete(paths[name], n, out_dir) for name, n in sizes.items()):
+        return paths
+    for name, specs in countdown_splits(sizes, seed, solution_every).items():
+        atomic_write_jsonl(paths[name], write_problem_images(out_dir, specs, name))
+    return paths
