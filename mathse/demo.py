@@ -28,7 +28,7 @@ from mathse.tiny_model import DEMO_SIZE, build_tiny_qwen2vl
 
 DEMO_CONFIG = PROJECT_ROOT / "demo" / "config.yaml"
 # 200 distinct count-down problems in all: seed (half with solutions) / pool / held-out test.
-DEMO_SPLITS = {"seed": 30, "pool": 120, "test": 50}
+DEMO_SPLITS = {"seed": 60, "pool": 90, "test": 50}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
