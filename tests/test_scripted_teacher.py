@@ -102,3 +102,25 @@ def test_an_unreadable_prompt_fails_loudly(prompt: str, reason: str) -> None:
 def test_error_rate_zero_never_slips() -> None:
     teacher = ScriptedTeacher(error_rate=0.0)
     assert all(teacher.solve(a, b, distill_prompt(a, b)) == countdown_solution(a, b) for a, b in SUMS)
+
+
+# orm.data.annotate_prompt as issue 11 drafts it (the ORM stage asks the teacher with it).
+ANNOTATE_PROMPT = (
+    "A student's solution to the problem below reaches a wrong final answer.\n\n"
+    "Problem: {question}\n\nReference answer: {answer}\n\n"
+    "Student's solution ({n_steps} numbered steps):\n{steps}\n\n"
+    "Find the FIRST step that contains an error and explain what goes wrong there and how to fix it. "
+    'Reply with exactly one JSON object: {{"correct": false, "error_step": <step number from 1 to {n_steps}>, '
+    '"analysis": "<your analysis>"}}'
+)
+
+
+def test_annotation_prompt_of_the_orm_data(served: tuple[openai.OpenAI, Any]) -> None:
+    from mathse.steps import number_steps
+
+    client, _ = served
+    steps = split_steps("13 + 4:\n13 (4)\n14 (3)\n15 (2)\n15 (1)\n16 (0)\nThe final answer is \\boxed{16}")
+    prompt = ANNOTATE_PROMPT.format(question="What is 13 + 4?", answer="17", steps=number_steps(steps),
+                                    n_steps=len(steps))
+    verdict = parse_verdict(ask(client, prompt), n_steps=len(steps))
+    assert verdict.correct is False and verdict.error_step == 5 and "16 (1)" in verdict.analysis
