@@ -49,10 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     stage_args = ["--stage", "all", "--config", str(args.config), *(f"--set={o}" for o in args.overrides)]
-    # Real runs point teacher.base_url at GPT-4o; the demo serves a scripted stand-in of its own.
+    # Real runs point teacher.base_url at GPT-4o; the demo serves a scripted stand-in of its own,
+    # which also judges paths step by step until the demo trains its own ORM (issue 11).
     with serve_scripted_teacher(error_rate=args.teacher_error_rate, seed=args.asset_seed) as (server, teacher):
         print(f"demo: scripted teacher (a stand-in for GPT-4o) at {server.base_url}", flush=True)
-        code = cli.main([*stage_args, f"--set=teacher.base_url={server.base_url}"])
+        urls = [f"--set=teacher.base_url={server.base_url}", f"--set=orm.api.base_url={server.base_url}"]
+        code = cli.main([*stage_args, *urls])
     if teacher.unreadable:
         print(f"demo: FAILED: the scripted teacher could not read {len(teacher.unreadable)} prompt(s); "
               f"the prompt templates no longer match the teacher's contract:", file=sys.stderr)

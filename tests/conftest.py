@@ -50,6 +50,7 @@ def write_run_config(tmp_path: Path, model: Path, seed_file: Path, pool_file: Pa
     cfg["eval"] = {"benchmarks": []}  # the demo's test set is not a fixture; tests add their own
     for name, values in TEST_SECTIONS.items():
         cfg[name].update(values)
+    cfg["orm"] = {"backend": "rule", "policy": "rule"}  # tests that need an ORM serve their own
     for name, values in sections.items():
         if isinstance(values, dict) and isinstance(cfg.get(name), dict):
             cfg[name].update(values)

@@ -44,7 +44,8 @@ def test_one_retrained_round_beats_m0(tmp_path: Path, capsys: pytest.CaptureFixt
 
     with serve_scripted_teacher(error_rate=0.2) as (server, teacher):
         for stage in ("distill", "evolve", "eval"):
-            argv = ["--stage", stage, "--config", str(config), f"--set=teacher.base_url={server.base_url}"]
+            urls = [f"--set=teacher.base_url={server.base_url}", f"--set=orm.api.base_url={server.base_url}"]
+            argv = ["--stage", stage, "--config", str(config), *urls]
             assert cli.main(argv) == 0, stage
     assert not teacher.unreadable
     assert teacher.counts["distill"] == 30
