@@ -55,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"demo: scripted teacher (a stand-in for GPT-4o) at {server.base_url}", flush=True)
         urls = [f"--set=teacher.base_url={server.base_url}", f"--set=orm.api.base_url={server.base_url}"]
         code = cli.main([*stage_args, *urls])
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(teacher.counts.items())) or "none (all cached)"
+    print(f"demo: scripted teacher answered: {counts}", flush=True)
     if teacher.unreadable:
         print(f"demo: FAILED: the scripted teacher could not read {len(teacher.unreadable)} prompt(s); "
               f"the prompt templates no longer match the teacher's contract:", file=sys.stderr)
