@@ -22,6 +22,7 @@ TEST_SECTIONS: dict[str, dict[str, Any]] = {
                       "logging_steps": 5, "save_steps": 20, "lr_scheduler_type": None, "warmup_ratio": None},
     "inference": {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 48, "n_paths": 2, "concurrency": 8},
     "evolve": {"rounds": 2, "batch_size": 12, "retrain": True},
+    "reflect": {"max_drafts_per_question": None},
 }
 
 
@@ -49,7 +50,7 @@ def write_run_config(tmp_path: Path, model: Path, seed_file: Path, pool_file: Pa
     cfg["llama_factory"]["recipe"] = str(PROJECT_ROOT / "configs" / "llama_factory" / "sft_full.yaml")
     cfg["eval"] = {"benchmarks": []}  # the demo's test set is not a fixture; tests add their own
     for name, values in TEST_SECTIONS.items():
-        cfg[name].update(values)
+        cfg.setdefault(name, {}).update(values)
     cfg["orm"] = {"backend": "rule", "policy": "rule"}  # tests that need an ORM serve their own
     for name, values in sections.items():
         if isinstance(values, dict) and isinstance(cfg.get(name), dict):
