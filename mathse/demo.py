@@ -1,42 +1,47 @@
 """The bundled offline demo (the README's first command): `python -m mathse.demo`.
 
-Builds a tiny random Qwen2-VL and synthetic image problems, trains a tiny *teacher* on the
-seed solutions (so it speaks the teacher's two reply formats: a solution, and a reflection with a
-corrected solution), serves it with `llamafactory-cli api` on 127.0.0.1, and runs every pipeline
-stage with demo/config.yaml. Everything is real and small; a rerun skips finished work.
+Builds a tiny random Qwen2-VL (`mathse.tiny_model.DEMO_SIZE`) and the count-down addition task
+(`mathse.demo_problems`: disjoint seed / pool / test sets, half the seed problems with reference
+solutions), serves a *scripted teacher* on 127.0.0.1 (`mathse.testing.scripted_teacher`: a stand-in
+for GPT-4o that writes count-down solutions with some slips, annotates and reflects) and runs every
+pipeline stage with demo/config.yaml: real `llamafactory-cli train`, real ChatModel generation,
+real OpenAI-protocol calls. A rerun skips finished work and repeats no API call.
+
+The demo fails if the teacher could not read a prompt the pipeline sent: a template change that
+breaks the prompt contract must not pass quietly.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mathse import cli
+from mathse import cli, layout
 from mathse.config import PROJECT_ROOT, ConfigError, MathSEConfig, load_config
-from mathse.demo_assets import build_tiny_qwen2vl, make_synthetic_problems, write_demo_dataset
-from mathse.llamafactory_bridge import SftExample, compose_train_job, run_train_job, serve_api, write_sharegpt_dataset
-from mathse.prompts import fill_template, reflection_prompt, student_prompt
-from mathse.records import JudgedPathRow, PathRow, read_problems
-from mathse.storage import atomic_write_jsonl
+from mathse.demo_problems import write_countdown_dataset
+from mathse.stages import load_stage
+from mathse.testing.scripted_teacher import serve_scripted_teacher
+from mathse.tiny_model import DEMO_SIZE, build_tiny_qwen2vl
 
 DEMO_CONFIG = PROJECT_ROOT / "demo" / "config.yaml"
+# 200 distinct count-down problems in all: seed (half with solutions) / pool / held-out test.
+DEMO_SPLITS = {"seed": 60, "pool": 90, "test": 50}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mathse.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEMO_CONFIG)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--asset-seed", type=int, default=0, help="seed of the tiny model's weights and the data split")
+    parser.add_argument("--teacher-error-rate", type=float, default=0.2,
+                        help="share of the scripted teacher's solutions that slip (filtered by answer)")
     args = parser.parse_args(argv)
     started = time.monotonic()
 
-    work = args.config.resolve().parent / "work"
-    build_tiny_qwen2vl(work / "tiny_model")
-    write_demo_dataset(work / "data", n_seed=16, n_pool=24)
-    write_test_set(work / "data" / "test.jsonl", n=12)
+    prepare_assets(args.config.resolve().parent / "work", args.asset_seed)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
@@ -44,61 +49,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     stage_args = ["--stage", "all", "--config", str(args.config), *(f"--set={o}" for o in args.overrides)]
-    if all_finished(cfg):
-        code = cli.main(stage_args)
-    else:
-        # Real runs point teacher.base_url at GPT-4o; the demo serves a tiny teacher of its own.
-        teacher_dir = train_demo_teacher(cfg, work / "teacher")
-        teacher = {"model_name_or_path": str(teacher_dir), "template": cfg.model.template,
-                   "infer_backend": "huggingface", "max_new_tokens": 256, "do_sample": False}
-        print("demo: starting the local teacher (llamafactory-cli api) ...", flush=True)
-        with serve_api(teacher, cfg.output_dir / "teacher_api") as base_url:
-            code = cli.main([*stage_args, f"--set=teacher.base_url={base_url}"])
+    # Real runs point teacher.base_url at GPT-4o; the demo serves a scripted stand-in of its own,
+    # which also judges paths step by step until the demo trains its own ORM (issue 11).
+    with serve_scripted_teacher(error_rate=args.teacher_error_rate, seed=args.asset_seed) as (server, teacher):
+        print(f"demo: scripted teacher (a stand-in for GPT-4o) at {server.base_url}", flush=True)
+        urls = [f"--set=teacher.base_url={server.base_url}", f"--set=orm.api.base_url={server.base_url}"]
+        code = cli.main([*stage_args, *urls])
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(teacher.counts.items())) or "none (all cached)"
+    print(f"demo: scripted teacher answered: {counts}", flush=True)
+    if teacher.unreadable:
+        print(f"demo: FAILED: the scripted teacher could not read {len(teacher.unreadable)} prompt(s); "
+              f"the prompt templates no longer match the teacher's contract:", file=sys.stderr)
+        for reason in teacher.unreadable[:5]:
+            print(f"  {reason}", file=sys.stderr)
+        return 1
     if code == 0:
+        print_results(cfg)
         print_artifacts(cfg, time.monotonic() - started)
     return code
 
 
-def write_test_set(path: Path, n: int) -> None:
-    """Held-out problems for `--stage eval` (project problem schema, seeded apart from seed/pool)."""
-    if not path.is_file():
-        atomic_write_jsonl(path, make_synthetic_problems(path.parent, n, seed=1000, id_prefix="test"))
+def prepare_assets(work: Path, seed: int = 0) -> dict[str, Path]:
+    """The tiny model and the three problem files under `work` (skipped when already there)."""
+    build_tiny_qwen2vl(work / "tiny_model", seed=seed, size=DEMO_SIZE)
+    return write_countdown_dataset(work / "data", DEMO_SPLITS, seed=seed, solution_every={"seed": 2})
 
 
-def train_demo_teacher(cfg: MathSEConfig, folder: Path) -> Path:
-    """Fine-tune the tiny model on the seed solutions in both teacher reply formats."""
-    teacher = cfg.require("teacher")
-    solved = [p for p in read_problems(cfg.require("data.seed_file"), cfg.data.image_root) if p.solution]
-    examples: list[SftExample] = []
-    for p in solved:
-        distill = fill_template(teacher.distill_prompt, "teacher.distill_prompt", question=p.question, answer=p.answer)
-        examples.append(SftExample(prompt=distill, response=p.solution or "", images=p.images,
-                                   system=teacher.system_prompt))
-        guess = "Step 1: Guess.\nThe final answer is \\boxed{0}"
-        draft = JudgedPathRow(**PathRow.of(p, 1, 0, student_prompt(p), guess).to_json(), error_step=1,
-                              analysis="The guess ignores the figure.")
-        reply = f"Reflection: Read the figure.\nCorrected solution:\n{p.solution}"
-        examples.append(SftExample(prompt=reflection_prompt(cfg, draft), response=reply, images=p.images))
-    write_sharegpt_dataset(examples, folder / "data", "demo_teacher")
-    job = compose_train_job(
-        cfg, name="train_teacher", model_path=cfg.model.base, datasets=["demo_teacher"], dataset_dir=folder / "data",
-        output_dir=folder / "model", run_dir=folder, extra={"max_steps": 150, "cutoff_len": 2048},
-    )
-    print(f"demo: training the tiny teacher on {len(examples)} examples ...", flush=True)
-    return run_train_job(job)
-
-
-def stage_modules(cfg: MathSEConfig) -> list[object]:
-    return [importlib.import_module(f"mathse.stages.{cli.STAGES[s][0]}") for s in cli.pipeline(cfg)]
-
-
-def all_finished(cfg: MathSEConfig) -> bool:
-    return all(module.finished(cfg) for module in stage_modules(cfg))
+def print_results(cfg: MathSEConfig) -> None:
+    table = layout.eval_results_path(cfg, "md")
+    if table.is_file():
+        rows = [line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
+        print("\ndemo: held-out accuracy (%) of each checkpoint:\n" + "\n".join(rows))
 
 
 def print_artifacts(cfg: MathSEConfig, seconds: float) -> None:
     print(f"\ndemo: finished in {seconds:.0f}s; artifacts:")
-    for module in stage_modules(cfg):
+    for module in (load_stage(cli.STAGES[s][0]) for s in cli.pipeline(cfg)):
         for label, path in module.artifacts(cfg).items():
             print(f"  {label:<28} {path}")
 

@@ -16,6 +16,14 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Small, fast settings for tests, whatever demo/config.yaml uses to make the demo learn.
+TEST_SECTIONS: dict[str, dict[str, Any]] = {
+    "llama_factory": {"per_device_train_batch_size": 2, "learning_rate": 5.0e-3, "max_steps": 40,
+                      "logging_steps": 5, "save_steps": 20, "lr_scheduler_type": None, "warmup_ratio": None},
+    "inference": {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 48, "n_paths": 2, "concurrency": 8},
+    "evolve": {"rounds": 2, "batch_size": 12, "retrain": True},
+    "reflect": {"max_drafts_per_question": None},
+}
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +49,9 @@ def write_run_config(tmp_path: Path, model: Path, seed_file: Path, pool_file: Pa
     cfg["data"] = {"seed_file": str(seed_file), "pool_file": str(pool_file)}
     cfg["llama_factory"]["recipe"] = str(PROJECT_ROOT / "configs" / "llama_factory" / "sft_full.yaml")
     cfg["eval"] = {"benchmarks": []}  # the demo's test set is not a fixture; tests add their own
+    for name, values in TEST_SECTIONS.items():
+        cfg.setdefault(name, {}).update(values)
+    cfg["orm"] = {"backend": "rule", "policy": "rule"}  # tests that need an ORM serve their own
     for name, values in sections.items():
         if isinstance(values, dict) and isinstance(cfg.get(name), dict):
             cfg[name].update(values)

@@ -1,0 +1,59 @@
+"""The demo's method visibly works: one self-training round beats M0 on held-out problems.
+
+A smaller version of `make demo` (one round, a smaller pool): the scripted teacher writes half the
+seed solutions over real HTTP, `llamafactory-cli train` trains M0 and M1 on the DEMO_SIZE tiny
+model, ChatModel samples and evaluates. A wrong chat template, a masked-out response or harvested
+paths in the wrong format would all show up here as "no improvement".
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mathse import cli
+from mathse.demo_problems import write_countdown_dataset
+from mathse.testing.scripted_teacher import serve_scripted_teacher
+from mathse.tiny_model import DEMO_SIZE, build_tiny_qwen2vl
+from tests.conftest import PROJECT_ROOT
+
+
+def accuracy(out: Path) -> dict[str, float]:
+    with (out / "eval" / "results.csv").open(encoding="utf-8") as handle:
+        return {row["checkpoint"]: float(row["demo-test"]) for row in csv.DictReader(handle)}
+
+
+@pytest.mark.slow
+def test_one_retrained_round_beats_m0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Seed 1 of benchmarks/bench_demo_learning.py (stage0 18% -> round_1 66% there); with seed 0
+    # the first round gained only 42% -> 46%, too close to assert on unseeded sampling.
+    model = build_tiny_qwen2vl(tmp_path / "model", seed=1, size=DEMO_SIZE)
+    data = write_countdown_dataset(tmp_path / "data", {"seed": 60, "pool": 90, "test": 50}, seed=1,
+                                   solution_every={"seed": 2})
+    cfg = yaml.safe_load((PROJECT_ROOT / "demo" / "config.yaml").read_text())
+    cfg["run"] = {"output_dir": str(tmp_path / "output"), "seed": 1}
+    cfg["model"]["base"] = str(model)
+    cfg["data"] = {"seed_file": str(data["seed"]), "pool_file": str(data["pool"])}
+    cfg["llama_factory"]["recipe"] = str(PROJECT_ROOT / "configs" / "llama_factory" / "sft_full.yaml")
+    cfg["evolve"].update({"rounds": 1})
+    cfg["eval"].update({"checkpoints": ["stage0", "round_1"],
+                        "benchmarks": [{"name": "demo-test", "format": "jsonl", "path": str(data["test"])}]})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    with serve_scripted_teacher(error_rate=0.2, seed=1) as (server, teacher):
+        for stage in ("distill", "evolve", "eval"):
+            urls = [f"--set=teacher.base_url={server.base_url}", f"--set=orm.api.base_url={server.base_url}"]
+            argv = ["--stage", stage, "--config", str(config), *urls]
+            assert cli.main(argv) == 0, stage
+    assert not teacher.unreadable
+    assert teacher.counts["distill"] == 30
+    printed = capsys.readouterr().out
+    assert "teacher solutions kept" in printed
+
+    acc = accuracy(tmp_path / "output")
+    print(f"held-out accuracy: {acc}")
+    assert acc["round_1"] > acc["stage0"], acc
