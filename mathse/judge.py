@@ -67,6 +67,7 @@ from mathse.config import InferenceConfig
 from mathse.inference import chat_model_args, training_image_max_pixels
 from mathse.llamafactory_bridge import IMAGE_TOKEN  # the ORM was trained with one per image
 from mathse.messages import ChatRequest, ChatResult, system_message
+from mathse.orm_score import score_from_logprobs
 from mathse.orm_serving import OrmEndpoint
 from mathse.records import Problem, VerdictRow
 from mathse.steps import split_steps
@@ -79,7 +80,6 @@ from mathse.verdict import (
     combine,
     parse_verdict,
     rule_verdict,
-    score_from_logprobs,
 )
 
 if TYPE_CHECKING:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mathse.config import ConfigError, InferenceConfig, ServeConfig, load_config
+from mathse.config import ConfigError, InferenceConfig, ServeConfig
+from mathse.config_loading import load_config
 from mathse.inference import Generator, chat_model_args, make_items
 from mathse.records import read_problems
 from mathse.served import ServedGenerator
