@@ -92,10 +92,7 @@ def open_generator(
     if inf.backend == "served":
         return ServedGenerator(student_spec(cfg, model_path, adapter_path, inf), inf, cfg.serve, cfg.ray,
                                server_dir, seed=cfg.run.seed)
-    kwargs.setdefault("image_max_pixels", training_image_max_pixels(cfg))
-    kwargs.setdefault("trust_remote_code", cfg.model.trust_remote_code)
-    kwargs.setdefault("seed", cfg.run.seed)
-    return Generator(model_path, adapter_path, cfg.model.template, inf, **kwargs)
+    return Generator.from_config(cfg, model_path, adapter_path, inf, **kwargs)
 
 
 class ServedGenerator:
