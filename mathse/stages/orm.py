@@ -129,9 +129,8 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
     return compose_train_job(
         cfg,
         name="train_orm",
-        model_path=cfg.model.base,
+        training="orm",
         datasets=[DATASET_NAME],
-        dataset_dir=cfg.dataset_dir,
         output_dir=cfg.model_path("orm_model"),
         run_dir=stage_dir(cfg),
     )
@@ -312,6 +311,16 @@ def summary(stats: dict[str, Any]) -> str:
         f"{100 * stats['correct'] / rows:.0f}% correct; {stats['error_step_known']} with a first wrong step) "
         f"-> dataset {DATASET_NAME} ({stats['examples']} examples)"
     )
+
+
+def follow(cfg: MathSEConfig) -> int:
+    """node_rank > 0 of a multi-node run: wait for node 0's ORM dataset, then join the ORM's training."""
+    from mathse.nodes import wait_for
+
+    wait_for(cfg, stage_dir(cfg), "ORM dataset")
+    run_train_job(train_job(cfg))
+    print(f"orm: this node's share of the ORM's training is done ({cfg.model_path('orm_model')})")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
