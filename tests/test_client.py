@@ -17,7 +17,15 @@ import pytest
 from mathse.client import ChatClient, _parse_retry_after, cache_key
 from mathse.config import ApiConfig, Price
 from mathse.errors import FatalEndpointError
-from mathse.messages import ChatRequest, ChatResult, image_data_url, system_message, user_message
+from mathse.messages import (
+    ChatRequest,
+    ChatResult,
+    ImageRef,
+    image_data_url,
+    system_message,
+    user_message,
+    wire_messages,
+)
 from mathse.testing.openai_server import FakeHTTPError, FakeOpenAIServer, FaultPlan, last_user_text
 from mathse.usage import UsageLedger
 
@@ -66,7 +74,9 @@ def test_user_message_images_first_as_data_urls(tmp_path: Path) -> None:
     parts = message["content"]
     assert [p["type"] for p in parts] == ["image_url"] * 4 + ["text"]
     assert parts[-1]["text"] == "Find x."
-    urls = [p["image_url"]["url"] for p in parts[:4]]
+    # Local files stay ImageRefs until sent; wire_messages makes the data URLs that go out.
+    assert [type(p["image_url"]["url"]) for p in parts[:2]] == [ImageRef, ImageRef]
+    urls = [p["image_url"]["url"] for p in wire_messages([message])[0]["content"][:4]]
     assert urls[0] == "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
     assert urls[1].startswith("data:image/jpeg;base64,")
     assert base64.b64decode(urls[1].split(",", 1)[1]) == jpg.read_bytes()
@@ -223,7 +233,7 @@ def test_image_bytes_are_part_of_the_cache_key(tmp_path: Path) -> None:
     key_one = cache_key({"model": MODEL, "messages": [user_message("same text", [one])]})
     assert key_one != cache_key({"model": MODEL, "messages": [user_message("same text", [two])]})
     # A message written to JSON and read back (plain strings) keys the same as a fresh one.
-    reloaded = json.loads(json.dumps(user_message("same text", [one])))
+    reloaded = json.loads(json.dumps(wire_messages([user_message("same text", [one])])[0]))
     assert cache_key({"model": MODEL, "messages": [reloaded]}) == key_one
 
 
