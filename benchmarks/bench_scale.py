@@ -156,9 +156,9 @@ def main() -> None:
     small, large = runs[sizes[0]], runs[sizes[-1]]
     print(f"images: {args.image_kb} KB each, one distinct file per problem; concurrency {args.concurrency}; "
           f"server latency {args.latency} s")
-    print(f"scale_peak_rss_ratio: {large['peak_mib'] / small['peak_mib']:.3f}")
-    print(f"scale_time_per_request_ratio: {large['per_request_ms'] / small['per_request_ms']:.3f}")
     print(f"scale_peak_rss_mib: {large['peak_mib']:.0f}")
+    print(f"scale_time_per_request_ratio: {large['per_request_ms'] / small['per_request_ms']:.3f}")
+    print(f"scale_peak_rss_ratio: {large['peak_mib'] / small['peak_mib']:.3f}")
 
 
 if __name__ == "__main__":
