@@ -97,6 +97,7 @@ def child(seed: Path, out: Path, teacher_url: str, orm_url: str, concurrency: in
     start = time.perf_counter()
     results = distill.ask_teacher(cfg, problems)
     teacher_s = time.perf_counter() - start
+    teacher_peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     answered = sum(r.ok for r in results)
     paths = {r.key: r.text for r in results if r.ok}
     del results
@@ -109,7 +110,8 @@ def child(seed: Path, out: Path, teacher_url: str, orm_url: str, concurrency: in
     judge_s = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"n": len(problems), "teacher_ok": answered, "judged": stats.correct + stats.incorrect,
-                      "teacher_s": teacher_s, "judge_s": judge_s, "peak_mib": peak_mib}), flush=True)
+                      "teacher_s": teacher_s, "judge_s": judge_s, "teacher_peak_mib": teacher_peak_mib,
+                      "peak_mib": peak_mib}), flush=True)
 
 
 def measure(n: int, seed: Path, work: Path, teacher_url: str, orm_url: str, concurrency: int) -> dict[str, float]:
@@ -150,7 +152,8 @@ def main() -> None:
             run["per_request_ms"] = (run["teacher_s"] + run["judge_s"]) / requests * 1000
             print(f"{n} problems: {run['teacher_ok']} teacher answers in {run['teacher_s']:.1f} s, "
                   f"{run['judged']} ORM verdicts in {run['judge_s']:.1f} s, {run['per_request_ms']:.2f} ms/request, "
-                  f"peak RSS {run['peak_mib']:.0f} MiB", flush=True)
+                  f"peak RSS {run['peak_mib']:.0f} MiB (after the teacher calls: {run['teacher_peak_mib']:.0f})",
+                  flush=True)
             if run["teacher_ok"] != n or run["judged"] != n:
                 raise SystemExit(f"size {n}: not every request was answered: {run}")
     small, large = runs[sizes[0]], runs[sizes[-1]]

@@ -233,7 +233,10 @@ class _Batch:
         self.results: list[ChatResult | None] = []
         self.seen: set[str] = set()  # keys: a few dozen bytes a request, no messages or images
         self.count = 0
-        self.by_digest: dict[str, int] = {}  # digest -> index of its answer (only when collecting)
+        # digest -> index of its answer, for identical requests after it: only when collecting
+        # without an answer cache (with one, the cache serves them and nothing is held here).
+        self.by_digest: dict[str, int] = {}
+        self.track_digests = collect and client.cache_dir is None
         self.last_save = time.monotonic()
 
     def take(self, key: str) -> int:
@@ -247,8 +250,7 @@ class _Batch:
         return self.count - 1
 
     def answered(self, digest: str) -> ChatResult | None:
-        """An earlier answer in this batch to an identical request (kept only when collecting;
-        otherwise the answer cache serves it)."""
+        """An earlier answer in this batch to an identical request (see `by_digest`)."""
         index = self.by_digest.get(digest)
         result = self.results[index] if index is not None else None
         return result if result is not None and result.ok else None
@@ -257,7 +259,7 @@ class _Batch:
         client = self.client
         if self.collect:
             self.results[index] = result
-            if digest is not None and result.ok:
+            if digest is not None and result.ok and self.track_digests:
                 self.by_digest.setdefault(digest, index)
         if client.ledger is not None:
             client.ledger.record(client.stage, client.cfg.model, result)
