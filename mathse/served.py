@@ -187,7 +187,8 @@ class ServedGenerator:
                    disable=True if progress is None else None)
         start = time.perf_counter()
         try:
-            # Chunks bound the memory held by request bodies (inline images) however large the round.
+            # Chunks bound the requests built ahead (images are encoded only when sent, by the client)
+            # and give each chunk its all-failed check.
             for chunk in _chunks(groups, max(64, 8 * in_flight)):
                 self._run_chunk(client, chunk, journal, stats, bar)
         finally:
