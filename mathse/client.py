@@ -423,7 +423,9 @@ class ChatClient:
                     for j in others:
                         deliver(j, replace(results[lead], key=requests[j].key, cached=True, attempts=0, latency_s=0.0))
 
-            if pending:
+            if pending and self.cfg.mode == "batch":
+                await self._run_batch(requests, pending, bodies, digests, followers, deliver)
+            elif pending:
                 await self._run_pending(requests, pending, bodies, digests, followers, deliver)
         finally:
             bar.close()
@@ -470,14 +472,7 @@ class ChatClient:
             spawn()
             for _ in range(len(pending)):
                 index, result = await done.get()
-                if result.ok:
-                    self._cache_put(digests[index], result)
-                deliver(index, result)
-                for j in followers.get(index, ()):
-                    if result.ok:
-                        deliver(j, replace(result, key=requests[j].key, cached=True, attempts=0, latency_s=0.0))
-                    else:
-                        deliver(j, replace(result, key=requests[j].key, attempts=0))
+                self._settle(requests, digests, followers, deliver, index, result)
                 spawn()
         finally:
             for task in tasks:
@@ -485,6 +480,47 @@ class ChatClient:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             await client.close()
+
+    def _settle(
+        self,
+        requests: list[ChatRequest],
+        digests: dict[int, str],
+        followers: dict[int, list[int]],
+        deliver: Callable[[int, ChatResult], None],
+        index: int,
+        result: ChatResult,
+    ) -> None:
+        """Cache a fresh answer and deliver it to its request and to identical ones of the batch."""
+        if result.ok:
+            self._cache_put(digests[index], result)
+        deliver(index, result)
+        for j in followers.get(index, ()):
+            if result.ok:
+                deliver(j, replace(result, key=requests[j].key, cached=True, attempts=0, latency_s=0.0))
+            else:
+                deliver(j, replace(result, key=requests[j].key, attempts=0))
+
+    async def _run_batch(
+        self,
+        requests: list[ChatRequest],
+        pending: list[int],
+        bodies: dict[int, dict[str, Any]],
+        digests: dict[int, str],
+        followers: dict[int, list[int]],
+        deliver: Callable[[int, ChatResult], None],
+    ) -> None:
+        """`mode: batch`: the cache misses through the Batch API (see mathse.batch_api)."""
+        from mathse.batch_api import BatchRun  # it builds on this module
+
+        def settle(index: int, result: ChatResult) -> None:
+            self._settle(requests, digests, followers, deliver, index, replace(result, key=requests[index].key))
+
+        async def run_live(indices: list[int]) -> None:
+            await self._run_pending(requests, indices, bodies, digests, followers, deliver)
+
+        run = BatchRun(self, {digests[i]: i for i in pending}, bodies.__getitem__, settle, run_live)
+        await run.run()
+        tqdm.write(run.summary_line())
 
     def complete_many_sync(
         self,

@@ -103,6 +103,7 @@ class ChatResult:
     # A failure another try may fix (429, 5xx, timeout: the retries ran out), as opposed to one a
     # rerun would only pay for again (HTTP 400, a refusal). Callers leave retryable work unmarked.
     retryable: bool = False
+    batch: bool = False  # answered through the Batch API (billed at the batch price)
 
     @property
     def ok(self) -> bool:
