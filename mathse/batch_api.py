@@ -126,6 +126,16 @@ def parse_line(raw: str | bytes, key: str = "") -> BatchOutcome | None:
     return BatchOutcome(custom_id, ChatResult(key=key, error=reason, retryable=retry, batch=True))
 
 
+def _describe(err: openai.APIError) -> str:
+    """One line naming the Batch API endpoint and the HTTP status (or the connection problem)."""
+    request = getattr(err, "request", None)
+    where = f"{request.method} {request.url}" if request is not None else "Batch API"
+    if isinstance(err, openai.APIStatusError):
+        hint = " (no Batch API at this endpoint? then set mode: live)" if err.status_code == 404 else ""
+        return f"Batch API {where}: HTTP {err.status_code}: {str(err.message)[:200]}{hint}"
+    return f"Batch API {where}: {type(err).__name__}: {str(err)[:200]}"
+
+
 class BatchRun:
     """One `complete_many` call's cache misses, answered through batches (or a local output file)."""
 
@@ -220,6 +230,9 @@ class BatchRun:
                     batch_ids = await self._submit(api, journal)
                     submissions += 1
                     await self._poll(api, journal, batch_ids)
+        except openai.APIError as err:
+            # The SDK's own retries ran out: every journaled batch is polled again by a rerun.
+            self._fail_wanted(_describe(err))
         finally:
             await base.close()
         self._finish_leftovers()
@@ -315,6 +328,16 @@ class BatchRun:
                     if raw.strip() and (outcome := parse_line(raw)) is not None:
                         self.take(outcome)
 
+    def _fail_wanted(self, reason: str | None = None) -> None:
+        """Report every unanswered request, with `reason` or why its last batch did not answer it."""
+        log.warning("%s: %d requests unanswered by the Batch API%s", self.client.stage, len(self.wanted),
+                    f": {reason}" if reason else "")
+        self.stats["unanswered"] += len(self.wanted)
+        for custom_id, index in sorted(self.wanted.items(), key=lambda kv: kv[1]):
+            why = reason or self.reasons.get(custom_id, "no answer in any batch")
+            self.settle(index, ChatResult(key="", error=f"{why}; rerun to resume", retryable=True, batch=True))
+        self.wanted.clear()
+
     def _finish_leftovers(self) -> None:
         """Requests no batch answered: sent live (`on_failure: live`) or reported retryable."""
         if not self.wanted:
@@ -322,11 +345,7 @@ class BatchRun:
         if self.cfg.on_failure == "live":
             self.stats["sent_live"] += len(self.wanted)
             return
-        self.stats["unanswered"] += len(self.wanted)
-        for custom_id, index in sorted(self.wanted.items(), key=lambda kv: kv[1]):
-            reason = self.reasons.get(custom_id, "no answer in any batch")
-            self.settle(index, ChatResult(key="", error=f"{reason}; rerun to resubmit", retryable=True, batch=True))
-        self.wanted.clear()
+        self._fail_wanted()
 
     def summary_line(self) -> str:
         s = self.stats

@@ -54,7 +54,8 @@ def test_batch_answers_equal_live_answers_and_share_the_cache(tmp_path: Path) ->
         # Batch lines: custom_id is the cache key, the body is what live mode would send.
         lines = uploaded_lines(server)
         assert {(line["method"], line["url"]) for line in lines} == {("POST", "/v1/chat/completions")}
-        assert lines[0]["body"] == server.requests[0]
+        canonical = sorted(json.dumps(line["body"], sort_keys=True) for line in lines)
+        assert canonical == sorted(json.dumps(body, sort_keys=True) for body in server.requests)
         assert {line["custom_id"] for line in lines} == {cache_key(b) for b in server.requests}
         # Switching modes never pays twice: a live run on the batch cache makes no call.
         calls = server.chat_calls
@@ -239,3 +240,12 @@ def test_parse_line_shapes() -> None:
     server_error = {"custom_id": "c", "response": {"status_code": 503, "body": {"error": {"message": "busy"}}}}
     assert parse_line(json.dumps(server_error)).result.error == "batch line HTTP 503: busy"
     assert parse_line("not json") is None and parse_line("{}") is None
+
+
+def test_endpoint_without_batch_api_fails_every_request_with_one_clear_line(tmp_path: Path) -> None:
+    with FakeOpenAIServer(replies=echo) as server:
+        cfg = api(server).model_copy(update={"base_url": server.base_url + "/no-batch"})
+        results = ChatClient(cfg, tmp_path).complete_many_sync(requests(2))
+    assert all(not r.ok and r.retryable for r in results)
+    assert results[0].error.startswith(f"Batch API POST {server.base_url}/no-batch/files: HTTP 404")
+    assert "set mode: live" in results[0].error and "\n" not in results[0].error
