@@ -43,6 +43,8 @@ FIGURES = [
            "peak RSS (MiB) writing that dataset"),
     Figure("generation_concurrent_over_sequential", "bench_generation.py", "informational", None,
            "generation: concurrent / one-request-at-a-time paths/s, same ChatModel backend (huggingface, CPU)"),
+    Figure("batch_extra_peak_mib", "bench_batch_api.py", "< 64", lambda v: v < 64,
+           "Batch API mode: peak RSS (MiB) above the built requests, 2,000 requests with 100 KB images, 20 MB files"),
     Figure("pipeline_overhead_share", "bench_overhead.py", "< 0.02", lambda v: v < 0.02,
            "largest share of a stage's wall time outside model compute and API waits"),
 ]

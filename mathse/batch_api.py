@@ -273,7 +273,8 @@ class BatchRun:
         """Write, upload and create batches for every wanted request; journal each id at once."""
         batch_ids = []
         for path, count in write_request_files(self.folder, self._items(), self.cfg):
-            upload = await api.files.create(file=path, purpose="batch")
+            with path.open("rb") as handle:  # a handle, not the path: the SDK would read it all into memory
+                upload = await api.files.create(file=handle, purpose="batch")
             journal.append({"key": f"uploaded:{upload.id}", "event": "uploaded", "file_id": upload.id,
                             "requests": count})
             batch_ids.append(await self._create(api, journal, upload.id))
