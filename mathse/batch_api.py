@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -61,13 +62,13 @@ def write_request_files(
     """Stream (custom_id, body) pairs into Batch API JSONL files, each under the limits.
 
     Yields (path, number of requests) as each file is finished, before the next one is written,
-    so one file's worth of requests is the most ever held (and only on disk).
+    so one file's worth of requests is the most ever held (and only on disk). Next to each file,
+    `<name>.ids` lists its custom_ids: a resumed run reads it to know what a batch holds.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    number = 0
-    handle = None
+    number = count = size = 0
+    handle = ids = None
     path = folder / f"{prefix}-0.jsonl"
-    count = size = 0
     try:
         for custom_id, body in items:
             line = json.dumps(
@@ -75,23 +76,27 @@ def write_request_files(
             ).encode("utf-8") + b"\n"
             if handle is not None and (count >= cfg.max_requests_per_file or size + len(line) > cfg.max_bytes_per_file):
                 handle.close()
-                handle = None
+                ids.close()  # type: ignore[union-attr]
+                handle = ids = None
                 yield path, count
                 number += 1
             if handle is None:
                 path = folder / f"{prefix}-{number}.jsonl"
-                handle = path.open("wb")
+                handle, ids = path.open("wb"), path.with_suffix(".ids").open("w", encoding="utf-8")
                 count = size = 0
             handle.write(line)
+            ids.write(custom_id + "\n")  # type: ignore[union-attr]
             count += 1
             size += len(line)
         if handle is not None:
             handle.close()
-            handle = None
+            ids.close()  # type: ignore[union-attr]
+            handle = ids = None
             yield path, count
     finally:
-        if handle is not None:
-            handle.close()
+        for open_file in (handle, ids):
+            if open_file is not None:
+                open_file.close()
 
 
 def _retryable_status(status: int) -> bool:
@@ -193,7 +198,7 @@ class BatchRun:
                         log.warning("%s:%d: not a batch output line, skipped", out_file, number)
         if not self.wanted:
             return
-        for old in self.folder.glob("pending-*.jsonl"):
+        for old in self.folder.glob("pending-*"):
             old.unlink()
         files = [path for path, _ in write_request_files(self.folder, self._items(), self.cfg, prefix="pending")]
         inputs = " ".join(str(p) for p in files)
@@ -240,25 +245,37 @@ class BatchRun:
             await self.run_live(sorted(self.wanted.values()))
 
     async def _resume(self, api: openai.AsyncOpenAI, journal: Journal) -> list[str]:
-        """Open batches of a killed run, including one created but not yet journaled."""
+        """Open batches of a killed run that hold requests wanted now (one created but not yet
+        journaled included); batches holding none of them are left alone, not waited for."""
         rows = list(journal.rows.values())
         created = {r["file_id"]: r["batch_id"] for r in rows if r["event"] == "created"}
         collected = {r["batch_id"] for r in rows if r["event"] == "collected"}
-        orphans = [r["file_id"] for r in rows if r["event"] == "uploaded" and r["file_id"] not in created]
+        uploaded = {r["file_id"]: r.get("time", 0.0) for r in rows if r["event"] == "uploaded"}
+        orphans = {f: t for f, t in uploaded.items() if f not in created and self._holds_wanted(f)}
         if orphans:  # killed between upload and journaling the batch: find it, or create it now
-            async for batch in api.batches.list(limit=100):
+            async for batch in api.batches.list(limit=100):  # newest first
                 if batch.input_file_id in orphans and batch.input_file_id not in created:
                     created[batch.input_file_id] = batch.id
                     journal.append({"key": f"created:{batch.id}", "event": "created", "batch_id": batch.id,
                                     "file_id": batch.input_file_id})
+                if all(f in created for f in orphans) or batch.created_at < min(orphans.values()) - 3600:
+                    break
             for file_id in orphans:
                 if file_id not in created:
                     created[file_id] = await self._create(api, journal, file_id)
-        open_ids = [b for b in created.values() if b not in collected]
+        open_ids = [b for f, b in created.items() if b not in collected and self._holds_wanted(f)]
         if open_ids:
             log.info("%s: resuming %d submitted batches", self.client.stage, len(open_ids))
             self.stats["resumed_batches"] += len(open_ids)
         return open_ids
+
+    def _holds_wanted(self, file_id: str) -> bool:
+        """Whether an uploaded file holds a request still wanted (True when its id list is gone)."""
+        ids = self.folder / f"{file_id}.ids"
+        if not ids.is_file():
+            return True
+        with ids.open(encoding="utf-8") as handle:
+            return any(line.rstrip("\n") in self.wanted for line in handle)
 
     async def _create(self, api: openai.AsyncOpenAI, journal: Journal, file_id: str) -> str:
         batch = await api.batches.create(
@@ -275,8 +292,9 @@ class BatchRun:
         for path, count in write_request_files(self.folder, self._items(), self.cfg):
             with path.open("rb") as handle:  # a handle, not the path: the SDK would read it all into memory
                 upload = await api.files.create(file=handle, purpose="batch")
+            path.with_suffix(".ids").replace(self.folder / f"{upload.id}.ids")
             journal.append({"key": f"uploaded:{upload.id}", "event": "uploaded", "file_id": upload.id,
-                            "requests": count})
+                            "requests": count, "time": time.time()})
             batch_ids.append(await self._create(api, journal, upload.id))
             self.stats["submitted"] += count
             path.unlink()
@@ -301,6 +319,7 @@ class BatchRun:
                         await self._collect(api, batch)
                         journal.append({"key": f"collected:{batch_id}", "event": "collected", "batch_id": batch_id,
                                         "status": batch.status})
+                        (self.folder / f"{batch.input_file_id}.ids").unlink(missing_ok=True)
                         open_ids.remove(batch_id)
                 bar.total = max(bar.total or 0, total)
                 bar.n = done + failed

@@ -93,7 +93,10 @@ def test_files_split_under_request_and_byte_limits(tmp_path: Path) -> None:
     written = []
     for path, count in write_request_files(tmp_path / "w", items, BatchConfig(max_requests_per_file=2)):
         written.append(count)
-        assert len(path.read_text().splitlines()) == count and len(list((tmp_path / "w").iterdir())) == len(written)
+        assert len(path.read_text().splitlines()) == count
+        assert len(list((tmp_path / "w").glob("*.jsonl"))) == len(written)
+        first = sum(written) - count
+        assert path.with_suffix(".ids").read_text().split() == [f"id{i}" for i in range(first, first + count)]
     assert written == [2, 2, 1]
 
 
@@ -207,6 +210,31 @@ def test_upload_journaled_but_batch_not_is_found_or_created_not_resubmitted(tmp_
         results = client.complete_many_sync(requests(3))
         assert all(r.ok for r in results) and len(server.batches) == 2  # the found one + one for q2
         assert len(server.batch_answers) == 3
+
+
+def test_open_batch_of_other_requests_is_not_waited_for(tmp_path: Path) -> None:
+    """A killed run's batch holding none of the requests wanted now (a changed prompt) does not block."""
+    with FakeOpenAIServer(replies=echo) as server:
+        client = ChatClient(api(server), tmp_path)
+        folder = tmp_path / "_batches" / "default"
+        old = [(cache_key(client.body(r)), client.body(r)) for r in requests(2, prefix="old")]
+        (path, _), = write_request_files(folder, old, client.cfg.batch)
+        sdk = openai.OpenAI(base_url=server.base_url, api_key="x")
+        upload = sdk.files.create(file=path, purpose="batch")
+        stale = sdk.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+        server.batches[stale.id]["_hold"] = True  # it would never finish
+        path.with_suffix(".ids").rename(folder / f"{upload.id}.ids")
+        with (folder / "journal.jsonl").open("a") as journal:
+            for row in ({"event": "uploaded", "file_id": upload.id, "requests": 2, "key": f"uploaded:{upload.id}"},
+                        {"event": "created", "file_id": upload.id, "batch_id": stale.id, "key": f"created:{stale.id}"}):
+                journal.write(json.dumps(row) + "\n")
+        results = client.complete_many_sync(requests(2))
+        assert all(r.ok for r in results) and server.batches[stale.id]["status"] == "validating"  # never polled
+        # A run that wants the old requests does wait for that batch, and submits nothing new.
+        server.batches[stale.id]["_hold"] = False
+        batches = len(server.batches)
+        assert all(r.ok for r in ChatClient(api(server), tmp_path).complete_many_sync(requests(2, prefix="old")))
+        assert len(server.batches) == batches and server.batches[stale.id]["status"] == "completed"
 
 
 def test_local_output_file_from_vllm_run_batch(tmp_path: Path) -> None:

@@ -464,7 +464,7 @@ class FakeOpenAIServer:
                 return
             batch["status"] = "in_progress"
             batch["request_counts"]["total"] = len(self._input_lines(batch))
-        elif batch["status"] == "in_progress" and not self.hold_batches:
+        elif batch["status"] == "in_progress" and not (self.hold_batches or batch.get("_hold")):
             batch["_polls"] += 1
             if batch["_polls"] >= self.batch_polls:
                 self._finish_batch(batch, "expired" if batch["_outcome"] == "expired" else "completed")
