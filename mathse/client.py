@@ -4,6 +4,7 @@ Every call goes through `ChatClient.complete_many`: bounded concurrency, retries
 backoff and full jitter (429, 5xx, timeouts, dropped connections, malformed bodies; Retry-After
 honoured), an on-disk answer cache so a rerun never pays twice, and a usage ledger (tokens, USD).
 A request never raises and is never lost: it comes back answered or failed with a reason.
+With ``mode: batch`` the cache misses go through OpenAI's Batch API instead (`mathse.batch_api`).
 
 The cache is one small JSON file per answered request, ``cache_dir/ab/cd/<sha256>.json``, written
 to a temp file and renamed into place: safe when killed at any instant, and safe with several
