@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import openai
 from tqdm import tqdm
@@ -34,9 +35,6 @@ from tqdm import tqdm
 from mathse.client import RETRYABLE_4XX, ChatClient, _Failure, _parse_completion
 from mathse.messages import ChatResult
 from mathse.storage import Journal
-
-if TYPE_CHECKING:
-    from mathse.config import BatchConfig
 
 __all__ = ["BatchOutcome", "BatchRun", "parse_line", "write_request_files"]
 
@@ -57,7 +55,11 @@ class BatchOutcome:
 
 
 def write_request_files(
-    folder: Path, items: Iterable[tuple[str, dict[str, Any]]], cfg: BatchConfig, prefix: str = "requests"
+    folder: Path,
+    items: Iterable[tuple[str, dict[str, Any]]],
+    max_requests: int = sys.maxsize,
+    max_bytes: int = sys.maxsize,
+    prefix: str = "requests",
 ) -> Iterator[tuple[Path, int]]:
     """Stream (custom_id, body) pairs into Batch API JSONL files, each under the limits.
 
@@ -74,7 +76,7 @@ def write_request_files(
             line = json.dumps(
                 {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}, ensure_ascii=False
             ).encode("utf-8") + b"\n"
-            if handle is not None and (count >= cfg.max_requests_per_file or size + len(line) > cfg.max_bytes_per_file):
+            if handle is not None and (count >= max_requests or size + len(line) > max_bytes):
                 handle.close()
                 ids.close()  # type: ignore[union-attr]
                 handle = ids = None
@@ -103,7 +105,7 @@ def _retryable_status(status: int) -> bool:
     return status in RETRYABLE_4XX or status >= 500
 
 
-def parse_line(raw: str | bytes, key: str = "") -> BatchOutcome | None:
+def parse_line(raw: str | bytes) -> BatchOutcome | None:
     """An output/error file line -> its outcome; None for a blank or unreadable line."""
     try:
         line = json.loads(raw)
@@ -117,8 +119,8 @@ def parse_line(raw: str | bytes, key: str = "") -> BatchOutcome | None:
         try:
             texts, finish, p_tok, c_tok = _parse_completion(json.dumps(response.get("body")).encode("utf-8"))
         except _Failure as err:
-            return BatchOutcome(custom_id, ChatResult(key=key, error=err.reason, retryable=err.retry, batch=True))
-        result = ChatResult(key=key, text=texts[0], texts=texts, finish_reason=finish, prompt_tokens=p_tok,
+            return BatchOutcome(custom_id, ChatResult(key="", error=err.reason, retryable=err.retry, batch=True))
+        result = ChatResult(key="", text=texts[0], texts=texts, finish_reason=finish, prompt_tokens=p_tok,
                             completion_tokens=c_tok, batch=True)
         return BatchOutcome(custom_id, result)
     body = response.get("body") if isinstance(response, dict) else None
@@ -128,7 +130,7 @@ def parse_line(raw: str | bytes, key: str = "") -> BatchOutcome | None:
         reason, retry = f"batch line HTTP {status}: {message}", _retryable_status(status)
     else:  # no response at all (batch_expired, batch_cancelled, ...): another batch may answer it
         reason, retry = f"batch line error: {message}", True
-    return BatchOutcome(custom_id, ChatResult(key=key, error=reason, retryable=retry, batch=True))
+    return BatchOutcome(custom_id, ChatResult(key="", error=reason, retryable=retry, batch=True))
 
 
 def _describe(err: openai.APIError) -> str:
@@ -200,9 +202,9 @@ class BatchRun:
             return
         for old in self.folder.glob("pending-*"):
             old.unlink()
-        files = [path for path, _ in write_request_files(self.folder, self._items(), self.cfg, prefix="pending")]
-        inputs = " ".join(str(p) for p in files)
-        reason = f"not in batch.output_file {out_file}: run `vllm run-batch -i {inputs} -o {out_file}`, then rerun"
+        # One file, whatever its size: vLLM's runner has no per-file limits.
+        (pending, _), = write_request_files(self.folder, self._items(), prefix="pending")
+        reason = f"not in batch.output_file {out_file}: run `vllm run-batch -i {pending} -o {out_file}`, then rerun"
         log.warning("%d requests %s", len(self.wanted), reason)
         self.stats["missing"] += len(self.wanted)
         for index in sorted(self.wanted.values()):
@@ -289,7 +291,9 @@ class BatchRun:
     async def _submit(self, api: openai.AsyncOpenAI, journal: Journal) -> list[str]:
         """Write, upload and create batches for every wanted request; journal each id at once."""
         batch_ids = []
-        for path, count in write_request_files(self.folder, self._items(), self.cfg):
+        limits = (self.cfg.max_requests_per_file, self.cfg.max_bytes_per_file)
+        files = write_request_files(self.folder, self._items(), *limits)
+        for path, count in files:
             with path.open("rb") as handle:  # a handle, not the path: the SDK would read it all into memory
                 upload = await api.files.create(file=handle, purpose="batch")
             path.with_suffix(".ids").replace(self.folder / f"{upload.id}.ids")

@@ -17,7 +17,7 @@ import pytest
 
 from mathse.batch_api import parse_line, write_request_files
 from mathse.client import ChatClient, cache_key
-from mathse.config import ApiConfig, BatchConfig, Price
+from mathse.config import ApiConfig, Price
 from mathse.messages import ChatRequest, user_message
 from mathse.testing.openai_server import FakeHTTPError, FakeOpenAIServer, last_user_text
 from mathse.usage import UsageLedger
@@ -91,7 +91,7 @@ def test_files_split_under_request_and_byte_limits(tmp_path: Path) -> None:
     # The writer streams: a file is finished (and handed out) before the next one is begun.
     items = ((f"id{i}", {"model": "m", "messages": []}) for i in range(5))
     written = []
-    for path, count in write_request_files(tmp_path / "w", items, BatchConfig(max_requests_per_file=2)):
+    for path, count in write_request_files(tmp_path / "w", items, max_requests=2):
         written.append(count)
         assert len(path.read_text().splitlines()) == count
         assert len(list((tmp_path / "w").glob("*.jsonl"))) == len(written)
@@ -200,7 +200,7 @@ def test_upload_journaled_but_batch_not_is_found_or_created_not_resubmitted(tmp_
         client = ChatClient(cfg, tmp_path)
         folder = tmp_path / "_batches" / "default"
         bodies = [(cache_key(client.body(r)), client.body(r)) for r in requests(2)]
-        (path, _), = write_request_files(folder, bodies, cfg.batch)
+        (path, _), = write_request_files(folder, bodies)
         sdk = openai.OpenAI(base_url=server.base_url, api_key="x")
         upload = sdk.files.create(file=path, purpose="batch")
         sdk.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -218,7 +218,7 @@ def test_open_batch_of_other_requests_is_not_waited_for(tmp_path: Path) -> None:
         client = ChatClient(api(server), tmp_path)
         folder = tmp_path / "_batches" / "default"
         old = [(cache_key(client.body(r)), client.body(r)) for r in requests(2, prefix="old")]
-        (path, _), = write_request_files(folder, old, client.cfg.batch)
+        (path, _), = write_request_files(folder, old)
         sdk = openai.OpenAI(base_url=server.base_url, api_key="x")
         upload = sdk.files.create(file=path, purpose="batch")
         stale = sdk.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
