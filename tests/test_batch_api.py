@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,25 @@ def test_failed_batch_is_reported_retryable_and_a_rerun_answers(tmp_path: Path) 
         assert "failed (injected validation failure)" in results[0].error
         results = ChatClient(api(server), tmp_path).complete_many_sync(requests(2))
         assert all(r.ok for r in results) and len(server.batches) == 2
+
+
+def test_batch_cancelled_from_outside_is_resubmitted(tmp_path: Path) -> None:
+    with FakeOpenAIServer(replies=echo) as server:
+        server.hold_batches = True
+        results: list[Any] = []
+        worker = threading.Thread(target=lambda: results.extend(
+            ChatClient(api(server), tmp_path).complete_many_sync(requests(3))))
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not [b for b in server.batches.values() if b["status"] == "in_progress"]:
+            assert worker.is_alive() and time.monotonic() < deadline
+            time.sleep(0.01)
+        first = next(iter(server.batches))
+        openai.OpenAI(base_url=server.base_url, api_key="x").batches.cancel(first)  # e.g. from the dashboard
+        server.hold_batches = False
+        worker.join(60)
+        assert [r.text for r in results] == [f"answer to: q problem {i}" for i in range(3)]
+        assert [b["status"] for b in server.batches.values()] == ["cancelled", "completed"]
 
 
 def test_ledger_prices_batch_tokens_at_batch_rates(tmp_path: Path) -> None:
