@@ -21,6 +21,7 @@ from mathse.storage import atomic_write_text
 
 __all__ = [
     "ApiConfig",
+    "BatchConfig",
     "ConfigError",
     "MathSEConfig",
     "Price",
@@ -53,7 +54,7 @@ class ModelConfig(StrictModel):
     trust_remote_code: bool = True
 
 
-MB = 1_000_000
+_MB = 1_000_000
 
 
 class BatchConfig(StrictModel):
@@ -61,7 +62,7 @@ class BatchConfig(StrictModel):
 
     # The API's limits per input file are 50,000 requests and 200 MB; base64 images hit the size first.
     max_requests_per_file: int = Field(50_000, ge=1, le=50_000)
-    max_bytes_per_file: int = Field(190 * MB, ge=1_000, le=200 * MB)
+    max_bytes_per_file: int = Field(190 * _MB, ge=1_000, le=200 * _MB)
     completion_window: Literal["24h"] = "24h"
     poll_interval_s: float = Field(30.0, gt=0)
     # Requests a batch did not answer (expired, cancelled, failed, a retryable error line): sent
