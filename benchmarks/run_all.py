@@ -47,6 +47,8 @@ FIGURES = [
            "served generation (llamafactory-cli api replicas, 1 torch thread each): paths/s, 2 replicas / 1"),
     Figure("cluster_served_over_inprocess", "bench_cluster.py", ">= 0.9", lambda v: v >= 0.9,
            "served generation, 1 replica / the in-process ChatModel, same items and torch threads"),
+    Figure("batch_extra_peak_mib", "bench_batch_api.py", "< 64", lambda v: v < 64,
+           "Batch API mode: peak RSS (MiB) above the built requests, 2,000 requests with 100 KB images, 20 MB files"),
     Figure("pipeline_overhead_share", "bench_overhead.py", "< 0.02", lambda v: v < 0.02,
            "largest share of a stage's wall time outside model compute and API waits"),
     Figure("scale_peak_rss_ratio", "bench_scale.py", "<= 1.2", lambda v: v <= 1.2,

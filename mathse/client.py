@@ -4,6 +4,7 @@ Every call goes through `ChatClient.complete_many`: bounded concurrency, retries
 backoff and full jitter (429, 5xx, timeouts, dropped connections, malformed bodies; Retry-After
 honoured), an on-disk answer cache so a rerun never pays twice, and a usage ledger (tokens, USD).
 A request never raises and is never lost: it comes back answered or failed with a reason.
+With ``mode: batch`` the cache misses go through OpenAI's Batch API instead (`mathse.batch_api`).
 
 The cache is one small JSON file per answered request, ``cache_dir/ab/cd/<sha256>.json``, written
 to a temp file and renamed into place: safe when killed at any instant, and safe with several
@@ -526,7 +527,10 @@ class ChatClient:
         bar = tqdm(total=total, desc=progress, unit="call", disable=True if progress is None else None)
         batch = _Batch(self, on_result, bar, collect)
         try:
-            await self._run_batch(iter(requests), batch)
+            if self.cfg.mode == "batch":
+                await self._run_batch_api(iter(requests), batch)
+            else:
+                await self._run_batch(iter(requests), batch)
         finally:
             bar.close()
             if self.ledger is not None:
@@ -612,6 +616,56 @@ class ChatClient:
                 await asyncio.gather(*tasks, return_exceptions=True)
             if client is not None:
                 await client.close()
+
+    async def _run_batch_api(self, requests: Iterator[ChatRequest], batch: _Batch) -> None:
+        """`mode: batch`: cache hits delivered at once, the misses through the Batch API (see
+        mathse.batch_api). The misses' requests are kept (their images as unencoded `ImageRef`s);
+        each JSONL line is encoded as it is written."""
+        from mathse.batch_api import BatchRun  # it builds on this module
+
+        misses: dict[int, tuple[ChatRequest, dict[str, Any], str]] = {}  # index -> request, body, digest
+        wanted: dict[str, int] = {}  # digest -> index of the miss asked for it
+        followers: dict[int, list[tuple[int, str]]] = {}
+        for request in requests:
+            index = batch.take(request.key)
+            body = self.body(request)
+            digest = cache_key(body, request.cache_salt)
+            if digest in wanted:
+                followers.setdefault(wanted[digest], []).append((index, request.key))
+            elif (entry := self._cache_get(digest)) is not None:
+                batch.deliver(index, self._from_cache(request.key, entry), digest)
+            else:
+                wanted[digest], misses[index] = index, (request, body, digest)
+
+        def settle(index: int, result: ChatResult) -> None:
+            request, _, digest = misses.pop(index)
+            result = replace(result, key=request.key)
+            if result.ok:
+                self._cache_put(digest, result)
+            batch.deliver(index, result, digest)
+            for j, key in followers.pop(index, ()):
+                twin = replace(result, key=key, attempts=0, latency_s=0.0)
+                batch.deliver(j, replace(twin, cached=True) if result.ok else twin)
+
+        async def run_live(indices: list[int]) -> None:
+            """Requests no batch answered, with `batch.on_failure: live`: sent as usual."""
+            sem = asyncio.Semaphore(max(1, self.cfg.concurrency))
+            client = self._make_openai()
+
+            async def one(index: int) -> None:
+                request, body, _ = misses[index]
+                settle(index, await self._one(client, sem, request, body))
+
+            try:
+                await asyncio.gather(*(one(i) for i in indices))
+            finally:
+                await client.close()
+
+        if not wanted:
+            return
+        run = BatchRun(self, wanted, lambda i: self.wire_body(misses[i][1]), settle, run_live)
+        await run.run()
+        tqdm.write(run.summary_line())
 
     def complete_many_sync(
         self,

@@ -18,6 +18,7 @@ from mathse.storage import atomic_write_text
 
 __all__ = [
     "ApiConfig",
+    "BatchConfig",
     "ConfigError",
     "MathSEConfig",
     "Price",
@@ -51,6 +52,26 @@ class ModelConfig(StrictModel):
     trust_remote_code: bool = True
 
 
+_MB = 1_000_000
+
+
+class BatchConfig(StrictModel):
+    """How `mode: batch` runs: OpenAI's Batch API (half price, up to 24 h), or a local batch file."""
+
+    # The API's limits per input file are 50,000 requests and 200 MB; base64 images hit the size first.
+    max_requests_per_file: int = Field(50_000, ge=1, le=50_000)
+    max_bytes_per_file: int = Field(190 * _MB, ge=1_000, le=200 * _MB)
+    completion_window: Literal["24h"] = "24h"
+    poll_interval_s: float = Field(30.0, gt=0)
+    # Requests a batch did not answer (expired, cancelled, failed, a retryable error line): sent
+    # again in a new batch, or live at the live price.
+    on_failure: Literal["resubmit", "live"] = "resubmit"
+    max_resubmits: int = Field(2, ge=0)
+    # A local teacher: the output of `vllm run-batch -i <requests> -o <this file>`, read instead of
+    # calling the Batch API; requests missing from it are written out for the next vllm run.
+    output_file: Path | None = None
+
+
 class ApiConfig(StrictModel):
     """An OpenAI-compatible chat-completions endpoint (teacher, served ORM, LLM judge)."""
 
@@ -66,6 +87,9 @@ class ApiConfig(StrictModel):
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int = Field(2048, ge=1)
     image_detail: Literal["auto", "low", "high"] = "auto"
+    # live: one HTTP call per request; batch: OpenAI's Batch API at the batch price (see `batch`).
+    mode: Literal["live", "batch"] = "live"
+    batch: BatchConfig = Field(default_factory=BatchConfig)
 
 
 class Price(StrictModel):
@@ -73,6 +97,17 @@ class Price(StrictModel):
 
     prompt_per_1m: float = Field(0.0, ge=0)
     completion_per_1m: float = Field(0.0, ge=0)
+    # Batch API rates; None: half the live rate (OpenAI's batch discount).
+    batch_prompt_per_1m: float | None = Field(None, ge=0)
+    batch_completion_per_1m: float | None = Field(None, ge=0)
+
+    def rates(self, batch: bool) -> tuple[float, float]:
+        """(prompt, completion) USD per million tokens, live or batch."""
+        if not batch:
+            return self.prompt_per_1m, self.completion_per_1m
+        prompt, completion = self.batch_prompt_per_1m, self.batch_completion_per_1m
+        return (self.prompt_per_1m / 2 if prompt is None else prompt,
+                self.completion_per_1m / 2 if completion is None else completion)
 
 
 class TeacherConfig(ApiConfig):

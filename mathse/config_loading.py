@@ -319,6 +319,9 @@ def _resolve_paths(cfg: MathSEConfig, base: Path) -> None:
             setattr(cfg.orm, key, _resolve(getattr(cfg.orm, key), base))
     if cfg.orm.data.file is not None:
         cfg.orm.data.file = _resolve(cfg.orm.data.file, base)
+    for api in (cfg.teacher, cfg.orm.api, cfg.eval.judge):
+        if api is not None and api.batch.output_file is not None:
+            api.batch.output_file = _resolve(api.batch.output_file, base)
     if cfg.serve.python is not None and ("/" in cfg.serve.python or cfg.serve.python.startswith("~")):
         cfg.serve.python = str(_resolve(Path(cfg.serve.python), base))  # a path, not a name on PATH
     if cfg.reflect.final_recipe is not None:

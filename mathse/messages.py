@@ -242,6 +242,7 @@ class ChatResult:
     # Token log-probabilities of the first choice (`choices[0].logprobs.content`), when asked for
     # (request extra {"logprobs": true}) and the server returns them; None otherwise.
     logprobs: list[dict[str, Any]] | None = None
+    batch: bool = False  # answered through the Batch API (billed at the batch price)
 
     @property
     def ok(self) -> bool:
