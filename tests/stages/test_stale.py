@@ -143,3 +143,60 @@ def test_reflect_after_round_1_then_more_rounds(distilled, tmp_path, tiny_model,
     assert "final: stale: final model" in capsys.readouterr().out  # says what it redoes
     assert main(["--stage", "all", "--config", str(config), "--dry-run"]) == 0
     assert "stale" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# The ORM stage: a changed hand-made train file, or a changed orm.data block
+
+
+def test_changed_orm_train_file_after_training_stops_until_redo(run_config, demo_data, tmp_path, capsys) -> None:
+    from tests.stages.test_orm import labelled_paths, orm_sections, write_rows
+
+    rows = labelled_paths(demo_data[0])
+    train_file = write_rows(tmp_path / "labelled.jsonl", rows)
+    tiny = {"max_steps": 3, "save_steps": 100, "cutoff_len": 1024}
+    config = run_config(**orm_sections(train_file, demo_data), llama_factory=tiny)
+    model = tmp_path / "output" / "orm_model"
+    assert main(["--stage", "orm", "--config", str(config)]) == 0
+    trained = read_marker(model)
+    capsys.readouterr()
+
+    write_rows(train_file, rows[:-2])  # one problem's paths removed
+    assert main(["--stage", "orm", "--config", str(config)]) == 2
+    captured = capsys.readouterr()
+    # The dataset file is rebuilt on the spot (cheap); the model trained on the old one is not reused.
+    assert "orm: stale: ORM dataset: orm.train_file changed (labelled.jsonl); redoing it" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: orm: stale: ORM model: dataset mathse_orm changed"), err
+    assert "--redo orm" in err[0] and read_marker(model) == trained
+    assert main(["--stage", "orm", "--config", str(config), "--redo", "orm"]) == 0
+    assert read_marker(model) != trained and read_marker(tmp_path / "output" / "orm")["rows"] == len(rows) - 2
+    assert main(["--stage", "orm", "--config", str(config)]) == 0
+    assert "orm: already done" in capsys.readouterr().out
+
+
+def test_changed_orm_data_block_after_the_data_was_built_is_caught(run_config, demo_data, tmp_path, capsys) -> None:
+    """The labelled paths record what they were made of; the record is the stage's own (data_inputs)."""
+    from mathse.config import load_config
+    from mathse.stages import orm
+    from mathse.storage import atomic_write_jsonl, mark_done
+    from tests.stages.test_orm import labelled_paths
+
+    data = {"seed_file": str(demo_data[0]), "pool_file": str(demo_data[1]), "image_root": str(demo_data[0].parent)}
+    config = run_config(data=data, orm={"backend": "trained", "data": {"paths_per_problem": 4}})
+    cfg = load_config(config)
+    folder = orm.data_dir(cfg)
+    atomic_write_jsonl(folder / "train.jsonl", labelled_paths(demo_data[0]))
+    mark_done(folder, {"paths": 16, "consumed": orm.data_inputs(cfg).record()})  # as build_data leaves it
+
+    config = run_config(data=data, orm={"backend": "trained", "data": {"paths_per_problem": 2}})
+    assert main(["--stage", "orm", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: orm: stale: labelled paths: orm.data.paths_per_problem: 4 -> 2; rerun with --redo orm "
+                   "to discard what is stale and redo it (README: Changed inputs)"]
+    assert is_done(folder)  # nothing lost
+    assert main(["--stage", "all", "--config", str(config), "--dry-run"]) == 0
+    assert "[dry-run] orm: stale: labelled paths: orm.data.paths_per_problem: 4 -> 2" in capsys.readouterr().out
+    # --redo orm discards them; rebuilding needs M0, which this run does not have: said so, exit 2.
+    assert main(["--stage", "orm", "--config", str(config), "--redo", "orm"]) == 2
+    assert "orm: M0 is not trained yet" in capsys.readouterr().err and not folder.exists()
