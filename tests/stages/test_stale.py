@@ -144,6 +144,15 @@ def test_reflect_after_round_1_then_more_rounds(distilled, tmp_path, tiny_model,
     assert main(["--stage", "all", "--config", str(config), "--dry-run"]) == 0
     assert "stale" not in capsys.readouterr().out
 
+    # Back to one round: round 2 is past evolve.rounds; --redo evolve drops it and its data.
+    config = configure(tmp_path, tiny_model, demo_data[0], pool, teacher, rounds=1)
+    assert main(["--stage", "evolve", "--config", str(config)]) == 2
+    assert "evolve: stale: round 2: evolve.rounds is 1" in capsys.readouterr().err
+    assert main(["--stage", "evolve", "--config", str(config), "--redo", "evolve"]) == 0
+    assert not (out / "evolve" / "round_2").exists() and is_done(out / "evolve" / "round_1")
+    assert {row["round"] for row in iter_jsonl(out / "evolve" / "history.jsonl")} == {1}
+    assert (out / "sft_model_final").resolve() == (out / "sft_model_stage0").resolve()
+
 
 # ---------------------------------------------------------------------------------------------
 # The ORM stage: a changed hand-made train file, or a changed orm.data block
