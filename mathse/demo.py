@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mathse import cli, layout
-from mathse.config import PROJECT_ROOT, ConfigError, MathSEConfig, load_config
+from mathse.config import ConfigError, MathSEConfig
+from mathse.config_loading import PROJECT_ROOT, load_config
 from mathse.demo_problems import write_countdown_dataset
 from mathse.stages import load_stage
 from mathse.testing.scripted_teacher import serve_scripted_teacher

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mathse.config import ConfigError, load_config, parse_overrides, save_resolved_config
+from mathse.config import ConfigError, save_resolved_config
+from mathse.config_loading import load_config, parse_overrides
 
 
 def write_config(tmp_path: Path, body: dict) -> Path:

@@ -118,7 +118,7 @@ def test_reflection_rows_prompt_revalidation_and_formats(evolved, run_config, fm
         assert "first error is at step 1" in system_free[2]["content"]
         assert "Miscounted the objects" in system_free[2]["content"]
         assert target.startswith("Reflection: The student misread") and target.endswith(rows[0]["output"])
-        from mathse.config import load_config
+        from mathse.config_loading import load_config
         from mathse.stages.final import train_job
 
         (out / "sft_model_final").mkdir()  # train_job only needs the Stage-2 checkpoint to exist
