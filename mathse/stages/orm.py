@@ -28,12 +28,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mathse import layout
+from mathse import fingerprint, layout
 from mathse.answers import check_path
 from mathse.client import ChatClient
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
-from mathse.fingerprint import API_VOLATILE, INFERENCE_VOLATILE, Inputs, Stale, check, settle
+from mathse.fingerprint import API_VOLATILE, INFERENCE_VOLATILE, Inputs, Stale, check
 from mathse.inference import chat_model_args, make_items, training_image_max_pixels
 from mathse.judge import JudgeItem, PathJudge
 from mathse.llamafactory_bridge import (
@@ -87,7 +87,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     if dry_run:
         print_plan(cfg, rows, job)
         return 0
-    settle(cfg, STAGE, stale(cfg))
+    fingerprint.settle(cfg, STAGE, stale(cfg))
     if finished(cfg):
         print(f"orm: already done, nothing to do (ORM at {job.output_dir}; metrics {metrics_text(cfg)})")
         return 0
@@ -97,11 +97,11 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
         if not is_done(data_dir(cfg)):
             mark_done(data_dir(cfg), {**build_data(cfg), "consumed": data_inputs(cfg).record()})
         print(data_summary(read_marker(data_dir(cfg))))
-        settle(cfg, STAGE, stale(cfg))  # new paths make the dataset (and the model on it) stale
+        fingerprint.settle(cfg, STAGE, stale(cfg))  # new paths make the dataset (and the model on it) stale
         rows = read_labelled_paths(data_dir(cfg) / "train.jsonl")
     if not is_done(stage_dir(cfg)):
         mark_done(stage_dir(cfg), {**build_dataset(cfg, rows), "consumed": dataset_inputs(cfg).record()})
-        settle(cfg, STAGE, stale(cfg))
+        fingerprint.settle(cfg, STAGE, stale(cfg))
     stats = read_marker(stage_dir(cfg))
     run_train_job(job)
     print(summary(stats))
