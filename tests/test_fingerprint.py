@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mathse.config import load_config
+from mathse.config_loading import load_config
 from mathse.errors import StageError
 from mathse.fingerprint import Inputs, StaleError, check, settle
 from mathse.storage import is_done, mark_done

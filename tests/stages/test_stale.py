@@ -186,7 +186,7 @@ def test_changed_orm_train_file_after_training_stops_until_redo(run_config, demo
 
 def test_changed_orm_data_block_after_the_data_was_built_is_caught(run_config, demo_data, tmp_path, capsys) -> None:
     """The labelled paths record what they were made of; the record is the stage's own (data_inputs)."""
-    from mathse.config import load_config
+    from mathse.config_loading import load_config
     from mathse.stages import orm
     from mathse.storage import atomic_write_jsonl, mark_done
     from tests.stages.test_orm import labelled_paths
