@@ -242,8 +242,8 @@ def stale_lines(
         if _blocked(cfg, stage, stale):
             blocked.append(stage)
         if stale and not all(s.auto for s in stale):
-            advised.append(stage)
             upstream = upstream or stage
+            advised += [] if _redo_given(cfg, stage) else [stage]
         elif upstream is not None and finished and not _redo_given(cfg, stage):
             lines.append(f"{stage}: stale once {upstream} is redone: it was built on {upstream}'s results")
             advised.append(stage)

@@ -82,3 +82,21 @@ def test_settle_refuses_in_one_line_unless_redo_then_discards(tmp_path, cfg) -> 
     cfg.run.redo = ["evolve"]
     settle(cfg, "evolve", stale)
     assert not is_done(folder) and not (tmp_path / "model").exists()
+
+
+def test_stale_lines_name_the_finished_stages_built_on_a_stale_one(cfg) -> None:
+    from mathse.fingerprint import Stale, stale_lines
+
+    evolve = [Stale("round 1", ("data.pool_file changed (pool.jsonl)",), ())]
+    orm_dataset = [Stale("ORM dataset", ("orm.train_file changed (t.jsonl)",), (), auto=True)]
+    rows = [("orm", orm_dataset, True), ("evolve", evolve, True), ("reflect", [], True), ("final", [], False)]
+    lines, blocked, advised = stale_lines(cfg, rows)
+    assert lines == [
+        "orm: stale: ORM dataset: orm.train_file changed (t.jsonl) (will be redone)",
+        "evolve: stale: round 1: data.pool_file changed (pool.jsonl)",
+        "reflect: stale once evolve is redone: it was built on evolve's results",
+    ]
+    assert blocked == ["evolve"] and advised == ["evolve", "reflect"]
+    cfg.run.redo = ["evolve"]
+    lines, blocked, advised = stale_lines(cfg, rows)
+    assert lines[1].endswith("(will be redone)") and blocked == [] and advised == ["reflect"]
