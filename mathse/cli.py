@@ -50,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print what would run (sizes, commands, YAML); run nothing"
     )
     parser.add_argument(
+        "--redo",
+        action="append",
+        default=[],
+        choices=[*STAGES, "all"],
+        metavar="STAGE",
+        help="discard the STAGE's results whose inputs changed since they were made, and redo them "
+        "(repeatable; 'all': every stage). Without it a stale result stops the run",
+    )
+    parser.add_argument(
         "--shard", metavar="I/N", help="evolve: generate and judge only shard I of N of the current round (0-based)"
     )
     parser.add_argument(
@@ -78,7 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print("\n".join(exc.lines), file=sys.stderr)
             return 2
+    cfg.run.redo = [*cfg.run.redo, *args.redo]
     stages = pipeline(cfg) if args.stage == "all" else [args.stage]
+    if (len(stages) > 1 or args.dry_run) and report_stale(cfg, stages, args.dry_run):
+        return 2
     for stage in stages:
         if len(stages) > 1:
             print(f"=== mathse: stage {stage} ===", flush=True)
@@ -96,6 +108,19 @@ def pipeline(cfg: MathSEConfig) -> list[str]:
     if cfg.orm.backend != "trained":
         skip.add("orm")
     return [stage for stage in PIPELINE if stage not in skip]
+
+
+def report_stale(cfg: MathSEConfig, stages: list[str], dry_run: bool) -> bool:
+    """Name the stale results of `stages` before any runs; True: stop (stale and no --redo for it)."""
+    from mathse.fingerprint import redo_hint, survey
+
+    lines, blocked, advised = survey(cfg, [(stage, load_stage(STAGES[stage][0])) for stage in stages])
+    prefix = "[dry-run] " if dry_run else "mathse: "
+    for line in lines:
+        print(prefix + line, file=sys.stdout if dry_run else sys.stderr)
+    if advised and (dry_run or blocked):
+        print(prefix + redo_hint(advised), file=sys.stdout if dry_run else sys.stderr)
+    return bool(blocked) and not dry_run
 
 
 def run_stage(stage: str, cfg: MathSEConfig, dry_run: bool, **options: object) -> int:

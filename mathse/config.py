@@ -38,6 +38,9 @@ class StrictModel(BaseModel):
 class RunConfig(StrictModel):
     output_dir: Path = Path("output")
     seed: int = 42
+    # Stages whose stale results (inputs changed since they were made) may be discarded and redone;
+    # "all": every stage. Set by `--redo STAGE`; see mathse.fingerprint.
+    redo: list[str] = Field(default_factory=list)
 
 
 class DataConfig(StrictModel):

@@ -28,6 +28,7 @@ import yaml
 
 from mathse.config import MathSEConfig
 from mathse.errors import DataError, TrainingError
+from mathse.fingerprint import Inputs, Stale, check
 from mathse.storage import atomic_open, atomic_write_json, atomic_write_text, is_done, mark_done, read_json
 
 if TYPE_CHECKING:
@@ -320,6 +321,34 @@ def launcher_env(cfg: MathSEConfig) -> dict[str, str]:
     return env
 
 
+# LLaMA-Factory arguments that do not change the trained weights (logging, saving, placement of
+# files, parallelism): changing one does not make a trained model stale.
+VOLATILE_ARGS = frozenset({
+    "output_dir", "dataset_dir", "media_dir", "logging_steps", "save_steps", "save_total_limit", "report_to",
+    "preprocessing_num_workers", "dataloader_num_workers", "overwrite_cache", "overwrite_output_dir", "plot_loss",
+    "run_name", "ddp_timeout", "deepspeed", "resume_from_checkpoint", "save_only_model",
+})
+
+
+def training_inputs(job: TrainJob) -> Inputs:
+    """What a training consumes: its arguments (minus the volatile ones), its dataset files and,
+    for a start model this run trained, that model's completion marker."""
+    args = {k: v for k, v in job.args.items() if k not in VOLATILE_ARGS}
+    inputs = Inputs()
+    for key in ("model_name_or_path", "adapter_name_or_path"):
+        if key in args and is_done(Path(str(args[key]))):
+            inputs.marker(key, Path(str(args.pop(key))))  # its marker says which training made it
+    for name in str(job.args["dataset"]).split(","):
+        inputs.file(f"dataset {name}", Path(job.args["dataset_dir"]) / f"{name}.json")
+    return inputs.value("training", args)
+
+
+def training_stale(job: TrainJob, unit: str, discard: tuple[Path, ...] = ()) -> Stale | None:
+    """The finished training `job`, if its arguments, data or start model changed since (it would
+    be redone in full: the output folder goes, with `discard`)."""
+    return check(unit, job.output_dir, training_inputs(job), discard=(job.output_dir, *discard))
+
+
 def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
     """Run `llamafactory-cli train`, streaming its output to the console and the log.
 
@@ -330,6 +359,7 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
     out = job.output_dir
     if is_done(out):
         return out
+    inputs = training_inputs(job)  # before a resume swaps the start model for the checkpoint
     if job.env.get("NODE_RANK", "0") != "0":
         return _join_train_job(job)
     job.yaml_path.unlink(missing_ok=True)  # nodes > 0 start from the YAML node 0 writes below
@@ -337,7 +367,7 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
         if (out / "trainer_state.json").is_file():
             # Training finished (LLaMA-Factory saves the model, its metrics, then trainer_state.json
             # last) and the kill came before the marker: resuming would train a step past max_steps.
-            _finish(job)
+            _finish(job, inputs)
             return out
         # A checkpoint is complete once trainer_state.json exists (the Trainer writes it last);
         # one cut short by the kill would make the resume fail, so it goes.
@@ -386,7 +416,7 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
     if code != 0:
         tail = "\n".join(last)
         raise TrainingError(f"llamafactory-cli train failed (exit {code}); log: {job.log_path}\n{tail}")
-    _finish(job)
+    _finish(job, inputs)
     return out
 
 
@@ -417,7 +447,7 @@ def _join_train_job(job: TrainJob, poll_s: float = 1.0) -> Path:
     return job.output_dir
 
 
-def _finish(job: TrainJob) -> None:
+def _finish(job: TrainJob, inputs: Inputs) -> None:
     """Prune the finished training's intermediate checkpoints (unless kept), then mark it done.
 
     Each checkpoint-* holds a full model plus optimizer state (3x the model for full fine-tuning):
@@ -431,7 +461,8 @@ def _finish(job: TrainJob) -> None:
             if ckpt.is_dir():
                 shutil.rmtree(ckpt)
                 pruned += 1
-    mark_done(out, {"job": job.name, "yaml": str(job.yaml_path), "checkpoints_pruned": pruned})
+    mark_done(out, {"job": job.name, "yaml": str(job.yaml_path), "checkpoints_pruned": pruned,
+                    "consumed": inputs.record()})
 
 
 def _resume_weights(out: Path) -> Path | None:

@@ -14,7 +14,15 @@ from mathse.answers import check_path
 from mathse.client import ChatClient
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
-from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
+from mathse.fingerprint import API_VOLATILE, Inputs, Stale, check, settle
+from mathse.llamafactory_bridge import (
+    SftExample,
+    TrainJob,
+    compose_train_job,
+    run_train_job,
+    training_stale,
+    write_sharegpt_dataset,
+)
 from mathse.messages import ChatRequest, ChatResult, system_message, user_message
 from mathse.prompts import fill_template, student_prompt
 from mathse.records import DataError, Problem, SftRow, read_problems
@@ -36,6 +44,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     if dry_run:
         print_plan(cfg, problems, job)
         return 0
+    settle(cfg, STAGE, stale(cfg))
     if finished(cfg):
         stats = read_marker(stage_dir)
         print(f"distill: already done, nothing to do ({stats['d_sft']} examples; M0 at {job.output_dir})")
@@ -52,7 +61,8 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
                 f"distill: {built['teacher_retry']} teacher calls failed after their retries (see "
                 f"{stage_dir / 'dropped.jsonl'}); rerun the same command to retry just those"
             )
-        mark_done(stage_dir, built)
+        mark_done(stage_dir, {**built, "consumed": data_inputs(cfg, built["teacher_sent"] > 0).record()})
+        settle(cfg, STAGE, stale(cfg))  # a D_SFT rebuilt with other content makes a trained M0 stale
     stats = read_marker(stage_dir)
     if stats["d_sft"] == 0:
         raise ConfigError([f"config error: teacher: no usable solutions in D_SFT (see {stage_dir / 'dropped.jsonl'})"])
@@ -92,6 +102,24 @@ def check_images_decode(seed_file: Path, problems: list[Problem]) -> None:
 def finished(cfg: MathSEConfig) -> bool:
     """Both units of work (D_SFT and M0) carry their completion markers."""
     return is_done(layout.stage_dir(cfg, STAGE)) and is_done(cfg.model_path("sft_model_stage0"))
+
+
+def data_inputs(cfg: MathSEConfig, asked_teacher: bool) -> Inputs:
+    """What D_SFT is made of: the seed file, the teacher's settings (when it was asked) and the
+    token budget of M0's training (it decides which examples are left out)."""
+    inputs = Inputs().file("data.seed_file", cfg.require("data.seed_file")).config(cfg, "data.image_root")
+    inputs.budget("token budget of M0's dataset", TokenBudget.for_training(cfg, "m0"))
+    return inputs.config(cfg, "teacher", exclude=API_VOLATILE) if asked_teacher else inputs
+
+
+def stale(cfg: MathSEConfig) -> list[Stale]:
+    """D_SFT or M0 made from inputs that changed since (mathse.fingerprint)."""
+    stage_dir = layout.stage_dir(cfg, STAGE)
+    asked = is_done(stage_dir) and read_marker(stage_dir).get("teacher_sent", 0) > 0
+    # Without teacher calls, rebuilding D_SFT costs nothing: redone on the spot.
+    found = [check("D_SFT", stage_dir, data_inputs(cfg, asked), auto=not asked),
+             training_stale(train_job(cfg), "M0")]
+    return [s for s in found if s is not None]
 
 
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:

@@ -29,9 +29,18 @@ from typing import Any
 from mathse import layout
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
+from mathse.fingerprint import INFERENCE_VOLATILE, Inputs, Stale, check, settle
 from mathse.inference import chat_model_args, make_items, training_image_max_pixels
 from mathse.judge import JudgeItem, PathJudge, journal_path
-from mathse.llamafactory_bridge import SftExample, TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
+from mathse.llamafactory_bridge import (
+    VOLATILE_ARGS,
+    SftExample,
+    TrainJob,
+    compose_train_job,
+    run_train_job,
+    training_args,
+    write_sharegpt_dataset,
+)
 from mathse.orm_serving import describe_orm_serving, orm_endpoint, rule_only_notice
 from mathse.prompts import student_prompt
 from mathse.records import JudgedPathRow, PathRow, Problem, SftRow, read_problems
@@ -129,6 +138,12 @@ def run(cfg: MathSEConfig, dry_run: bool = False, shard: Shard | None = None, me
         return 0
     if not (is_done(m0) and d_sft0.is_file()):
         raise StageError(f"evolve: M0 is not trained yet ({m0}): run --stage distill first")
+    beyond = rounds_beyond(cfg)
+    settle(cfg, STAGE, stale(cfg))
+    if beyond and not beyond[-1].is_dir():  # --redo dropped the rounds past evolve.rounds: data and model back
+        last = max((r for r in range(1, cfg.evolve.rounds + 1) if is_done(layout.round_dir(cfg, r))), default=0)
+        rebuild_cumulative(cfg, last)
+        point_final_at(cfg, Path(read_marker(layout.round_dir(cfg, last))["model"]) if last else m0)
     save_resolved_config(cfg, evolve_dir(cfg) / "config.yaml")
     if (notice := rule_only_notice(cfg, STAGE)) is not None:
         print(notice)
@@ -138,6 +153,50 @@ def run(cfg: MathSEConfig, dry_run: bool = False, shard: Shard | None = None, me
         return run_rounds(cfg, pool, by_id, shard, merge, timer)
     finally:
         timer.save(evolve_dir(cfg) / "timings.json")
+
+
+def round_inputs(cfg: MathSEConfig, r: int) -> Inputs:
+    """What round r consumes: the pool, the round before it (or M0), and every setting that decides
+    its batch, paths, verdicts, data and training (not evolve.rounds: more rounds extend a run)."""
+    before = ("M0", cfg.model_path("sft_model_stage0")) if r == 1 else (f"round {r - 1}", layout.round_dir(cfg, r - 1))
+    inputs = Inputs().file("data.pool_file", cfg.require("data.pool_file")).marker(*before)
+    for key in ("run.seed", "data.image_root", "model"):
+        inputs.config(cfg, key)
+    inputs.config(cfg, "evolve", exclude={"rounds"}).config(cfg, "inference", exclude=INFERENCE_VOLATILE).judge(cfg)
+    inputs.budget("token budget of the rounds' dataset", TokenBudget.for_training(cfg, "rounds"))
+    if cfg.evolve.retrain:
+        inputs.value("training", {k: v for k, v in training_args(cfg, "rounds").items() if k not in VOLATILE_ARGS})
+    return inputs
+
+
+def round_outputs(cfg: MathSEConfig, r: int) -> tuple[Path, ...]:
+    """What redoing round r discards: its folder, its model and its verdict journals."""
+    journals = layout.journals_dir(cfg).glob(f"evolve_round_{r}.*.jsonl")
+    return (layout.round_dir(cfg, r), layout.round_model_dir(cfg, r), *journals)
+
+
+def rounds_beyond(cfg: MathSEConfig) -> list[Path]:
+    """Round folders past evolve.rounds (it was lowered after they ran), in order."""
+    found = [(int(p.name.split("_")[1]), p) for p in evolve_dir(cfg).glob("round_*") if p.name[6:].isdigit()]
+    return [p for r, p in sorted(found) if r > cfg.evolve.rounds]
+
+
+def stale(cfg: MathSEConfig) -> list[Stale]:
+    """Finished rounds whose inputs changed, and every round after the first of them (built on it);
+    rounds past a lowered evolve.rounds. Redoing discards them; the next run redoes them in order."""
+    found: list[Stale] = []
+    started = sorted(int(p.name[6:]) for p in evolve_dir(cfg).glob("round_*") if p.name[6:].isdigit())
+    for r in started:
+        if r > cfg.evolve.rounds:
+            reasons: tuple[str, ...] = (f"evolve.rounds is {cfg.evolve.rounds}",)
+        elif found:
+            reasons = (f"built on round {r - 1}, which is redone",)
+        elif (s := check(f"round {r}", layout.round_dir(cfg, r), round_inputs(cfg, r))) is not None:
+            reasons = s.reasons
+        else:
+            continue
+        found.append(Stale(f"round {r}", reasons, round_outputs(cfg, r)))
+    return found
 
 
 def run_rounds(
@@ -341,7 +400,7 @@ def complete_round(
             if cfg.evolve.retrain:
                 print(f"evolve: round {r} accepted no new path; not retraining, its model stays {latest}")
     point_final_at(cfg, latest)
-    mark_done(rd, {**stats, "model": str(latest)})
+    mark_done(rd, {**stats, "model": str(latest), "consumed": round_inputs(cfg, r).record()})
     print(round_summary(r, stats))
 
 

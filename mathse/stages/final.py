@@ -15,7 +15,8 @@ from typing import Any
 from mathse import layout
 from mathse.config import MathSEConfig, save_resolved_config
 from mathse.errors import StageError
-from mathse.llamafactory_bridge import TrainJob, compose_train_job, run_train_job
+from mathse.fingerprint import Stale, settle
+from mathse.llamafactory_bridge import TrainJob, compose_train_job, run_train_job, training_stale
 from mathse.storage import is_done
 
 STAGE = layout.FINAL
@@ -24,6 +25,12 @@ DATASET_NAME = "mathse_reflection_sft"  # written by the reflect stage
 
 def finished(cfg: MathSEConfig) -> bool:
     return is_done(cfg.model_path("reflection_model_final"))
+
+
+def stale(cfg: MathSEConfig) -> list[Stale]:
+    """The final model, trained on reflection data, a start model or arguments that changed since."""
+    found = training_stale(train_job(cfg), "final model") if finished(cfg) else None
+    return [found] if found is not None else []
 
 
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
@@ -75,6 +82,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
         print(f"[dry-run] final: SFT on {dataset} (from the reflect stage) into {target}")
         print(train_job(cfg).describe())
         return 0
+    settle(cfg, STAGE, stale(cfg))
     if finished(cfg):
         print(f"final: already done, nothing to do (model at {cfg.model_path('reflection_model_final')})")
         return 0

@@ -25,18 +25,24 @@ what is unmarked; a finished stage does nothing):
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
-from mathse import layout
+from mathse import fingerprint, layout
 from mathse.answers import check_path
 from mathse.client import ChatClient
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
+from mathse.fingerprint import API_VOLATILE, INFERENCE_VOLATILE, Inputs, Stale, check
 from mathse.inference import chat_model_args, make_items, training_image_max_pixels
 from mathse.judge import JudgeItem, PathJudge
-from mathse.llamafactory_bridge import TrainJob, compose_train_job, run_train_job, write_sharegpt_dataset
+from mathse.llamafactory_bridge import (
+    TrainJob,
+    compose_train_job,
+    run_train_job,
+    training_stale,
+    write_sharegpt_dataset,
+)
 from mathse.messages import ChatRequest, ChatResult, system_message
 from mathse.orm_data import (
     ANNOTATOR_SYSTEM_PROMPT,
@@ -81,20 +87,21 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     if dry_run:
         print_plan(cfg, rows, job)
         return 0
+    fingerprint.settle(cfg, STAGE, stale(cfg))
     if finished(cfg):
         print(f"orm: already done, nothing to do (ORM at {job.output_dir}; metrics {metrics_text(cfg)})")
-        if hand_made and read_marker(stage_dir(cfg)).get("train_file_sha256") != _sha256(hand_made):
-            print(f"orm: note: {hand_made} changed since; delete {stage_dir(cfg)} and {job.output_dir} to retrain")
         return 0
 
     save_resolved_config(cfg, stage_dir(cfg) / "config.yaml")
     if rows is None:
         if not is_done(data_dir(cfg)):
-            mark_done(data_dir(cfg), build_data(cfg))
+            mark_done(data_dir(cfg), {**build_data(cfg), "consumed": data_inputs(cfg).record()})
         print(data_summary(read_marker(data_dir(cfg))))
+        fingerprint.settle(cfg, STAGE, stale(cfg))  # new paths make the dataset (and the model on it) stale
         rows = read_labelled_paths(data_dir(cfg) / "train.jsonl")
     if not is_done(stage_dir(cfg)):
-        mark_done(stage_dir(cfg), build_dataset(cfg, rows, hand_made))
+        mark_done(stage_dir(cfg), {**build_dataset(cfg, rows), "consumed": dataset_inputs(cfg).record()})
+        fingerprint.settle(cfg, STAGE, stale(cfg))
     stats = read_marker(stage_dir(cfg))
     run_train_job(job)
     print(summary(stats))
@@ -112,6 +119,38 @@ def finished(cfg: MathSEConfig) -> bool:
     if not (is_done(stage_dir(cfg)) and is_done(cfg.model_path("orm_model"))):
         return False
     return metrics_path(cfg).is_file() or not heldout_rows(cfg)
+
+
+def data_inputs(cfg: MathSEConfig) -> Inputs:
+    """What the labelled paths are made of: M0, the source problems, orm.data, the teacher, sampling."""
+    key = {"seed": "data.seed_file", "pool": "data.pool_file", "file": "orm.data.file"}[cfg.orm.data.source]
+    found = Inputs().marker("M0", cfg.model_path("sft_model_stage0")).file(key, cfg.require(key))
+    for name in ("orm.data", "run.seed", "data.image_root", "model"):
+        found.config(cfg, name)
+    return found.config(cfg, "teacher", exclude=API_VOLATILE).config(cfg, "inference", exclude=INFERENCE_VOLATILE)
+
+
+def dataset_inputs(cfg: MathSEConfig) -> Inputs:
+    """What the ORM dataset is made of: the training paths (hand-made or built) and the token budget."""
+    train = ("orm.train_file", cfg.orm.train_file) if cfg.orm.train_file else ("orm/data/train.jsonl",
+                                                                               data_dir(cfg) / "train.jsonl")
+    return Inputs().file(*train).budget("token budget of the ORM dataset", TokenBudget.for_training(cfg, "orm"))
+
+
+def stale(cfg: MathSEConfig) -> list[Stale]:
+    """The ORM's data, dataset and model made from inputs that changed since (mathse.fingerprint).
+
+    Rebuilding the dataset file is done on the spot; new labelled paths (sampling from M0, teacher
+    annotations) and a new model wait for --redo orm. The held-out verdicts go with the model.
+    """
+    model_extra = (stage_dir(cfg) / "heldout_verdicts.jsonl",)
+    found = [
+        None if cfg.orm.train_file else check("labelled paths", data_dir(cfg), data_inputs(cfg),
+                                              discard=(data_dir(cfg),)),
+        check("ORM dataset", stage_dir(cfg), dataset_inputs(cfg), auto=True),
+        training_stale(train_job(cfg), "ORM model", discard=model_extra),
+    ]
+    return [s for s in found if s is not None]
 
 
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
@@ -294,7 +333,7 @@ def data_summary(stats: dict[str, Any]) -> str:
 # 2. Dataset
 
 
-def build_dataset(cfg: MathSEConfig, rows: list[LabelledPath], hand_made: Path | None) -> dict[str, Any]:
+def build_dataset(cfg: MathSEConfig, rows: list[LabelledPath]) -> dict[str, Any]:
     """Write the ORM's SFT dataset; returns the stats kept in the stage marker."""
     counts = class_counts(rows)
     for label in ("correct", "incorrect"):
@@ -302,10 +341,7 @@ def build_dataset(cfg: MathSEConfig, rows: list[LabelledPath], hand_made: Path |
             print(f"orm: warning: only {counts[label]} of {counts['rows']} labelled paths are {label}")
     examples = write_sharegpt_dataset((r.example() for r in rows), cfg.dataset_dir, DATASET_NAME,
                                       TokenBudget.for_training(cfg, "orm"))
-    stats: dict[str, Any] = {**counts, "examples": examples}
-    if hand_made is not None:
-        stats["train_file_sha256"] = _sha256(hand_made)
-    return stats
+    return {**counts, "examples": examples}
 
 
 def summary(stats: dict[str, Any]) -> str:
@@ -416,6 +452,3 @@ def print_plan(cfg: MathSEConfig, rows: list[LabelledPath] | None, job: TrainJob
     print(job.describe())
     print(f"[dry-run] then: held-out metrics with the trained ORM -> {metrics_path(cfg)}")
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -24,6 +24,7 @@ from mathse import layout
 from mathse.client import ChatClient
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
+from mathse.fingerprint import API_VOLATILE, Inputs, Stale, check, settle
 from mathse.judge import JudgeItem, PathJudge, journal_path
 from mathse.llamafactory_bridge import SftExample, write_sharegpt_dataset
 from mathse.messages import ChatRequest, ChatResult, user_message
@@ -55,6 +56,28 @@ def finished(cfg: MathSEConfig) -> bool:
     return is_done(stage_dir(cfg))
 
 
+def inputs(cfg: MathSEConfig) -> Inputs:
+    """What the reflection data is made of: evolve's rounds (evolve.rounds too: more rounds mean more
+    drafts), its rejected paths and D_SFT, the teacher's and the ORM's settings, the final token budget."""
+    found = Inputs().value("evolve.rounds", cfg.evolve.rounds)
+    for r in range(1, cfg.evolve.rounds + 1):
+        found.marker(f"evolve round {r}", layout.round_dir(cfg, r))
+    found.file("evolve's rejected paths", layout.evolve_file(cfg, "sft_rejected"))
+    found.file("D_SFT", layout.latest_d_sft(cfg) or layout.d_sft_path(cfg, layout.EVOLVE))
+    found.config(cfg, "reflect", exclude={"final_recipe", "final_from"}).config(cfg, "teacher", exclude=API_VOLATILE)
+    if cfg.reflect.revalidate:
+        found.judge(cfg)
+    return found.budget("token budget of the final dataset", TokenBudget.for_training(cfg, "final"))
+
+
+def stale(cfg: MathSEConfig) -> list[Stale]:
+    """The reflection data, made from evolve results or settings that changed since. Redoing it
+    drops the journals (keyed by draft, not by its text); answered teacher calls are in the cache."""
+    discard = (stage_dir(cfg) / "teacher.jsonl", journal_path(cfg, STAGE))
+    found = check("reflection data", stage_dir(cfg), inputs(cfg), discard=discard)
+    return [found] if found is not None else []
+
+
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
     return {
         "reflection rows (kept)": rows_path(cfg),
@@ -81,6 +104,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
         print(f"[dry-run] format {cfg.reflect.format}; re-validation {'on' if cfg.reflect.revalidate else 'off'} "
               f"(ORM {cfg.orm.backend}, policy {cfg.orm.policy}); fused with {d_sft_file} -> {fused_path(cfg)}")
         return 0
+    settle(cfg, STAGE, stale(cfg))
     if finished(cfg):
         stats = read_marker(stage_dir(cfg))
         print(f"reflect: already done, nothing to do ({stats['kept']} kept of {stats['sent']}; {fused_path(cfg)})")
@@ -108,7 +132,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
              "d_sft": fused - len(kept), "fused": fused, "format": cfg.reflect.format}
     atomic_write_json(stage_dir(cfg) / layout.STATS, stats)
     timer.save(stage_dir(cfg) / "timings.json")
-    mark_done(stage_dir(cfg), stats)
+    mark_done(stage_dir(cfg), {**stats, "consumed": inputs(cfg).record()})
     print(f"reflect: sent {stats['sent']} drafts, kept {stats['kept']}, dropped "
           f"{sum(reasons.values())} ({', '.join(f'{k}: {v}' for k, v in reasons.items()) or 'none'}); "
           f"reflection SFT {fused} rows -> {fused_path(cfg)}")
