@@ -338,7 +338,8 @@ def training_inputs(job: TrainJob) -> Inputs:
     for key in ("model_name_or_path", "adapter_name_or_path"):
         if key in args and is_done(Path(str(args[key]))):
             inputs.marker(key, Path(str(args.pop(key))))  # its marker says which training made it
-    for name in str(job.args["dataset"]).split(","):
+    datasets = str(job.args.get("dataset") or "")
+    for name in filter(None, datasets.split(",")):
         inputs.file(f"dataset {name}", Path(job.args["dataset_dir"]) / f"{name}.json")
     return inputs.value("training", args)
 
