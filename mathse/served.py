@@ -95,6 +95,8 @@ def open_generator(
     kwargs.setdefault("image_max_pixels", training_image_max_pixels(cfg))
     kwargs.setdefault("trust_remote_code", cfg.model.trust_remote_code)
     kwargs.setdefault("seed", cfg.run.seed)
+    # The in-process engine's own log lines go next to where a server's would.
+    kwargs.setdefault("log_path", server_dir / "chat_model.log")
     return Generator(model_path, adapter_path, cfg.model.template, inf, **kwargs)
 
 

@@ -232,7 +232,9 @@ def run(
                 stats = evaluate_pair(cfg, checkpoint, spec, benches[spec.name], generator)
                 print(pair_summary(stats))
     write_results(cfg, checkpoints, specs)
-    print((layout.eval_results_path(cfg, "md")).read_text(encoding="utf-8").rstrip())
+    table = layout.eval_results_path(cfg, "md")
+    rows = [line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
+    print("\n".join([f"eval: accuracy % (correct/total) -> {table}", *rows]))
     return 0
 
 
