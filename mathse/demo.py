@@ -22,6 +22,7 @@ from pathlib import Path
 from mathse import cli, layout
 from mathse.config import PROJECT_ROOT, ConfigError, MathSEConfig, load_config
 from mathse.demo_problems import write_countdown_dataset
+from mathse.eval_results import accuracy_table
 from mathse.storage import is_done, read_json, read_marker
 from mathse.testing.scripted_teacher import serve_scripted_teacher
 from mathse.tiny_model import DEMO_SIZE, build_tiny_qwen2vl
@@ -77,7 +78,7 @@ def print_summary(cfg: MathSEConfig, seconds: float) -> None:
     """The accuracy table, the ORM's and reflection's key numbers, and where to look next."""
     table = layout.eval_results_path(cfg, "md")
     if table.is_file():
-        rows = [line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
+        rows = accuracy_table(table.read_text(encoding="utf-8"))
         print("\ndemo: held-out accuracy % (correct/total) of each checkpoint:\n" + "\n".join(rows))
     metrics = layout.orm_metrics_path(cfg)
     if metrics.is_file():

@@ -28,7 +28,7 @@ from typing import Any
 from mathse import layout
 from mathse.config import BenchmarkSpec, ConfigError, InferenceConfig, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
-from mathse.eval_results import render_results
+from mathse.eval_results import accuracy_table, render_results
 from mathse.evalsets import BREAKDOWN_FIELDS, SUBSET_FIELDS, EvalItem, load_benchmark
 from mathse.inference import Generator, GenItem, chat_model_args, training_image_max_pixels
 from mathse.scoring import Score, run_judge, score_response
@@ -233,7 +233,7 @@ def run(
                 print(pair_summary(stats))
     write_results(cfg, checkpoints, specs)
     table = layout.eval_results_path(cfg, "md")
-    rows = [line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
+    rows = accuracy_table(table.read_text(encoding="utf-8"))
     print("\n".join([f"eval: accuracy % (correct/total) -> {table}", *rows]))
     return 0
 
