@@ -270,6 +270,10 @@ def test_engine_chatter_goes_to_the_log_not_the_console(tiny_model: Path, tmp_pa
     import transformers.utils.logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
+    from llamafactory.extras import logging as lf_logging
+
+    lf_root = lf_logging.get_logger()  # configured now, so its console handler exists before and after
+    streams = {h: h.stream for h in lf_root.handlers if type(h) is logging.StreamHandler}
     log = tmp_path / "servers" / "chat_model.log"
     items = make_items(read_problems(demo_data[0])[:1], 1)
     with Generator(tiny_model, None, "qwen2_vl", _inf(), log_path=log) as gen, \
@@ -281,6 +285,7 @@ def test_engine_chatter_goes_to_the_log_not_the_console(tiny_model: Path, tmp_pa
     assert "llamafactory" not in out + err and "loading configuration" not in out + err
     assert "Loading weights" not in out + err  # transformers' load bar is off while the engine loads
     assert hf_logging.get_verbosity() == verbosity and hf_logging.is_progress_bar_enabled()
-    # Afterwards the libraries log to the console again.
-    logging.getLogger("llamafactory").warning("back on the console")
-    assert "back on the console" in "".join(capfd.readouterr()) and "back on the console" not in log.read_text()
+    # Afterwards the libraries log where they logged before (the console), not to the file.
+    assert {h: h.stream for h in lf_root.handlers if type(h) is logging.StreamHandler} == streams
+    lf_root.warning("back on the console")
+    assert "back on the console" not in log.read_text()
