@@ -239,12 +239,11 @@ def test_orm_stage_end_to_end_data_training_served_metrics_and_a_free_rerun(run_
         assert calls == 8 + 2  # every incorrect path annotated, two asked again
         model = cfg.model_path("orm_model")
         assert is_done(model) and (model / "model.safetensors").is_file()
-        assert "orm: data: 16 paths from M0 on 8 problems" in out
-        assert "serve: starting 1 llamafactory server(s) for mathse-orm" in out
+        assert "orm: data: 16 paths from M0 on 8 problems" in out and "server(s) for mathse-orm" in out
         metrics = read_json(model / "orm_metrics.json")
         heldout = read_labelled_paths(orm_stage.data_dir(cfg) / "heldout.jsonl")
         assert metrics["paths"] == len(heldout) > 0 and f"held-out metrics on {len(heldout)} paths" in out
-        assert list((cfg.output_dir / "orm" / "servers").glob("mathse-orm.replica-*.log"))  # the server's own log
+        assert list((cfg.output_dir / "orm" / "servers").glob("mathse-orm.replica-*.log"))
 
         mtime = (model / "model.safetensors").stat().st_mtime_ns
         assert main(["--stage", "orm", "--config", str(config)]) == 0
