@@ -47,8 +47,17 @@ FIGURES = [
            "served generation (llamafactory-cli api replicas, 1 torch thread each): paths/s, 2 replicas / 1"),
     Figure("cluster_served_over_inprocess", "bench_cluster.py", ">= 0.9", lambda v: v >= 0.9,
            "served generation, 1 replica / the in-process ChatModel, same items and torch threads"),
+    Figure("batch_extra_peak_mib", "bench_batch_api.py", "< 64", lambda v: v < 64,
+           "Batch API mode: peak RSS (MiB) above the built requests, 2,000 requests with 100 KB images, 20 MB files"),
     Figure("pipeline_overhead_share", "bench_overhead.py", "< 0.02", lambda v: v < 0.02,
            "largest share of a stage's wall time outside model compute and API waits"),
+    Figure("scale_peak_rss_ratio", "bench_scale.py", "<= 1.2", lambda v: v <= 1.2,
+           "distill teacher calls + ORM judging of one round (test server, 250 KB images): peak RSS at 20K "
+           "problems / at 1K"),
+    Figure("scale_peak_rss_mib", "bench_scale.py", "< 1024", lambda v: v < 1024,
+           "peak RSS (MiB) of that run at 20K problems"),
+    Figure("scale_time_per_request_ratio", "bench_scale.py", "<= 1.2", lambda v: v <= 1.2,
+           "time per request at 20K problems / at 1K"),
     Figure("eval_probe_agreement", "bench_eval_extraction.py", ">= 0.95", lambda v: v >= 0.95,
            "eval rule scorer: share of 300 realistic MathVista/MathVerse/MathVision responses given the human "
            "grader's verdict"),
@@ -63,12 +72,16 @@ FIGURES = [
 ]
 
 ARGS = {"bench_generation.py": ["--repeats", "2"]}
+TIMEOUTS = {"bench_scale.py": 1800}  # 40K requests and 5 GB of images to write; 600 s otherwise
 
 
 def run_script(script: str) -> tuple[dict[str, float], float, str]:
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, str(HERE / script), *ARGS.get(script, [])], capture_output=True, text=True, timeout=600
+        [sys.executable, str(HERE / script), *ARGS.get(script, [])],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUTS.get(script, 600),
     )
     seconds = time.perf_counter() - start
     values = {

@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mathse.config import ConfigError, MathSEConfig, load_config
+from mathse.config import ConfigError, MathSEConfig
+from mathse.config_loading import load_config
 from mathse.stages import load_stage
 
 # Stage name -> (module under mathse.stages, one-line help). Modules are imported lazily so a

@@ -4,19 +4,23 @@ Every call goes through `ChatClient.complete_many`: bounded concurrency, retries
 backoff and full jitter (429, 5xx, timeouts, dropped connections, malformed bodies; Retry-After
 honoured), an on-disk answer cache so a rerun never pays twice, and a usage ledger (tokens, USD).
 A request never raises and is never lost: it comes back answered or failed with a reason.
+With ``mode: batch`` the cache misses go through OpenAI's Batch API instead (`mathse.batch_api`).
 
 The cache is one small JSON file per answered request, ``cache_dir/ab/cd/<sha256>.json``, written
 to a temp file and renamed into place: safe when killed at any instant, and safe with several
 processes or nodes on one shared filesystem (no locks, no database; the worst case is two writers
 storing the same answer). The key is a sha256 of the canonical JSON of everything that decides the
-answer (model, messages with their image bytes, sampling parameters) and nothing that does not
+answer (model, messages with their images' sha256, sampling parameters) and nothing that does not
 (base_url, api_key), so a result cached against one server is reused against a mirror of it.
 
     client = ChatClient(cfg.teacher, cache_dir=out / "api_cache", ledger=ledger, stage="distill")
-    requests = [ChatRequest(key=p.id, messages=[system_message(sys_prompt), client.user_message(p.question, p.images)])
-                for p in problems]
+    requests = (ChatRequest(key=p.id, messages=[system_message(sys_prompt), client.user_message(p.question, p.images)])
+                for p in problems)  # a generator: taken as the in-flight window has room
     for result in client.complete_many_sync(requests, on_result=journal_it, progress="teacher"):
         ...  # result.text, or result.error (the reason) when it failed
+
+Memory does not grow with the batch: requests are built as they are taken, their images (an
+`ImageRef` each) encoded only when sent, and with `collect=False` no result is kept.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +46,7 @@ import openai
 from tqdm import tqdm
 
 from mathse.errors import FatalEndpointError
-from mathse.messages import ChatRequest, ChatResult, user_message
+from mathse.messages import ChatRequest, ChatResult, ImageRef, user_message, wire_messages
 from mathse.usage import UsageLedger
 
 if TYPE_CHECKING:
@@ -68,9 +72,9 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _url_digest(url: str) -> str:
-    digest = getattr(url, "sha256", None)  # a DataURL from user_message: hashed when encoded
-    return digest if digest is not None else hashlib.sha256(url.encode("utf-8")).hexdigest()
+def _url_digest(url: str | ImageRef) -> str:
+    # An ImageRef's digest is that of the data URL it becomes, so both key the same.
+    return url.sha256 if isinstance(url, ImageRef) else hashlib.sha256(url.encode("utf-8")).hexdigest()
 
 
 def _key_messages(messages: list[dict[str, Any]]) -> list[Any]:
@@ -87,7 +91,7 @@ def _key_messages(messages: list[dict[str, Any]]) -> list[Any]:
             for part in content:
                 image_url = part.get("image_url") if isinstance(part, dict) else None
                 url = image_url.get("url") if isinstance(image_url, dict) else None
-                if isinstance(url, str) and url.startswith("data:"):
+                if isinstance(url, ImageRef) or (isinstance(url, str) and url.startswith("data:")):
                     part = {**part, "image_url": {**image_url, "url": "sha256:" + _url_digest(url)}}
                 parts.append(part)
             message = {**message, "content": parts}
@@ -217,6 +221,57 @@ def _parse_completion(content: bytes) -> tuple[list[str], str | None, int, int, 
     )
 
 
+class _Batch:
+    """The bookkeeping of one `complete_many` call: order, duplicate keys, delivery, ledger."""
+
+    def __init__(
+        self, client: ChatClient, on_result: Callable[[ChatResult], None] | None, bar: Any, collect: bool
+    ) -> None:
+        self.client = client
+        self.on_result = on_result
+        self.bar = bar
+        self.collect = collect
+        self.results: list[ChatResult | None] = []
+        self.seen: set[str] = set()  # keys: a few dozen bytes a request, no messages or images
+        self.count = 0
+        # digest -> index of its answer, for identical requests after it: only when collecting
+        # without an answer cache (with one, the cache serves them and nothing is held here).
+        self.by_digest: dict[str, int] = {}
+        self.track_digests = collect and client.cache_dir is None
+        self.last_save = time.monotonic()
+
+    def take(self, key: str) -> int:
+        """The index of the next request; a key seen before in this batch is a caller bug."""
+        if key in self.seen:
+            raise ValueError(f"duplicate request key in one batch: {key!r}")
+        self.seen.add(key)
+        if self.collect:
+            self.results.append(None)
+        self.count += 1
+        return self.count - 1
+
+    def answered(self, digest: str) -> ChatResult | None:
+        """An earlier answer in this batch to an identical request (see `by_digest`)."""
+        index = self.by_digest.get(digest)
+        result = self.results[index] if index is not None else None
+        return result if result is not None and result.ok else None
+
+    def deliver(self, index: int, result: ChatResult, digest: str | None = None) -> None:
+        client = self.client
+        if self.collect:
+            self.results[index] = result
+            if digest is not None and result.ok and self.track_digests:
+                self.by_digest.setdefault(digest, index)
+        if client.ledger is not None:
+            client.ledger.record(client.stage, client.cfg.model, result)
+            if time.monotonic() - self.last_save > LEDGER_SAVE_EVERY_S:
+                client.ledger.save()
+                self.last_save = time.monotonic()
+        if self.on_result is not None:
+            self.on_result(result)
+        self.bar.update(1)
+
+
 # -- the client ------------------------------------------------------------------------------
 
 
@@ -273,6 +328,11 @@ class ChatClient:
         if request.extra:
             body.update(request.extra)
         return body
+
+    @staticmethod
+    def wire_body(body: dict[str, Any]) -> dict[str, Any]:
+        """`body` as it goes on the wire: images encoded as data URLs (done per send, not per build)."""
+        return {**body, "messages": wire_messages(body["messages"])}
 
     # -- cache --
 
@@ -366,7 +426,10 @@ class ChatClient:
             # The raw POST skips the SDK's request transform and response models (a third of its
             # per-call CPU); the body is already plain JSON and we parse the answer ourselves.
             response = await client.post(
-                "/chat/completions", body=body, cast_to=self._response_cls, options={"timeout": self.cfg.timeout_s}
+                "/chat/completions",
+                body=self.wire_body(body),
+                cast_to=self._response_cls,
+                options={"timeout": self.cfg.timeout_s},
             )
             content = response.content
         except openai.APITimeoutError as err:
@@ -448,134 +511,176 @@ class ChatClient:
         requests: Iterable[ChatRequest],
         on_result: Callable[[ChatResult], None] | None = None,
         progress: str | None = None,
+        collect: bool = True,
+        total: int | None = None,
     ) -> list[ChatResult]:
-        """Run a batch; results in request order. `on_result` sees each result as it arrives."""
-        requests = list(requests)
-        seen: set[str] = set()
-        for request in requests:
-            if request.key in seen:
-                raise ValueError(f"duplicate request key in one batch: {request.key!r}")
-            seen.add(request.key)
+        """Run a batch; results in request order. `on_result` sees each result as it arrives.
 
-        results: list[ChatResult | None] = [None] * len(requests)
-        bar = tqdm(total=len(requests), desc=progress, unit="call", disable=True if progress is None else None)
-        last_save = time.monotonic()
-
-        def deliver(index: int, result: ChatResult) -> None:
-            nonlocal last_save
-            results[index] = result
-            if self.ledger is not None:
-                self.ledger.record(self.stage, self.cfg.model, result)
-                if time.monotonic() - last_save > LEDGER_SAVE_EVERY_S:
-                    self.ledger.save()
-                    last_save = time.monotonic()
-            if on_result is not None:
-                on_result(result)
-            bar.update(1)
-
-        # Identical requests in one batch are asked once; the others get the answer as a cache
-        # hit, exactly what a rerun would give them.
-        bodies: dict[int, dict[str, Any]] = {}
-        digests: dict[int, str] = {}
-        first: dict[str, int] = {}
-        followers: dict[int, list[int]] = {}
-        pending: list[int] = []
+        `requests` is consumed lazily: a request is taken from it only when the in-flight window
+        has room (cache hits do not count), so a generator of 100K requests is never all in memory,
+        and its images are encoded only when it is sent. `collect=False` keeps no results (the
+        caller's `on_result` journals them) and returns []; memory then stays flat however long
+        the batch. `total`: the batch size for the progress bar when `requests` has no len().
+        """
+        if total is None and isinstance(requests, Sized):
+            total = len(requests)
+        bar = tqdm(total=total, desc=progress, unit="call", disable=True if progress is None else None)
+        batch = _Batch(self, on_result, bar, collect)
         try:
-            for i, request in enumerate(requests):
-                body = self.body(request)
-                digest = cache_key(body, request.cache_salt)
-                if digest in first:
-                    followers.setdefault(first[digest], []).append(i)
-                    continue
-                first[digest] = i
-                entry = self._cache_get(digest)
-                if entry is not None:
-                    deliver(i, self._from_cache(request.key, entry))
-                else:
-                    bodies[i], digests[i] = body, digest
-                    pending.append(i)
-            for lead, others in followers.items():
-                if results[lead] is not None:  # the lead was a cache hit
-                    for j in others:
-                        deliver(j, replace(results[lead], key=requests[j].key, cached=True, attempts=0, latency_s=0.0))
-
-            if pending:
-                await self._run_pending(requests, pending, bodies, digests, followers, deliver)
+            if self.cfg.mode == "batch":
+                await self._run_batch_api(iter(requests), batch)
+            else:
+                await self._run_batch(iter(requests), batch)
         finally:
             bar.close()
             if self.ledger is not None:
                 self.ledger.save()
-        missing = [requests[i].key for i, r in enumerate(results) if r is None]
-        if missing:  # cannot happen unless there is a bug above; never return a short list
-            raise RuntimeError(f"internal error: no result for {missing[:5]}")
-        return results  # type: ignore[return-value]
+        if not collect:
+            return []
+        missing = [i for i, r in enumerate(batch.results) if r is None]
+        if missing:  # cannot happen unless there is a bug below; never return a short list
+            raise RuntimeError(f"internal error: no result for requests {missing[:5]}")
+        return batch.results  # type: ignore[return-value]
 
-    async def _run_pending(
-        self,
-        requests: list[ChatRequest],
-        pending: list[int],
-        bodies: dict[int, dict[str, Any]],
-        digests: dict[int, str],
-        followers: dict[int, list[int]],
-        deliver: Callable[[int, ChatResult], None],
-    ) -> None:
+    async def _run_batch(self, requests: Iterator[ChatRequest], batch: _Batch) -> None:
         concurrency = max(1, self.cfg.concurrency)
         sem = asyncio.Semaphore(concurrency)
         done: asyncio.Queue[tuple[int, ChatResult]] = asyncio.Queue()
-        # A bounded window of live tasks keeps memory flat for 100k-request batches; it is wider
-        # than the semaphore so requests sleeping in backoff do not leave connections idle.
+        # The window of requests taken but not answered yet: it bounds the requests (and so the
+        # encoded images) alive at once. Wider than the semaphore so that requests sleeping in
+        # backoff do not leave connections idle.
         window = concurrency * 4 + 16
         tasks: set[asyncio.Task[None]] = set()
-        client = self._make_openai()
+        client: openai.AsyncOpenAI | None = None
         watch = _FatalWatch(self)
+        # Identical requests in one batch are asked once: a request whose twin is in flight waits
+        # for its answer and gets it as a cache hit, exactly what a rerun would give it.
+        leads: dict[str, int] = {}  # digest -> index of the request in flight with it
+        followers: dict[int, list[tuple[int, str]]] = {}  # lead index -> (index, key) of its twins
+        keys: dict[int, str] = {}  # index -> key, while in flight
+        digests: dict[int, str] = {}
+        in_flight = 0
+        exhausted = False
 
-        async def run(index: int) -> None:
-            result = await self._one(client, sem, requests[index], bodies.pop(index))
-            done.put_nowait((index, result))
-
-        next_pos = 0
-
-        def spawn() -> None:
-            nonlocal next_pos
-            while next_pos < len(pending) and len(tasks) < window:
-                task = asyncio.create_task(run(pending[next_pos]))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                next_pos += 1
+        async def run(index: int, request: ChatRequest, body: dict[str, Any]) -> None:
+            done.put_nowait((index, await self._one(client, sem, request, body)))
 
         try:
-            spawn()
-            for _ in range(len(pending)):
-                index, result = await done.get()
-                if result.ok:
-                    self._cache_put(digests[index], result)
-                deliver(index, result)
-                for j in followers.get(index, ()):
-                    if result.ok:
-                        deliver(j, replace(result, key=requests[j].key, cached=True, attempts=0, latency_s=0.0))
+            while True:
+                while not exhausted and in_flight < window:
+                    request = next(requests, None)
+                    if request is None:
+                        exhausted = True
+                        break
+                    index = batch.take(request.key)
+                    body = self.body(request)
+                    digest = cache_key(body, request.cache_salt)
+                    lead = leads.get(digest)
+                    if lead is not None:
+                        followers.setdefault(lead, []).append((index, request.key))
+                        continue
+                    earlier = batch.answered(digest)
+                    entry = self._cache_get(digest) if earlier is None else None
+                    if earlier is not None:
+                        batch.deliver(index, replace(earlier, key=request.key, cached=True, attempts=0, latency_s=0.0))
+                    elif entry is not None:
+                        batch.deliver(index, self._from_cache(request.key, entry), digest)
                     else:
-                        deliver(j, replace(result, key=requests[j].key, attempts=0))
+                        if client is None:
+                            client = self._make_openai()
+                        leads[digest], keys[index], digests[index] = index, request.key, digest
+                        task = asyncio.create_task(run(index, request, body))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                        in_flight += 1
+                if in_flight == 0:
+                    break
+                index, result = await done.get()
+                in_flight -= 1
+                digest = digests.pop(index)
+                del leads[digest], keys[index]
+                if result.ok:
+                    self._cache_put(digest, result)
+                batch.deliver(index, result, digest)
+                for j, key in followers.pop(index, ()):
+                    if result.ok:
+                        batch.deliver(j, replace(result, key=key, cached=True, attempts=0, latency_s=0.0))
+                    else:
+                        batch.deliver(j, replace(result, key=key, attempts=0))
                 watch.observe(result)  # raises to stop the batch; the finally cancels the rest
-                spawn()
             watch.finish()
         finally:
             for task in tasks:
                 task.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
-            await client.close()
+            if client is not None:
+                await client.close()
+
+    async def _run_batch_api(self, requests: Iterator[ChatRequest], batch: _Batch) -> None:
+        """`mode: batch`: cache hits delivered at once, the misses through the Batch API (see
+        mathse.batch_api). The misses' requests are kept (their images as unencoded `ImageRef`s);
+        each JSONL line is encoded as it is written."""
+        from mathse.batch_api import BatchRun  # it builds on this module
+
+        misses: dict[int, tuple[ChatRequest, dict[str, Any], str]] = {}  # index -> request, body, digest
+        wanted: dict[str, int] = {}  # digest -> index of the miss asked for it
+        followers: dict[int, list[tuple[int, str]]] = {}
+        for request in requests:
+            index = batch.take(request.key)
+            body = self.body(request)
+            digest = cache_key(body, request.cache_salt)
+            if digest in wanted:
+                followers.setdefault(wanted[digest], []).append((index, request.key))
+            elif (entry := self._cache_get(digest)) is not None:
+                batch.deliver(index, self._from_cache(request.key, entry), digest)
+            else:
+                wanted[digest], misses[index] = index, (request, body, digest)
+
+        def settle(index: int, result: ChatResult) -> None:
+            request, _, digest = misses.pop(index)
+            result = replace(result, key=request.key)
+            if result.ok:
+                self._cache_put(digest, result)
+            batch.deliver(index, result, digest)
+            for j, key in followers.pop(index, ()):
+                twin = replace(result, key=key, attempts=0, latency_s=0.0)
+                batch.deliver(j, replace(twin, cached=True) if result.ok else twin)
+
+        async def run_live(indices: list[int]) -> None:
+            """Requests no batch answered, with `batch.on_failure: live`: sent as usual."""
+            sem = asyncio.Semaphore(max(1, self.cfg.concurrency))
+            client = self._make_openai()
+
+            async def one(index: int) -> None:
+                request, body, _ = misses[index]
+                settle(index, await self._one(client, sem, request, body))
+
+            try:
+                await asyncio.gather(*(one(i) for i in indices))
+            finally:
+                await client.close()
+
+        if not wanted:
+            return
+        run = BatchRun(self, wanted, lambda i: self.wire_body(misses[i][1]), settle, run_live)
+        await run.run()
+        tqdm.write(run.summary_line())
 
     def complete_many_sync(
         self,
         requests: Iterable[ChatRequest],
         on_result: Callable[[ChatResult], None] | None = None,
         progress: str | None = None,
+        collect: bool = True,
+        total: int | None = None,
     ) -> list[ChatResult]:
         """`complete_many` from synchronous code (any thread; also inside a running loop)."""
+        batch = self.complete_many(requests, on_result, progress, collect=collect, total=total)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.complete_many(requests, on_result, progress))
+            return asyncio.run(batch)
         # This thread already runs a loop (a notebook, an async caller): use a helper thread.
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, self.complete_many(requests, on_result, progress)).result()
+            return pool.submit(asyncio.run, batch).result()

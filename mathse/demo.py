@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mathse import cli, layout
-from mathse.config import PROJECT_ROOT, ConfigError, MathSEConfig, load_config
+from mathse.config import ConfigError, MathSEConfig
+from mathse.config_loading import PROJECT_ROOT, load_config
 from mathse.demo_problems import write_countdown_dataset
 from mathse.eval_results import accuracy_table
 from mathse.storage import is_done, read_json, read_marker

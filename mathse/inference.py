@@ -286,13 +286,19 @@ class Generator:
 
     @classmethod
     def from_config(
-        cls, cfg: MathSEConfig, model_path: str | Path, adapter_path: str | Path | None = None, **kwargs: Any
+        cls,
+        cfg: MathSEConfig,
+        model_path: str | Path,
+        adapter_path: str | Path | None = None,
+        inf: InferenceConfig | None = None,
+        **kwargs: Any,
     ) -> Generator:
-        """A Generator for the student at `model_path`, with the run's template, image size and seed."""
+        """A Generator for the student at `model_path`, with the run's template, image size and seed
+        (and `inf`, default `cfg.inference`, for sampling and engine)."""
         kwargs.setdefault("image_max_pixels", training_image_max_pixels(cfg))
         kwargs.setdefault("trust_remote_code", cfg.model.trust_remote_code)
         kwargs.setdefault("seed", cfg.run.seed)
-        return cls(model_path, adapter_path, cfg.model.template, cfg.inference, **kwargs)
+        return cls(model_path, adapter_path, cfg.model.template, inf or cfg.inference, **kwargs)
 
     @property
     def loaded(self) -> bool:

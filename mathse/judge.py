@@ -67,6 +67,7 @@ from mathse.config import InferenceConfig
 from mathse.inference import chat_model_args, training_image_max_pixels
 from mathse.llamafactory_bridge import IMAGE_TOKEN  # the ORM was trained with one per image
 from mathse.messages import ChatRequest, ChatResult, system_message
+from mathse.orm_score import score_from_logprobs
 from mathse.orm_serving import OrmEndpoint
 from mathse.records import Problem, VerdictRow
 from mathse.steps import split_steps
@@ -79,7 +80,6 @@ from mathse.verdict import (
     combine,
     parse_verdict,
     rule_verdict,
-    score_from_logprobs,
 )
 
 if TYPE_CHECKING:
@@ -266,19 +266,20 @@ class PathJudge:
                             stage=self.stage, transport=endpoint.transport)
         by_key = {item.key: item for item in pending}
         extra = {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if self.cfg.orm.logprobs else None
-        messages = {
-            item.key: [
-                system_message(ORM_SYSTEM_PROMPT),
-                client.user_message(self.prompt(item, steps[item.key]), item.problem.images),
-            ]
-            for item in pending
-        }
+
+        def messages(k: str) -> list[dict[str, Any]]:
+            # Built when the client takes the request (images are ImageRefs, encoded when sent),
+            # so a round of 100K paths never holds its messages all at once.
+            item = by_key[k]
+            user = client.user_message(self.prompt(item, steps[k]), item.problem.images)
+            return [system_message(ORM_SYSTEM_PROMPT), user]
+
         # A verdict asked again on a later run must not come back from the answer cache.
         asks = {item.key: int(journal.rows.get(item.key, {}).get("asks", 0)) for item in pending}
-        requests = [
-            ChatRequest(key=k, messages=messages[k], extra=extra, cache_salt=f"ask-{asks[k]}" if asks[k] else None)
+        requests = (
+            ChatRequest(key=k, messages=messages(k), extra=extra, cache_salt=f"ask-{asks[k]}" if asks[k] else None)
             for k in by_key
-        ]
+        )
         reask: dict[str, str] = {}
 
         def record(result: ChatResult, final_try: bool) -> None:
@@ -295,14 +296,15 @@ class PathJudge:
                 return
             self._record(item, item_steps, _with_score(verdict, result), journal, stats, asks=asks[item.key] + 1)
 
-        client.complete_many_sync(requests, on_result=lambda r: record(r, False), progress=progress)
+        client.complete_many_sync(requests, on_result=lambda r: record(r, False), progress=progress, collect=False,
+                                  total=len(by_key))
         if reask:
             stats.reasked += len(reask)
-            again = [
+            again = (
                 ChatRequest(
                     key=k,
                     messages=[
-                        *messages[k],
+                        *messages(k),
                         {"role": "assistant", "content": text},
                         {"role": "user", "content": REASK_TEXT.format(n_steps=max(len(steps[k]), 1))},
                     ],
@@ -310,8 +312,9 @@ class PathJudge:
                     cache_salt=f"ask-{asks[k]}" if asks[k] else None,
                 )
                 for k, text in reask.items()
-            ]
-            client.complete_many_sync(again, on_result=lambda r: record(r, True), progress=progress)
+            )
+            client.complete_many_sync(again, on_result=lambda r: record(r, True), progress=progress, collect=False,
+                                      total=len(reask))
 
     def _judge_local(
         self,

@@ -37,7 +37,7 @@ from mathse.client import ChatClient
 from mathse.conclusion import read_conclusion, read_conclusion_choice
 from mathse.config import ApiConfig
 from mathse.evalsets import LETTERS, EvalItem
-from mathse.messages import ChatRequest, system_message, user_message
+from mathse.messages import ChatRequest, ChatResult, system_message, user_message
 from mathse.usage import UsageLedger
 
 __all__ = [
@@ -268,16 +268,19 @@ def run_judge(
     if not pending:
         return {}
     client = ChatClient(api, cache_dir, ledger=ledger, stage=stage)
-    requests = [
+    requests = (  # built as the client sends them, not all up front
         ChatRequest(key=item.id, messages=[system_message(JUDGE_SYSTEM_PROMPT), user_message(judge_prompt(item, resp))])
         for item, resp in pending
-    ]
+    )
     verdicts: dict[str, dict[str, Any]] = {}
-    for result in client.complete_many_sync(requests, progress=progress):
+
+    def settle(result: ChatResult) -> None:
         if not result.ok:
             verdicts[result.key] = {"verdict": "failed", "error": result.error}
-            continue
+            return
         decision = parse_judge_reply(result.text)
         label = "unparseable" if decision is None else ("correct" if decision else "incorrect")
         verdicts[result.key] = {"verdict": label, "raw": (result.text or "")[:500]}
-    return verdicts
+
+    client.complete_many_sync(requests, on_result=settle, progress=progress, collect=False, total=len(pending))
+    return {item.id: verdicts[item.id] for item, _ in pending}  # in request order, as before

@@ -92,12 +92,9 @@ def open_generator(
     if inf.backend == "served":
         return ServedGenerator(student_spec(cfg, model_path, adapter_path, inf), inf, cfg.serve, cfg.ray,
                                server_dir, seed=cfg.run.seed)
-    kwargs.setdefault("image_max_pixels", training_image_max_pixels(cfg))
-    kwargs.setdefault("trust_remote_code", cfg.model.trust_remote_code)
-    kwargs.setdefault("seed", cfg.run.seed)
     # The in-process engine's own log lines go next to where a server's would.
     kwargs.setdefault("log_path", server_dir / "chat_model.log")
-    return Generator(model_path, adapter_path, cfg.model.template, inf, **kwargs)
+    return Generator.from_config(cfg, model_path, adapter_path, inf, **kwargs)
 
 
 class ServedGenerator:
@@ -192,7 +189,8 @@ class ServedGenerator:
                    disable=True if progress is None else None)
         start = time.perf_counter()
         try:
-            # Chunks bound the memory held by request bodies (inline images) however large the round.
+            # Chunks bound the requests built ahead (images are encoded only when sent, by the client)
+            # and give each chunk its all-failed check.
             for chunk in _chunks(groups, max(64, 8 * in_flight)):
                 self._run_chunk(client, chunk, journal, stats, bar)
         finally:

@@ -19,14 +19,15 @@ __all__ = ["UsageLedger"]
 
 log = logging.getLogger(__name__)
 
-_COUNTERS = ("calls", "answered", "cached", "failures", "prompt_tokens", "completion_tokens")
+_COUNTERS = ("calls", "answered", "cached", "failures", "prompt_tokens", "completion_tokens", "batch_answered")
 
 
 class UsageLedger:
     """Per stage and model: HTTP calls, answered, cached hits, failures, tokens, estimated USD.
 
     `calls` counts HTTP calls including retries; `answered` / `cached` / `failures` count
-    requests. Opening an existing ledger file continues its counts, so a resumed run adds to them.
+    requests; `batch_answered` counts the answered ones billed at the Batch API price. Opening an
+    existing ledger file continues its counts, so a resumed run adds to them.
     Several processes must not share one ledger file (the last save wins): give each its own.
     """
 
@@ -80,6 +81,7 @@ class UsageLedger:
                 entry["failures"] += 1
                 return
             entry["answered"] += 1
+            entry["batch_answered"] += result.batch
             entry["prompt_tokens"] += result.prompt_tokens
             entry["completion_tokens"] += result.completion_tokens
             price = self.price_for(model)
@@ -88,9 +90,8 @@ class UsageLedger:
                     self._unpriced_warned.add(model)
                     log.warning("no price configured for model %r: its cost is counted as $0", model)
                 return
-            entry["cost_usd"] += (
-                result.prompt_tokens * price.prompt_per_1m + result.completion_tokens * price.completion_per_1m
-            ) / 1e6
+            prompt_rate, completion_rate = price.rates(result.batch)
+            entry["cost_usd"] += (result.prompt_tokens * prompt_rate + result.completion_tokens * completion_rate) / 1e6
 
     def stage(self, stage: str) -> dict[str, float]:
         """Totals of one stage over its models."""
@@ -113,8 +114,9 @@ class UsageLedger:
 
     def summary_line(self, stage: str) -> str:
         t = self.stage(stage)
+        by_batch = f" ({t['batch_answered']:,} by Batch API)" if t["batch_answered"] else ""
         return (
-            f"{stage}: {t['answered']:,} answered, {t['cached']:,} cached, {t['failures']:,} failed "
+            f"{stage}: {t['answered']:,} answered{by_batch}, {t['cached']:,} cached, {t['failures']:,} failed "
             f"({t['calls']:,} HTTP calls); {t['prompt_tokens']:,} prompt + {t['completion_tokens']:,} "
             f"completion tokens; ~${t['cost_usd']:,.4f}"
         )

@@ -8,6 +8,7 @@ import collections
 import json
 import threading
 import time
+import tracemalloc
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,18 @@ import pytest
 from mathse.client import ChatClient, _parse_retry_after, cache_key
 from mathse.config import ApiConfig, Price
 from mathse.errors import FatalEndpointError
-from mathse.messages import ChatRequest, ChatResult, image_data_url, system_message, user_message
+from mathse.messages import (
+    _LRU,
+    ENCODED_CACHE_BYTES,
+    ChatRequest,
+    ChatResult,
+    ImageRef,
+    encoder_cache_bytes,
+    image_data_url,
+    system_message,
+    user_message,
+    wire_messages,
+)
 from mathse.testing.openai_server import FakeHTTPError, FakeOpenAIServer, FaultPlan, last_user_text
 from mathse.usage import UsageLedger
 
@@ -66,7 +78,9 @@ def test_user_message_images_first_as_data_urls(tmp_path: Path) -> None:
     parts = message["content"]
     assert [p["type"] for p in parts] == ["image_url"] * 4 + ["text"]
     assert parts[-1]["text"] == "Find x."
-    urls = [p["image_url"]["url"] for p in parts[:4]]
+    # Local files stay ImageRefs until sent; wire_messages makes the data URLs that go out.
+    assert [type(p["image_url"]["url"]) for p in parts[:2]] == [ImageRef, ImageRef]
+    urls = [p["image_url"]["url"] for p in wire_messages([message])[0]["content"][:4]]
     assert urls[0] == "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
     assert urls[1].startswith("data:image/jpeg;base64,")
     assert base64.b64decode(urls[1].split(",", 1)[1]) == jpg.read_bytes()
@@ -95,6 +109,81 @@ def test_images_reach_the_server(server: FakeOpenAIServer, tmp_path: Path) -> No
     assert result.ok and result.text == "answer to: What is the area?"
     sent = server.requests[0]["messages"][1]["content"][0]["image_url"]
     assert sent == {"url": image_data_url(png), "detail": "high"}
+
+
+def test_requests_hold_no_encoded_images(tmp_path: Path) -> None:
+    """Building 200 requests with a 200 KB image each allocates a few bytes per image, not 270 KB:
+    an eager build (the base64 in the message) would allocate ~54 MB here."""
+    paths = []
+    for i in range(200):
+        path = tmp_path / f"fig{i}.png"
+        path.write_bytes(i.to_bytes(2, "big") * 100_000)
+        paths.append(path)
+    tracemalloc.start()
+    try:
+        requests = [ChatRequest(f"k{i}", [user_message(f"q{i}", [p])]) for i, p in enumerate(paths)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2**20, peak
+    assert len(requests) == 200
+
+
+def test_encoder_cache_is_bounded_by_bytes(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    """40 distinct 1 MiB images go out (each arrives intact); the encoder cache keeps at most its budget."""
+    paths = []
+    for i in range(40):
+        path = tmp_path / f"big{i}.png"
+        path.write_bytes(bytes([i]) * 2**20)
+        paths.append(path)
+    client = ChatClient(api(server), tmp_path / "cache")
+    client.complete_many_sync(ChatRequest(f"k{i}", [user_message(f"q{i}", [p])]) for i, p in enumerate(paths))
+    assert 0 < encoder_cache_bytes() <= ENCODED_CACHE_BYTES < 40 * 2**20 * 4 // 3
+    sent = {last_user_text(b): b["messages"][0]["content"][0]["image_url"]["url"] for b in server.requests}
+    for i, path in enumerate(paths):
+        assert base64.b64decode(sent[f"q{i}"].split(",", 1)[1]) == path.read_bytes()
+
+
+def test_lru_keeps_the_recent_within_budget() -> None:
+    lru = _LRU(10)
+    lru.put("a", "A", 4)
+    lru.put("b", "B", 4)
+    assert lru.get("a") == "A"  # a is now the most recent
+    lru.put("c", "C", 4)  # over budget: b (least recent) goes
+    assert (lru.get("a"), lru.get("b"), lru.get("c"), lru.used) == ("A", None, "C", 8)
+    lru.put("huge", "H", 11)  # larger than the whole budget: never kept
+    assert lru.get("huge") is None and lru.used == 8
+
+
+def test_generator_is_consumed_within_the_in_flight_window(tmp_path: Path) -> None:
+    """The client takes a request only when the window has room: never all of a long generator
+    before the first answers come back (and so never all their images)."""
+    concurrency = 2
+    window = concurrency * 4 + 16
+    taken = 0
+    delivered = 0
+    ahead: list[int] = []
+
+    def requests() -> Any:
+        nonlocal taken
+        for i in range(300):
+            taken += 1
+            ahead.append(taken - delivered)
+            yield ChatRequest(f"k{i}", [user_message(f"lazy problem {i}")])
+
+    def seen(result: ChatResult) -> None:
+        nonlocal delivered
+        delivered += 1
+
+    with FakeOpenAIServer(replies=echo, latency_s=0.005) as server:
+        client = ChatClient(api(server, concurrency=concurrency), tmp_path / "cache")
+        results = client.complete_many_sync(requests(), on_result=seen, collect=False)
+        assert results == [] and delivered == 300 and server.calls == 300
+        assert max(ahead) <= window + 1, max(ahead)  # +1: the request being taken
+        # A rerun is all cache hits: those take no window, and nothing is sent.
+        again = client.complete_many_sync(requests(), progress=None)
+        assert server.calls == 300 and all(r.cached for r in again)
+        assert [r.text for r in again] == [f"answer to: lazy problem {i}" for i in range(300)]
 
 
 # -- batches --------------------------------------------------------------------------------
@@ -223,7 +312,7 @@ def test_image_bytes_are_part_of_the_cache_key(tmp_path: Path) -> None:
     key_one = cache_key({"model": MODEL, "messages": [user_message("same text", [one])]})
     assert key_one != cache_key({"model": MODEL, "messages": [user_message("same text", [two])]})
     # A message written to JSON and read back (plain strings) keys the same as a fresh one.
-    reloaded = json.loads(json.dumps(user_message("same text", [one])))
+    reloaded = json.loads(json.dumps(wire_messages([user_message("same text", [one])])[0]))
     assert cache_key({"model": MODEL, "messages": [reloaded]}) == key_one
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mathse.config import ConfigError, load_config, parse_overrides, save_resolved_config
+from mathse.config import ConfigError, save_resolved_config
+from mathse.config_loading import load_config, parse_overrides
 
 
 def write_config(tmp_path: Path, body: dict) -> Path:
@@ -121,3 +122,20 @@ def test_duplicate_key_is_an_error_naming_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert err.value.lines == [f"config error: {path}:5: invalid YAML (duplicate key 'rounds')"]
+
+
+def test_teacher_batch_mode_is_typed_validated_and_resolved(tmp_path: Path) -> None:
+    teacher = {"base_url": "http://127.0.0.1:1/v1", "model": "gpt-4o", "mode": "batch",
+               "batch": {"output_file": "vllm/out.jsonl", "on_failure": "live"}}
+    cfg = load_config(write_config(tmp_path, {"teacher": teacher}))
+    assert cfg.teacher.mode == "batch" and cfg.teacher.batch.on_failure == "live"
+    assert cfg.teacher.batch.output_file == (tmp_path / "vllm" / "out.jsonl").resolve()
+    live = load_config(write_config(tmp_path, {"teacher": {**teacher, "mode": "live"}}))
+    assert live.teacher.mode == "live" and live.teacher.batch.max_resubmits == 2
+    path = write_config(tmp_path, {"teacher": {**teacher, "mode": "offline"}})
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["teacher.batch.poll_interval=5", "teacher.batch.max_requests_per_file=60000"])
+    text = "\n".join(err.value.lines)
+    assert len(err.value.lines) == 3 and "config error: teacher.mode: Input should be 'live' or 'batch'" in text
+    assert "teacher.batch.poll_interval: unknown key (did you mean 'poll_interval_s'?)" in text
+    assert "teacher.batch.max_requests_per_file: Input should be less than or equal to 50000" in text

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from mathse.config import ConfigError, InferenceConfig, load_config
+from mathse.config import ConfigError, InferenceConfig
+from mathse.config_loading import load_config
 from mathse.inference import (
     GenerationError,
     Generator,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mathse.config import load_config
+from mathse.config_loading import load_config
 from mathse.llamafactory_bridge import (
     SftExample,
     TrainingError,

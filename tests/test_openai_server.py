@@ -210,3 +210,53 @@ def test_cli_serves_until_terminated() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def test_batch_api_routes_lifecycle_outcomes_and_cancel() -> None:
+    import openai
+
+    lines = "".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                                "body": chat_body(f"question {i}")}) + "\n" for i in range(4)).encode()
+    chat = {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    with FakeOpenAIServer(replies="yes", batch_outcomes=["errors", "expired", "completed"]) as server:
+        sdk = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+        upload = sdk.files.create(file=("in.jsonl", lines), purpose="batch")
+        assert (upload.purpose, upload.bytes) == ("batch", len(lines))
+        assert sdk.files.retrieve(upload.id).filename == "in.jsonl"
+        assert sdk.files.content(upload.id).read() == lines
+
+        def run(outcome: str) -> openai.types.Batch:
+            batch = sdk.batches.create(input_file_id=upload.id, **chat)
+            statuses = [batch.status]
+            while statuses[-1] not in ("completed", "expired", "failed", "cancelled"):
+                statuses.append((batch := sdk.batches.retrieve(batch.id)).status)
+            assert statuses == ["validating", "in_progress", outcome], statuses
+            return batch
+
+        def read(file_id: str | None) -> dict[str, dict[str, Any]]:
+            text = sdk.files.content(file_id).read().decode() if file_id else ""
+            return {row["custom_id"]: row for row in map(json.loads, text.splitlines())}
+
+        errors = run("completed")  # "errors": every other line in the error file
+        assert sorted(read(errors.output_file_id)) == ["c0", "c2"]
+        assert sorted(read(errors.error_file_id)) == ["c1", "c3"]
+        assert read(errors.error_file_id)["c1"]["response"]["status_code"] == 500
+        assert read(errors.output_file_id)["c0"]["response"]["body"]["choices"][0]["message"]["content"] == "yes"
+        expired = run("expired")  # the first half answered, the rest batch_expired
+        assert sorted(read(expired.output_file_id)) == ["c0", "c1"]
+        assert read(expired.error_file_id)["c3"]["error"]["code"] == "batch_expired"
+        assert expired.request_counts.completed == 2 and expired.request_counts.failed == 2
+
+        server.hold_batches = True
+        held = sdk.batches.create(input_file_id=upload.id, **chat)
+        assert [sdk.batches.retrieve(held.id).status for _ in range(3)] == ["in_progress"] * 3
+        cancelled = sdk.batches.cancel(held.id)
+        assert cancelled.status == "cancelled" and len(read(cancelled.error_file_id)) == 4
+        assert next(b.id for b in sdk.batches.list()) == held.id  # newest first
+        assert sorted(server.batch_answers) == ["c0", "c0", "c1", "c2"]
+        with pytest.raises(openai.BadRequestError):
+            sdk.batches.create(input_file_id="file-missing", **chat)
+        with pytest.raises(openai.NotFoundError):
+            sdk.batches.retrieve("batch_missing")
+    with pytest.raises(ValueError, match="batch outcomes"):
+        FakeOpenAIServer(batch_outcomes=["exploded"])

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mathse.cli import main
-from mathse.config import load_config
+from mathse.config_loading import load_config
 from mathse.errors import StageError
 from mathse.orm_data import LabelledPath, balance, heldout_ids, orm_metrics, read_labelled_paths
 from mathse.records import read_problems

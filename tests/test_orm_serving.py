@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from mathse.cli import main
-from mathse.config import load_config
+from mathse.config_loading import load_config
 from mathse.judge import JudgeItem, PathJudge, open_journal
 from mathse.orm_serving import SERVED_MODEL_NAME, orm_endpoint, orm_serve_spec
 from mathse.records import read_problems

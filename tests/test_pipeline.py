@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from mathse.cli import main, pipeline
-from mathse.config import ConfigError, load_config
+from mathse.config import ConfigError
+from mathse.config_loading import load_config
 from tests.conftest import PROJECT_ROOT
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mathse.config import ConfigError, InferenceConfig, ServeConfig, load_config
+from mathse.config import ConfigError, InferenceConfig, ServeConfig
+from mathse.config_loading import load_config
 from mathse.inference import Generator, chat_model_args, make_items
 from mathse.records import read_problems
 from mathse.served import ServedGenerator
@@ -295,9 +296,14 @@ def test_stage_all_two_rounds_serves_each_checkpoint_and_leaves_no_server(run_co
     from mathse.cli import main
     from mathse.testing.openai_server import FakeOpenAIServer
 
-    with FakeOpenAIServer(replies=pipeline_teacher) as teacher:
+    # An ORM that accepts every path, so each round has new data and retrains (a round that accepts
+    # nothing keeps its model and the next round would serve the same checkpoint again).
+    accept = '{"correct": true, "error_step": null, "analysis": "fine"}'
+    with FakeOpenAIServer(replies=pipeline_teacher) as teacher, FakeOpenAIServer(replies=accept) as orm:
         config = run_config(
             teacher={"base_url": teacher.base_url, "model": "teacher", "filter_by_answer": False, "max_retries": 1},
+            orm={"backend": "api", "policy": "orm", "logprobs": False,
+                 "api": {"base_url": orm.base_url, "model": "orm", "max_retries": 1}},
             inference={"backend": "served", "temperature": 0, "n_paths": 2, "max_new_tokens": 16, "concurrency": 2},
             serve={"engine": "llamafactory", "replicas": 2},
             evolve={"rounds": 2, "batch_size": 4, "retrain": True, "retrain_from": "previous"},

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mathse.config import load_config
+from mathse.config_loading import load_config
 from mathse.llamafactory_bridge import SftExample, write_sharegpt_dataset
 from mathse.records import DataError
 from mathse.token_budget import TokenBudget, _qwen_grids

@@ -134,10 +134,8 @@ def _chart_transitions(report: dict[str, Any]) -> Any:
         panels.append(("Evolve: consecutive rounds", "Round pair", groups))
     if trans.get("eval"):
         ev = trans["eval"]
-        groups = list(ev["benchmarks"].items())
-        if len(groups) > 1:
-            groups.append(("all", ev["total"]))
-        panels.append((f"Eval: {ev['from_checkpoint']} → {ev['to_checkpoint']}", "Benchmark", groups))
+        groups = [(f"{p['from_checkpoint']}→{p['to_checkpoint']}", p["total"]) for p in ev["pairs"]]
+        panels.append(("Eval: consecutive checkpoints (all benchmarks)", "Checkpoint pair", groups))
     if not panels:
         return None
     fig = _figure(width=6.0 * len(panels))

@@ -10,6 +10,7 @@ journals), ``usage.json`` (the API ledger), ``reflect/`` (stats, kept rows) and 
 
 from __future__ import annotations
 
+import itertools
 import re
 import statistics
 import time
@@ -269,26 +270,31 @@ def _transitions(c: _Collector, report: dict[str, Any]) -> dict[str, Any]:
 
     ev = report.get("eval") or {}
     ckpts = [k for k in ev.get("checkpoint_order", []) if k in ev.get("_outcomes", {})]
-    if len(ckpts) >= 2:
-        first, last = ckpts[0], ckpts[-1]
-        a, b = ev["_outcomes"][first], ev["_outcomes"][last]
-        benches = {}
-        for bench in sorted(set(a) & set(b)):
-            common = [pid for pid in a[bench] if pid in b[bench]]
-            benches[bench] = transition_counts((a[bench][p], b[bench][p]) for p in common)
-        if benches:
-            result["eval"] = {
-                "from_checkpoint": first,
-                "to_checkpoint": last,
-                "benchmarks": benches,
-                "total": _sum_counts(benches.values()),
-            }
+    # Figure 2 of the paper: each consecutive pair of evaluated checkpoints (stage0 -> round_1 -> ... -> final).
+    eval_pairs = [p for a, b in itertools.pairwise(ckpts) if (p := _eval_pair(ev["_outcomes"], a, b)) is not None]
+    if eval_pairs:
+        result["eval"] = {"pairs": eval_pairs}
+        if len(ckpts) > 2 and (overall := _eval_pair(ev["_outcomes"], ckpts[0], ckpts[-1])) is not None:
+            result["eval"]["first_to_last"] = overall
     if result["evolve"] is None and result["eval"] is None:
         c.missing.append(
             "transitions (Figure 2): no problem was attempted in two consecutive evolve rounds, and no eval "
             "predictions exist for two checkpoints"
         )
     return result
+
+
+def _eval_pair(outcomes: dict[str, dict[str, dict[str, bool]]], first: str, last: str) -> dict[str, Any] | None:
+    """Transition counts of the eval problems both checkpoints answered, per benchmark and in total."""
+    a, b = outcomes[first], outcomes[last]
+    benches = {}
+    for bench in sorted(set(a) & set(b)):
+        common = [pid for pid in a[bench] if pid in b[bench]]
+        benches[bench] = transition_counts((a[bench][p], b[bench][p]) for p in common)
+    if not benches:
+        return None
+    return {"from_checkpoint": first, "to_checkpoint": last, "benchmarks": benches,
+            "total": _sum_counts(benches.values())}
 
 
 # -- reflect ----------------------------------------------------------------------------------

@@ -89,10 +89,18 @@ def _md_transitions(report: dict[str, Any]) -> list[str]:
         lines += _table(["rounds", *headers], rows)
     if trans.get("eval"):
         ev = trans["eval"]
-        lines += [f"Eval problems, checkpoint `{ev['from_checkpoint']}` → `{ev['to_checkpoint']}`:", ""]
-        rows = [[b, *(_fmt(c[k]) for k in (*TRANSITIONS, "n"))] for b, c in ev["benchmarks"].items()]
-        rows.append(["**all**", *(_fmt(ev["total"][k]) for k in (*TRANSITIONS, "n"))])
-        lines += _table(["benchmark", *headers], rows)
+        pairs = [*ev["pairs"], *([ev["first_to_last"]] if ev.get("first_to_last") else [])]
+        several = len({b for p in pairs for b in p["benchmarks"]}) > 1
+        lines += ["Eval problems answered by both checkpoints of each consecutive pair (the paper's Figure 2)"
+                  + (", then first → last" if ev.get("first_to_last") else "") + ":", ""]
+        rows = []
+        for p in pairs:
+            name = f"{p['from_checkpoint']} → {p['to_checkpoint']}"
+            if several:
+                rows += [[name, b, *(_fmt(c[k]) for k in (*TRANSITIONS, "n"))] for b, c in p["benchmarks"].items()]
+            rows.append([name, "**all**" if several else next(iter(p["benchmarks"])),
+                         *(_fmt(p["total"][k]) for k in (*TRANSITIONS, "n"))])
+        lines += _table(["checkpoints", "benchmark", *headers], rows)
     return lines + _image(report, "transitions", "Outcome transitions")
 
 

@@ -185,11 +185,12 @@ def ask_teacher(cfg: MathSEConfig, problems: list[Problem]) -> list[ChatResult]:
         text = fill_template(teacher.distill_prompt, "teacher.distill_prompt", question=p.question, answer=p.answer)
         return [system_message(teacher.system_prompt), user_message(text, p.images)]
 
-    requests = [ChatRequest(key=p.id, messages=messages(p)) for p in problems]
+    # A generator: the client builds each request (and encodes its images) only as it sends it.
+    requests = (ChatRequest(key=p.id, messages=messages(p)) for p in problems)
     ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
     client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
     try:
-        return client.complete_many_sync(requests, progress="teacher")
+        return client.complete_many_sync(requests, progress="teacher", total=len(problems))
     finally:
         ledger.save()
 

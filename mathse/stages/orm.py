@@ -132,12 +132,10 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
     return compose_train_job(
         cfg,
         name="train_orm",
-        model_path=cfg.model.base,
+        training="orm",
         datasets=[DATASET_NAME],
-        dataset_dir=cfg.dataset_dir,
         output_dir=cfg.model_path("orm_model"),
         run_dir=stage_dir(cfg),
-        training="orm",
     )
 
 
@@ -251,13 +249,13 @@ def annotate(
             ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
             client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
             steps = {k: split_steps(paths[k][1]) for k in pending}
-            first = {
-                k: [system_message(ANNOTATOR_SYSTEM_PROMPT),
-                    client.user_message((check_prompt if k in right else annotation_prompt)(
-                        cfg.orm.data, paths[k][0], steps[k]), paths[k][0].images)]
-                for k in pending
-            }
-            again: dict[str, list[dict[str, Any]]] = {}
+
+            def first(k: str) -> list[dict[str, Any]]:
+                # Built when the client takes the request: images are ImageRefs, encoded when sent.
+                prompt = (check_prompt if k in right else annotation_prompt)(cfg.orm.data, paths[k][0], steps[k])
+                return [system_message(ANNOTATOR_SYSTEM_PROMPT), client.user_message(prompt, paths[k][0].images)]
+
+            again: dict[str, str] = {}  # key -> the unusable first answer, asked again with a reminder
 
             def settle(result: ChatResult, asks: int) -> None:
                 k = result.key
@@ -269,19 +267,23 @@ def annotate(
                     journal.append({"key": k, "status": "ok", "correct": verdict.correct,
                                     "error_step": verdict.error_step, "analysis": verdict.analysis, "asks": asks})
                 elif asks == 1:
-                    reminder = (REASK_CHECK if k in right else REASK_ANNOTATION).format(n_steps=len(steps[k]))
-                    again[k] = [*first[k], {"role": "assistant", "content": result.text},
-                                {"role": "user", "content": reminder}]
+                    again[k] = result.text
                 else:
                     journal.append({"key": k, "status": "dropped", "reason": "unusable annotation after a re-ask",
                                     "raw": result.text, "asks": asks})
 
             try:
-                client.complete_many_sync([ChatRequest(key=k, messages=m) for k, m in first.items()],
-                                          on_result=lambda r: settle(r, 1), progress="orm: teacher annotates")
+                client.complete_many_sync((ChatRequest(key=k, messages=first(k)) for k in pending),
+                                          on_result=lambda r: settle(r, 1), progress="orm: teacher annotates",
+                                          collect=False, total=len(pending))
                 if again:
-                    client.complete_many_sync([ChatRequest(key=k, messages=m) for k, m in again.items()],
-                                              on_result=lambda r: settle(r, 2), progress="orm: teacher re-asked")
+                    reasks = (ChatRequest(key=k, messages=[
+                        *first(k), {"role": "assistant", "content": text},
+                        {"role": "user", "content": (REASK_CHECK if k in right else REASK_ANNOTATION).format(
+                            n_steps=len(steps[k]))}])
+                        for k, text in again.items())
+                    client.complete_many_sync(reasks, on_result=lambda r: settle(r, 2),
+                                              progress="orm: teacher re-asked", collect=False, total=len(again))
             finally:
                 ledger.save()
             print(ledger.summary_line(STAGE))
@@ -336,6 +338,16 @@ def summary(stats: dict[str, Any]) -> str:
         f"{100 * stats['correct'] / rows:.0f}% correct; {stats['error_step_known']} with a first wrong step) "
         f"-> dataset {DATASET_NAME} ({stats['examples']} examples)"
     )
+
+
+def follow(cfg: MathSEConfig) -> int:
+    """node_rank > 0 of a multi-node run: wait for node 0's ORM dataset, then join the ORM's training."""
+    from mathse.nodes import wait_for
+
+    wait_for(cfg, stage_dir(cfg), "ORM dataset")
+    run_train_job(train_job(cfg))
+    print(f"orm: this node's share of the ORM's training is done ({cfg.model_path('orm_model')})")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------

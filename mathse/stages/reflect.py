@@ -143,21 +143,25 @@ def ask_teacher(cfg: MathSEConfig, drafts: list[dict[str, Any]]) -> dict[str, di
     with Journal(stage_dir(cfg) / "teacher.jsonl") as journal:
         pending = [d for d in drafts if d["key"] not in journal]
         if pending and teacher is not None:
-            prompts = {d["key"]: reflection_prompt(cfg, JudgedPathRow(**d)) for d in pending}
-            requests = [ChatRequest(key=d["key"], messages=[user_message(prompts[d["key"]], d["images"])])
-                        for d in pending]
+            # Built one at a time as the client's in-flight window has room; images encoded when sent.
+            requests = (ChatRequest(key=d["key"], messages=[user_message(reflection_prompt(cfg, JudgedPathRow(**d)),
+                                                                         d["images"])])
+                        for d in pending)
+            failed: dict[str, dict[str, Any]] = {}
             ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
             client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
 
             def journal_it(result: ChatResult) -> None:
                 if result.ok:  # failures are not journaled: a rerun asks again
                     journal.append({"key": result.key, "text": result.text})
+                else:
+                    failed[result.key] = {"error": result.error, "retryable": result.retryable}
 
             try:
-                results = client.complete_many_sync(requests, on_result=journal_it, progress="reflect teacher")
+                client.complete_many_sync(requests, on_result=journal_it, progress="reflect teacher",
+                                          collect=False, total=len(pending))
             finally:
                 ledger.save()
-            failed = {r.key: {"error": r.error, "retryable": r.retryable} for r in results if not r.ok}
         else:
             failed = {}
         return {d["key"]: journal.rows.get(d["key"]) or failed.get(d["key"]) or {"error": "no reply"} for d in drafts}

@@ -12,6 +12,13 @@ as OpenAI does: with `api_key` set, a request without that bearer key gets 401; 
 set, a request for another model gets 404 (both attributes may be changed while serving, to
 "fix" the endpoint mid-test).
 
+It also serves the Batch API: ``/v1/files`` (upload, retrieve, content) and ``/v1/batches``
+(create, retrieve, list, cancel). A batch goes validating -> in_progress -> a terminal status, one
+step per retrieve (``batch_polls`` retrieves in progress; none while ``hold_batches`` is set).
+``batch_outcomes`` scripts the batches in creation order: "completed", "errors" (every other line
+in the error file as HTTP 500), "expired" (the first half answered, the rest `batch_expired`
+lines), "failed" (validation failed, no line answered).
+
     with FakeOpenAIServer(replies="The final answer is \\boxed{4}", latency_s=0.5) as server:
         ...  # point an OpenAI client at server.base_url
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import random
@@ -31,11 +39,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from email import policy
+from email.parser import BytesParser
 from http import HTTPStatus
 from typing import Any
 
 __all__ = [
     "ALL_FAULTS",
+    "BATCH_OUTCOMES",
     "FakeHTTPError",
     "FakeOpenAIServer",
     "FaultPlan",
@@ -45,6 +56,7 @@ __all__ = [
 ]
 
 ALL_FAULTS: tuple[str, ...] = ("429", "500", "timeout", "malformed", "disconnect")
+BATCH_OUTCOMES: tuple[str, ...] = ("completed", "errors", "expired", "failed")
 DEFAULT_REPLY = "Step 1: Compute 2 + 2 = 4.\nThe final answer is \\boxed{4}"
 IMAGE_TOKENS = 85  # what OpenAI bills a low-detail image; keeps the fake usage plausible
 
@@ -170,6 +182,8 @@ class FakeOpenAIServer:
         api_key: str | None = None,
         models: Sequence[str] | None = None,
         logprobs: Logprobs | None = None,
+        batch_outcomes: Sequence[str] = (),
+        batch_polls: int = 1,
     ) -> None:
         """`logprobs`: the token log-probabilities of a reply, sent when a request asks for them
         (`"logprobs": true`); default: `token_logprobs(reply)` (every token certain)."""
@@ -193,6 +207,16 @@ class FakeOpenAIServer:
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        unknown = [o for o in batch_outcomes if o not in BATCH_OUTCOMES]
+        if unknown:
+            raise ValueError(f"batch outcomes must be in {BATCH_OUTCOMES}, got {unknown}")
+        self.batch_outcomes = list(batch_outcomes)  # per batch, in creation order; then "completed"
+        self.batch_polls = batch_polls
+        self.hold_batches = False  # while True, batches stay in progress (a test kills the client then)
+        self.files: dict[str, dict[str, Any]] = {}  # id -> file object, with its bytes under "_data"
+        self.batches: dict[str, dict[str, Any]] = {}  # id -> batch object, with private "_" fields
+        self.batch_answers: list[str] = []  # custom_ids answered in batches (each one paid for)
+        self._ids = itertools.count(1)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -328,12 +352,16 @@ class FakeOpenAIServer:
 
     # -- routes ------------------------------------------------------------------------------
 
-    async def _dispatch(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> _Response:
+    async def _dispatch(self, method: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> _Response:
+        headers = headers or {}
         with self._lock:
             self._calls += 1
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
             return _error(401, "Incorrect API key provided (fake server)")
         path = path.rstrip("/")
+        if "/files" in path or "/batches" in path:
+            with self._lock:
+                return self._batch_api(method, path.split("/v1", 1)[-1], body, headers)
         if path.endswith("/chat/completions"):
             if method != "POST":
                 return _error(405, "use POST")
@@ -381,24 +409,32 @@ class FakeOpenAIServer:
                 return _Response(200, b'{"id": "chatcmpl-broken", "choices": [')
             return _Response(200, json.dumps({"id": "chatcmpl-broken", "object": "chat.completion"}).encode())
 
+        try:
+            data = self._completion(body, f"chatcmpl-fake-{index}")
+        except FakeHTTPError as err:
+            return _error(err.status, err.message, err.headers)
+        return _Response(200, json.dumps(data).encode())
+
+    def _completion(self, body: dict[str, Any], completion_id: str) -> dict[str, Any]:
+        """The chat completion for a request body; FakeHTTPError when it is to fail."""
         n = int(body.get("n") or 1)
         texts: list[str] = []
         try:
             for _ in range(n):
                 texts.append(self.replies(body) if callable(self.replies) else self.replies)
-        except FakeHTTPError as err:
-            return _error(err.status, err.message, err.headers)
+        except FakeHTTPError:
+            raise
         except Exception as err:  # a bug in a scripted reply: show it to the client
-            return _error(500, f"replies callable failed: {err!r}")
+            raise FakeHTTPError(500, f"replies callable failed: {err!r}") from err
         want_logprobs = bool(body.get("logprobs"))
         try:
             logprobs = [self._logprobs(body, t) if want_logprobs else None for t in texts]
         except Exception as err:  # a bug in a scripted logprobs function: show it to the client
-            return _error(500, f"logprobs callable failed: {err!r}")
+            raise FakeHTTPError(500, f"logprobs callable failed: {err!r}") from err
         completion_tokens = sum(count_words(t) for t in texts)
         prompt_tokens = _prompt_tokens(body)
-        data = {
-            "id": f"chatcmpl-fake-{index}",
+        return {
+            "id": completion_id,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body["model"],
@@ -417,12 +453,138 @@ class FakeOpenAIServer:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
-        return _Response(200, json.dumps(data).encode())
 
     def _logprobs(self, body: dict[str, Any], text: str) -> list[dict[str, Any]] | None:
         if self.logprobs is not None:
             return self.logprobs(body, text)
         return token_logprobs(text)
+
+    # -- Batch API (called with the lock held) ------------------------------------------------
+
+    def _batch_api(self, method: str, path: str, raw: bytes, headers: dict[str, str]) -> _Response:
+        parts = path.strip("/").split("/")
+        if parts == ["files"] and method == "POST":
+            return self._upload(raw, headers.get("content-type", ""))
+        if parts[0] == "files" and len(parts) >= 2 and method == "GET":
+            file = self.files.get(parts[1])
+            if file is None:
+                return _error(404, f"no file {parts[1]}")
+            if parts[2:] == ["content"]:
+                return _Response(200, file["_data"])
+            return _Response(200, json.dumps(_public(file)).encode())
+        if parts == ["batches"] and method == "POST":
+            return self._create_batch(raw)
+        if parts == ["batches"] and method == "GET":
+            data = [_public(b) for b in reversed(self.batches.values())]
+            return _Response(200, json.dumps({"object": "list", "data": data, "has_more": False}).encode())
+        if parts[0] == "batches" and len(parts) >= 2:
+            batch = self.batches.get(parts[1])
+            if batch is None:
+                return _error(404, f"no batch {parts[1]}")
+            if parts[2:] == ["cancel"] and method == "POST":
+                if batch["status"] not in ("completed", "failed", "expired", "cancelled"):
+                    self._finish_batch(batch, "cancelled")
+            elif method == "GET":
+                self._advance(batch)
+            return _Response(200, json.dumps(_public(batch)).encode())
+        return _error(404, f"no route {method} /v1{path}")
+
+    def _upload(self, raw: bytes, content_type: str) -> _Response:
+        if not content_type.startswith("multipart/form-data"):
+            return _error(400, "files: expected multipart/form-data")
+        message = BytesParser(policy=policy.HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+        fields = {p.get_param("name", header="content-disposition"): p for p in message.iter_parts()}
+        if "file" not in fields or fields.get("purpose") is None:
+            return _error(400, "files: 'file' and 'purpose' are required")
+        data = fields["file"].get_payload(decode=True) or b""
+        file_id = f"file-fake-{next(self._ids)}"
+        self.files[file_id] = {
+            "id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+            "filename": fields["file"].get_filename() or "upload.jsonl",
+            "purpose": fields["purpose"].get_payload(decode=True).decode(), "status": "processed", "_data": data,
+        }
+        return _Response(200, json.dumps(_public(self.files[file_id])).encode())
+
+    def _create_batch(self, raw: bytes) -> _Response:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _error(400, "request body is not valid JSON")
+        if body.get("input_file_id") not in self.files:
+            return _error(400, f"input_file_id {body.get('input_file_id')!r} not found")
+        if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
+            return _error(400, "endpoint must be /v1/chat/completions and completion_window 24h")
+        index = len(self.batches)
+        batch_id = f"batch_fake_{next(self._ids)}"
+        self.batches[batch_id] = {
+            "id": batch_id, "object": "batch", "endpoint": body["endpoint"], "errors": None,
+            "input_file_id": body["input_file_id"], "completion_window": "24h", "status": "validating",
+            "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
+            "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": body.get("metadata"),
+            "_outcome": self.batch_outcomes[index] if index < len(self.batch_outcomes) else "completed",
+            "_polls": 0,
+        }
+        return _Response(200, json.dumps(_public(self.batches[batch_id])).encode())
+
+    def _advance(self, batch: dict[str, Any]) -> None:
+        """One step of a batch's life per retrieve."""
+        if batch["status"] == "validating":
+            if batch["_outcome"] == "failed":
+                self._finish_batch(batch, "failed")
+                return
+            batch["status"] = "in_progress"
+            batch["request_counts"]["total"] = len(self._input_lines(batch))
+        elif batch["status"] == "in_progress" and not (self.hold_batches or batch.get("_hold")):
+            batch["_polls"] += 1
+            if batch["_polls"] >= self.batch_polls:
+                self._finish_batch(batch, "expired" if batch["_outcome"] == "expired" else "completed")
+
+    def _input_lines(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        data = self.files[batch["input_file_id"]]["_data"]
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+    def _finish_batch(self, batch: dict[str, Any], status: str) -> None:
+        """Answer the batch's lines per its outcome, write the output and error files."""
+        batch["status"] = status
+        if status == "failed":
+            batch["errors"] = {"object": "list", "data": [
+                {"code": "invalid_request", "message": "injected validation failure", "line": 1, "param": None}]}
+            return
+        lines = self._input_lines(batch)
+        answer_upto = len(lines) // 2 if status == "expired" else 0 if status == "cancelled" else len(lines)
+        output, errors = [], []
+        for i, line in enumerate(lines):
+            record: dict[str, Any] = {"id": f"batch_req_{next(self._ids)}", "custom_id": line["custom_id"]}
+            if i >= answer_upto:
+                code = f"batch_{status}"
+                errors.append({**record, "response": None, "error": {"code": code, "message": f"{code} (injected)"}})
+                continue
+            if batch["_outcome"] == "errors" and i % 2 == 1:
+                error = {"error": {"message": "internal error (injected)", "type": "server_error"}}
+                errors.append({**record, "response": {"status_code": 500, "body": error}, "error": None})
+                continue
+            try:
+                body = self._completion(line["body"], f"chatcmpl-batch-{next(self._ids)}")
+            except FakeHTTPError as err:
+                error = {"error": {"message": err.message, "type": "invalid_request_error"}}
+                errors.append({**record, "response": {"status_code": err.status, "body": error}, "error": None})
+                continue
+            self.batch_answers.append(line["custom_id"])
+            output.append({**record, "response": {"status_code": 200, "request_id": record["id"], "body": body},
+                           "error": None})
+        batch["request_counts"] = {"total": len(lines), "completed": len(output), "failed": len(errors)}
+        for kind, rows in (("output_file_id", output), ("error_file_id", errors)):
+            if rows:
+                file_id = f"file-fake-{next(self._ids)}"
+                data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                self.files[file_id] = {"id": file_id, "object": "file", "bytes": len(data), "purpose": "batch_output",
+                                       "created_at": int(time.time()), "filename": f"{kind}.jsonl",
+                                       "status": "processed", "_data": data}
+                batch[kind] = file_id
+
+
+def _public(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if not k.startswith("_")}
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> _Response:

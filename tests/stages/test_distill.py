@@ -9,8 +9,12 @@ from typing import Any
 import pytest
 
 from mathse.cli import main
+from mathse.config_loading import load_config
+from mathse.records import read_problems
+from mathse.stages import distill
 from mathse.storage import is_done, iter_jsonl
 from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
+from mathse.timing import StageTimer
 
 SECRET = "sk-mathse-test-SECRET-4242"
 
@@ -142,3 +146,30 @@ def test_unauthorized_teacher_stops_marks_nothing_and_rerun_equals_clean_run(
     for name in ("distill/d_sft.jsonl", "distill/dropped.jsonl", "data/mathse_stage0.json"):
         assert (out / name).read_text() == (tmp_path / "clean" / name).read_text(), name
     assert is_done(out / "sft_model_stage0")
+
+
+def test_batch_mode_d_sft_equals_live_mode_even_when_a_batch_expires(
+    run_config, demo_data, tmp_path, capsys, monkeypatch
+) -> None:
+    """teacher.mode: batch builds the same D_SFT rows as live mode; an expired batch loses nothing."""
+    monkeypatch.setenv("MATHSE_TEST_KEY", SECRET)
+    problems = read_problems(demo_data[0])
+    pending = [p for p in problems if not p.solution]
+    built = {}
+    with FakeOpenAIServer(replies=teacher_reply, batch_outcomes=["expired"]) as server:
+        for mode in ("live", "batch"):
+            section = {**teacher_section(server), "mode": mode, "batch": {"poll_interval_s": 0.02}}
+            cfg = load_config(run_config(teacher=section, run={"output_dir": str(tmp_path / mode)},
+                                         pricing={"gpt-4o": {"prompt_per_1m": 2.0, "completion_per_1m": 8.0}}))
+            stage_dir = tmp_path / mode / "distill"
+            built[mode] = distill.build_d_sft(cfg, problems, stage_dir, StageTimer())
+            built[mode]["rows"] = list(iter_jsonl(tmp_path / mode / "distill" / "d_sft.jsonl"))
+            built[mode]["usage"] = json.loads((tmp_path / mode / "usage.json").read_text())
+        assert server.chat_calls == len(pending)  # live mode's calls only
+        assert len(server.batch_answers) == len(set(server.batch_answers)) == len(pending)
+        assert [b["status"] for b in server.batches.values()] == ["expired", "completed"]
+    assert built["batch"]["rows"] == built["live"]["rows"] and built["batch"]["teacher_failed"] == 0
+    assert built["batch"]["d_sft"] == built["live"]["d_sft"] > len(problems) - len(pending)
+    live, batch = (built[m]["usage"]["stages"]["distill"]["gpt-4o"] for m in ("live", "batch"))
+    assert batch["batch_answered"] == len(pending) and batch["cost_usd"] == pytest.approx(live["cost_usd"] / 2)
+    assert "distill batch: 2 batches submitted" in capsys.readouterr().out

@@ -5,7 +5,7 @@ D_remain. The journal row is asked again by the next judge call over it (see tes
 from __future__ import annotations
 
 from mathse import layout
-from mathse.config import load_config
+from mathse.config_loading import load_config
 from mathse.records import read_problems
 from mathse.stages import evolve
 from mathse.storage import Journal, atomic_write_json, iter_jsonl, read_json

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mathse.cli import main
-from mathse.config import load_config
+from mathse.config_loading import load_config
 from mathse.judge import JudgeItem, PathJudge, open_journal
 from mathse.records import read_problems
 from mathse.steps import split_steps

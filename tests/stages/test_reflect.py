@@ -118,7 +118,7 @@ def test_reflection_rows_prompt_revalidation_and_formats(evolved, run_config, fm
         assert "first error is at step 1" in system_free[2]["content"]
         assert "Miscounted the objects" in system_free[2]["content"]
         assert target.startswith("Reflection: The student misread") and target.endswith(rows[0]["output"])
-        from mathse.config import load_config
+        from mathse.config_loading import load_config
         from mathse.stages.final import train_job
 
         (out / "sft_model_final").mkdir()  # train_job only needs the Stage-2 checkpoint to exist
@@ -265,3 +265,32 @@ def test_unknown_revalidation_is_neither_kept_nor_rejected(evolved, run_config) 
     assert len(dropped) == len(rejected) and all(d["reason"].startswith("unknown:") for d in dropped)
     stats = json.loads((out / "reflect" / "stats.json").read_text())
     assert stats["dropped"] == {"unknown": len(rejected)}
+
+
+def test_batch_mode_killed_while_batch_in_progress_rerun_submits_nothing_new(evolved, run_config, tmp_path) -> None:
+    rejected, _ = evolved
+    with FakeOpenAIServer(replies=teacher_reply) as server:
+        server.hold_batches = True  # the batch stays in progress until the first run is dead
+        section = sections(server)
+        section["teacher"].update(mode="batch", batch={"poll_interval_s": 0.05})
+        config = run_config(**section)
+        batch_journal = tmp_path / "output" / "cache" / "api" / "_batches" / "reflect" / "journal.jsonl"
+        cmd = [sys.executable, "prepare_reflection_data.py", "--config", str(config)]
+        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not (batch_journal.is_file() and '"created"' in batch_journal.read_text()
+                   and [b["status"] for b in server.batches.values()] == ["in_progress"]):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        server.hold_batches = False
+        rerun = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert len(server.batches) == 1 and server.chat_calls == 0  # the same batch, polled to its end
+        assert sorted(server.batch_answers) == sorted(set(server.batch_answers))
+        assert "reflect batch: 0 batches submitted (0 requests)" in rerun.stdout and "1 resumed batches" in rerun.stdout
+    teacher = list(iter_jsonl(tmp_path / "output" / "reflect" / "teacher.jsonl"))
+    assert len(teacher) == len({t["key"] for t in teacher}) == len(rejected)
+    assert (tmp_path / "output" / "reflection_sft.jsonl").is_file()

@@ -230,14 +230,22 @@ def test_full_run_report_numbers(full_run: MathSEConfig, capsys: pytest.CaptureF
         {"from_round": 2, "to_round": 3, **zero_transitions(incorrect_to_correct=1)},
     ]
     assert tr["evolve"]["total"] == zero_transitions(incorrect_to_correct=2, persistently_incorrect=1)
-    assert tr["eval"]["from_checkpoint"] == "base" and tr["eval"]["to_checkpoint"] == "final"
-    assert tr["eval"]["benchmarks"] == {
+    # eval: one entry per consecutive checkpoint pair (base -> round_2 -> final), then base -> final
+    assert [(p["from_checkpoint"], p["to_checkpoint"]) for p in tr["eval"]["pairs"]] == [
+        ("base", "round_2"), ("round_2", "final")]
+    assert [p["benchmarks"] for p in tr["eval"]["pairs"]] == [
+        {"mathvista": zero_transitions(consistently_correct=2, incorrect_to_correct=1, persistently_incorrect=1)},
+        {"mathvista": zero_transitions(consistently_correct=2, correct_to_incorrect=1, persistently_incorrect=1)},
+    ]
+    overall = tr["eval"]["first_to_last"]
+    assert overall["from_checkpoint"] == "base" and overall["to_checkpoint"] == "final"
+    assert overall["benchmarks"] == {
         "mathverse": zero_transitions(incorrect_to_correct=1, persistently_incorrect=1),
         "mathvista": zero_transitions(consistently_correct=1, incorrect_to_correct=1, correct_to_incorrect=1,
                                       persistently_incorrect=1),
     }
-    assert tr["eval"]["total"] == zero_transitions(consistently_correct=1, incorrect_to_correct=2,
-                                                   correct_to_incorrect=1, persistently_incorrect=2)
+    assert overall["total"] == zero_transitions(consistently_correct=1, incorrect_to_correct=2,
+                                                correct_to_incorrect=1, persistently_incorrect=2)
 
     # Answer lengths
     lengths = {r["key"]: (r["n"], r["mean_chars"], r["median_chars"]) for r in data["lengths"]}
