@@ -8,7 +8,12 @@ seeds), the wall time of each demo, and the figures (`name: value` lines) for be
 
     demo_final_minus_stage0_min   min over seeds of final - stage0 accuracy (points; target >= 15)
     demo_last_round_minus_stage0_min   the same for the last evolve round (target > 0)
+    demo_final_minus_last_round_min    final - last round (target >= 0)
+    demo_orm_accuracy_min         the trained ORM's accuracy on its held-out paths (target >= 0.85)
+    demo_orm_error_step_exact_min its first wrong step named exactly, on the held-out incorrect paths
+    demo_reflection_kept_min      reflection rows kept for the final SFT (target > 0)
     demo_wall_s_max               the slowest demo's wall time (target < 600 s on 2 cores)
+    demo_rerun_teacher_calls_max  teacher calls answered in a rerun's demo (0 on a rerun: nothing repeated)
 
 Every stage resumes, so a rerun with the same --work only reports.
 
@@ -22,8 +27,10 @@ import concurrent.futures
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,11 +63,20 @@ def run_seed(work: Path, seed: int, threads: int, overrides: list[str]) -> dict[
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
     seconds = round(time.perf_counter() - start, 1)
     print(f"seed {seed}: demo exit {code} in {seconds:.0f}s (log {run_dir / 'demo.log'})", flush=True)
-    result: dict[str, Any] = {"seed": seed, "wall_s": seconds, "exit": code}
+    result: dict[str, Any] = {"seed": seed, "wall_s": seconds, "exit": code, "teacher_calls": teacher_calls(run_dir)}
     out = run_dir / "work" / "output"
     if (out / "eval" / "results.csv").is_file():
         result.update(collect(out))
     return result
+
+
+def teacher_calls(run_dir: Path) -> int | None:
+    """Teacher calls answered in the latest demo run (its "scripted teacher answered" line)."""
+    text = (run_dir / "demo.log").read_text(encoding="utf-8", errors="replace")
+    lines = [line for line in text.splitlines() if line.startswith("demo: scripted teacher answered:")]
+    if not lines:
+        return None
+    return sum(int(n) for n in re.findall(r"(\d+) [a-z]+", lines[-1]))
 
 
 def collect(out: Path) -> dict[str, Any]:
@@ -76,7 +92,19 @@ def collect(out: Path) -> dict[str, Any]:
         for p in sorted(out.glob("*/train_results.json"))
     }
     stage_s = {p.parent.name: json.loads(p.read_text())["wall_s"] for p in sorted(out.glob("*/timings.json"))}
-    return {"accuracy": accuracy, "harvest": harvest, "train_runtime_s": train_s, "stage_timings": stage_s}
+    orm = json.loads((out / "orm_model" / "orm_metrics.json").read_text()) if (out / "orm_model").is_dir() else {}
+    reflect = out / "reflect" / "stats.json"
+    return {"accuracy": accuracy, "harvest": harvest, "train_runtime_s": train_s, "stage_timings": stage_s,
+            "orm": {k: orm.get(k) for k in ("paths", "accuracy", "accuracy_on_correct", "accuracy_on_incorrect",
+                                            "error_step_exact", "unparseable_rate")},
+            "reflection_kept": json.loads(reflect.read_text())["kept"] if reflect.is_file() else None}
+
+
+def sample_load(loads: list[float], done: threading.Event, every_s: float = 10.0) -> None:
+    while True:
+        loads.append(os.getloadavg()[0])
+        if done.wait(every_s):
+            return
 
 
 def main() -> int:
@@ -89,9 +117,15 @@ def main() -> int:
     args = parser.parse_args()
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()
+    # The machine may be shared: the 1-minute load average, sampled while the demos run, says how much.
+    loads: list[float] = []
+    done = threading.Event()
+    sampler = threading.Thread(target=sample_load, args=(loads, done), daemon=True)
+    sampler.start()
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         work = args.work.resolve()
         results = list(pool.map(lambda s: run_seed(work, s, threads, args.overrides), args.seeds))
+    done.set()
     wall = time.perf_counter() - started
     print(json.dumps(results, indent=1))
 
@@ -100,7 +134,9 @@ def main() -> int:
     print("checkpoint  " + "  ".join(f"seed {r['seed']:>3}" for r in results))
     for name in names:
         print(f"{name:<10}  " + "  ".join(f"{r.get('accuracy', {}).get(name, float('nan')):>8.1f}" for r in results))
-    print(f"wall time {wall:.0f}s for {len(results)} seeds ({args.jobs} in parallel, {threads} threads each)")
+    print(f"wall time {wall:.0f}s for {len(results)} seeds ({args.jobs} in parallel, {threads} threads each); "
+          f"load average (1 min) during the run: mean {sum(loads) / max(len(loads), 1):.1f}, "
+          f"max {max(loads, default=0.0):.1f} on {os.cpu_count()} cores")
     if any(r["exit"] != 0 or "accuracy" not in r for r in results):
         return 1
     rounds = [n for n in names if n.startswith("round_")]
@@ -111,7 +147,21 @@ def main() -> int:
     print(f"demo_final_minus_stage0_min: {min(gains['final']):.1f}")
     if gains["last_round"]:
         print(f"demo_last_round_minus_stage0_min: {min(gains['last_round']):.1f}")
+        final_vs_last = [r["accuracy"].get("final", float("nan")) - r["accuracy"][rounds[-1]] for r in results]
+        print(f"demo_final_minus_last_round_min: {min(final_vs_last):.1f}")
+    orm = [r["orm"] for r in results if r.get("orm", {}).get("accuracy") is not None]
+    if orm:
+        print(f"demo_orm_accuracy_min: {min(m['accuracy'] for m in orm):.3f}")
+        steps = [m["error_step_exact"] for m in orm if m["error_step_exact"] is not None]
+        if steps:
+            print(f"demo_orm_error_step_exact_min: {min(steps):.3f}")
+    kept = [r["reflection_kept"] for r in results if r.get("reflection_kept") is not None]
+    if kept:
+        print(f"demo_reflection_kept_min: {min(kept)}")
     print(f"demo_wall_s_max: {max(r['wall_s'] for r in results):.0f}")
+    calls = [r["teacher_calls"] for r in results if r["teacher_calls"] is not None]
+    if calls:
+        print(f"demo_rerun_teacher_calls_max: {max(calls)}")
     return 0
 
 

@@ -162,6 +162,21 @@ class OrmDataConfig(StrictModel):
     )
     # The analysis written for correct paths (the teacher is asked only about incorrect ones).
     correct_analysis: str = "Every step is valid and the final answer matches the reference answer."
+    # Also ask the teacher to check every path whose final answer is right (the paper labels by the
+    # answer alone): one with a faulty step becomes an incorrect example naming that step. A small
+    # model reaches the right answer through wrong steps often (the demo's M0: 30-65% of its right
+    # answers), and an ORM taught those are correct passes them on to self-training.
+    verify_correct: bool = False
+    # The teacher's check of a right-answer path; {question} {answer} {steps} {n_steps} are filled in.
+    verify_prompt: str = (
+        "A student's solution to the problem below reaches the reference answer. Check every step.\n\n"
+        "Problem: {question}\n\nReference answer: {answer}\n\n"
+        "Student's solution ({n_steps} numbered steps):\n{steps}\n\n"
+        "If every step is valid, reply with exactly one JSON object: "
+        '{{"correct": true, "error_step": null, "analysis": "<why it is right>"}}. Otherwise name the FIRST '
+        'step that contains an error: {{"correct": false, "error_step": <step number from 1 to {n_steps}>, '
+        '"analysis": "<what goes wrong there and how to fix it>"}}'
+    )
 
     @model_validator(mode="after")
     def _file_for_file_source(self) -> OrmDataConfig:

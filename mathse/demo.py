@@ -23,7 +23,8 @@ from mathse import cli, layout
 from mathse.config import ConfigError, MathSEConfig
 from mathse.config_loading import PROJECT_ROOT, load_config
 from mathse.demo_problems import write_countdown_dataset
-from mathse.stages import load_stage
+from mathse.eval_results import accuracy_table
+from mathse.storage import is_done, read_json, read_marker
 from mathse.testing.scripted_teacher import serve_scripted_teacher
 from mathse.tiny_model import DEMO_SIZE, build_tiny_qwen2vl
 
@@ -50,12 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     stage_args = ["--stage", "all", "--config", str(args.config), *(f"--set={o}" for o in args.overrides)]
-    # Real runs point teacher.base_url at GPT-4o; the demo serves a scripted stand-in of its own,
-    # which also judges paths step by step until the demo trains its own ORM (issue 11).
+    # Real runs point teacher.base_url at GPT-4o; the demo serves a scripted stand-in of its own.
+    # The ORM is the one the run trains (orm.backend: trained), served by the pipeline itself.
     with serve_scripted_teacher(error_rate=args.teacher_error_rate, seed=args.asset_seed) as (server, teacher):
         print(f"demo: scripted teacher (a stand-in for GPT-4o) at {server.base_url}", flush=True)
-        urls = [f"--set=teacher.base_url={server.base_url}", f"--set=orm.api.base_url={server.base_url}"]
-        code = cli.main([*stage_args, *urls])
+        code = cli.main([*stage_args, f"--set=teacher.base_url={server.base_url}"])
     counts = ", ".join(f"{n} {kind}" for kind, n in sorted(teacher.counts.items())) or "none (all cached)"
     print(f"demo: scripted teacher answered: {counts}", flush=True)
     if teacher.unreadable:
@@ -65,8 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {reason}", file=sys.stderr)
         return 1
     if code == 0:
-        print_results(cfg)
-        print_artifacts(cfg, time.monotonic() - started)
+        print_summary(cfg, time.monotonic() - started)
     return code
 
 
@@ -76,18 +75,26 @@ def prepare_assets(work: Path, seed: int = 0) -> dict[str, Path]:
     return write_countdown_dataset(work / "data", DEMO_SPLITS, seed=seed, solution_every={"seed": 2})
 
 
-def print_results(cfg: MathSEConfig) -> None:
+def print_summary(cfg: MathSEConfig, seconds: float) -> None:
+    """The accuracy table, the ORM's and reflection's key numbers, and where to look next."""
     table = layout.eval_results_path(cfg, "md")
     if table.is_file():
-        rows = [line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
-        print("\ndemo: held-out accuracy (%) of each checkpoint:\n" + "\n".join(rows))
-
-
-def print_artifacts(cfg: MathSEConfig, seconds: float) -> None:
-    print(f"\ndemo: finished in {seconds:.0f}s; artifacts:")
-    for module in (load_stage(cli.STAGES[s][0]) for s in cli.pipeline(cfg)):
-        for label, path in module.artifacts(cfg).items():
-            print(f"  {label:<28} {path}")
+        rows = accuracy_table(table.read_text(encoding="utf-8"))
+        print("\ndemo: held-out accuracy % (correct/total) of each checkpoint:\n" + "\n".join(rows))
+    metrics = layout.orm_metrics_path(cfg)
+    if metrics.is_file():
+        m = read_json(metrics)
+        step = "n/a" if m["error_step_exact"] is None else f"{100 * m['error_step_exact']:.0f}%"
+        print(f"demo: trained ORM on {m['paths']} held-out paths: accuracy {100 * m['accuracy']:.0f}%, "
+              f"first wrong step named exactly {step}")
+    reflect = layout.stage_dir(cfg, layout.REFLECT)
+    if is_done(reflect):
+        stats = read_marker(reflect)
+        print(f"demo: reflection: {stats['kept']} of {stats['sent']} corrected paths kept for the final SFT")
+    report = layout.stage_dir(cfg, layout.REPORT) / "report.md"
+    print(f"demo: finished in {seconds:.0f}s. Report (tables, Figure 2 transitions, charts): {report}")
+    print(f"demo: every output is under {cfg.output_dir}; each stage's log (LLaMA-Factory's own output) is "
+          "in its folder; `python -m mathse.demo` again reruns nothing that is done")
 
 
 if __name__ == "__main__":

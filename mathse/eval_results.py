@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from mathse.config import BenchmarkSpec
 from mathse.evalsets import SUBSET_FIELDS, ordered_subsets
 
-__all__ = ["CheckpointLike", "render_results", "results_table"]
+__all__ = ["CheckpointLike", "accuracy_table", "render_results", "results_table"]
 
 
 class CheckpointLike(Protocol):
@@ -140,6 +140,14 @@ def render_results(
                 row.append(with_judge[0] if with_judge else "")
         writer.writerow(row)
     return "\n".join(md) + "\n", buffer.getvalue()
+
+
+def accuracy_table(markdown: str) -> list[str]:
+    """The accuracy table's lines of a results.md (its first table), for a console summary."""
+    lines = markdown.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
 
 
 def results_table(pairs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from tqdm import tqdm
 
 from mathse.config import ConfigError, InferenceConfig
 from mathse.errors import StageError
-from mathse.llamafactory_bridge import IMAGE_TOKEN, training_args
+from mathse.llamafactory_bridge import IMAGE_TOKEN, library_logs_to, training_args
 from mathse.prompts import student_prompt
 from mathse.records import Problem
 from mathse.storage import Journal
@@ -254,9 +254,12 @@ class Generator:
         paths_per_request: int | None = None,
         max_consecutive_failures: int | None = None,
         chat_model_factory: Callable[[dict[str, Any]], Any] | None = None,
+        log_path: Path | None = None,
     ) -> None:
         """`paths_per_request`: None = auto (huggingface and sampling: all pending paths of a problem,
         up to MAX_PATHS_PER_REQUEST; otherwise 1). `chat_model_factory` replaces ChatModel (tests).
+        `log_path`: where LLaMA-Factory's and transformers' own log lines go while the engine is
+        loaded (the stage's log), instead of the console.
         """
         self.inf = inf
         self.seed = seed
@@ -278,6 +281,8 @@ class Generator:
         # off the default executor (which the huggingface engine uses for its generate threads).
         self._io_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._warned_seed = False
+        self.log_path = log_path
+        self._logs = contextlib.ExitStack()
 
     @classmethod
     def from_config(
@@ -307,22 +312,13 @@ class Generator:
         if self._chat_model is not None:
             return 0.0
         start = time.perf_counter()
-        if self._factory is not None:
-            self._chat_model = self._factory(dict(self.args))
-        else:
-            from llamafactory.chat import ChatModel
-
-            # The huggingface engine sizes its request semaphore from MAX_CONCURRENT in __init__;
-            # set it for that moment only, so it does not leak into other engines of this process.
-            previous = os.environ.get("MAX_CONCURRENT")
-            os.environ["MAX_CONCURRENT"] = str(self.inf.concurrency)
-            try:
-                self._chat_model = ChatModel(dict(self.args))
-            finally:
-                if previous is None:
-                    os.environ.pop("MAX_CONCURRENT", None)
-                else:
-                    os.environ["MAX_CONCURRENT"] = previous
+        if self.log_path is not None and self._factory is None:
+            self._logs.enter_context(library_logs_to(self.log_path))
+        try:
+            self._chat_model = self._build_chat_model()
+        except BaseException:
+            self._logs.close()
+            raise
         # All requests must run on ONE long-lived loop: the engine binds to it (the huggingface
         # engine's asyncio.Semaphore, vLLM's output handler task). ChatModel owns such a loop in a
         # daemon thread (its sync `chat()` uses it); a stand-in without one gets our own.
@@ -334,6 +330,23 @@ class Generator:
         self._loop = loop
         self._io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="mathse-img")
         return time.perf_counter() - start
+
+    def _build_chat_model(self) -> Any:
+        if self._factory is not None:
+            return self._factory(dict(self.args))
+        from llamafactory.chat import ChatModel
+
+        # The huggingface engine sizes its request semaphore from MAX_CONCURRENT in __init__;
+        # set it for that moment only, so it does not leak into other engines of this process.
+        previous = os.environ.get("MAX_CONCURRENT")
+        os.environ["MAX_CONCURRENT"] = str(self.inf.concurrency)
+        try:
+            return ChatModel(dict(self.args))
+        finally:
+            if previous is None:
+                os.environ.pop("MAX_CONCURRENT", None)
+            else:
+                os.environ["MAX_CONCURRENT"] = previous
 
     def close(self) -> None:
         """Free the engine: stop vLLM's engine process, drop the model, empty the device cache."""
@@ -368,6 +381,7 @@ class Generator:
             from llamafactory.extras.misc import torch_gc
 
             torch_gc()  # gc.collect() + empty the CUDA/NPU/XPU/MPS cache
+        self._logs.close()  # library logs back to the console
 
     def __enter__(self) -> Generator:
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import re
 import shutil
@@ -351,7 +352,11 @@ def training_stale(job: TrainJob, unit: str, discard: tuple[Path, ...] = ()) -> 
 
 
 def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
-    """Run `llamafactory-cli train`, streaming its output to the console and the log.
+    """Run `llamafactory-cli train`, its output in the job's log, a step progress bar on the console.
+
+    LLaMA-Factory's own chatter (configs, tokenizer, tqdm lines) goes to `job.log_path` only; the
+    console gets one line naming the log, a bar of the optimizer steps (with the last logged loss)
+    and one line with the result; a failure shows the log's tail.
 
     Resumable: a finished job (marker in its output dir) is skipped; an interrupted one resumes
     from its last `checkpoint-*` (LLaMA-Factory does so when output_dir holds one), and one killed
@@ -389,17 +394,41 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
     for note in job.notes:
         print(f"{job.name}: note: {note}", flush=True)
     atomic_write_text(job.yaml_path, job.yaml_text())
+    print(f"{job.name}: llamafactory-cli train -> {out} (log: {job.log_path})", flush=True)
     env = llamafactory_env(job.env)
+    started = time.perf_counter()
+    code, tail = _run_logged(job.command(), env, job.log_path, f"{job.name}: train", tail_lines)
+    if code != 0:
+        raise TrainingError(f"llamafactory-cli train failed (exit {code}); log: {job.log_path}\n{tail}")
+    _finish(job, inputs)
+    print(f"{job.name}: trained in {time.perf_counter() - started:.0f} s{_train_result_text(out)}", flush=True)
+    return out
+
+
+# The Trainer's step bar (" 40%|####      | 80/200 [00:15<00:18, ...]") and its loss logs
+# ("{'loss': '0.5376', ...}"); other bars (dataset conversion, tokenizer) carry a description first.
+_STEP_BAR = re.compile(r"^\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)\s*\[")
+_LOSS = re.compile(r"^\{'loss': '?([0-9.eE+-]+)'?")
+
+
+def _run_logged(command: list[str], env: dict[str, str], log_path: Path, desc: str, tail_lines: int) -> tuple[int, str]:
+    """Run `command` with all its output appended to `log_path`; a step bar on the console.
+
+    Returns (exit code, the last `tail_lines` lines of the output).
+    """
+    from tqdm import tqdm
+
     last: deque[str] = deque(maxlen=tail_lines)
-    with job.log_path.open("a", encoding="utf-8") as log:
-        log.write(f"\n$ {' '.join(job.command())}\n")
+    with log_path.open("a", encoding="utf-8") as log, tqdm(desc=desc, unit="step", total=None) as bar:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
         try:
             proc = subprocess.Popen(
-                job.command(),
+                command,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=env,
-                text=True,
+                text=True,  # universal newlines: every tqdm refresh ("\r") arrives as a line
                 bufsize=1,
                 errors="replace",
                 preexec_fn=_die_with_parent,
@@ -411,14 +440,26 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
             for line in proc.stdout:
                 log.write(line)
                 last.append(line.rstrip("\n"))
-                sys.stdout.write(line)
+                if step := _STEP_BAR.match(line):
+                    done, total = int(step.group(1)), int(step.group(2))
+                    if bar.total != total:
+                        bar.reset(total=total)
+                    bar.update(done - bar.n)
+                elif loss := _LOSS.match(line):
+                    bar.set_postfix(loss=loss.group(1), refresh=False)
         finally:
             code = proc.wait()
-    if code != 0:
-        tail = "\n".join(last)
-        raise TrainingError(f"llamafactory-cli train failed (exit {code}); log: {job.log_path}\n{tail}")
-    _finish(job, inputs)
-    return out
+    return code, "\n".join(last)
+
+
+def _train_result_text(out: Path) -> str:
+    """", train loss 0.123 (200 steps)" from the Trainer's train_results.json, if it wrote one."""
+    path = out / "train_results.json"
+    try:
+        results = read_json(path)
+        return f", train loss {float(results['train_loss']):.4g}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def _join_train_job(job: TrainJob, poll_s: float = 1.0) -> Path:
@@ -428,22 +469,9 @@ def _join_train_job(job: TrainJob, poll_s: float = 1.0) -> Path:
     while not job.yaml_path.is_file():
         time.sleep(poll_s)  # node 0 writes it right before it launches; the launcher's rendezvous times out
     log_path = job.run_dir / f"{job.name}.rank{rank}.log"
-    last: deque[str] = deque(maxlen=30)
-    with log_path.open("a", encoding="utf-8") as log:
-        log.write(f"\n$ {' '.join(job.command())}\n")
-        proc = subprocess.Popen(job.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=llamafactory_env(job.env), text=True, bufsize=1, errors="replace",
-                                preexec_fn=_die_with_parent)
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                log.write(line)
-                last.append(line.rstrip("\n"))
-                sys.stdout.write(line)
-        finally:
-            code = proc.wait()
+    print(f"{job.name}: node_rank {rank} joins llamafactory-cli train (log: {log_path})", flush=True)
+    code, tail = _run_logged(job.command(), llamafactory_env(job.env), log_path, f"{job.name}: train", 30)
     if code != 0:
-        tail = "\n".join(last)
         raise TrainingError(f"llamafactory-cli train (node_rank {rank}) failed (exit {code}); log: {log_path}\n{tail}")
     return job.output_dir
 
@@ -484,6 +512,49 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def library_logs_to(log_path: Path) -> Iterator[None]:
+    """LLaMA-Factory's and transformers' log lines go to `log_path` (appended) for the block.
+
+    For a ChatModel loaded in this process: its chatter (configs, "loading weights", generation
+    config dumps) belongs in the stage's log, not on the console. Both libraries log through one
+    stream handler on their root logger (transformers' is re-added by LLaMA-Factory whenever it
+    parses arguments), so pointing those handlers at the file catches every line; they point back
+    to the console when the block ends.
+    """
+    import transformers.utils.logging as hf_logging
+    from llamafactory.extras import logging as lf_logging
+
+    lf_logging.get_logger()  # both handlers exist from here on
+    hf_logging.get_logger()
+    handlers = {
+        h
+        for name in ("transformers", "llamafactory")
+        for h in logging.getLogger(name).handlers
+        if type(h) is logging.StreamHandler
+    }
+    default = getattr(hf_logging, "_default_handler", None)  # re-added by enable_default_handler()
+    if isinstance(default, logging.StreamHandler):
+        handlers.add(default)
+    # LLaMA-Factory turns transformers' verbosity up to INFO when it parses arguments, for good:
+    # restored afterwards, or every later tokenizer load in this process would talk on the console.
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as log:
+        previous = {h: h.stream for h in handlers}
+        for handler in handlers:
+            handler.setStream(log)
+        hf_logging.disable_progress_bar()  # "Loading weights" bars: tqdm on the console, not logging
+        try:
+            yield
+        finally:
+            for handler, stream in previous.items():
+                handler.setStream(stream)
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
 
 
 def free_port() -> int:

@@ -32,14 +32,17 @@ from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, format_
 __all__ = [
     "ANNOTATOR_SYSTEM_PROMPT",
     "REASK_ANNOTATION",
+    "REASK_CHECK",
     "LabelledPath",
     "annotation_prompt",
     "balance",
+    "check_prompt",
     "class_counts",
     "heldout_ids",
     "orm_metrics",
     "read_labelled_paths",
     "valid_annotation",
+    "valid_check",
 ]
 
 ANNOTATOR_SYSTEM_PROMPT = (
@@ -50,6 +53,12 @@ REASK_ANNOTATION = (
     "That reply cannot be used: it must be one JSON object whose \"error_step\" is a step number from 1 to "
     "{n_steps} (the first incorrect step) and whose \"analysis\" explains the error. Reply again with only "
     'the JSON object: {{"correct": false, "error_step": <1..{n_steps}>, "analysis": "<text>"}}'
+)
+
+REASK_CHECK = (
+    "That reply cannot be used: it must be one JSON object, either {{\"correct\": true, \"error_step\": null, "
+    "\"analysis\": \"<text>\"}} or {{\"correct\": false, \"error_step\": <1..{n_steps}>, \"analysis\": \"<text>\"}}. "
+    "Reply again with only the JSON object."
 )
 
 
@@ -125,6 +134,26 @@ def annotation_prompt(data: OrmDataConfig, problem: Problem, steps: list[str]) -
         steps=number_steps(steps),
         n_steps=str(len(steps)),
     )
+
+
+def check_prompt(data: OrmDataConfig, problem: Problem, steps: list[str]) -> str:
+    """The teacher's user text for a right-answer path (`orm.data.verify_prompt`, steps numbered)."""
+    return fill_template(
+        data.verify_prompt,
+        "orm.data.verify_prompt",
+        question=problem.question,
+        answer=problem.answer,
+        steps=number_steps(steps),
+        n_steps=str(len(steps)),
+    )
+
+
+def valid_check(text: str, n_steps: int) -> Verdict | None:
+    """The teacher's check of a right-answer path when usable: correct, or incorrect naming a step in range."""
+    verdict = parse_verdict(text, n_steps)
+    if verdict.correct is True:
+        return verdict
+    return valid_annotation(text, n_steps)
 
 
 def valid_annotation(text: str, n_steps: int) -> Verdict | None:

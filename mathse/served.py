@@ -92,6 +92,8 @@ def open_generator(
     if inf.backend == "served":
         return ServedGenerator(student_spec(cfg, model_path, adapter_path, inf), inf, cfg.serve, cfg.ray,
                                server_dir, seed=cfg.run.seed)
+    # The in-process engine's own log lines go next to where a server's would.
+    kwargs.setdefault("log_path", server_dir / "chat_model.log")
     return Generator.from_config(cfg, model_path, adapter_path, inf, **kwargs)
 
 

@@ -261,3 +261,32 @@ def test_seeded_sampling_is_reproducible_one_request_at_a_time(sampler: Generato
         sampler.seed = None
     assert outputs[0] == outputs[1] == resumed
     assert outputs[0]["seed-0000#0"] != outputs[0]["seed-0000#1"]
+
+
+@pytest.mark.slow
+def test_engine_chatter_goes_to_the_log_not_the_console(tiny_model: Path, tmp_path: Path, demo_data, capfd) -> None:
+    """With log_path, the ChatModel's loading lines (LLaMA-Factory, transformers) land in the stage's log."""
+    import logging
+
+    import transformers.utils.logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    from llamafactory.extras import logging as lf_logging
+
+    lf_root = lf_logging.get_logger()  # configured now, so its console handler exists before and after
+    streams = {h: h.stream for h in lf_root.handlers if type(h) is logging.StreamHandler}
+    log = tmp_path / "servers" / "chat_model.log"
+    items = make_items(read_problems(demo_data[0])[:1], 1)
+    with Generator(tiny_model, None, "qwen2_vl", _inf(), log_path=log) as gen, \
+            Journal(tmp_path / "gen.jsonl") as journal:
+        assert gen.generate(items, journal).done == 1
+    out, err = capfd.readouterr()
+    text = log.read_text()
+    assert "llamafactory" in text and "loading" in text.lower()  # the engine's own lines
+    assert "llamafactory" not in out + err and "loading configuration" not in out + err
+    assert "Loading weights" not in out + err  # transformers' load bar is off while the engine loads
+    assert hf_logging.get_verbosity() == verbosity and hf_logging.is_progress_bar_enabled()
+    # Afterwards the libraries log where they logged before (the console), not to the file.
+    assert {h: h.stream for h in lf_root.handlers if type(h) is logging.StreamHandler} == streams
+    lf_root.warning("back on the console")
+    assert "back on the console" not in log.read_text()

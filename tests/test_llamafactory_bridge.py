@@ -189,3 +189,27 @@ def test_finished_training_prunes_checkpoints_unless_kept(run_config, tmp_path: 
     assert run_train_job(job) == out and is_done(out)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == (["checkpoint-20", "checkpoint-40"] if keep else [])
     assert (out / "model.safetensors").is_file()
+
+
+def test_training_output_goes_to_the_log_and_a_step_bar_to_the_console(tmp_path: Path, capfd) -> None:
+    """LLaMA-Factory's chatter lands in the log only; the console shows the steps and the last loss."""
+    from mathse.llamafactory_bridge import _run_logged
+
+    script = (
+        "import sys\n"
+        "print('[INFO|configuration_utils.py:769] >> loading configuration file config.json')\n"
+        "print('Running tokenizer on dataset: 100%|##########| 53/53 [00:00<00:00, 473.29 examples/s]')\n"
+        "for i in range(1, 5):\n"
+        "    sys.stderr.write(f' {25 * i}%|##  | {i}/4 [00:01<00:03,  1.00it/s]\\r')\n"
+        "print(\"{'loss': '0.5376', 'grad_norm': '1.5', 'epoch': '2'}\")\n"
+        "sys.exit(int(sys.argv[1]))\n"
+    )
+    log = tmp_path / "train.log"
+    code, tail = _run_logged([sys.executable, "-c", script, "0"], dict(os.environ), log, "t: train", 30)
+    out, err = capfd.readouterr()
+    text = log.read_text()
+    assert code == 0 and "loading configuration file" in text and "4/4" in text and "'loss'" in text
+    assert "loading configuration file" not in out + err and "Running tokenizer" not in out + err
+    assert "t: train" in err and "4/4" in err and "loss=0.5376" in err  # the bar, with its loss
+    code, tail = _run_logged([sys.executable, "-c", script, "3"], dict(os.environ), log, "t: train", 2)
+    assert code == 3 and tail.splitlines()[-1].startswith("{'loss'") and len(tail.splitlines()) == 2

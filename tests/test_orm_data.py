@@ -249,3 +249,32 @@ def test_orm_stage_end_to_end_data_training_served_metrics_and_a_free_rerun(run_
         assert main(["--stage", "orm", "--config", str(config)]) == 0
         assert "orm: already done, nothing to do" in capsys.readouterr().out
         assert server.chat_calls == calls and (model / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_verify_correct_asks_the_teacher_about_right_answers_too(run_config) -> None:
+    """orm.data.verify_correct: a right answer reached through a faulty step is an incorrect example."""
+    faulty_answers = {"30", "9"}  # seed-0001, seed-0004, seed-0006: the teacher finds a faulty step
+
+    def reply(body: dict[str, Any]) -> str:
+        text = json.dumps(body["messages"][1])
+        if "reaches the reference answer" not in text:  # a wrong answer: orm.data.annotate_prompt
+            return '{"correct": false, "error_step": 2, "analysis": "Step 2 guesses instead of computing."}'
+        if re.search(r"\((\w+)\) reaches", text).group(1) in faulty_answers:  # type: ignore[union-attr]
+            return '{"correct": false, "error_step": 1, "analysis": "Step 1 misreads the figure."}'
+        return '{"correct": true, "error_step": null, "analysis": "All steps hold."}'
+
+    with FakeOpenAIServer(replies=reply) as server:
+        cfg = load_config(data_config(run_config, server, verify_correct=True,
+                                      verify_prompt="Problem {question} ({answer}) reaches the reference answer:\n"
+                                                    "{steps}\nJSON with error_step from 1 to {n_steps}."))
+        prefill_m0_paths(cfg)
+        stats = orm_stage.build_data(cfg)
+        assert server.chat_calls == 16  # every path once: 8 wrong answers, 8 right ones checked
+    assert (stats["verified"], stats["faulty_right_answers"]) == (8, 3)
+    assert (stats["labelled_correct"], stats["labelled_incorrect"]) == (8, 8)
+    rows = read_labelled_paths(orm_stage.data_dir(cfg) / "train.jsonl") + \
+        read_labelled_paths(orm_stage.data_dir(cfg) / "heldout.jsonl")
+    faulty = [r for r in rows if not r.correct and r.path.endswith(f"{{{r.answer}}}")]
+    assert faulty and all(r.error_step == 1 and r.analysis == "Step 1 misreads the figure." for r in faulty)
+    assert all(r.answer not in faulty_answers and r.analysis == cfg.orm.data.correct_analysis
+               for r in rows if r.correct)

@@ -59,7 +59,8 @@ def test_lengths_equal_llamafactory_supervised_encoding(tiny_model: Path, images
 
 def test_only_examples_losing_image_tokens_are_left_out_and_listed(run_config, images, tmp_path: Path,
                                                                     capsys) -> None:
-    cfg = load_config(run_config(llama_factory={"cutoff_len": 1024, "image_max_pixels": 12544}))
+    cfg = load_config(run_config(llama_factory={"cutoff_len": 1024, "image_max_pixels": 12544},
+                                 trainings={"orm": {"cutoff_len": 1024}}))
     budget = TokenBudget.for_training(cfg, "orm")
     image = images[(640, 480)]
     short = SftExample(prompt="How many?", response="Step 1: 3.", images=(image,), system=ORM_SYSTEM_PROMPT, id="ok")

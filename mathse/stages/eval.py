@@ -28,7 +28,7 @@ from typing import Any
 from mathse import layout
 from mathse.config import BenchmarkSpec, ConfigError, InferenceConfig, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
-from mathse.eval_results import render_results
+from mathse.eval_results import accuracy_table, render_results
 from mathse.evalsets import BREAKDOWN_FIELDS, SUBSET_FIELDS, EvalItem, load_benchmark
 from mathse.inference import Generator, GenItem, chat_model_args, training_image_max_pixels
 from mathse.scoring import Score, run_judge, score_response
@@ -232,7 +232,9 @@ def run(
                 stats = evaluate_pair(cfg, checkpoint, spec, benches[spec.name], generator)
                 print(pair_summary(stats))
     write_results(cfg, checkpoints, specs)
-    print((layout.eval_results_path(cfg, "md")).read_text(encoding="utf-8").rstrip())
+    table = layout.eval_results_path(cfg, "md")
+    rows = accuracy_table(table.read_text(encoding="utf-8"))
+    print("\n".join([f"eval: accuracy % (correct/total) -> {table}", *rows]))
     return 0
 
 

@@ -47,14 +47,17 @@ from mathse.messages import ChatRequest, ChatResult, system_message
 from mathse.orm_data import (
     ANNOTATOR_SYSTEM_PROMPT,
     REASK_ANNOTATION,
+    REASK_CHECK,
     LabelledPath,
     annotation_prompt,
     balance,
+    check_prompt,
     class_counts,
     heldout_ids,
     orm_metrics,
     read_labelled_paths,
     valid_annotation,
+    valid_check,
 )
 from mathse.orm_serving import orm_endpoint
 from mathse.records import Problem, read_problems
@@ -202,20 +205,26 @@ def build_data(cfg: MathSEConfig) -> dict[str, Any]:
 
     labelled: list[LabelledPath] = []
     wrong: dict[str, tuple[Problem, str]] = {}
+    right: dict[str, tuple[Problem, str]] = {}  # right answer, steps checked by the teacher (verify_correct)
     for row in paths:
         problem = by_id[row["id"]]
-        if check_path(row["response"], problem.answer, problem.question).correct:
-            labelled.append(_labelled(problem, row["response"], True, None, data.correct_analysis))
-        else:
+        if not check_path(row["response"], problem.answer, problem.question).correct:
             wrong[row["key"]] = (problem, row["response"])
-    notes = annotate(cfg, wrong)
-    dropped = 0
-    for key, (problem, path) in wrong.items():
-        note = notes[key]
-        if note["status"] == "ok":
-            labelled.append(_labelled(problem, path, False, note["error_step"], note["analysis"]))
+        elif data.verify_correct:
+            right[row["key"]] = (problem, row["response"])
         else:
+            labelled.append(_labelled(problem, row["response"], True, None, data.correct_analysis))
+    notes = annotate(cfg, wrong, right)
+    dropped = faulty = 0
+    for key, (problem, path) in (wrong | right).items():
+        note = notes[key]
+        if note["status"] != "ok":
             dropped += 1
+        elif note.get("correct", False):
+            labelled.append(_labelled(problem, path, True, None, data.correct_analysis))
+        else:
+            faulty += key in right
+            labelled.append(_labelled(problem, path, False, note["error_step"], note["analysis"]))
 
     kept = balance(labelled, data.correct_per_incorrect, data.max_incorrect, cfg.run.seed)
     held = heldout_ids((r.id for r in kept), data.heldout_fraction, cfg.run.seed)
@@ -226,11 +235,11 @@ def build_data(cfg: MathSEConfig) -> dict[str, Any]:
                          "sample more paths (orm.data.paths_per_problem) or more problems")
     atomic_write_jsonl(out / "train.jsonl", (r.model_dump(mode="json") for r in train))
     atomic_write_jsonl(out / "heldout.jsonl", (r.model_dump(mode="json") for r in heldout))
-    sampled = class_counts(labelled)
     stats = {
-        "problems": len(problems), "paths": len(paths), "labelled_correct": sampled["correct"],
-        "labelled_incorrect": len(wrong), "annotated": len(wrong) - dropped, "annotation_dropped": dropped,
-        "reasked": sum(1 for k in wrong if notes[k]["asks"] > 1),
+        "problems": len(problems), "paths": len(paths), "labelled_correct": len(paths) - len(wrong),
+        "labelled_incorrect": len(wrong), "annotated": len(wrong) + len(right) - dropped, "annotation_dropped": dropped,
+        "verified": len(right), "faulty_right_answers": faulty,
+        "reasked": sum(1 for k in wrong | right if notes[k]["asks"] > 1),
         "train": class_counts(train), "heldout": class_counts(heldout), "heldout_problems": len(held),
     }
     atomic_write_json(out / "stats.json", stats)
@@ -258,27 +267,32 @@ def sample_paths(cfg: MathSEConfig, problems: list[Problem], m0: Path) -> list[d
     return rows
 
 
-def annotate(cfg: MathSEConfig, wrong: dict[str, tuple[Problem, str]]) -> dict[str, dict[str, Any]]:
-    """The teacher's annotation per incorrect path: {status ok|dropped, error_step, analysis, asks}.
+def annotate(
+    cfg: MathSEConfig, wrong: dict[str, tuple[Problem, str]], right: dict[str, tuple[Problem, str]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The teacher's note per path: {status ok|dropped, correct, error_step, analysis, asks}.
 
-    Journaled as each settles (`orm/data/annotations.jsonl`); a failed call is not journaled, so
-    the rerun asks just that one again (and the answer cache makes every answered call free).
+    `wrong` (wrong final answer): the first faulty step and an analysis. `right` (right answer,
+    orm.data.verify_correct): a check of every step, which may find a faulty one. Journaled as
+    each settles (`orm/data/annotations.jsonl`); a failed call is not journaled, so the rerun asks
+    just that one again (and the answer cache makes every answered call free).
     """
-    teacher = cfg.teacher
+    teacher, right = cfg.teacher, right or {}
+    paths = wrong | right
     with Journal(data_dir(cfg) / "annotations.jsonl") as journal:
-        pending = [k for k in wrong if k not in journal]
+        pending = [k for k in paths if k not in journal]
         if pending and teacher is None:
-            raise ConfigError([f"config error: teacher: required to annotate {len(pending)} incorrect paths"])
+            raise ConfigError([f"config error: teacher: required to annotate {len(pending)} paths"])
         failed: dict[str, str] = {}
         if pending and teacher is not None:
             ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
             client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
-            steps = {k: split_steps(wrong[k][1]) for k in pending}
+            steps = {k: split_steps(paths[k][1]) for k in pending}
 
             def first(k: str) -> list[dict[str, Any]]:
                 # Built when the client takes the request: images are ImageRefs, encoded when sent.
-                return [system_message(ANNOTATOR_SYSTEM_PROMPT),
-                        client.user_message(annotation_prompt(cfg.orm.data, wrong[k][0], steps[k]), wrong[k][0].images)]
+                prompt = (check_prompt if k in right else annotation_prompt)(cfg.orm.data, paths[k][0], steps[k])
+                return [system_message(ANNOTATOR_SYSTEM_PROMPT), client.user_message(prompt, paths[k][0].images)]
 
             again: dict[str, str] = {}  # key -> the unusable first answer, asked again with a reminder
 
@@ -287,10 +301,10 @@ def annotate(cfg: MathSEConfig, wrong: dict[str, tuple[Problem, str]]) -> dict[s
                 if not result.ok or result.text is None:
                     failed[k] = result.error or "no answer"
                     return
-                verdict = valid_annotation(result.text, len(steps[k]))
+                verdict = (valid_check if k in right else valid_annotation)(result.text, len(steps[k]))
                 if verdict is not None:
-                    journal.append({"key": k, "status": "ok", "error_step": verdict.error_step,
-                                    "analysis": verdict.analysis, "asks": asks})
+                    journal.append({"key": k, "status": "ok", "correct": verdict.correct,
+                                    "error_step": verdict.error_step, "analysis": verdict.analysis, "asks": asks})
                 elif asks == 1:
                     again[k] = result.text
                 else:
@@ -304,7 +318,8 @@ def annotate(cfg: MathSEConfig, wrong: dict[str, tuple[Problem, str]]) -> dict[s
                 if again:
                     reasks = (ChatRequest(key=k, messages=[
                         *first(k), {"role": "assistant", "content": text},
-                        {"role": "user", "content": REASK_ANNOTATION.format(n_steps=len(steps[k]))}])
+                        {"role": "user", "content": (REASK_CHECK if k in right else REASK_ANNOTATION).format(
+                            n_steps=len(steps[k]))}])
                         for k, text in again.items())
                     client.complete_many_sync(reasks, on_result=lambda r: settle(r, 2),
                                               progress="orm: teacher re-asked", collect=False, total=len(again))
@@ -315,7 +330,7 @@ def annotate(cfg: MathSEConfig, wrong: dict[str, tuple[Problem, str]]) -> dict[s
             key = next(iter(failed))
             raise StageError(f"orm: {len(failed)} teacher annotations failed (first: {key}: {failed[key]}); "
                              "rerun the same command to ask just those again")
-        return {k: journal.rows[k] for k in wrong}
+        return {k: journal.rows[k] for k in paths}
 
 
 def data_summary(stats: dict[str, Any]) -> str:
@@ -323,10 +338,18 @@ def data_summary(stats: dict[str, Any]) -> str:
     return (
         f"orm: data: {stats['paths']} paths from M0 on {stats['problems']} problems: {stats['labelled_correct']} "
         f"correct, {stats['labelled_incorrect']} incorrect ({stats['annotated']} annotated by the teacher, "
-        f"{stats['reasked']} after a re-ask, {stats['annotation_dropped']} dropped); balanced: train "
+        f"{stats['reasked']} after a re-ask, {stats['annotation_dropped']} dropped)"
+        f"{_verified_text(stats)}; balanced: train "
         f"{train['correct']} correct + {train['incorrect']} incorrect, held out {held['correct']} + "
         f"{held['incorrect']} ({stats['heldout_problems']} problems)"
     )
+
+
+def _verified_text(stats: dict[str, Any]) -> str:
+    if not stats.get("verified"):
+        return ""
+    return (f"; the teacher checked the {stats['verified']} right answers step by step: "
+            f"{stats['faulty_right_answers']} had a faulty step (labelled incorrect)")
 
 
 # ---------------------------------------------------------------------------------------------

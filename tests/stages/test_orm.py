@@ -153,13 +153,22 @@ def test_an_over_long_path_is_left_out_and_training_runs(run_config, demo_data, 
     rows.append({**rows[0], "id": "long-one", "path": long_path + "\nThe final answer is \\boxed{3}",
                  "correct": False, "error_step": 1, "analysis": "Miscounted the dots. " * 1500})
     train_file = write_rows(tmp_path / "labelled.jsonl", rows)
-    config = run_config(**orm_sections(train_file, demo_data))  # the demo's trainings.orm.cutoff_len: 1024
+    config = run_config(**orm_sections(train_file, demo_data))  # the demo's trainings.orm.cutoff_len: 1280
     assert main(["--stage", "orm", "--config", str(config)]) == 0
     out = tmp_path / "output"
     printed = capsys.readouterr().out
-    assert "dataset mathse_orm: left out 1 examples whose image tokens do not fit trainings.orm.cutoff_len=1024" \
+    assert "dataset mathse_orm: left out 1 examples whose image tokens do not fit trainings.orm.cutoff_len=1280" \
         in printed
     listed = [json.loads(line) for line in (out / "data" / "mathse_orm.too_long.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in listed] == ["long-one"] and listed[0]["tokens"] > 1024
+    assert [r["id"] for r in listed] == ["long-one"] and listed[0]["tokens"] > 1280
     assert len(json.loads((out / "data" / "mathse_orm.json").read_text())) == len(rows) - 1
     assert is_done(out / "orm_model")
+
+
+def test_the_orm_training_takes_its_own_trainings_settings(run_config) -> None:
+    """trainings.orm reaches the ORM's YAML (its long prompts need their own cutoff_len)."""
+    from mathse.stages import orm as orm_stage
+
+    cfg = load_config(run_config(llama_factory={"cutoff_len": 256}, trainings={"orm": {"cutoff_len": 1500}}))
+    job = orm_stage.train_job(cfg)
+    assert job.args["cutoff_len"] == 1500 and job.origins["cutoff_len"] == "trainings.orm"
