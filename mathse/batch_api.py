@@ -25,15 +25,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import openai
 from tqdm import tqdm
 
-from mathse.client import RETRYABLE_4XX, ChatClient, _Failure, _parse_completion
-from mathse.messages import ChatResult
+from mathse.api_replies import RETRYABLE_4XX, ReplyFailure, parse_completion
+from mathse.client import CallBook, ChatClient, cache_key
+from mathse.messages import ChatRequest, ChatResult
 from mathse.storage import Journal
 
 __all__ = ["BatchOutcome", "BatchRun", "parse_line", "write_request_files"]
@@ -117,8 +118,8 @@ def parse_line(raw: str | bytes) -> BatchOutcome | None:
     status = int(response.get("status_code") or 0) if isinstance(response, dict) else 0
     if status == 200:
         try:
-            texts, finish, p_tok, c_tok, _ = _parse_completion(json.dumps(response.get("body")).encode("utf-8"))
-        except _Failure as err:
+            texts, finish, p_tok, c_tok, _ = parse_completion(json.dumps(response.get("body")).encode("utf-8"))
+        except ReplyFailure as err:
             return BatchOutcome(custom_id, ChatResult(key="", error=err.reason, retryable=err.retry, batch=True))
         result = ChatResult(key="", text=texts[0], texts=texts, finish_reason=finish, prompt_tokens=p_tok,
                             completion_tokens=c_tok, batch=True)
@@ -378,3 +379,52 @@ class BatchRun:
                   ("resumed_batches", "expired", "cancelled", "failed", "error_lines", "resubmitted", "sent_live",
                    "unanswered", "missing") if s[k]]
         return f"{self.client.stage} batch: " + ", ".join(parts)
+
+
+async def complete_in_batches(client: ChatClient, requests: Iterator[ChatRequest], batch: CallBook) -> None:
+    """`ChatClient.complete_many` in `mode: batch`: cache hits delivered at once, the misses
+    through the Batch API (`BatchRun`). The misses' requests are kept (their images as unencoded
+    `ImageRef`s); each JSONL line is encoded as it is written."""
+    misses: dict[int, tuple[ChatRequest, dict[str, Any], str]] = {}  # index -> request, body, digest
+    wanted: dict[str, int] = {}  # digest -> index of the miss asked for it
+    followers: dict[int, list[tuple[int, str]]] = {}
+    for request in requests:
+        index = batch.take(request.key)
+        body = client.body(request)
+        digest = cache_key(body, request.cache_salt)
+        if digest in wanted:
+            followers.setdefault(wanted[digest], []).append((index, request.key))
+        elif (entry := client._cache_get(digest)) is not None:
+            batch.deliver(index, client._from_cache(request.key, entry), digest)
+        else:
+            wanted[digest], misses[index] = index, (request, body, digest)
+
+    def settle(index: int, result: ChatResult) -> None:
+        request, _, digest = misses.pop(index)
+        result = replace(result, key=request.key)
+        if result.ok:
+            client._cache_put(digest, result)
+        batch.deliver(index, result, digest)
+        for j, key in followers.pop(index, ()):
+            twin = replace(result, key=key, attempts=0, latency_s=0.0)
+            batch.deliver(j, replace(twin, cached=True) if result.ok else twin)
+
+    async def run_live(indices: list[int]) -> None:
+        """Requests no batch answered, with `batch.on_failure: live`: sent as usual."""
+        sem = asyncio.Semaphore(max(1, client.cfg.concurrency))
+        http = client._make_openai()
+
+        async def one(index: int) -> None:
+            request, body, _ = misses[index]
+            settle(index, await client._one(http, sem, request, body))
+
+        try:
+            await asyncio.gather(*(one(i) for i in indices))
+        finally:
+            await http.close()
+
+    if not wanted:
+        return
+    run = BatchRun(client, wanted, lambda i: client.wire_body(misses[i][1]), settle, run_live)
+    await run.run()
+    tqdm.write(run.summary_line())

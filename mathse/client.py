@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import email.utils
 import hashlib
 import importlib
 import json
@@ -45,6 +44,13 @@ from typing import TYPE_CHECKING, Any
 import openai
 from tqdm import tqdm
 
+from mathse.api_replies import (
+    RETRYABLE_4XX,
+    ReplyFailure,
+    error_message,
+    parse_completion,
+    parse_retry_after,
+)
 from mathse.errors import FatalEndpointError
 from mathse.messages import ChatRequest, ChatResult, ImageRef, user_message, wire_messages
 from mathse.usage import UsageLedger
@@ -59,8 +65,6 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the cached entry format or key recipe changes
 LEDGER_SAVE_EVERY_S = 30.0  # a killed run loses at most this much bookkeeping (answers are cached)
 RETRY_AFTER_CAP_S = 600.0  # never let one odd header park a worker for hours
-# Besides 429 and 5xx: request timeout and conflict are transient too (OpenAI's SDK retries them).
-RETRYABLE_4XX = {408, 409, 429}
 # Statuses that say the endpoint, model or key is wrong: no request of the batch can succeed.
 CONFIG_STATUSES = {401, 403, 404}
 # This many requests in a row failing with one such status (or with a 400 before any success)
@@ -146,82 +150,7 @@ class _FatalWatch:
         raise FatalEndpointError(self.client.stage, cfg.base_url, cfg.model, self.status, message, self.streak)
 
 
-class _Failure(Exception):
-    """An attempt that did not produce an answer; `retry` says whether another try may help."""
-
-    def __init__(
-        self, reason: str, retry: bool, retry_after: float | None = None, status: int | None = None
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry = retry
-        self.retry_after = retry_after
-        self.status = status
-
-
-def _parse_retry_after(headers: Any) -> float | None:
-    """Seconds to wait from Retry-After (seconds or an HTTP date) or retry-after-ms; None if absent."""
-    if headers is None:
-        return None
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _error_message(err: openai.APIStatusError) -> str:
-    body = err.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])[:300]
-    return str(err.message)[:300]
-
-
-def _parse_completion(content: bytes) -> tuple[list[str], str | None, int, int, list[dict[str, Any]] | None]:
-    """texts, finish_reason, prompt_tokens, completion_tokens, first choice's token logprobs."""
-    try:
-        data = json.loads(content)
-        choices = data["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise ValueError("no choices")
-        messages = [c["message"] for c in choices]
-    except (ValueError, KeyError, TypeError) as err:
-        raise _Failure("malformed response", retry=True) from err
-    texts = [m.get("content") if isinstance(m, dict) else None for m in messages]
-    finish = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
-    if not all(isinstance(t, str) for t in texts):
-        # A refusal or content filter: deterministic, so paying for retries would not help.
-        refusal = messages[0].get("refusal") if isinstance(messages[0], dict) else None
-        detail = f", refusal: {str(refusal)[:200]}" if refusal else ""
-        raise _Failure(f"no content (finish_reason={finish}{detail})", retry=False)
-    usage = data.get("usage") or {}
-    logprobs = choices[0].get("logprobs") if isinstance(choices[0], dict) else None
-    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
-    return (
-        texts,
-        finish,
-        int(usage.get("prompt_tokens") or 0),
-        int(usage.get("completion_tokens") or 0),
-        tokens if isinstance(tokens, list) else None,
-    )
-
-
-class _Batch:
+class CallBook:
     """The bookkeeping of one `complete_many` call: order, duplicate keys, delivery, ledger."""
 
     def __init__(
@@ -433,18 +362,18 @@ class ChatClient:
             )
             content = response.content
         except openai.APITimeoutError as err:
-            raise _Failure("timeout", retry=True) from err
+            raise ReplyFailure("timeout", retry=True) from err
         except openai.APIConnectionError as err:
             cause = err.__cause__
             detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
-            raise _Failure(f"connection error ({detail[:200]})", retry=True) from err
+            raise ReplyFailure(f"connection error ({detail[:200]})", retry=True) from err
         except openai.APIStatusError as err:
             status = err.status_code
             if status in RETRYABLE_4XX or status >= 500:
-                retry_after = _parse_retry_after(err.response.headers) if status in (429, 503) else None
-                raise _Failure(f"HTTP {status}", retry=True, retry_after=retry_after, status=status) from err
-            raise _Failure(f"HTTP {status}: {_error_message(err)}", retry=False, status=status) from err
-        return _parse_completion(content)
+                retry_after = parse_retry_after(err.response.headers) if status in (429, 503) else None
+                raise ReplyFailure(f"HTTP {status}", retry=True, retry_after=retry_after, status=status) from err
+            raise ReplyFailure(f"HTTP {status}: {error_message(err)}", retry=False, status=status) from err
+        return parse_completion(content)
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max, base * 2^(attempt-1))]."""
@@ -479,10 +408,10 @@ class ChatClient:
                         finish_reason=finish,
                         logprobs=logprobs,
                     )
-                except _Failure as err:
+                except ReplyFailure as err:
                     failure = err
                 except Exception as err:  # never raise out of a batch: report it on the request
-                    failure = _Failure(f"unexpected error: {type(err).__name__}: {str(err)[:200]}", retry=False)
+                    failure = ReplyFailure(f"unexpected error: {type(err).__name__}: {str(err)[:200]}", retry=False)
             if not failure.retry or attempts >= max_attempts:
                 reason = failure.reason
                 if failure.retry:
@@ -525,10 +454,12 @@ class ChatClient:
         if total is None and isinstance(requests, Sized):
             total = len(requests)
         bar = tqdm(total=total, desc=progress, unit="call", disable=True if progress is None else None)
-        batch = _Batch(self, on_result, bar, collect)
+        batch = CallBook(self, on_result, bar, collect)
         try:
             if self.cfg.mode == "batch":
-                await self._run_batch_api(iter(requests), batch)
+                from mathse.batch_api import complete_in_batches  # it builds on this module
+
+                await complete_in_batches(self, iter(requests), batch)
             else:
                 await self._run_batch(iter(requests), batch)
         finally:
@@ -542,7 +473,7 @@ class ChatClient:
             raise RuntimeError(f"internal error: no result for requests {missing[:5]}")
         return batch.results  # type: ignore[return-value]
 
-    async def _run_batch(self, requests: Iterator[ChatRequest], batch: _Batch) -> None:
+    async def _run_batch(self, requests: Iterator[ChatRequest], batch: CallBook) -> None:
         concurrency = max(1, self.cfg.concurrency)
         sem = asyncio.Semaphore(concurrency)
         done: asyncio.Queue[tuple[int, ChatResult]] = asyncio.Queue()
@@ -616,56 +547,6 @@ class ChatClient:
                 await asyncio.gather(*tasks, return_exceptions=True)
             if client is not None:
                 await client.close()
-
-    async def _run_batch_api(self, requests: Iterator[ChatRequest], batch: _Batch) -> None:
-        """`mode: batch`: cache hits delivered at once, the misses through the Batch API (see
-        mathse.batch_api). The misses' requests are kept (their images as unencoded `ImageRef`s);
-        each JSONL line is encoded as it is written."""
-        from mathse.batch_api import BatchRun  # it builds on this module
-
-        misses: dict[int, tuple[ChatRequest, dict[str, Any], str]] = {}  # index -> request, body, digest
-        wanted: dict[str, int] = {}  # digest -> index of the miss asked for it
-        followers: dict[int, list[tuple[int, str]]] = {}
-        for request in requests:
-            index = batch.take(request.key)
-            body = self.body(request)
-            digest = cache_key(body, request.cache_salt)
-            if digest in wanted:
-                followers.setdefault(wanted[digest], []).append((index, request.key))
-            elif (entry := self._cache_get(digest)) is not None:
-                batch.deliver(index, self._from_cache(request.key, entry), digest)
-            else:
-                wanted[digest], misses[index] = index, (request, body, digest)
-
-        def settle(index: int, result: ChatResult) -> None:
-            request, _, digest = misses.pop(index)
-            result = replace(result, key=request.key)
-            if result.ok:
-                self._cache_put(digest, result)
-            batch.deliver(index, result, digest)
-            for j, key in followers.pop(index, ()):
-                twin = replace(result, key=key, attempts=0, latency_s=0.0)
-                batch.deliver(j, replace(twin, cached=True) if result.ok else twin)
-
-        async def run_live(indices: list[int]) -> None:
-            """Requests no batch answered, with `batch.on_failure: live`: sent as usual."""
-            sem = asyncio.Semaphore(max(1, self.cfg.concurrency))
-            client = self._make_openai()
-
-            async def one(index: int) -> None:
-                request, body, _ = misses[index]
-                settle(index, await self._one(client, sem, request, body))
-
-            try:
-                await asyncio.gather(*(one(i) for i in indices))
-            finally:
-                await client.close()
-
-        if not wanted:
-            return
-        run = BatchRun(self, wanted, lambda i: self.wire_body(misses[i][1]), settle, run_live)
-        await run.run()
-        tqdm.write(run.summary_line())
 
     def complete_many_sync(
         self,

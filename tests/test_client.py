@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from mathse.client import ChatClient, _parse_retry_after, cache_key
+from mathse.api_replies import parse_retry_after
+from mathse.client import ChatClient, cache_key
 from mathse.config import ApiConfig, Price
 from mathse.errors import FatalEndpointError
 from mathse.messages import (
@@ -407,14 +408,14 @@ def test_retry_after_is_respected(tmp_path: Path) -> None:
 
 
 def test_retry_after_formats() -> None:
-    assert _parse_retry_after({"retry-after": "2"}) == 2.0
-    assert _parse_retry_after({"retry-after": "0.5"}) == 0.5
-    assert _parse_retry_after({"retry-after-ms": "250"}) == 0.25
-    in_3s = _parse_retry_after({"retry-after": formatdate(time.time() + 3, usegmt=True)})
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after": "0.5"}) == 0.5
+    assert parse_retry_after({"retry-after-ms": "250"}) == 0.25
+    in_3s = parse_retry_after({"retry-after": formatdate(time.time() + 3, usegmt=True)})
     assert in_3s is not None and 1.5 < in_3s <= 3.0
-    assert _parse_retry_after({"retry-after": formatdate(time.time() - 60, usegmt=True)}) == 0.0
-    assert _parse_retry_after({"retry-after": "soon"}) is None
-    assert _parse_retry_after({}) is None
+    assert parse_retry_after({"retry-after": formatdate(time.time() - 60, usegmt=True)}) == 0.0
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
 
 
 @pytest.mark.parametrize("status", [400, 422])

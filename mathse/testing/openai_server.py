@@ -38,11 +38,12 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from email import policy
-from email.parser import BytesParser
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+
+from mathse.testing.fake_batch_api import BATCH_OUTCOMES, BatchRoutes
+from mathse.testing.fake_http import FakeHTTPError, Response, error_response
 
 __all__ = [
     "ALL_FAULTS",
@@ -56,7 +57,6 @@ __all__ = [
 ]
 
 ALL_FAULTS: tuple[str, ...] = ("429", "500", "timeout", "malformed", "disconnect")
-BATCH_OUTCOMES: tuple[str, ...] = ("completed", "errors", "expired", "failed")
 DEFAULT_REPLY = "Step 1: Compute 2 + 2 = 4.\nThe final answer is \\boxed{4}"
 IMAGE_TOKENS = 85  # what OpenAI bills a low-detail image; keeps the fake usage plausible
 
@@ -91,16 +91,6 @@ def token_logprobs(text: str, p_true: float | None = None, top: int = 2) -> list
         entries.append(entry)
         seen += token
     return entries
-
-
-class FakeHTTPError(Exception):
-    """Raise from a `replies` callable to answer with this HTTP status (e.g. 400) instead."""
-
-    def __init__(self, status: int, message: str = "", headers: dict[str, str] | None = None) -> None:
-        super().__init__(message or HTTPStatus(status).phrase)
-        self.status = status
-        self.message = message or HTTPStatus(status).phrase
-        self.headers = headers or {}
 
 
 @dataclass(frozen=True)
@@ -159,15 +149,7 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
     return tokens
 
 
-@dataclass
-class _Response:
-    status: int
-    payload: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    disconnect: bool = False
-
-
-class FakeOpenAIServer:
+class FakeOpenAIServer(BatchRoutes):
     """OpenAI chat-completions over real HTTP on 127.0.0.1, in a background thread."""
 
     def __init__(
@@ -339,7 +321,7 @@ class FakeOpenAIServer:
         return method, target.split("?", 1)[0], headers, body
 
     @staticmethod
-    def _serialize(response: _Response, keep_alive: bool) -> bytes:
+    def _serialize(response: Response, keep_alive: bool) -> bytes:
         phrase = HTTPStatus(response.status).phrase
         lines = [
             f"HTTP/1.1 {response.status} {phrase}",
@@ -352,68 +334,68 @@ class FakeOpenAIServer:
 
     # -- routes ------------------------------------------------------------------------------
 
-    async def _dispatch(self, method: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> _Response:
+    async def _dispatch(self, method: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> Response:
         headers = headers or {}
         with self._lock:
             self._calls += 1
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
-            return _error(401, "Incorrect API key provided (fake server)")
+            return error_response(401, "Incorrect API key provided (fake server)")
         path = path.rstrip("/")
         if "/files" in path or "/batches" in path:
             with self._lock:
                 return self._batch_api(method, path.split("/v1", 1)[-1], body, headers)
         if path.endswith("/chat/completions"):
             if method != "POST":
-                return _error(405, "use POST")
+                return error_response(405, "use POST")
             return await self._chat(body)
         if path.endswith("/models"):
             model = {"id": self.model_name, "object": "model", "created": 0, "owned_by": "mathse"}
             data = {"object": "list", "data": [model]}
-            return _Response(200, json.dumps(data).encode())
-        return _error(404, f"no route {method} {path}")
+            return Response(200, json.dumps(data).encode())
+        return error_response(404, f"no route {method} {path}")
 
-    async def _chat(self, raw: bytes) -> _Response:
+    async def _chat(self, raw: bytes) -> Response:
         with self._lock:
             index = self._chat_calls
             self._chat_calls += 1
         try:
             body = json.loads(raw)
         except ValueError:
-            return _error(400, "request body is not valid JSON")
+            return error_response(400, "request body is not valid JSON")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body.get("model"):
-            return _error(400, "'model' and 'messages' are required")
+            return error_response(400, "'model' and 'messages' are required")
         if body.get("stream"):
-            return _error(400, "streaming is not supported by the fake server")
+            return error_response(400, "streaming is not supported by the fake server")
         if self.record_bodies:
             with self._lock:
                 self.requests.append(body)
         if self.models is not None and body["model"] not in self.models:
-            return _error(404, f"The model `{body['model']}` does not exist or you do not have access to it.")
+            return error_response(404, f"The model `{body['model']}` does not exist or you do not have access to it.")
 
         fault, rng = self.faults.fault_for(index) if self.faults else (None, None)
         if fault is not None:
             with self._lock:
                 self.faults_injected[fault] = self.faults_injected.get(fault, 0) + 1
         if fault == "429":  # rate limiters answer at once
-            return _error(429, "rate limited (injected)", {"Retry-After": f"{self.faults.retry_after_s:g}"})  # type: ignore[union-attr]
+            return error_response(429, "rate limited (injected)", {"Retry-After": f"{self.faults.retry_after_s:g}"})  # type: ignore[union-attr]
         if fault == "timeout":
             await asyncio.sleep(self.faults.timeout_sleep_s)  # type: ignore[union-attr]
         elif self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
         if fault == "disconnect":
-            return _Response(0, b"", disconnect=True)
+            return Response(0, b"", disconnect=True)
         if fault == "500":
-            return _error(500, "internal error (injected)")
+            return error_response(500, "internal error (injected)")
         if fault == "malformed":
             if rng is not None and rng.random() < 0.5:
-                return _Response(200, b'{"id": "chatcmpl-broken", "choices": [')
-            return _Response(200, json.dumps({"id": "chatcmpl-broken", "object": "chat.completion"}).encode())
+                return Response(200, b'{"id": "chatcmpl-broken", "choices": [')
+            return Response(200, json.dumps({"id": "chatcmpl-broken", "object": "chat.completion"}).encode())
 
         try:
             data = self._completion(body, f"chatcmpl-fake-{index}")
         except FakeHTTPError as err:
-            return _error(err.status, err.message, err.headers)
-        return _Response(200, json.dumps(data).encode())
+            return error_response(err.status, err.message, err.headers)
+        return Response(200, json.dumps(data).encode())
 
     def _completion(self, body: dict[str, Any], completion_id: str) -> dict[str, Any]:
         """The chat completion for a request body; FakeHTTPError when it is to fail."""
@@ -458,139 +440,6 @@ class FakeOpenAIServer:
         if self.logprobs is not None:
             return self.logprobs(body, text)
         return token_logprobs(text)
-
-    # -- Batch API (called with the lock held) ------------------------------------------------
-
-    def _batch_api(self, method: str, path: str, raw: bytes, headers: dict[str, str]) -> _Response:
-        parts = path.strip("/").split("/")
-        if parts == ["files"] and method == "POST":
-            return self._upload(raw, headers.get("content-type", ""))
-        if parts[0] == "files" and len(parts) >= 2 and method == "GET":
-            file = self.files.get(parts[1])
-            if file is None:
-                return _error(404, f"no file {parts[1]}")
-            if parts[2:] == ["content"]:
-                return _Response(200, file["_data"])
-            return _Response(200, json.dumps(_public(file)).encode())
-        if parts == ["batches"] and method == "POST":
-            return self._create_batch(raw)
-        if parts == ["batches"] and method == "GET":
-            data = [_public(b) for b in reversed(self.batches.values())]
-            return _Response(200, json.dumps({"object": "list", "data": data, "has_more": False}).encode())
-        if parts[0] == "batches" and len(parts) >= 2:
-            batch = self.batches.get(parts[1])
-            if batch is None:
-                return _error(404, f"no batch {parts[1]}")
-            if parts[2:] == ["cancel"] and method == "POST":
-                if batch["status"] not in ("completed", "failed", "expired", "cancelled"):
-                    self._finish_batch(batch, "cancelled")
-            elif method == "GET":
-                self._advance(batch)
-            return _Response(200, json.dumps(_public(batch)).encode())
-        return _error(404, f"no route {method} /v1{path}")
-
-    def _upload(self, raw: bytes, content_type: str) -> _Response:
-        if not content_type.startswith("multipart/form-data"):
-            return _error(400, "files: expected multipart/form-data")
-        message = BytesParser(policy=policy.HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
-        fields = {p.get_param("name", header="content-disposition"): p for p in message.iter_parts()}
-        if "file" not in fields or fields.get("purpose") is None:
-            return _error(400, "files: 'file' and 'purpose' are required")
-        data = fields["file"].get_payload(decode=True) or b""
-        file_id = f"file-fake-{next(self._ids)}"
-        self.files[file_id] = {
-            "id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
-            "filename": fields["file"].get_filename() or "upload.jsonl",
-            "purpose": fields["purpose"].get_payload(decode=True).decode(), "status": "processed", "_data": data,
-        }
-        return _Response(200, json.dumps(_public(self.files[file_id])).encode())
-
-    def _create_batch(self, raw: bytes) -> _Response:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return _error(400, "request body is not valid JSON")
-        if body.get("input_file_id") not in self.files:
-            return _error(400, f"input_file_id {body.get('input_file_id')!r} not found")
-        if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
-            return _error(400, "endpoint must be /v1/chat/completions and completion_window 24h")
-        index = len(self.batches)
-        batch_id = f"batch_fake_{next(self._ids)}"
-        self.batches[batch_id] = {
-            "id": batch_id, "object": "batch", "endpoint": body["endpoint"], "errors": None,
-            "input_file_id": body["input_file_id"], "completion_window": "24h", "status": "validating",
-            "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
-            "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": body.get("metadata"),
-            "_outcome": self.batch_outcomes[index] if index < len(self.batch_outcomes) else "completed",
-            "_polls": 0,
-        }
-        return _Response(200, json.dumps(_public(self.batches[batch_id])).encode())
-
-    def _advance(self, batch: dict[str, Any]) -> None:
-        """One step of a batch's life per retrieve."""
-        if batch["status"] == "validating":
-            if batch["_outcome"] == "failed":
-                self._finish_batch(batch, "failed")
-                return
-            batch["status"] = "in_progress"
-            batch["request_counts"]["total"] = len(self._input_lines(batch))
-        elif batch["status"] == "in_progress" and not (self.hold_batches or batch.get("_hold")):
-            batch["_polls"] += 1
-            if batch["_polls"] >= self.batch_polls:
-                self._finish_batch(batch, "expired" if batch["_outcome"] == "expired" else "completed")
-
-    def _input_lines(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        data = self.files[batch["input_file_id"]]["_data"]
-        return [json.loads(line) for line in data.splitlines() if line.strip()]
-
-    def _finish_batch(self, batch: dict[str, Any], status: str) -> None:
-        """Answer the batch's lines per its outcome, write the output and error files."""
-        batch["status"] = status
-        if status == "failed":
-            batch["errors"] = {"object": "list", "data": [
-                {"code": "invalid_request", "message": "injected validation failure", "line": 1, "param": None}]}
-            return
-        lines = self._input_lines(batch)
-        answer_upto = len(lines) // 2 if status == "expired" else 0 if status == "cancelled" else len(lines)
-        output, errors = [], []
-        for i, line in enumerate(lines):
-            record: dict[str, Any] = {"id": f"batch_req_{next(self._ids)}", "custom_id": line["custom_id"]}
-            if i >= answer_upto:
-                code = f"batch_{status}"
-                errors.append({**record, "response": None, "error": {"code": code, "message": f"{code} (injected)"}})
-                continue
-            if batch["_outcome"] == "errors" and i % 2 == 1:
-                error = {"error": {"message": "internal error (injected)", "type": "server_error"}}
-                errors.append({**record, "response": {"status_code": 500, "body": error}, "error": None})
-                continue
-            try:
-                body = self._completion(line["body"], f"chatcmpl-batch-{next(self._ids)}")
-            except FakeHTTPError as err:
-                error = {"error": {"message": err.message, "type": "invalid_request_error"}}
-                errors.append({**record, "response": {"status_code": err.status, "body": error}, "error": None})
-                continue
-            self.batch_answers.append(line["custom_id"])
-            output.append({**record, "response": {"status_code": 200, "request_id": record["id"], "body": body},
-                           "error": None})
-        batch["request_counts"] = {"total": len(lines), "completed": len(output), "failed": len(errors)}
-        for kind, rows in (("output_file_id", output), ("error_file_id", errors)):
-            if rows:
-                file_id = f"file-fake-{next(self._ids)}"
-                data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-                self.files[file_id] = {"id": file_id, "object": "file", "bytes": len(data), "purpose": "batch_output",
-                                       "created_at": int(time.time()), "filename": f"{kind}.jsonl",
-                                       "status": "processed", "_data": data}
-                batch[kind] = file_id
-
-
-def _public(obj: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if not k.startswith("_")}
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> _Response:
-    payload = {"error": {"message": message, "type": "fake_server_error", "code": status}}
-    return _Response(status, json.dumps(payload).encode(), dict(headers or {}))
-
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve until Ctrl-C."""
