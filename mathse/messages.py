@@ -36,7 +36,9 @@ __all__ = [
 # The encoder cache: the same image often goes out several times in a row (k samples per problem,
 # a re-ask), so its data URL is kept, up to this many bytes in all (least recently used out).
 ENCODED_CACHE_BYTES = 32 * 2**20
-DIGEST_CACHE_ENTRIES = 65536  # sha256 per (path, mtime, size): ~150 bytes an entry
+# sha256 per (path, mtime, size), ~450 bytes an entry: enough for the paths of the problems in
+# flight (asked about the same image one after another), small next to 100K problems.
+DIGEST_CACHE_ENTRIES = 4096
 _READ_CHUNK = 3 * 2**18  # a multiple of 3: base64 of the chunks concatenates to base64 of the file
 
 

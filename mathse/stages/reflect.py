@@ -166,12 +166,12 @@ def ask_teacher(cfg: MathSEConfig, drafts: list[dict[str, Any]]) -> dict[str, di
         raise ConfigError([f"config error: teacher: required: {len(drafts)} drafts to reflect on"])
     with Journal(stage_dir(cfg) / "teacher.jsonl") as journal:
         pending = [d for d in drafts if d["key"] not in journal]
+        failed: dict[str, dict[str, Any]] = {}  # not journaled: a rerun asks again
         if pending and teacher is not None:
             # Built one at a time as the client's in-flight window has room; images encoded when sent.
             requests = (ChatRequest(key=d["key"], messages=[user_message(reflection_prompt(cfg, JudgedPathRow(**d)),
                                                                          d["images"])])
                         for d in pending)
-            failed: dict[str, dict[str, Any]] = {}
             ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
             client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
 
@@ -186,8 +186,6 @@ def ask_teacher(cfg: MathSEConfig, drafts: list[dict[str, Any]]) -> dict[str, di
                                           collect=False, total=len(pending))
             finally:
                 ledger.save()
-        else:
-            failed = {}
         return {d["key"]: journal.rows.get(d["key"]) or failed.get(d["key"]) or {"error": "no reply"} for d in drafts}
 
 
