@@ -543,18 +543,27 @@ def library_logs_to(log_path: Path) -> Iterator[None]:
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", encoding="utf-8") as log:
-        previous = {h: h.stream for h in handlers}
-        for handler in handlers:
-            handler.setStream(log)
+        previous = {h: _swap_stream(h, log) for h in handlers}
         hf_logging.disable_progress_bar()  # "Loading weights" bars: tqdm on the console, not logging
         try:
             yield
         finally:
             for handler, stream in previous.items():
-                handler.setStream(stream)
+                _swap_stream(handler, stream)
             hf_logging.set_verbosity(verbosity)
             if bars:
                 hf_logging.enable_progress_bar()
+
+
+def _swap_stream(handler: logging.StreamHandler, stream: Any) -> Any:
+    """Point `handler` at `stream`; returns the old one. Unlike setStream it never fails on an old
+    stream that was closed meanwhile (e.g. a console captured and released by a test runner)."""
+    with handler.lock or contextlib.nullcontext():
+        old = handler.stream
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            old.flush()
+        handler.stream = stream
+    return old
 
 
 def free_port() -> int:

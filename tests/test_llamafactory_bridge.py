@@ -213,3 +213,24 @@ def test_training_output_goes_to_the_log_and_a_step_bar_to_the_console(tmp_path:
     assert "t: train" in err and "4/4" in err and "loss=0.5376" in err  # the bar, with its loss
     code, tail = _run_logged([sys.executable, "-c", script, "3"], dict(os.environ), log, "t: train", 2)
     assert code == 3 and tail.splitlines()[-1].startswith("{'loss'") and len(tail.splitlines()) == 2
+
+
+def test_library_logs_survive_a_console_stream_closed_meanwhile(tmp_path: Path) -> None:
+    """A library handler left on a closed stream (a test runner's released capture) does not break the switch."""
+    import logging
+
+    from llamafactory.extras import logging as lf_logging
+
+    from mathse.llamafactory_bridge import library_logs_to
+
+    [handler] = [h for h in lf_logging.get_logger().handlers if type(h) is logging.StreamHandler]
+    original = handler.stream
+    closed = (tmp_path / "console").open("w")
+    closed.close()
+    handler.stream = closed
+    try:
+        with library_logs_to(tmp_path / "lf.log"):
+            logging.getLogger("llamafactory.x").warning("into the file")
+        assert handler.stream is closed and "into the file" in (tmp_path / "lf.log").read_text()
+    finally:
+        handler.stream = original
