@@ -191,6 +191,24 @@ def training_image_max_pixels(cfg: MathSEConfig, training: str | None = "rounds"
     return int(value) if value is not None else None
 
 
+def plan_chunks(items: Sequence[GenItem], journal: Journal, group: int) -> tuple[list[tuple[GenItem, ...]], int]:
+    """The items not yet in `journal`, grouped by problem in first-seen order and cut into chunks of
+    at most `group` paths (one request each), and how many were skipped as already done."""
+    seen: set[str] = set()
+    skipped = 0
+    by_problem: dict[str, list[GenItem]] = {}
+    for item in items:
+        if item.key in seen:
+            raise ValueError(f"duplicate generation key {item.key!r}")
+        seen.add(item.key)
+        if item.key in journal:
+            skipped += 1
+        else:
+            by_problem.setdefault(item.problem.id, []).append(item)
+    chunks = [tuple(p[i : i + group]) for p in by_problem.values() for i in range(0, len(p), group)]
+    return chunks, skipped
+
+
 @dataclass(frozen=True)
 class _Request:
     """One `achat` call: the pending paths of one problem (several when grouped)."""
@@ -407,23 +425,8 @@ class Generator:
 
     def _plan(self, items: Sequence[GenItem], journal: Journal, group: int) -> tuple[list[_Request], int]:
         """Pending requests (paths of one problem together, in first-seen order) and the skip count."""
-        seen: set[str] = set()
-        skipped = 0
-        by_problem: dict[str, list[GenItem]] = {}
-        for item in items:
-            if item.key in seen:
-                raise ValueError(f"duplicate generation key {item.key!r}")
-            seen.add(item.key)
-            if item.key in journal:
-                skipped += 1
-                continue
-            by_problem.setdefault(item.problem.id, []).append(item)
-        requests = []
-        for pending in by_problem.values():
-            for start in range(0, len(pending), group):
-                chunk = tuple(pending[start : start + group])
-                requests.append(_Request(chunk[0].problem, chunk))
-        return requests, skipped
+        chunks, skipped = plan_chunks(items, journal, group)
+        return [_Request(chunk[0].problem, chunk) for chunk in chunks], skipped
 
     def generate(
         self,

@@ -126,26 +126,17 @@ def class_counts(rows: Iterable[LabelledPath]) -> dict[str, int]:
 
 def annotation_prompt(data: OrmDataConfig, problem: Problem, steps: list[str]) -> str:
     """The teacher's user text for an incorrect path (`orm.data.annotate_prompt`, steps numbered)."""
-    return fill_template(
-        data.annotate_prompt,
-        "orm.data.annotate_prompt",
-        question=problem.question,
-        answer=problem.answer,
-        steps=number_steps(steps),
-        n_steps=str(len(steps)),
-    )
+    return _path_prompt(data.annotate_prompt, "orm.data.annotate_prompt", problem, steps)
 
 
 def check_prompt(data: OrmDataConfig, problem: Problem, steps: list[str]) -> str:
     """The teacher's user text for a right-answer path (`orm.data.verify_prompt`, steps numbered)."""
-    return fill_template(
-        data.verify_prompt,
-        "orm.data.verify_prompt",
-        question=problem.question,
-        answer=problem.answer,
-        steps=number_steps(steps),
-        n_steps=str(len(steps)),
-    )
+    return _path_prompt(data.verify_prompt, "orm.data.verify_prompt", problem, steps)
+
+
+def _path_prompt(template: str, key: str, problem: Problem, steps: list[str]) -> str:
+    return fill_template(template, key, question=problem.question, answer=problem.answer,
+                         steps=number_steps(steps), n_steps=str(len(steps)))
 
 
 def valid_check(text: str, n_steps: int) -> Verdict | None:

@@ -39,6 +39,7 @@ from mathse.inference import (
     _derive_seed,
     _row,
     chat_model_args,
+    plan_chunks,
     training_image_max_pixels,
 )
 from mathse.messages import ChatRequest, ChatResult
@@ -150,20 +151,7 @@ class ServedGenerator:
         return 1 if self.inf.temperature == 0 else MAX_PATHS_PER_REQUEST
 
     def _plan(self, items: Sequence[GenItem], journal: Journal) -> tuple[list[tuple[GenItem, ...]], int]:
-        seen: set[str] = set()
-        skipped = 0
-        by_problem: dict[str, list[GenItem]] = {}
-        for item in items:
-            if item.key in seen:
-                raise ValueError(f"duplicate generation key {item.key!r}")
-            seen.add(item.key)
-            if item.key in journal:
-                skipped += 1
-            else:
-                by_problem.setdefault(item.problem.id, []).append(item)
-        group = self._group_size()
-        chunks = [tuple(p[i : i + group]) for p in by_problem.values() for i in range(0, len(p), group)]
-        return chunks, skipped
+        return plan_chunks(items, journal, self._group_size())
 
     def generate(
         self, items: Sequence[GenItem], journal: Journal, progress: str | None = None, **_: Any
