@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from mathse.answers import check_path
-from mathse.config import MathSEConfig
+from mathse.config import MathSEConfig, OrmDataConfig
 from mathse.demo_problems import countdown_solution
 from mathse.prompts import fill_template, reflection_prompt
 from mathse.records import JudgedPathRow
@@ -105,15 +105,8 @@ def test_error_rate_zero_never_slips() -> None:
     assert all(teacher.solve(a, b, distill_prompt(a, b)) == countdown_solution(a, b) for a, b in SUMS)
 
 
-# orm.data.annotate_prompt as issue 11 drafts it (the ORM stage asks the teacher with it).
-ANNOTATE_PROMPT = (
-    "A student's solution to the problem below reaches a wrong final answer.\n\n"
-    "Problem: {question}\n\nReference answer: {answer}\n\n"
-    "Student's solution ({n_steps} numbered steps):\n{steps}\n\n"
-    "Find the FIRST step that contains an error and explain what goes wrong there and how to fix it. "
-    'Reply with exactly one JSON object: {{"correct": false, "error_step": <step number from 1 to {n_steps}>, '
-    '"analysis": "<your analysis>"}}'
-)
+# The prompt the ORM stage really sends (orm.data.annotate_prompt): a change to it must keep the contract.
+ANNOTATE_PROMPT = OrmDataConfig().annotate_prompt
 
 
 def test_annotation_prompt_of_the_orm_data(served: tuple[openai.OpenAI, Any]) -> None:
