@@ -389,6 +389,7 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
         # matches none of the model's parameter names, so the resumed run would silently go on from the
         # start model's weights. Loading the model from the checkpoint itself (from_pretrained maps the
         # keys) makes the resume exact; optimizer, scheduler, RNG state and step still come from it.
+        _complete_processor_files(resume, Path(str(job.args.get("model_name_or_path", ""))))
         job = replace(job, args={**job.args, "model_name_or_path": str(resume)})
     job.run_dir.mkdir(parents=True, exist_ok=True)
     for note in job.notes:
@@ -504,6 +505,24 @@ def _resume_weights(out: Path) -> Path | None:
         return None  # LoRA: the Trainer loads adapters through PEFT, which maps the keys itself
     weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
     return ckpt if any((ckpt / name).is_file() for name in weights) else None
+
+
+_WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth)$|.*\.index\.json$")
+
+
+def _complete_processor_files(ckpt: Path, start_model: Path) -> None:
+    """Give `ckpt` the tokenizer/processor files of the model training started from, where missing.
+
+    LLaMA-Factory saves the processor into a checkpoint from an `on_save` callback, after the Trainer
+    wrote trainer_state.json: a kill in between leaves a checkpoint that resumes its weights but fails
+    to load ("Processor was not found"). Those files never change during training, so the start
+    model's copies are the right ones.
+    """
+    if not start_model.is_dir():
+        return
+    for src in start_model.iterdir():
+        if src.is_file() and not _WEIGHT_FILE.fullmatch(src.name) and not (ckpt / src.name).exists():
+            shutil.copy2(src, ckpt / src.name)
 
 
 def _die_with_parent() -> None:

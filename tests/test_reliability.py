@@ -551,13 +551,24 @@ def test_interrupted_training_resumes_from_the_checkpoint_weights(kind: str, tmp
         (out / "model.safetensors").write_text("{}")
         (out / "trainer_state.json").write_text("{}")
     launched: list[list[str]] = []
+    ckpt = out / "checkpoint-10"
+    at_launch: list[dict[str, str]] = []  # checkpoint-10's files when training starts (pruned after)
 
     def popen(cmd: list[str], **kwargs: Any) -> Any:
         launched.append(cmd)
+        at_launch.append({p.name: p.read_text() for p in ckpt.iterdir()})
         return SimpleNamespace(stdout=iter(()), wait=lambda: 0)
 
     monkeypatch.setattr(bridge.subprocess, "Popen", popen)
-    args = {"model_name_or_path": "/models/base", "output_dir": str(out)}
+    # The start model's processor files; checkpoint-10 lacks them (LLaMA-Factory's on_save callback
+    # writes them after trainer_state.json, so a kill can fall in between).
+    base = tmp_path / "base"
+    base.mkdir()
+    for name, text in {"preprocessor_config.json": "{}", "tokenizer.json": "{}", "config.json": "{base}",
+                       "model.safetensors": "base weights"}.items():
+        (base / name).write_text(text)
+    (ckpt / "config.json").write_text("{ckpt}")
+    args = {"model_name_or_path": str(base), "output_dir": str(out)}
     bridge.run_train_job(bridge.TrainJob(name="train", args=args, run_dir=tmp_path / "run"))
     assert is_done(out)
     if kind == "finished":
@@ -565,8 +576,12 @@ def test_interrupted_training_resumes_from_the_checkpoint_weights(kind: str, tmp
         return
     assert len(launched) == 1 and not (out / "checkpoint-12").exists()
     sent = yaml.safe_load((tmp_path / "run" / "train.yaml").read_text())
-    expected = str(out / "checkpoint-10") if kind == "full" else "/models/base"
+    expected = str(ckpt) if kind == "full" else str(base)
     assert sent["model_name_or_path"] == expected
+    if kind == "full":  # the resumed-from checkpoint loads: processor files filled in, its own config/weights kept
+        files = at_launch[0]
+        assert "preprocessor_config.json" in files and "tokenizer.json" in files
+        assert files["config.json"] == "{ckpt}" and files["model.safetensors"] == "{}"
 
 
 # ---------------------------------------------------------------------------------------------
