@@ -94,6 +94,15 @@ class ApiConfig(StrictModel):
     mode: Literal["live", "batch"] = "live"
     batch: BatchConfig = Field(default_factory=BatchConfig)
 
+    def describe(self) -> str:
+        """The model, where it is, and how requests go to it (what a dry run prints)."""
+        if self.mode == "live":
+            return f"{self.model} at {self.base_url}"
+        if self.batch.output_file is not None:
+            return f"{self.model}, batch mode: answers read from the `vllm run-batch` output {self.batch.output_file}"
+        return (f"{self.model} at {self.base_url}, batch mode: OpenAI Batch API "
+                f"({self.batch.completion_window} window, batch price)")
+
 
 class Price(StrictModel):
     """USD per million tokens, for the usage ledger's cost estimate."""

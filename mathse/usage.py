@@ -19,7 +19,7 @@ __all__ = ["UsageLedger"]
 
 log = logging.getLogger(__name__)
 
-_COUNTERS = ("calls", "answered", "cached", "failures", "prompt_tokens", "completion_tokens", "batch_answered")
+COUNTERS = ("calls", "answered", "cached", "failures", "prompt_tokens", "completion_tokens", "batch_answered")
 
 
 class UsageLedger:
@@ -47,7 +47,7 @@ class UsageLedger:
             for stage, models in stages.items():
                 for model, row in models.items():
                     entry = self._entry(stage, model)
-                    for name in (*_COUNTERS, "cost_usd"):
+                    for name in (*COUNTERS, "cost_usd"):
                         entry[name] = type(entry[name])(row.get(name, 0))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             # Only bookkeeping is at stake: keep the unreadable file aside and start afresh.
@@ -59,7 +59,7 @@ class UsageLedger:
     def _entry(self, stage: str, model: str) -> dict[str, float]:
         models = self._stages.setdefault(stage, {})
         if model not in models:
-            models[model] = {**{name: 0 for name in _COUNTERS}, "cost_usd": 0.0}
+            models[model] = {**{name: 0 for name in COUNTERS}, "cost_usd": 0.0}
         return models[model]
 
     def price_for(self, model: str) -> Price | None:
@@ -96,7 +96,7 @@ class UsageLedger:
     def stage(self, stage: str) -> dict[str, float]:
         """Totals of one stage over its models."""
         with self._lock:
-            total: dict[str, float] = {**{name: 0 for name in _COUNTERS}, "cost_usd": 0.0}
+            total: dict[str, float] = {**{name: 0 for name in COUNTERS}, "cost_usd": 0.0}
             for entry in self._stages.get(stage, {}).values():
                 for name, value in entry.items():
                     total[name] += value

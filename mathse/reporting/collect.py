@@ -22,6 +22,7 @@ from mathse import layout
 from mathse.config import MathSEConfig
 from mathse.eval_results import results_table
 from mathse.storage import MARKER_NAME, iter_jsonl, read_json
+from mathse.usage import COUNTERS
 
 SCHEMA_VERSION = 1
 
@@ -34,7 +35,6 @@ TRANSITION_LABELS = {
     "persistently_incorrect": "persistently incorrect",
 }
 ROUND_COUNTS = ("attempted", "paths", "accepted", "rejected", "unparseable", "unknown", "no_output", "solved")
-USAGE_COUNTERS = ("calls", "answered", "cached", "failures", "prompt_tokens", "completion_tokens")
 _ROUND_DIR = re.compile(r"^round_(\d+)$")
 _SHARD_SUFFIX = re.compile(r"\.shard-\d+-of-\d+$")
 _ROUND_CKPT = re.compile(r"^(?:sft_model_)?round_?(\d+)$")
@@ -473,14 +473,14 @@ def _usage(c: _Collector) -> dict[str, Any] | None:
             if not isinstance(entry, dict):
                 continue
             row: dict[str, Any] = {"stage": stage, "model": model, "role": usage_role(c.cfg, stage, model, seen)}
-            for key in USAGE_COUNTERS:
+            for key in COUNTERS:
                 row[key] = int(entry.get(key, 0) or 0)
             row["cost_usd"] = round(float(entry.get("cost_usd", 0.0) or 0.0), 6)
             rows.append(row)
     roles: dict[str, dict[str, Any]] = {}
     for row in rows:
-        total = roles.setdefault(row["role"], {**dict.fromkeys(USAGE_COUNTERS, 0), "cost_usd": 0.0})
-        for key in (*USAGE_COUNTERS, "cost_usd"):
+        total = roles.setdefault(row["role"], {**dict.fromkeys(COUNTERS, 0), "cost_usd": 0.0})
+        for key in (*COUNTERS, "cost_usd"):
             total[key] += row[key]
     for total in roles.values():
         total["cost_usd"] = round(total["cost_usd"], 6)

@@ -193,7 +193,7 @@ def _md_usage(report: dict[str, Any]) -> list[str]:
     usage = report.get("usage")
     if not usage:
         return []
-    keys = ["answered", "cached", "failures", "calls", "prompt_tokens", "completion_tokens"]
+    keys = ["answered", "batch_answered", "cached", "failures", "calls", "prompt_tokens", "completion_tokens"]
     lines += _table(["role", *keys, "cost (USD)"],
                     ([role, *(_fmt(t[k]) for k in keys), f"{t['cost_usd']:.4f}"] for role, t in usage["roles"].items()))
     lines += _table(["stage", "model", "role", *keys, "cost (USD)"],

@@ -146,7 +146,7 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
 
 def print_plan(cfg: MathSEConfig, problems: list[Problem], job: TrainJob) -> None:
     pending = sum(1 for p in problems if not p.solution)
-    teacher = cfg.teacher.model if cfg.teacher else "not configured"
+    teacher = cfg.teacher.describe() if cfg.teacher else "not configured"
     print(f"[dry-run] distill: {len(problems)} seed problems from {cfg.data.seed_file}")
     print(f"[dry-run] {len(problems) - pending} have solutions; {pending} would go to the teacher ({teacher})")
     print(f"[dry-run] D_SFT -> {layout.d_sft_path(cfg, STAGE)}; dataset {DATASET_NAME} in {cfg.dataset_dir}")

@@ -457,7 +457,7 @@ def print_plan(cfg: MathSEConfig, rows: list[LabelledPath] | None, job: TrainJob
         data = cfg.orm.data
         problems = source_problems(cfg)
         m0 = cfg.model_path("sft_model_stage0")
-        teacher = cfg.teacher.model if cfg.teacher else "NOT CONFIGURED (teacher: required)"
+        teacher = cfg.teacher.describe() if cfg.teacher else "NOT CONFIGURED (teacher: required)"
         print(f"[dry-run] orm data: {len(problems)} labelled problems ({data.source}"
               f"{f', first {data.max_problems}' if data.max_problems else ''}) x {data.paths_per_problem} paths "
               f"= {len(problems) * data.paths_per_problem} paths from M0 ({m0}) at temperature {data.temperature}")

@@ -99,7 +99,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     drafts = select_drafts(cfg, [JudgedPathRow.model_validate(row).to_json() for row in iter_jsonl(rejected_file)])
     if dry_run:
         print(f"[dry-run] reflect: {len(drafts['keep'])} incorrect paths from {rejected_file} would go to the "
-              f"teacher ({cfg.teacher.model if cfg.teacher else 'not configured'}); "
+              f"teacher ({cfg.teacher.describe() if cfg.teacher else 'not configured'}); "
               f"{len(drafts['skipped'])} skipped (duplicates / per-question cap)")
         print(f"[dry-run] format {cfg.reflect.format}; re-validation {'on' if cfg.reflect.revalidate else 'off'} "
               f"(ORM {cfg.orm.backend}, policy {cfg.orm.policy}); fused with {d_sft_file} -> {fused_path(cfg)}")

@@ -98,8 +98,13 @@ def test_dry_run_prints_command_and_yaml_and_trains_nothing(run_config, capsys) 
     printed = capsys.readouterr().out
     assert re.search(r"\$ llamafactory-cli train \S+/distill/train_m0\.yaml", printed)
     assert "stage: sft" in printed and "template: qwen2_vl" in printed and "dataset: mathse_stage0" in printed
-    assert "would go to the teacher" in printed
+    assert "would go to the teacher" in printed and "batch mode" not in printed
     assert not (config.parent / "output").exists()
+    # Batch mode changes how long the stage takes and what it costs: the plan says so.
+    batch = run_config(teacher={"base_url": "http://127.0.0.1:9/v1", "model": "gpt-4o", "mode": "batch"})
+    assert main(["--stage", "distill", "--config", str(batch), "--dry-run"]) == 0
+    assert "(gpt-4o at http://127.0.0.1:9/v1, batch mode: OpenAI Batch API (24h window, batch price))" in \
+        capsys.readouterr().out
 
 
 def test_corrupt_jsonl_line_names_file_and_line_and_writes_nothing(run_config, demo_data, tmp_path, capsys) -> None:

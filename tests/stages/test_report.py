@@ -132,7 +132,8 @@ def write_usage(out: Path, cfg: MathSEConfig) -> None:
     ledger.record("distill", TEACHER, ChatResult("k", error="gave up", attempts=3))
     for _ in range(3):
         ledger.record("evolve", ORM, ChatResult("k", text="{}", prompt_tokens=200, completion_tokens=50, attempts=1))
-    ledger.record("reflect", TEACHER, ChatResult("k", text="t", prompt_tokens=4000, completion_tokens=2000, attempts=1))
+    ledger.record("reflect", TEACHER,  # by the Batch API: half price
+                  ChatResult("k", text="t", prompt_tokens=4000, completion_tokens=2000, attempts=1, batch=True))
     ledger.record("reflect", ORM, ChatResult("k", text="{}", prompt_tokens=300, completion_tokens=60, attempts=1))
     ledger.save()
 
@@ -277,11 +278,11 @@ def test_full_run_report_numbers(full_run: MathSEConfig, capsys: pytest.CaptureF
 
     # Usage, from a ledger written by UsageLedger itself
     usage = data["usage"]
-    assert usage["total_cost_usd"] == pytest.approx(0.045)
+    assert usage["total_cost_usd"] == pytest.approx(0.03)
     assert usage["roles"]["teacher"] == {"calls": 6, "answered": 3, "cached": 1, "failures": 1, "prompt_tokens": 6000,
-                                         "completion_tokens": 3000, "cost_usd": pytest.approx(0.045)}
+                                         "completion_tokens": 3000, "batch_answered": 1, "cost_usd": 0.03}
     assert usage["roles"]["orm"] == {"calls": 4, "answered": 4, "cached": 0, "failures": 0, "prompt_tokens": 900,
-                                     "completion_tokens": 210, "cost_usd": 0.0}
+                                     "completion_tokens": 210, "batch_answered": 0, "cost_usd": 0.0}
     assert {(r["stage"], r["model"], r["role"]) for r in usage["rows"]} == {
         ("distill", TEACHER, "teacher"), ("evolve", ORM, "orm"),
         ("reflect", TEACHER, "teacher"), ("reflect", ORM, "orm"),
@@ -324,6 +325,8 @@ def test_full_run_report_numbers(full_run: MathSEConfig, capsys: pytest.CaptureF
     # unknown is n/a: these round stats predate the count
     assert "| 1 | 4 | 5 | 1 | 4 | 1 | n/a | 3 | 1 | 5 | 20.0% | 25.0% | yes |" in md
     assert "| final | 50 (2/4) | 50 (1/2) | 100 (1/1) |" in md
+    assert "| role | answered | batch_answered | cached |" in md
+    assert "| teacher | 3 | 1 | 1 | 1 | 6 | 6,000 | 3,000 | 0.0300 |" in md
 
 
 def test_finished_tracks_inputs_and_stale_charts_go(full_run: MathSEConfig) -> None:
