@@ -536,7 +536,8 @@ def print_plan(cfg: MathSEConfig, pool: list[Problem]) -> None:
           f"{inf.concurrency} requests in flight; ORM backend {cfg.orm.backend}, policy {cfg.orm.policy}")
     if inf.backend == "served":
         m0 = cfg.model_path("sft_model_stage0")
-        print(f"[dry-run] round 1 generation: {describe_serving(cfg, m0, None, layout.round_dir(cfg, 1) / 'servers')}")
+        servers = layout.servers_dir(layout.round_dir(cfg, 1))
+        print(f"[dry-run] round 1 generation: {describe_serving(cfg, m0, None, servers)}")
     else:
         args = chat_model_args(str(cfg.model_path("sft_model_stage0")), None, cfg.model.template, inf,
                                image_max_pixels=training_image_max_pixels(cfg))
