@@ -53,6 +53,16 @@ def test_rule_backend_skips_the_orm_stage_and_says_no_orm_is_used(tmp_path, demo
     assert len(lines) == 1 and "rejection sampling" in lines[0]
 
 
+def test_served_generation_dry_run_names_the_replicas_and_their_command(tmp_path, demo_data, capsys) -> None:
+    config = shipped_config(tmp_path, demo_data, inference={"backend": "served"})
+    assert main(["--stage", "evolve", "--config", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    start = out.index("[dry-run] round 1 generation: 1 vllm replica(s) on this node")
+    command = out[start:].splitlines()[1]
+    assert command.startswith("$ ") and "vllm" in command and "sft_model_stage0" in command, command
+    assert not (tmp_path / "out").exists()
+
+
 def test_official_readme_keys_load_as_aliases(tmp_path, demo_data, monkeypatch) -> None:
     config = shipped_config(tmp_path, demo_data)
     raw = yaml.safe_load(config.read_text())
