@@ -199,9 +199,10 @@ class OrmConfig(StrictModel):
     #          `llamafactory-cli api` for the stages that judge, unless orm.api points at a server;
     # api: an ORM served elsewhere (orm.api); local: loaded in-process (orm.local);
     # rule: no ORM, the final answer is checked against the reference (rejection sampling).
-    backend: Literal["trained", "api", "local", "rule"] = "rule"
+    # The default is the paper's method: a trained ORM judges; rule is an explicit opt-out.
+    backend: Literal["trained", "api", "local", "rule"] = "trained"
     # How the ORM verdict and the rule (math-verify vs reference) combine.
-    policy: Literal["orm", "rule", "both", "either"] = "rule"
+    policy: Literal["orm", "rule", "both", "either"] = "orm"
     # A positive ORM verdict whose P(correct) is below this becomes negative. P(correct) comes from
     # the token log-probabilities of the verdict when the server returns them (see mathse.verdict).
     score_threshold: float | None = Field(None, ge=0, le=1)

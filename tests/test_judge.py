@@ -52,7 +52,8 @@ def path_for(tag: str, answer: str = "5") -> str:
 
 def make_cfg(tmp_path: Path, **orm: Any) -> MathSEConfig:
     return MathSEConfig.model_validate(
-        {"model": {"base": "tiny"}, "run": {"output_dir": str(tmp_path / "out")}, "orm": orm}
+        {"model": {"base": "tiny"}, "run": {"output_dir": str(tmp_path / "out")},
+         "orm": {"backend": "rule", "policy": "rule", **orm}}
     )
 
 
