@@ -102,6 +102,17 @@ def test_unset_env_without_default_is_an_error_and_default_works(tmp_path: Path,
     assert cfg.teacher is not None and cfg.teacher.api_key is None
 
 
+def test_without_an_orm_block_the_trained_orm_judges(tmp_path: Path) -> None:
+    """The paper's method is the default; rejection sampling (no ORM) is asked for explicitly."""
+    from mathse.cli import pipeline
+
+    cfg = load_config(write_config(tmp_path, {}))
+    assert (cfg.orm.backend, cfg.orm.policy) == ("trained", "orm")
+    assert pipeline(cfg) == ["distill", "orm", "evolve", "reflect", "final", "report"]
+    rule = load_config(write_config(tmp_path, {"orm": {"backend": "rule", "policy": "rule"}}))
+    assert "orm" not in pipeline(rule)
+
+
 def test_orm_backend_needs_its_settings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(write_config(tmp_path, {"orm": {"backend": "api", "policy": "orm"}}))
