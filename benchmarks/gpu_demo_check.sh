@@ -14,7 +14,8 @@ set -u -o pipefail
 ROOT=$PWD
 OUT=${OUT:-/tmp/gpu_check_out}
 DEMO_TIMEOUT=${DEMO_TIMEOUT:-480}
-REPO=/tmp/mathse
+REPO=${REPO:-/tmp/mathse}
+SITE=${SITE:-/tmp/site}
 mkdir -p "$OUT"
 T0=$(date +%s)
 say() { echo "[gpu-check +$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/summary.txt"; }
@@ -22,10 +23,10 @@ say() { echo "[gpu-check +$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/summary.t
 # 1. Carried wheels in front of the image's site-packages (the device README's recipe). Not a venv:
 #    the image's python3 is itself a venv, and a venv made from it would not see its torch.
 #    mathse runs LLaMA-Factory as `sys.executable -m llamafactory.cli`, which inherits PYTHONPATH.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
     "$ROOT"/.whl/*.whl >"$OUT/install.log" 2>&1 || { say "FAILED: wheel install"; tail -5 "$OUT/install.log"; exit 1; }
 mkdir -p "$REPO" && tar -xf "$ROOT/.gpu/repo.tar" -C "$REPO"
-export PYTHONPATH=/tmp/site:$REPO PYTHONUNBUFFERED=1
+export PYTHONPATH=$SITE:$REPO PYTHONUNBUFFERED=1
 # The demo is offline by design; on a machine without network a hub lookup would only hang.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
@@ -55,7 +56,7 @@ EOF
 }
 if ! smoke; then
   say "smoke test failed (tail above); retrying with the carried pandas 2.3.3"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
       "$ROOT"/.whl/opt/*.whl >>"$OUT/install.log" 2>&1
   smoke || { say "FAILED: smoke test"; tail -30 "$OUT/summary.txt"; exit 1; }
 fi
@@ -63,9 +64,10 @@ say "installed and smoke-tested"
 
 # 3. GPU samples every 2 s while the demo runs: utilisation, memory, and which processes hold the GPU.
 ( while true; do
-    echo "# $(date +%T)"
-    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-    nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader
+    echo "# $(date +%T) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
+    nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader | while IFS=, read -r pid mem; do
+      echo "  $pid$mem $(ps -o args= -p "$pid" | cut -c1-150)"
+    done
     sleep 2
   done ) >"$OUT/gpu.csv" 2>&1 &
 MON=$!
@@ -75,9 +77,9 @@ MON=$!
 say "demo: start (limit ${DEMO_TIMEOUT}s)"
 cd "$REPO"
 timeout -s INT -k 30 "$DEMO_TIMEOUT" python3 -m mathse.demo 2>&1 \
-  | python3 -u -c 'import sys, time
+  | python3 -u -c 'import io, sys, time
 t = time.time()
-for line in sys.stdin:
+for line in io.TextIOWrapper(sys.stdin.buffer, errors="replace", newline=None):
     sys.stdout.write(f"{time.time() - t:7.1f} {line}")' >"$OUT/demo.log"
 RC=${PIPESTATUS[0]}
 say "demo: exit code $RC"
