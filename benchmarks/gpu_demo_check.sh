@@ -10,6 +10,17 @@
 # processes), install.log, demo.log (timestamped), gpu.csv (nvidia-smi samples), report.md,
 # results.md, orm_metrics.json, stage_logs_tail.txt.
 # Usage: OUT=/tmp/out DEMO_TIMEOUT=480 bash benchmarks/gpu_demo_check.sh
+# Preparing (here, with network): `echo /.whl/ >> .git/info/exclude`, then the device README's
+# `pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl` of: llamafactory==0.9.5
+# transformers==5.6.0 tokenizers==0.22.2 datasets==4.0.0 dill==0.3.8 multiprocess==0.70.16 trl==0.24.0
+# peft==0.18.1 accelerate==1.11.0 fsspec==2025.3.0 openai==3.60.0 httpx2==2.16.2 httpcore2==2.16.2
+# truststore==0.10.5 jiter==0.19.0 sniffio==1.3.1 pydantic==2.12.3 pydantic_core==2.41.4
+# annotated-types==0.7.0 typing-inspection==0.4.2 typing_extensions==4.16.0 math-verify==0.9.0
+# latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2 fastapi==0.163.2 starlette==0.52.1
+# sse-starlette==3.7.1 uvicorn==0.55.0 python-multipart==0.0.34 opentelemetry-api==1.45.2
+# omegaconf==2.4.0 pytz==2026.6 (35 MB with .whl/opt: pandas==2.3.3 tzdata); ray, av, gradio and
+# modelscope are optional imports the demo does not reach. Run on 2026-12-04 (benchmarks/RESULTS.md):
+# `DEMO_TIMEOUT=480 bash .gpu/gpu_demo_check.sh`, carry [".whl", ".gpu"], timeout_s 570.
 set -u -o pipefail
 ROOT=$PWD
 OUT=${OUT:-/tmp/gpu_check_out}
