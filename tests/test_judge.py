@@ -138,7 +138,7 @@ def test_api_reply_formats_prompt_content_and_rerun_makes_no_calls(tmp_path: Pat
         assert server.chat_calls == len(items) + 3 and (stats.judged, stats.skipped_existing) == (1, 4)
         assert rows["p1#4"]["asks"] == 2 and rows["p1#4"]["final"]["correct"] is None
         with open_journal(cfg, "evolve-r1") as journal:
-            assert journal.rows["p1#4"]["asks"] == 2 and len(journal) == 5
+            assert journal["p1#4"]["asks"] == 2 and len(journal) == 5
 
 
 @pytest.mark.parametrize(

@@ -326,7 +326,7 @@ def run_shard(
                                                  server_dir=layout.servers_dir(layout.round_dir(cfg, r))) as generator:
             gen = generator.generate(items, generations, progress=f"round {r} generate")
         print(gen.summary())
-        rows = [generations.rows[item.key] for item in items if item.key in generations]
+        rows = [generations[item.key] for item in items if item.key in generations]
     problems = {p.id: p for p in mine}
     to_judge = [JudgeItem(row["key"], problems[row["id"]], row["response"]) for row in rows if row.get("response")]
     ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
