@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mathse.errors import CorruptFileError
 
@@ -71,10 +71,15 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     count = 0
     with atomic_open(path) as handle:
         for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False))
-            handle.write("\n")
+            write_line(handle, row)
             count += 1
     return count
+
+
+def write_line(handle: IO[str], row: dict[str, Any]) -> None:
+    """One JSONL row into a text handle (e.g. several `atomic_open` files filled in one pass)."""
+    handle.write(json.dumps(row, ensure_ascii=False))
+    handle.write("\n")
 
 
 def read_json(path: Path) -> Any:

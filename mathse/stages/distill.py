@@ -7,12 +7,10 @@ killed midway repeats no paid call when rerun.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from mathse import layout
 from mathse.answers import check_path
@@ -31,7 +29,7 @@ from mathse.llamafactory_bridge import (
 from mathse.messages import ChatRequest, ChatResult, system_message, user_message
 from mathse.prompts import fill_template, student_prompt
 from mathse.records import DataError, Problem, SftRow, iter_problems
-from mathse.storage import Journal, atomic_open, is_done, iter_jsonl, mark_done, read_marker
+from mathse.storage import Journal, atomic_open, is_done, iter_jsonl, mark_done, read_marker, write_line
 from mathse.timing import StageTimer
 from mathse.token_budget import TokenBudget
 from mathse.usage import UsageLedger
@@ -188,7 +186,7 @@ def build_d_sft(cfg: MathSEConfig, seed: SeedCounts, stage_dir: Path, timer: Sta
                 counts["seed"] += 1
                 if problem.solution:
                     counts["given"] += 1
-                    _write_line(d_sft, sft_row(problem, problem.solution, "seed").to_json())
+                    write_line(d_sft, sft_row(problem, problem.solution, "seed").to_json())
             for problem in seed_problems(cfg):
                 if problem.solution:
                     continue
@@ -198,25 +196,21 @@ def build_d_sft(cfg: MathSEConfig, seed: SeedCounts, stage_dir: Path, timer: Sta
                 if text is None:
                     counts["teacher_failed"] += 1
                     counts["teacher_retry"] += reply["retryable"]
-                    _write_line(dropped, {"id": problem.id, "reason": f"teacher call failed: {reply['error']}"})
+                    write_line(dropped, {"id": problem.id, "reason": f"teacher call failed: {reply['error']}"})
                     continue
                 check = check_path(text, problem.answer, problem.question)
                 if cfg.require("teacher").filter_by_answer and not check.correct:
                     counts["teacher_dropped"] += 1
-                    _write_line(dropped, {"id": problem.id, "reason": check.reason, "response": text})
+                    write_line(dropped, {"id": problem.id, "reason": check.reason, "response": text})
                     continue
                 counts["teacher_kept"] += 1
-                _write_line(d_sft, sft_row(problem, text, "teacher").to_json())
+                write_line(d_sft, sft_row(problem, text, "teacher").to_json())
     replies_path.unlink()
     rows = (SftRow(**row) for row in iter_jsonl(layout.d_sft_path(cfg, STAGE)))
     examples = (SftExample(prompt=r.prompt, response=r.response, images=tuple(r.images), id=r.id) for r in rows)
     write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME, TokenBudget.for_training(cfg, "m0"))
     keys = ("seed", "given", "teacher_sent", "teacher_kept", "teacher_dropped", "teacher_failed", "teacher_retry")
     return {**{k: counts[k] for k in keys}, "d_sft": counts["given"] + counts["teacher_kept"]}
-
-
-def _write_line(handle: IO[str], row: dict[str, object]) -> None:
-    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def is_transient(result: ChatResult) -> bool:

@@ -261,7 +261,7 @@ def sample_paths(cfg: MathSEConfig, problems: list[Problem], m0: Path) -> list[d
         with open_generator(cfg, model_path, adapter, inf=inf, server_dir=servers) as generator:
             gen = generator.generate(items, journal, progress="orm: sample M0")
         print(gen.summary())
-        rows = [journal[i.key] for i in items if i.key in journal and journal[i.key].get("response")]
+        rows = [row for i in items if (row := journal.get(i.key)) is not None and row.get("response")]
     if gen.retry_later:
         raise StageError(f"orm: {gen.retry_later} generations failed; rerun the same command to retry just those")
     return rows
