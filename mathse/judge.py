@@ -206,9 +206,9 @@ class PathJudge:
     ) -> JudgeStats:
         """Judge every item not yet in `journal`, appending each verdict as it arrives.
 
-        `items` is consumed lazily and nothing is kept per judged path, so a generator of 300K
-        paths costs the same memory as one of 1K. `total`: the paths to judge, for the progress
-        bar; counted here when `items` is a sequence.
+        `items` is consumed lazily (no further ahead than the requests in flight) and only its key
+        is kept per judged path, so a generator of 300K paths costs about the memory of one of 1K.
+        `total`: the paths to judge, for the progress bar; counted here when `items` is a sequence.
         """
         stats = JudgeStats(stage=self.stage)
         pending = self._pending(items, journal, stats)

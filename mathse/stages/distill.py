@@ -171,9 +171,9 @@ def print_plan(cfg: MathSEConfig, seed: SeedCounts, job: TrainJob) -> None:
 def build_d_sft(cfg: MathSEConfig, seed: SeedCounts, stage_dir: Path, timer: StageTimer) -> dict[str, int]:
     """Collect a solution per seed problem, keep the good ones, write D_SFT and its dataset.
 
-    Streamed: the teacher's replies go to a scratch journal as they arrive, then D_SFT (the given
-    solutions, then the teacher's, in seed order) and the dropped list are written in one pass
-    over the seed file; no list of problems, replies or rows is held."""
+    Streamed: the teacher's replies go to a scratch journal as they arrive, then D_SFT and the
+    dropped list are written in two passes over the seed file (the given solutions, then the
+    teacher's, each in seed order); no list of problems, replies or rows is held."""
     replies_path = stage_dir / "teacher_replies.jsonl"
     replies_path.unlink(missing_ok=True)  # this build's replies only; answered calls come from the cache
     with Journal(replies_path) as replies:
