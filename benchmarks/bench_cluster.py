@@ -50,7 +50,7 @@ def timed(gen: Generator | ServedGenerator, items: list[GenItem]) -> tuple[float
     """paths/s of one full generation into a fresh journal, and the mean response length (characters)."""
     with tempfile.TemporaryDirectory(prefix="mathse-bench-cluster-") as tmp, Journal(Path(tmp) / "g.jsonl") as journal:
         stats = gen.generate(items, journal)
-        chars = statistics.fmean(len(row["response"] or "") for row in journal.rows.values())
+        chars = statistics.fmean(len(row["response"] or "") for row in journal.values())
     if stats.failed or stats.done != len(items):
         raise SystemExit(f"benchmark run had {stats.failed} failed paths; fix the setup first")
     return stats.done / stats.seconds, chars

@@ -2,8 +2,9 @@
 ORM judging of one evolve round, against the local test server over real HTTP, 250 KB images.
 
 Each size runs in a fresh process (peak RSS is per process) that reads the seed file, asks the
-teacher for every problem (`distill.ask_teacher`), then has the ORM judge one path per problem
-(`judge.PathJudge`, backend api, as an evolve round does). Both servers are
+teacher for every problem (`distill.ask_teacher`, replies journaled as they arrive), then has the
+ORM judge one path per problem (`judge.PathJudge`, backend api, as an evolve round does), the
+problems streamed from the seed file and the paths from the replies' journal. Both servers are
 `mathse.testing.openai_server` in child processes of their own, so the RSS measured is the
 pipeline's alone. Every image is a distinct file (a PNG signature and random bytes: the client
 never decodes an image, it reads, hashes and base64-encodes it), so neither the encoder cache
@@ -80,7 +81,7 @@ def child(seed: Path, out: Path, teacher_url: str, orm_url: str, concurrency: in
     """One size, in this fresh process: prints a JSON line with the counts, seconds and peak RSS."""
     from mathse.config import MathSEConfig
     from mathse.judge import JudgeItem, PathJudge
-    from mathse.records import read_problems
+    from mathse.records import iter_problems
     from mathse.stages import distill
     from mathse.storage import Journal
     from mathse.usage import UsageLedger
@@ -93,23 +94,24 @@ def child(seed: Path, out: Path, teacher_url: str, orm_url: str, concurrency: in
         "orm": {"backend": "api", "policy": "orm", "logprobs": False,
                 "api": {"base_url": orm_url, "model": "orm", **api}},
     })
-    problems = read_problems(seed)
+    # As distill and an evolve round do: problems read from their file as they are needed, the
+    # teacher's replies journaled as they arrive, the paths to judge made from that journal lazily.
+    n = sum(1 for _ in iter_problems(seed))
     start = time.perf_counter()
-    results = distill.ask_teacher(cfg, problems)
-    teacher_s = time.perf_counter() - start
-    teacher_peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    answered = sum(r.ok for r in results)
-    paths = {r.key: r.text for r in results if r.ok}
-    del results
-    items = [JudgeItem(key=f"{p.id}#0", problem=p, path=paths[p.id]) for p in problems if p.id in paths]
-    del paths
-    ledger = UsageLedger(out / "usage.json", cfg.pricing)
-    start = time.perf_counter()
-    with Journal(out / "verdicts.jsonl") as journal:
-        stats = PathJudge(cfg, "evolve", ledger).judge(items, journal)
-    judge_s = time.perf_counter() - start
+    with Journal(out / "teacher_replies.jsonl") as replies:
+        distill.ask_teacher(cfg, iter_problems(seed), replies, total=n)
+        teacher_s = time.perf_counter() - start
+        teacher_peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        answered = sum(1 for row in replies.values() if row["text"] is not None)
+        items = (JudgeItem(key=f"{p.id}#0", problem=p, path=reply["text"]) for p in iter_problems(seed)
+                 if (reply := replies.get(p.id)) is not None and reply["text"] is not None)
+        ledger = UsageLedger(out / "usage.json", cfg.pricing)
+        start = time.perf_counter()
+        with Journal(out / "verdicts.jsonl") as journal:
+            stats = PathJudge(cfg, "evolve", ledger).judge(items, journal, total=answered)
+        judge_s = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"n": len(problems), "teacher_ok": answered, "judged": stats.correct + stats.incorrect,
+    print(json.dumps({"n": n, "teacher_ok": answered, "judged": stats.correct + stats.incorrect,
                       "teacher_s": teacher_s, "judge_s": judge_s, "teacher_peak_mib": teacher_peak_mib,
                       "peak_mib": peak_mib}), flush=True)
 

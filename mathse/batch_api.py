@@ -250,7 +250,7 @@ class BatchRun:
     async def _resume(self, api: openai.AsyncOpenAI, journal: Journal) -> list[str]:
         """Open batches of a killed run that hold requests wanted now (one created but not yet
         journaled included); batches holding none of them are left alone, not waited for."""
-        rows = list(journal.rows.values())
+        rows = list(journal.values())
         created = {r["file_id"]: r["batch_id"] for r in rows if r["event"] == "created"}
         collected = {r["batch_id"] for r in rows if r["event"] == "collected"}
         uploaded = {r["file_id"]: r.get("time", 0.0) for r in rows if r["event"] == "uploaded"}

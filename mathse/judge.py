@@ -48,12 +48,13 @@ from __future__ import annotations
 import base64
 import gc
 import io
+import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,6 +142,16 @@ class JudgeItem:
     path: str
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A path taken for judging: what its verdict row needs, made once when it is taken."""
+
+    item: JudgeItem
+    steps: list[str]
+    check: RuleCheck | None
+    asks: int  # times asked before (a verdict that stayed unknown is asked again)
+
+
 @dataclass
 class JudgeStats:
     """What one `PathJudge.judge` call did. correct / incorrect / undecided count final verdicts."""
@@ -187,39 +198,55 @@ class PathJudge:
         # Policy "rule" never asks the ORM, even when a backend is configured: it costs money/GPU.
         self.uses_orm = self.policy != "rule"
         self._chat_model: Any = None
-        self._checks: dict[str, RuleCheck | None] = {}  # rule checks of the batch being judged
 
     # -- public ---------------------------------------------------------------------------------
 
-    def judge(self, items: Sequence[JudgeItem], journal: Journal, progress: str | None = None) -> JudgeStats:
-        """Judge every item not yet in `journal`, appending each verdict as it arrives."""
+    def judge(
+        self, items: Iterable[JudgeItem], journal: Journal, progress: str | None = None, total: int | None = None
+    ) -> JudgeStats:
+        """Judge every item not yet in `journal`, appending each verdict as it arrives.
+
+        `items` is consumed lazily (no further ahead than the requests in flight) and only its key
+        is kept per judged path, so a generator of 300K paths costs about the memory of one of 1K.
+        `total`: the paths to judge, for the progress bar; counted here when `items` is a sequence.
+        """
         stats = JudgeStats(stage=self.stage)
-        seen: set[str] = set()
-        pending: list[JudgeItem] = []
+        pending = self._pending(items, journal, stats)
+        first = next(pending, None)
+        if first is None:  # nothing to judge: no client, no model loaded
+            return stats
+        pending = itertools.chain([first], pending)
+        if total is None and isinstance(items, Sequence):
+            total = sum(1 for _ in self._pending(items, journal, JudgeStats(), rule=False))
+        if not self.uses_orm:
+            for path in tqdm(pending, desc=progress, unit="path", total=total,
+                             disable=True if progress is None else None):
+                self._record(path, None, journal, stats)
+        elif self.cfg.orm.backend in ("api", "trained"):
+            self._judge_api(pending, journal, stats, progress, total)
+        elif self.cfg.orm.backend == "local":
+            self._judge_local(pending, journal, stats, progress, total)
+        else:  # config validation forbids this; guard against a hand-built config
+            raise ValueError(f"orm.policy {self.policy!r} needs orm.backend api or local")
+        return stats
+
+    def _pending(
+        self, items: Iterable[JudgeItem], journal: Journal, stats: JudgeStats, rule: bool = True
+    ) -> Iterator[_Pending]:
+        """The items still to judge, each with its steps, rule check and earlier asks, made as it is
+        taken. The rule check (math-verify, a few ms) is thus made on the client's event loop while
+        the requests already sent stay in flight, and never for the whole batch at once."""
+        seen: set[str] = set()  # keys only: a few dozen bytes a path
         for item in items:
             if item.key in seen:
                 raise ValueError(f"duplicate judge item key in one batch: {item.key!r}")
             seen.add(item.key)
-            if item.key in journal and not is_unknown(journal.rows[item.key]):
+            earlier = journal.get(item.key)
+            if earlier is not None and not is_unknown(earlier):
                 stats.skipped_existing += 1
-            else:
-                pending.append(item)
-        if not pending:
-            return stats
-        steps = {item.key: split_steps(item.path) for item in pending}
-        # The rule check (math-verify, a few ms a path) runs here, before any ORM call: inside the
-        # client's result callback it would stall the event loop that keeps the requests in flight.
-        self._checks = {item.key: self._rule(item) for item in pending}
-        if not self.uses_orm:
-            for item in tqdm(pending, desc=progress, unit="path", disable=True if progress is None else None):
-                self._record(item, steps[item.key], None, journal, stats)
-        elif self.cfg.orm.backend in ("api", "trained"):
-            self._judge_api(pending, steps, journal, stats, progress)
-        elif self.cfg.orm.backend == "local":
-            self._judge_local(pending, steps, journal, stats, progress)
-        else:  # config validation forbids this; guard against a hand-built config
-            raise ValueError(f"orm.policy {self.policy!r} needs orm.backend api or local")
-        return stats
+                continue
+            asks = int(earlier.get("asks", 0)) if earlier is not None else 0
+            yield _Pending(item, split_steps(item.path), self._rule(item) if rule else None, asks)
 
     def close(self) -> None:
         """Free the local ORM model (and its GPU memory) before the caller trains or generates."""
@@ -252,77 +279,56 @@ class PathJudge:
     # -- backends -------------------------------------------------------------------------------
 
     def _judge_api(
-        self,
-        pending: list[JudgeItem],
-        steps: dict[str, list[str]],
-        journal: Journal,
-        stats: JudgeStats,
-        progress: str | None,
+        self, pending: Iterator[_Pending], journal: Journal, stats: JudgeStats, progress: str | None,
+        total: int | None,
     ) -> None:
         endpoint = self.endpoint or (OrmEndpoint(self.cfg.orm.api) if self.cfg.orm.api is not None else None)
         if endpoint is None:
             raise ValueError("the trained ORM is not served: pass the endpoint of orm_serving.orm_endpoint(cfg)")
         client = ChatClient(endpoint.api, self.cfg.api_cache_dir if endpoint.cache else None, ledger=self.ledger,
                             stage=self.stage, transport=endpoint.transport)
-        by_key = {item.key: item for item in pending}
         extra = {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if self.cfg.orm.logprobs else None
+        live: dict[str, _Pending] = {}  # taken by the client, not recorded yet: bounded by its window
 
-        def messages(k: str) -> list[dict[str, Any]]:
+        def request(path: _Pending, unparsed: str | None = None) -> ChatRequest:
             # Built when the client takes the request (images are ImageRefs, encoded when sent),
             # so a round of 100K paths never holds its messages all at once.
-            item = by_key[k]
-            user = client.user_message(self.prompt(item, steps[k]), item.problem.images)
-            return [system_message(ORM_SYSTEM_PROMPT), user]
+            live[path.item.key] = path
+            user = client.user_message(self.prompt(path.item, path.steps), path.item.problem.images)
+            messages = [system_message(ORM_SYSTEM_PROMPT), user]
+            if unparsed is not None:  # the re-ask: the reply that did not parse, and the format again
+                messages += [{"role": "assistant", "content": unparsed},
+                             {"role": "user", "content": REASK_TEXT.format(n_steps=max(len(path.steps), 1))}]
+            # A verdict asked again on a later run must not come back from the answer cache.
+            salt = f"ask-{path.asks}" if path.asks else None
+            return ChatRequest(key=path.item.key, messages=messages, extra=extra, cache_salt=salt)
 
-        # A verdict asked again on a later run must not come back from the answer cache.
-        asks = {item.key: int(journal.rows.get(item.key, {}).get("asks", 0)) for item in pending}
-        requests = (
-            ChatRequest(key=k, messages=messages(k), extra=extra, cache_salt=f"ask-{asks[k]}" if asks[k] else None)
-            for k in by_key
-        )
-        reask: dict[str, str] = {}
+        reask: dict[str, tuple[_Pending, str]] = {}
 
         def record(result: ChatResult, final_try: bool) -> None:
             # Called as each answer arrives, so a kill loses at most the calls still in flight
             # (and those are in the client's cache if they were answered).
-            item = by_key[result.key]
-            item_steps = steps[item.key]
+            path = live.pop(result.key)
             if not (result.ok and result.text is not None):
-                self._record(item, item_steps, None, journal, stats, error=result.error or "no answer")
+                self._record(path, None, journal, stats, error=result.error or "no answer")
                 return
-            verdict = parse_verdict(result.text, len(item_steps))
+            verdict = parse_verdict(result.text, len(path.steps))
             if not verdict.parsed and not final_try:
-                reask[item.key] = result.text  # asked again once, right after this batch
+                reask[result.key] = (path, result.text)  # asked again once, right after this batch
                 return
-            self._record(item, item_steps, _with_score(verdict, result), journal, stats, asks=asks[item.key] + 1)
+            self._record(path, _with_score(verdict, result), journal, stats, asks=path.asks + 1)
 
-        client.complete_many_sync(requests, on_result=lambda r: record(r, False), progress=progress, collect=False,
-                                  total=len(by_key))
+        client.complete_many_sync((request(path) for path in pending), on_result=lambda r: record(r, False),
+                                  progress=progress, collect=False, total=total)
         if reask:
             stats.reasked += len(reask)
-            again = (
-                ChatRequest(
-                    key=k,
-                    messages=[
-                        *messages(k),
-                        {"role": "assistant", "content": text},
-                        {"role": "user", "content": REASK_TEXT.format(n_steps=max(len(steps[k]), 1))},
-                    ],
-                    extra=extra,
-                    cache_salt=f"ask-{asks[k]}" if asks[k] else None,
-                )
-                for k, text in reask.items()
-            )
+            again = (request(path, text) for path, text in reask.values())
             client.complete_many_sync(again, on_result=lambda r: record(r, True), progress=progress, collect=False,
                                       total=len(reask))
 
     def _judge_local(
-        self,
-        pending: list[JudgeItem],
-        steps: dict[str, list[str]],
-        journal: Journal,
-        stats: JudgeStats,
-        progress: str | None,
+        self, pending: Iterator[_Pending], journal: Journal, stats: JudgeStats, progress: str | None,
+        total: int | None,
     ) -> None:
         model = self._local_model()
         # ChatModel.chat is thread-safe: each call is a coroutine on the model's own event loop,
@@ -330,21 +336,26 @@ class PathJudge:
         # default, vLLM batches). More threads than that would only queue.
         workers = max(1, int(os.environ.get("MAX_CONCURRENT", "1")))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="orm-local")
-        bar = tqdm(total=len(pending), desc=progress, unit="path", disable=True if progress is None else None)
-        try:
-            futures: dict[Future[str], JudgeItem] = {
-                pool.submit(self._ask_local, model, item, steps[item.key]): item for item in pending
-            }
-            for future in as_completed(futures):
-                item = futures[future]
-                item_steps = steps[item.key]
+        bar = tqdm(total=total, desc=progress, unit="path", disable=True if progress is None else None)
+        futures: dict[Future[str], _Pending] = {}  # submitted, not recorded: a few per worker
+
+        def record(done: Iterable[Future[str]]) -> None:
+            for future in done:
+                path = futures.pop(future)
                 try:
                     raw = future.result()
                 except Exception as err:  # one bad item must not sink the batch: retried next run
-                    self._record(item, item_steps, None, journal, stats, error=f"local ORM failed: {err!r}"[:300])
+                    self._record(path, None, journal, stats, error=f"local ORM failed: {err!r}"[:300])
                 else:
-                    self._record(item, item_steps, parse_verdict(raw, len(item_steps)), journal, stats)
+                    self._record(path, parse_verdict(raw, len(path.steps)), journal, stats)
                 bar.update(1)
+
+        try:
+            for path in pending:
+                futures[pool.submit(self._ask_local, model, path.item, path.steps)] = path
+                if len(futures) >= 2 * workers:
+                    record(wait(futures, return_when=FIRST_COMPLETED).done)
+            record(as_completed(list(futures)))
         finally:
             bar.close()
             pool.shutdown(wait=True, cancel_futures=True)
@@ -375,15 +386,14 @@ class PathJudge:
 
     def _record(
         self,
-        item: JudgeItem,
-        steps: list[str],
+        path: _Pending,
         orm: Verdict | None,
         journal: Journal,
         stats: JudgeStats,
         error: str | None = None,
         asks: int = 1,
     ) -> None:
-        check = self._checks.get(item.key) if item.key in self._checks else self._rule(item)
+        item, steps, check = path.item, path.steps, path.check
         rule = rule_verdict(check) if check is not None else None
         row: dict[str, Any] = {
             "key": item.key,

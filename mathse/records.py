@@ -5,7 +5,7 @@ verdicts, reflections). Fields are declared in their on-disk order, so the JSON 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,10 +20,13 @@ __all__ = [
     "JudgedPathRow",
     "PathRow",
     "Problem",
+    "ProblemIndex",
     "ReflectionRow",
     "Row",
     "SftRow",
     "VerdictRow",
+    "iter_problems",
+    "iter_records",
     "read_problems",
     "read_records",
     "write_problems",
@@ -79,42 +82,105 @@ def read_records(
     check: Callable[[R], str | None] | None = None,
     what: str = "records",
 ) -> list[R]:
-    """Read and validate every record of a JSONL file before anything is written.
+    """Read and validate every record of a JSONL file before anything is written (see `iter_records`)."""
+    return list(iter_records(path, model, image_root, check_images=check_images, unique_ids=unique_ids,
+                             check=check, what=what))
+
+
+def iter_records(
+    path: Path,
+    model: type[R],
+    image_root: Path | None = None,
+    *,
+    check_images: bool = True,
+    unique_ids: bool = True,
+    check: Callable[[R], str | None] | None = None,
+    what: str = "records",
+) -> Iterator[R]:
+    """The records of a JSONL file one at a time, each validated as it is read (only the ids are
+    kept, for the duplicate check): a stage that must not write before every record is valid reads
+    them through once first, then again to work on them, and never holds them all.
 
     Image paths are made absolute (relative ones resolve against `image_root`, else the file's
     folder). Raises DataError naming `file:line` for a bad line (`check` may add a reason of its
     own), or the record id for a missing image; with `unique_ids`, duplicate ids are errors too.
     """
+    for _, record in _scan(path, model, image_root, check_images=check_images, unique_ids=unique_ids, check=check,
+                           what=what):
+        yield record
+
+
+def _scan(
+    path: Path,
+    model: type[R],
+    image_root: Path | None,
+    *,
+    check_images: bool = True,
+    unique_ids: bool = True,
+    check: Callable[[R], str | None] | None = None,
+    what: str = "records",
+) -> Iterator[tuple[int, R]]:
+    """(byte offset of its line, record) for each record of the file, validated (see `iter_records`)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     root = image_root or path.parent
-    records: list[R] = []
     first_line: dict[str, int] = {}
-    with path.open("r", encoding="utf-8") as handle:
-        try:
-            lines = list(enumerate(handle, start=1))
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    for lineno, line in lines:
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        record = _parse_line(line, where, model)
-        if unique_ids and record.id in first_line:
-            raise DataError(f"{where}: duplicate id {record.id!r} (first on line {first_line[record.id]})")
-        first_line.setdefault(record.id, lineno)
-        if check is not None and (problem := check(record)):
-            raise DataError(f"{where}: {problem}")
-        images = _resolve_images(record, root, where, check_images)
-        records.append(record.model_copy(update={"images": images}))
-    if not records:
+    offset = 0
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            start, offset = offset, offset + len(raw)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {start + exc.start})") from None
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            record = _parse_line(line, where, model)
+            if unique_ids and record.id in first_line:
+                raise DataError(f"{where}: duplicate id {record.id!r} (first on line {first_line[record.id]})")
+            first_line.setdefault(record.id, lineno)
+            if check is not None and (problem := check(record)):
+                raise DataError(f"{where}: {problem}")
+            yield start, record.model_copy(update={"images": _resolve_images(record, root, where, check_images)})
+    if not first_line:
         raise DataError(f"{path}: no {what} in file")
-    return records
+
+
+class ProblemIndex(Mapping[str, Problem]):
+    """The problems of a JSONL file by id. Every record is validated once, on open, but only
+    id -> byte offset is kept: a problem is read back from the file when asked for, so a pool of
+    240K problems costs its ids, not its text."""
+
+    def __init__(self, path: Path, image_root: Path | None = None) -> None:
+        self.path = path
+        self._root = image_root or path.parent
+        self._offsets = {p.id: offset for offset, p in _scan(path, Problem, image_root, what="problems")}
+
+    def __getitem__(self, pid: str) -> Problem:
+        offset = self._offsets[pid]
+        with self.path.open("rb") as handle:
+            handle.seek(offset)
+            line = handle.readline().decode("utf-8")
+        where = f"{self.path} (byte {offset})"
+        problem = _parse_line(line, where, Problem)  # validated on open: fails only if the file changed since
+        return problem.model_copy(update={"images": _resolve_images(problem, self._root, where, check=False)})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._offsets)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
 
 
 def read_problems(path: Path, image_root: Path | None = None, check_images: bool = True) -> list[Problem]:
     """The problems of a JSONL file (see `read_records`); ids key every later stage's records."""
     return read_records(path, Problem, image_root, check_images=check_images, what="problems")
+
+
+def iter_problems(path: Path, image_root: Path | None = None) -> Iterator[Problem]:
+    """The problems of a JSONL file one at a time (see `iter_records`)."""
+    return iter_records(path, Problem, image_root, what="problems")
 
 
 def _parse_line(line: str, where: str, model: type[R]) -> R:

@@ -139,7 +139,7 @@ def test_api_reply_formats_prompt_content_and_rerun_makes_no_calls(tmp_path: Pat
         assert server.chat_calls == len(items) + 3 and (stats.judged, stats.skipped_existing) == (1, 4)
         assert rows["p1#4"]["asks"] == 2 and rows["p1#4"]["final"]["correct"] is None
         with open_journal(cfg, "evolve-r1") as journal:
-            assert journal.rows["p1#4"]["asks"] == 2 and len(journal) == 5
+            assert journal["p1#4"]["asks"] == 2 and len(journal) == 5
 
 
 @pytest.mark.parametrize(
@@ -232,6 +232,30 @@ def test_policy_rule_never_asks_the_orm(tmp_path: Path, problem: Problem) -> Non
         cfg = make_cfg(tmp_path, backend="api", policy="rule", api=api_section(server))
         stats, rows = judge_once(cfg, [JudgeItem("a", problem, path_for("[json-ok]"))])
         assert server.chat_calls == 0 and stats.judged == 1 and rows["a"]["orm"] is None
+
+
+def test_items_are_taken_lazily_as_verdicts_are_journaled(tmp_path: Path, problem: Problem) -> None:
+    """A generator of paths is never read far ahead of the verdicts: at most the client's in-flight
+    window (concurrency * 4 + 16) is taken but not journaled, so memory does not grow with the batch."""
+    n, concurrency = 80, 1
+    window = concurrency * 4 + 16
+    with FakeOpenAIServer(replies=scripted) as server:
+        cfg = make_cfg(tmp_path, backend="api", policy="orm", logprobs=False,
+                       api=api_section(server, concurrency=concurrency))
+        with open_journal(cfg, "evolve-r1") as journal:
+            ahead: list[int] = []
+
+            def items():
+                for i in range(n):
+                    ahead.append(i - len(journal))  # taken before this one, minus journaled
+                    yield JudgeItem(f"p1#{i}", problem, path_for(f"[json-ok] variant {i}"))
+
+            stats = PathJudge(cfg, "evolve-r1").judge(items(), journal, total=n)
+            assert stats.judged == stats.correct == len(journal) == server.chat_calls == n
+            assert max(ahead) <= window + 1 and ahead[-1] <= window + 1
+            # Rerun over the same generator: everything is already judged, nothing is asked.
+            assert PathJudge(cfg, "evolve-r1").judge(items(), journal).skipped_existing == n
+        assert server.chat_calls == n
 
 
 def test_duplicate_keys_are_rejected(tmp_path: Path, problem: Problem) -> None:

@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from mathse.records import DataError, JudgedPathRow, PathRow, SftRow, VerdictRow, read_problems, write_problems
+from mathse.records import (
+    DataError,
+    JudgedPathRow,
+    PathRow,
+    ProblemIndex,
+    SftRow,
+    VerdictRow,
+    iter_problems,
+    read_problems,
+    write_problems,
+)
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -72,6 +82,23 @@ def test_empty_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(DataError, match="not UTF-8"):
         read_problems(tmp_path / "bin.jsonl")
+
+
+def test_problem_index_reads_problems_back_by_id(tmp_path: Path, image: Path) -> None:
+    # The pool as evolve holds it: validated on open, then each problem read from the file by id,
+    # equal to what read_problems gives (non-ASCII text and resolved images included).
+    path = write_lines(tmp_path / "p.jsonl", [
+        json.dumps({"id": "a", "question": "√2 ≈ ?", "answer": "1.41", "images": ["img/a.png"]}, ensure_ascii=False),
+        "",
+        json.dumps({"id": 2, "question": "q", "answer": 3}),
+    ])
+    index = ProblemIndex(path)
+    assert list(index) == ["a", "2"] and len(index) == 2 and "zz" not in index
+    assert [index[pid] for pid in index] == list(iter_problems(path)) == read_problems(path)
+    assert index["a"].images == (str(image.resolve()),)
+    bad = write_lines(tmp_path / "bad.jsonl", [json.dumps({"id": "a", "question": "q", "answer": "1"}), "{oops"])
+    with pytest.raises(DataError, match=r"bad.jsonl:2: invalid JSON"):
+        ProblemIndex(bad)  # every record is validated on open, before any is used
 
 
 def test_write_roundtrip(tmp_path: Path, image: Path) -> None:

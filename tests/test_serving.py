@@ -223,7 +223,7 @@ def test_killing_the_driver_leaves_no_server_and_the_rerun_sends_only_missing(
     assert not wait_gone(str(server_dir)), "a server outlived the killed driver"
 
     with Journal(path) as journal:
-        before = set(journal.rows)
+        before = set(journal.keys())
     items = make_items(problems, 3)
     missing = len(items) - len(before)
     assert 0 < missing < len(items)

@@ -45,6 +45,24 @@ def test_journal_drops_torn_tail_and_dedupes(tmp_path: Path) -> None:
         assert len(journal) == 2
 
 
+def test_journal_reads_rows_back_from_disk(tmp_path: Path) -> None:
+    # Only the keys stay in memory: rows (non-ASCII text included) come back from the file, the
+    # latest row of a replaced key wins and keeps the key's first place, before and after a reopen.
+    path = tmp_path / "j.jsonl"
+    with Journal(path) as journal:
+        journal.append({"key": "a", "text": "√2 ≈ 1.414"})
+        journal.append({"key": "b", "text": "x"})
+        journal.replace({"key": "a", "text": "asked again"})
+        assert journal.get("a") == {"key": "a", "text": "asked again"} and journal["b"]["text"] == "x"
+        assert journal.get("zz") is None and journal.get("zz", {}) == {}
+        journal.append({"key": "c", "text": "é"})
+        assert [k for k, _ in journal.items()] == ["a", "b", "c"]
+    with Journal(path) as journal:
+        assert [r["text"] for r in journal.values()] == ["asked again", "x", "é"]
+        assert list(journal.keys()) == ["a", "b", "c"] and len(journal) == 3
+        assert not hasattr(journal, "rows")
+
+
 def test_markers(tmp_path: Path) -> None:
     assert not is_done(tmp_path)
     mark_done(tmp_path, {"n": 3})

@@ -7,6 +7,9 @@ killed midway repeats no paid call when rerun.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from mathse import layout
@@ -25,8 +28,8 @@ from mathse.llamafactory_bridge import (
 )
 from mathse.messages import ChatRequest, ChatResult, system_message, user_message
 from mathse.prompts import fill_template, student_prompt
-from mathse.records import DataError, Problem, SftRow, read_problems
-from mathse.storage import atomic_write_jsonl, is_done, mark_done, read_marker
+from mathse.records import DataError, Problem, SftRow, iter_problems
+from mathse.storage import Journal, atomic_open, is_done, iter_jsonl, mark_done, read_marker, write_line
 from mathse.timing import StageTimer
 from mathse.token_budget import TokenBudget
 from mathse.usage import UsageLedger
@@ -36,13 +39,11 @@ DATASET_NAME = "mathse_stage0"
 
 
 def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
-    seed_file: Path = cfg.require("data.seed_file")
-    problems = read_problems(seed_file, cfg.data.image_root)  # validates everything before any write
-    check_images_decode(seed_file, problems)
+    seed = check_seed(cfg)  # every record and image validated before any write; none kept in memory
     stage_dir = layout.stage_dir(cfg, STAGE)
     job = train_job(cfg)
     if dry_run:
-        print_plan(cfg, problems, job)
+        print_plan(cfg, seed, job)
         return 0
     settle(cfg, STAGE, stale(cfg))
     if finished(cfg):
@@ -53,7 +54,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     save_resolved_config(cfg, stage_dir / "config.yaml")
     timer = StageTimer()
     if not is_done(stage_dir):
-        built = build_d_sft(cfg, problems, stage_dir, timer)
+        built = build_d_sft(cfg, seed, stage_dir, timer)
         if built["teacher_retry"]:
             # A flaky API must not cost seed problems: no marker, so the rerun asks again (answered
             # calls come from the cache); M0 is not trained on a D_SFT with holes.
@@ -78,15 +79,28 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     return 0
 
 
-def check_images_decode(seed_file: Path, problems: list[Problem]) -> None:
-    """Every local seed image must be a readable image file (header and chunks, no full decode).
+@dataclass(frozen=True)
+class SeedCounts:
+    total: int
+    pending: int  # without a solution: the teacher is asked for these
 
-    Otherwise the teacher is paid for a garbage image and `llamafactory-cli train` fails much later
-    with a traceback that names no record.
-    """
+
+def seed_problems(cfg: MathSEConfig) -> Iterator[Problem]:
+    """The seed problems, read from their file one at a time (each pass reads it again)."""
+    return iter_problems(cfg.require("data.seed_file"), cfg.data.image_root)
+
+
+def check_seed(cfg: MathSEConfig) -> SeedCounts:
+    """Read the seed file through once: every record valid and every local image a readable image
+    file (header and chunks, no full decode). Otherwise the teacher is paid for a garbage image and
+    `llamafactory-cli train` fails much later with a traceback that names no record."""
     from PIL import Image
 
-    for problem in problems:
+    seed_file = cfg.require("data.seed_file")
+    total = pending = 0
+    for problem in seed_problems(cfg):
+        total += 1
+        pending += not problem.solution
         for ref in problem.images:
             if ref.startswith(("http://", "https://", "data:")):
                 continue
@@ -97,6 +111,7 @@ def check_images_decode(seed_file: Path, problems: list[Problem]) -> None:
                 raise DataError(
                     f"{seed_file}: record {problem.id!r}: image unreadable: {ref} ({type(exc).__name__}: {exc})"
                 ) from None
+    return SeedCounts(total, pending)
 
 
 def finished(cfg: MathSEConfig) -> bool:
@@ -144,53 +159,58 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
 
 
 
-def print_plan(cfg: MathSEConfig, problems: list[Problem], job: TrainJob) -> None:
-    pending = sum(1 for p in problems if not p.solution)
+def print_plan(cfg: MathSEConfig, seed: SeedCounts, job: TrainJob) -> None:
     teacher = cfg.teacher.describe() if cfg.teacher else "not configured"
-    print(f"[dry-run] distill: {len(problems)} seed problems from {cfg.data.seed_file}")
-    print(f"[dry-run] {len(problems) - pending} have solutions; {pending} would go to the teacher ({teacher})")
+    print(f"[dry-run] distill: {seed.total} seed problems from {cfg.data.seed_file}")
+    print(f"[dry-run] {seed.total - seed.pending} have solutions; {seed.pending} would go to the teacher ({teacher})")
     print(f"[dry-run] D_SFT -> {layout.d_sft_path(cfg, STAGE)}; dataset {DATASET_NAME} in {cfg.dataset_dir}")
     print("[dry-run] training command (not run):")
     print(job.describe())
 
 
-def build_d_sft(cfg: MathSEConfig, problems: list[Problem], stage_dir: Path, timer: StageTimer) -> dict[str, int]:
-    """Collect a solution per seed problem, keep the good ones, write D_SFT and its dataset."""
-    given = [p for p in problems if p.solution]
-    pending = [p for p in problems if not p.solution]
-    rows = [sft_row(p, p.solution or "", "seed") for p in given]
-    dropped: list[dict[str, object]] = []
-    failed = retry = 0
-    if pending:
-        with timer.span("api"):
-            results = ask_teacher(cfg, pending)
-        for problem, result in zip(pending, results, strict=True):
-            if result.text is None:
-                failed += 1
-                retry += is_transient(result)
-                dropped.append({"id": problem.id, "reason": f"teacher call failed: {result.error}"})
-                continue
-            check = check_path(result.text, problem.answer, problem.question)
-            if cfg.require("teacher").filter_by_answer and not check.correct:
-                dropped.append({"id": problem.id, "reason": check.reason, "response": result.text})
-                continue
-            rows.append(sft_row(problem, result.text, "teacher"))
+def build_d_sft(cfg: MathSEConfig, seed: SeedCounts, stage_dir: Path, timer: StageTimer) -> dict[str, int]:
+    """Collect a solution per seed problem, keep the good ones, write D_SFT and its dataset.
 
-    atomic_write_jsonl(stage_dir / "dropped.jsonl", dropped)
-    atomic_write_jsonl(layout.d_sft_path(cfg, STAGE), (r.to_json() for r in rows))
+    Streamed: the teacher's replies go to a scratch journal as they arrive, then D_SFT and the
+    dropped list are written in two passes over the seed file (the given solutions, then the
+    teacher's, each in seed order); no list of problems, replies or rows is held."""
+    replies_path = stage_dir / "teacher_replies.jsonl"
+    replies_path.unlink(missing_ok=True)  # this build's replies only; answered calls come from the cache
+    with Journal(replies_path) as replies:
+        if seed.pending:
+            with timer.span("api"):
+                ask_teacher(cfg, (p for p in seed_problems(cfg) if not p.solution), replies, seed.pending)
+        counts = Counter[str]()
+        with atomic_open(stage_dir / "dropped.jsonl") as dropped, atomic_open(layout.d_sft_path(cfg, STAGE)) as d_sft:
+            for problem in seed_problems(cfg):
+                counts["seed"] += 1
+                if problem.solution:
+                    counts["given"] += 1
+                    write_line(d_sft, sft_row(problem, problem.solution, "seed").to_json())
+            for problem in seed_problems(cfg):
+                if problem.solution:
+                    continue
+                counts["teacher_sent"] += 1
+                reply = replies.get(problem.id) or {"text": None, "error": "no reply", "retryable": True}
+                text = reply["text"]
+                if text is None:
+                    counts["teacher_failed"] += 1
+                    counts["teacher_retry"] += reply["retryable"]
+                    write_line(dropped, {"id": problem.id, "reason": f"teacher call failed: {reply['error']}"})
+                    continue
+                check = check_path(text, problem.answer, problem.question)
+                if cfg.require("teacher").filter_by_answer and not check.correct:
+                    counts["teacher_dropped"] += 1
+                    write_line(dropped, {"id": problem.id, "reason": check.reason, "response": text})
+                    continue
+                counts["teacher_kept"] += 1
+                write_line(d_sft, sft_row(problem, text, "teacher").to_json())
+    replies_path.unlink()
+    rows = (SftRow(**row) for row in iter_jsonl(layout.d_sft_path(cfg, STAGE)))
     examples = (SftExample(prompt=r.prompt, response=r.response, images=tuple(r.images), id=r.id) for r in rows)
     write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME, TokenBudget.for_training(cfg, "m0"))
-    kept = len(rows) - len(given)
-    return {
-        "seed": len(problems),
-        "given": len(given),
-        "teacher_sent": len(pending),
-        "teacher_kept": kept,
-        "teacher_dropped": len(pending) - kept - failed,
-        "teacher_failed": failed,
-        "teacher_retry": retry,
-        "d_sft": len(rows),
-    }
+    keys = ("seed", "given", "teacher_sent", "teacher_kept", "teacher_dropped", "teacher_failed", "teacher_retry")
+    return {**{k: counts[k] for k in keys}, "d_sft": counts["given"] + counts["teacher_kept"]}
 
 
 def is_transient(result: ChatResult) -> bool:
@@ -205,20 +225,26 @@ def sft_row(problem: Problem, response: str, origin: str) -> SftRow:
                   response=response, origin=origin)
 
 
-def ask_teacher(cfg: MathSEConfig, problems: list[Problem]) -> list[ChatResult]:
+def ask_teacher(cfg: MathSEConfig, problems: Iterable[Problem], replies: Journal, total: int) -> None:
+    """Ask the teacher for a solution to each problem; each reply (or failure) is appended to
+    `replies` (key: the problem id) as it arrives, so no list of results is held."""
     teacher = cfg.teacher
     if teacher is None:
-        raise ConfigError([f"config error: teacher: required: {len(problems)} seed problems have no solution"])
+        raise ConfigError([f"config error: teacher: required: {total} seed problems have no solution"])
     def messages(p: Problem) -> list[dict]:
         text = fill_template(teacher.distill_prompt, "teacher.distill_prompt", question=p.question, answer=p.answer)
         return [system_message(teacher.system_prompt), user_message(text, p.images)]
+
+    def journal_it(result: ChatResult) -> None:
+        replies.append({"key": result.key, "text": result.text, "error": result.error,
+                        "retryable": is_transient(result)})
 
     # A generator: the client builds each request (and encodes its images) only as it sends it.
     requests = (ChatRequest(key=p.id, messages=messages(p)) for p in problems)
     ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
     client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
     try:
-        return client.complete_many_sync(requests, progress="teacher", total=len(problems))
+        client.complete_many_sync(requests, on_result=journal_it, progress="teacher", collect=False, total=total)
     finally:
         ledger.save()
 

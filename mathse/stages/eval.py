@@ -281,7 +281,7 @@ def evaluate_pair(
     gen_items = [GenItem(f"{item.id}#0", item.to_problem(), 0) for item in items]
     with Journal(folder / "generations.jsonl") as journal:
         gen = generator.generate(gen_items, journal, progress=f"eval {checkpoint.name}/{spec.name}")
-        rows = {g.problem.id: journal.rows.get(g.key) for g in gen_items}
+        rows = {g.problem.id: journal.get(g.key) for g in gen_items}
     if gen.retry_later:
         raise StageError(
             f"eval: {checkpoint.name}/{spec.name}: {gen.retry_later} generations failed; "

@@ -18,10 +18,12 @@ its own marker, so a kill at any moment loses nothing and a rerun redoes only th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from mathse import layout
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
 from mathse.fingerprint import INFERENCE_VOLATILE, Inputs, Stale, check, settle
-from mathse.inference import chat_model_args, make_items, training_image_max_pixels
+from mathse.inference import GenItem, chat_model_args, make_items, training_image_max_pixels
 from mathse.judge import JudgeItem, PathJudge, journal_path
 from mathse.llamafactory_bridge import (
     VOLATILE_ARGS,
@@ -43,11 +45,12 @@ from mathse.llamafactory_bridge import (
 )
 from mathse.orm_serving import describe_orm_serving, orm_endpoint, rule_only_notice
 from mathse.prompts import student_prompt
-from mathse.records import JudgedPathRow, PathRow, Problem, SftRow, read_problems
+from mathse.records import JudgedPathRow, PathRow, Problem, ProblemIndex, SftRow
 from mathse.served import describe as describe_serving
 from mathse.served import open_generator
 from mathse.storage import (
     Journal,
+    atomic_open,
     atomic_write_json,
     atomic_write_jsonl,
     is_done,
@@ -55,6 +58,7 @@ from mathse.storage import (
     mark_done,
     read_json,
     read_marker,
+    write_line,
 )
 from mathse.timing import StageTimer
 from mathse.token_budget import TokenBudget
@@ -132,7 +136,8 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
 def run(cfg: MathSEConfig, dry_run: bool = False, shard: Shard | None = None, merge: bool = False) -> int:
     m0 = cfg.model_path("sft_model_stage0")
     d_sft0 = layout.d_sft_path(cfg, layout.DISTILL)
-    pool = read_problems(cfg.require("data.pool_file"), cfg.data.image_root)
+    # Every record validated now; only ids and file offsets held: a problem is read when its batch needs it.
+    pool = ProblemIndex(cfg.require("data.pool_file"), cfg.data.image_root)
     if dry_run:
         print_plan(cfg, pool)
         return 0
@@ -147,10 +152,9 @@ def run(cfg: MathSEConfig, dry_run: bool = False, shard: Shard | None = None, me
     save_resolved_config(cfg, evolve_dir(cfg) / "config.yaml")
     if (notice := rule_only_notice(cfg, STAGE)) is not None:
         print(notice)
-    by_id = {p.id: p for p in pool}
     timer = StageTimer()
     try:
-        return run_rounds(cfg, pool, by_id, shard, merge, timer)
+        return run_rounds(cfg, pool, shard, merge, timer)
     finally:
         timer.save(evolve_dir(cfg) / "timings.json")
 
@@ -201,8 +205,7 @@ def stale(cfg: MathSEConfig) -> list[Stale]:
 
 def run_rounds(
     cfg: MathSEConfig,
-    pool: list[Problem],
-    by_id: dict[str, Problem],
+    pool: ProblemIndex,
     shard: Shard | None,
     merge: bool,
     timer: StageTimer,
@@ -219,12 +222,12 @@ def run_rounds(
         batch = load_or_sample_batch(cfg, r, remain)
         model = generation_model(cfg, r)
         if shard is not None:  # one node's share of the current round, nothing else
-            run_shard(cfg, r, [by_id[i] for i in batch], shard, model, timer)
+            run_shard(cfg, r, pool, batch, shard, model, timer)
             print(f"evolve: round {r} {shard.tag} done; merge with --merge once every shard is done")
             return 0
         if not merge and not sharded_elsewhere(cfg, r):
-            run_shard(cfg, r, [by_id[i] for i in batch], WHOLE, model, timer)
-        complete_round(cfg, r, batch, by_id, remain, timer)
+            run_shard(cfg, r, pool, batch, WHOLE, model, timer)
+        complete_round(cfg, r, batch, pool, remain, timer)
         if merge:
             return 0  # the next round's shards start from this merged round
     print_final_summary(cfg)
@@ -235,10 +238,10 @@ def run_rounds(
 # D_remain and batches
 
 
-def remaining_before(cfg: MathSEConfig, r: int, pool: list[Problem]) -> list[str]:
+def remaining_before(cfg: MathSEConfig, r: int, pool: ProblemIndex) -> list[str]:
     """D_remain at the start of round r: the pool, minus every problem solved in rounds < r."""
     if r == 1:
-        return [p.id for p in pool]
+        return list(pool)
     return list(read_json(layout.round_dir(cfg, r - 1) / "remain.json"))
 
 
@@ -311,13 +314,14 @@ def point_final_at(cfg: MathSEConfig, target: Path) -> None:
 
 
 def run_shard(
-    cfg: MathSEConfig, r: int, batch: list[Problem], shard: Shard, model_dir: Path, timer: StageTimer
+    cfg: MathSEConfig, r: int, pool: Mapping[str, Problem], batch: list[str], shard: Shard, model_dir: Path,
+    timer: StageTimer,
 ) -> None:
     """Generate and judge this shard's problems; marks the shard done when nothing is left."""
     marker = shard_marker(cfg, r, shard)
     if marker.is_file():
         return
-    mine = [p for j, p in enumerate(batch) if j % shard.count == shard.index]
+    mine = [pool[pid] for j, pid in enumerate(batch) if j % shard.count == shard.index]
     items = make_items(mine, cfg.inference.n_paths)
     model_path, adapter = layout.model_ref(model_dir)
     with Journal(generations_path(cfg, r, shard)) as generations:
@@ -326,29 +330,37 @@ def run_shard(
                                                  server_dir=layout.servers_dir(layout.round_dir(cfg, r))) as generator:
             gen = generator.generate(items, generations, progress=f"round {r} generate")
         print(gen.summary())
-        rows = [generations.rows[item.key] for item in items if item.key in generations]
-    problems = {p.id: p for p in mine}
-    to_judge = [JudgeItem(row["key"], problems[row["id"]], row["response"]) for row in rows if row.get("response")]
-    ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
-    # The trained ORM is served by the pipeline for just this judging (stopped however it ends).
-    with orm_endpoint(cfg, layout.servers_dir(layout.round_dir(cfg, r))) as endpoint:
-        judge = PathJudge(cfg, STAGE, ledger, endpoint=endpoint)
-        try:
-            # A served ORM is an API wait; a local or rule-based one is model compute.
-            with Journal(journal_path(cfg, verdicts_stage(r, shard))) as verdicts, \
-                    timer.span("api" if cfg.orm.backend in ("api", "trained") else "model"):
-                verdict_stats = judge.judge(to_judge, verdicts, progress=f"round {r} judge")
-        finally:
-            judge.close()
-            ledger.save()
+        paths = sum(1 for item in items if item.key in generations)
+        # The paths to judge are read back from the generations journal one at a time.
+        to_judge, total = paths_to_judge(items, generations), sum(1 for _ in paths_to_judge(items, generations))
+        ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
+        # The trained ORM is served by the pipeline for just this judging (stopped however it ends).
+        with orm_endpoint(cfg, layout.servers_dir(layout.round_dir(cfg, r))) as endpoint:
+            judge = PathJudge(cfg, STAGE, ledger, endpoint=endpoint)
+            try:
+                # A served ORM is an API wait; a local or rule-based one is model compute.
+                with Journal(journal_path(cfg, verdicts_stage(r, shard))) as verdicts, \
+                        timer.span("api" if cfg.orm.backend in ("api", "trained") else "model"):
+                    verdict_stats = judge.judge(to_judge, verdicts, progress=f"round {r} judge", total=total)
+            finally:
+                judge.close()
+                ledger.save()
     print(verdict_stats.summary_line())
     if gen.retry_later or verdict_stats.failed:
         raise StageError(
             f"evolve: round {r} {shard.tag}: {gen.retry_later} generations and {verdict_stats.failed} ORM calls "
             "failed; rerun the same command to retry just those"
         )
-    stats = {"problems": len(mine), "paths": len(rows), "gen_seconds": gen.seconds, "paths_per_s": gen.paths_per_s}
+    stats = {"problems": len(mine), "paths": paths, "gen_seconds": gen.seconds, "paths_per_s": gen.paths_per_s}
     atomic_write_json(marker, stats)
+
+
+def paths_to_judge(items: list[GenItem], generations: Journal) -> Iterator[JudgeItem]:
+    """The generated paths (those with a response), in item order, read from the journal as taken."""
+    for item in items:
+        row = generations.get(item.key)
+        if row is not None and row.get("response"):
+            yield JudgeItem(item.key, item.problem, row["response"])
 
 
 def shard_counts(cfg: MathSEConfig, r: int) -> set[int]:
@@ -373,7 +385,7 @@ def complete_round(
     cfg: MathSEConfig,
     r: int,
     batch: list[str],
-    by_id: dict[str, Problem],
+    by_id: Mapping[str, Problem],
     remain_before: list[str],
     timer: StageTimer,
 ) -> None:
@@ -405,74 +417,77 @@ def complete_round(
 
 
 def merge_shards(
-    cfg: MathSEConfig, r: int, batch: list[str], by_id: dict[str, Problem], remain_before: list[str], n: int
+    cfg: MathSEConfig, r: int, batch: list[str], by_id: Mapping[str, Problem], remain_before: list[str], n: int
 ) -> dict[str, Any]:
-    """Combine the shards in batch order (so the result does not depend on how it was sharded)."""
-    generations: dict[str, dict[str, Any]] = {}
-    verdicts: dict[str, dict[str, Any]] = {}
-    seconds = 0.0
-    for i in range(n):
-        shard = Shard(i, n)
-        generations.update((row["key"], row) for row in iter_jsonl(generations_path(cfg, r, shard)))
-        verdicts.update((row["key"], row) for row in iter_jsonl(journal_path(cfg, verdicts_stage(r, shard))))
-        seconds += read_json(shard_marker(cfg, r, shard)).get("gen_seconds", 0.0)
+    """Combine the shards in batch order (so the result does not depend on how it was sharded).
 
-    chosen, rejected, hard, history = [], [], [], []
-    solved: set[str] = set()
-    # unknown: the verdict decided nothing (an ORM reply unreadable even after a re-ask). Unknown is
-    # not wrong: such a path goes neither to the rejected paths / hard buffer nor to reflection, and
-    # its problem stays in D_remain, so a later round asks again.
-    counts = {"attempted": len(batch), "paths": 0, "accepted": 0, "rejected": 0, "unparseable": 0, "unknown": 0,
-              "no_output": 0}
-    for pid in batch:
-        problem = by_id[pid]
-        outcomes: list[bool | None] = []
-        wrong: list[dict[str, Any]] = []
-        for k in range(cfg.inference.n_paths):
-            key = f"{pid}#{k}"
-            gen = generations.get(key)
-            verdict = verdicts.get(key)
-            if gen is None or not gen.get("response") or verdict is None:
-                counts["no_output"] += 1
-                outcomes.append(None)
-                continue
-            counts["paths"] += 1
-            final = verdict["final"]
-            outcomes.append(final["correct"])
-            if verdict.get("orm") and not verdict["orm"].get("parsed", True):
-                counts["unparseable"] += 1
-            if final["correct"] is None:
-                counts["unknown"] += 1
-                continue
-            row = PathRow.of(problem, r, k, student_prompt(problem), gen["response"])
-            if final["correct"] is True:
-                counts["accepted"] += 1
-                chosen.append(row.to_json())
-            else:
-                counts["rejected"] += 1
-                judged = JudgedPathRow(
-                    **row.to_json(), error_step=final.get("error_step"), analysis=final.get("analysis", ""),
-                    verdict_source=final.get("source"), orm_raw=(verdict.get("orm") or {}).get("raw"),
-                ).to_json()
-                rejected.append(judged)
-                wrong.append(judged)
-        if any(o is True for o in outcomes):
-            solved.add(pid)
-        elif wrong:
-            hard.append({**problem_row(problem), "round": r, "paths": [_path_part(w) for w in wrong]})
-        history.append({"id": pid, "round": r, "verdicts": outcomes, "solved": pid in solved})
+    Streamed: the shards' journals are read by key as each problem is merged, and the round's files
+    are written row by row; only problem ids (solved, remaining) are held."""
+    rd = layout.round_dir(cfg, r)
+    with contextlib.ExitStack() as stack:
+        shards = [Shard(i, n) for i in range(n)]
+        generations = [stack.enter_context(Journal(generations_path(cfg, r, s))) for s in shards]
+        verdicts = [stack.enter_context(Journal(journal_path(cfg, verdicts_stage(r, s)))) for s in shards]
+        seconds = sum(read_json(shard_marker(cfg, r, s)).get("gen_seconds", 0.0) for s in shards)
+        chosen, rejected, hard, history = (
+            stack.enter_context(atomic_open(rd / name))
+            for name in (layout.CHOSEN, "rejected.jsonl", "hard.jsonl", layout.HISTORY)
+        )
+        solved: set[str] = set()
+        # unknown: the verdict decided nothing (an ORM reply unreadable even after a re-ask). Unknown is
+        # not wrong: such a path goes neither to the rejected paths / hard buffer nor to reflection, and
+        # its problem stays in D_remain, so a later round asks again.
+        counts = {"attempted": len(batch), "paths": 0, "accepted": 0, "rejected": 0, "unparseable": 0, "unknown": 0,
+                  "no_output": 0}
+        for pid in batch:
+            problem = by_id[pid]
+            outcomes: list[bool | None] = []
+            wrong: list[dict[str, Any]] = []
+            for k in range(cfg.inference.n_paths):
+                key = f"{pid}#{k}"
+                gen = _lookup(generations, key)
+                verdict = _lookup(verdicts, key)
+                if gen is None or not gen.get("response") or verdict is None:
+                    counts["no_output"] += 1
+                    outcomes.append(None)
+                    continue
+                counts["paths"] += 1
+                final = verdict["final"]
+                outcomes.append(final["correct"])
+                if verdict.get("orm") and not verdict["orm"].get("parsed", True):
+                    counts["unparseable"] += 1
+                if final["correct"] is None:
+                    counts["unknown"] += 1
+                    continue
+                row = PathRow.of(problem, r, k, student_prompt(problem), gen["response"])
+                if final["correct"] is True:
+                    counts["accepted"] += 1
+                    write_line(chosen, row.to_json())
+                else:
+                    counts["rejected"] += 1
+                    judged = JudgedPathRow(
+                        **row.to_json(), error_step=final.get("error_step"), analysis=final.get("analysis", ""),
+                        verdict_source=final.get("source"), orm_raw=(verdict.get("orm") or {}).get("raw"),
+                    ).to_json()
+                    write_line(rejected, judged)
+                    wrong.append(judged)
+            if any(o is True for o in outcomes):
+                solved.add(pid)
+            elif wrong:
+                write_line(hard, {**problem_row(problem), "round": r, "paths": [_path_part(w) for w in wrong]})
+            write_line(history, {"id": pid, "round": r, "verdicts": outcomes, "solved": pid in solved})
 
     remain = [pid for pid in remain_before if pid not in solved]
-    rd = layout.round_dir(cfg, r)
-    atomic_write_jsonl(rd / layout.CHOSEN, chosen)
-    atomic_write_jsonl(rd / "rejected.jsonl", rejected)
-    atomic_write_jsonl(rd / "hard.jsonl", hard)
-    atomic_write_jsonl(rd / layout.HISTORY, history)
     atomic_write_json(rd / "remain.json", remain)
     stats = {**counts, "solved": len(solved), "pool_left": len(remain), "shards": n,
              "gen_seconds": round(seconds, 3), "paths_per_s": round(counts["paths"] / seconds, 3) if seconds else 0.0}
     atomic_write_json(rd / layout.STATS, stats)
     return stats
+
+
+def _lookup(journals: list[Journal], key: str) -> dict[str, Any] | None:
+    """The row of `key` in whichever shard's journal holds it."""
+    return next((row for journal in journals if (row := journal.get(key)) is not None), None)
 
 
 def problem_row(problem: Problem) -> dict[str, Any]:
@@ -529,7 +544,7 @@ def print_final_summary(cfg: MathSEConfig) -> None:
           f"latest model: {cfg.model_path('sft_model_final')}")
 
 
-def print_plan(cfg: MathSEConfig, pool: list[Problem]) -> None:
+def print_plan(cfg: MathSEConfig, pool: ProblemIndex) -> None:
     ev, inf = cfg.evolve, cfg.inference
     print(f"[dry-run] evolve: {ev.rounds} rounds over D_remain = {len(pool)} problems from {cfg.data.pool_file}")
     print(f"[dry-run] per round: batch {ev.batch_size}, {inf.n_paths} paths per problem, backend {inf.backend}, "

@@ -261,7 +261,7 @@ def sample_paths(cfg: MathSEConfig, problems: list[Problem], m0: Path) -> list[d
         with open_generator(cfg, model_path, adapter, inf=inf, server_dir=servers) as generator:
             gen = generator.generate(items, journal, progress="orm: sample M0")
         print(gen.summary())
-        rows = [journal.rows[i.key] for i in items if i.key in journal and journal.rows[i.key].get("response")]
+        rows = [row for i in items if (row := journal.get(i.key)) is not None and row.get("response")]
     if gen.retry_later:
         raise StageError(f"orm: {gen.retry_later} generations failed; rerun the same command to retry just those")
     return rows
@@ -330,7 +330,7 @@ def annotate(
             key = next(iter(failed))
             raise StageError(f"orm: {len(failed)} teacher annotations failed (first: {key}: {failed[key]}); "
                              "rerun the same command to ask just those again")
-        return {k: journal.rows[k] for k in paths}
+        return {k: journal[k] for k in paths}
 
 
 def data_summary(stats: dict[str, Any]) -> str:
@@ -415,7 +415,7 @@ def measure(cfg: MathSEConfig, heldout: list[LabelledPath]) -> dict[str, Any]:
         finally:
             judge.close()
             ledger.save()
-        verdicts = {k: journal.rows.get(k) for k in (i.key for i in items)}
+        verdicts = {k: journal.get(k) for k in (i.key for i in items)}
     print(stats.summary_line())
     if stats.failed:
         raise StageError(f"orm: {stats.failed} ORM calls on the held-out paths failed; rerun to retry just those")

@@ -186,7 +186,7 @@ def ask_teacher(cfg: MathSEConfig, drafts: list[dict[str, Any]]) -> dict[str, di
                                           collect=False, total=len(pending))
             finally:
                 ledger.save()
-        return {d["key"]: journal.rows.get(d["key"]) or failed.get(d["key"]) or {"error": "no reply"} for d in drafts}
+        return {d["key"]: journal.get(d["key"]) or failed.get(d["key"]) or {"error": "no reply"} for d in drafts}
 
 
 def split_reply(text: str) -> tuple[str, str] | None:
@@ -256,7 +256,7 @@ def revalidate(
         try:
             with Journal(journal_path(cfg, STAGE)) as journal:
                 stats = judge.judge(items, journal, progress="reflect judge")
-                rows = dict(journal.rows)
+                rows = dict(journal.items())
         finally:
             judge.close()
             ledger.save()

@@ -167,7 +167,7 @@ def test_batch_mode_d_sft_equals_live_mode_even_when_a_batch_expires(
             cfg = load_config(run_config(teacher=section, run={"output_dir": str(tmp_path / mode)},
                                          pricing={"gpt-4o": {"prompt_per_1m": 2.0, "completion_per_1m": 8.0}}))
             stage_dir = tmp_path / mode / "distill"
-            built[mode] = distill.build_d_sft(cfg, problems, stage_dir, StageTimer())
+            built[mode] = distill.build_d_sft(cfg, distill.check_seed(cfg), stage_dir, StageTimer())
             built[mode]["rows"] = list(iter_jsonl(tmp_path / mode / "distill" / "d_sft.jsonl"))
             built[mode]["usage"] = json.loads((tmp_path / mode / "usage.json").read_text())
         assert server.chat_calls == len(pending)  # live mode's calls only

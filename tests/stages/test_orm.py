@@ -89,7 +89,7 @@ def test_train_orm_then_judge_with_it_locally(run_config, demo_data, tmp_path: P
     items = [JudgeItem(f"{p.id}#0", p, BAD_PATH) for p in pool]
     with open_journal(cfg, "orm-smoke") as journal, PathJudge(cfg, "orm-smoke") as judge:
         stats = judge.judge(items, journal)
-        rows_out = list(journal.rows.values())
+        rows_out = list(journal.values())
     assert (stats.judged, stats.failed) == (2, 0)
     assert all(isinstance(r["orm"]["raw"], str) for r in rows_out)
     assert stats.unparseable == sum(1 for r in rows_out if not r["orm"]["parsed"])
