@@ -15,8 +15,11 @@ and the ORM only for what is missing. The stage's marker is written last.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,17 @@ from mathse.messages import ChatRequest, ChatResult, user_message
 from mathse.orm_serving import orm_endpoint, rule_only_notice
 from mathse.prompts import reflection_prompt
 from mathse.records import JudgedPathRow, Problem, ReflectionRow, SftRow
-from mathse.storage import Journal, atomic_write_json, atomic_write_jsonl, is_done, iter_jsonl, mark_done, read_marker
+from mathse.storage import (
+    Journal,
+    atomic_open,
+    atomic_write_json,
+    atomic_write_jsonl,
+    is_done,
+    iter_jsonl,
+    mark_done,
+    read_marker,
+    write_line,
+)
 from mathse.timing import StageTimer
 from mathse.token_budget import TokenBudget
 from mathse.usage import UsageLedger
@@ -96,11 +109,14 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     if not rejected_file.is_file() or d_sft_file is None:
         evolve_dir = layout.stage_dir(cfg, layout.EVOLVE)
         raise StageError(f"reflect: no evolve results in {evolve_dir}: run --stage evolve first")
-    drafts = select_drafts(cfg, [JudgedPathRow.model_validate(row).to_json() for row in iter_jsonl(rejected_file)])
+    # Every pass below streams the rejected paths from their file: nothing per draft is held but
+    # keys and digests, so 280K drafts cost what 1K do.
+    selection = Counter("keep" if skip is None else "skip" for _, skip in iter_drafts(cfg, rejected_file))
+    to_send = selection["keep"]
     if dry_run:
-        print(f"[dry-run] reflect: {len(drafts['keep'])} incorrect paths from {rejected_file} would go to the "
+        print(f"[dry-run] reflect: {to_send} incorrect paths from {rejected_file} would go to the "
               f"teacher ({cfg.teacher.describe() if cfg.teacher else 'not configured'}); "
-              f"{len(drafts['skipped'])} skipped (duplicates / per-question cap)")
+              f"{selection['skip']} skipped (duplicates / per-question cap)")
         print(f"[dry-run] format {cfg.reflect.format}; re-validation {'on' if cfg.reflect.revalidate else 'off'} "
               f"(ORM {cfg.orm.backend}, policy {cfg.orm.policy}); fused with {d_sft_file} -> {fused_path(cfg)}")
         return 0
@@ -113,23 +129,20 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     save_resolved_config(cfg, stage_dir(cfg) / "config.yaml")
     if cfg.reflect.revalidate and (notice := rule_only_notice(cfg, STAGE)) is not None:
         print(notice)
-    drafts_to_send = drafts["keep"]
     timer = StageTimer()
     with timer.span("api"):
-        replies = ask_teacher(cfg, drafts_to_send)
-    retry = [key for key, reply in replies.items() if reply.get("retryable")]
+        failed = ask_teacher(cfg, rejected_file, to_send)
+    retry = [key for key, reply in failed.items() if reply["retryable"]]
     if retry:  # a flaky API must not cost drafts: no marker, the rerun asks just these again
         raise StageError(f"reflect: {len(retry)} teacher calls failed after their retries (first: {retry[0]}: "
-                         f"{replies[retry[0]]['error']}); rerun the same command to retry just those")
+                         f"{failed[retry[0]]['error']}); rerun the same command to retry just those")
     with timer.span("api" if cfg.orm.backend in ("api", "trained") else "model"):
-        kept, dropped = build_rows(cfg, drafts_to_send, replies)
-    dropped += [{"key": d["key"], "id": d["id"], "reason": d["skip_reason"]} for d in drafts["skipped"]]
-    atomic_write_jsonl(rows_path(cfg), kept)
-    atomic_write_jsonl(layout.reflection_dropped_path(cfg), dropped)
-    fused = fuse(cfg, d_sft_file, kept)
-    reasons = Counter(d["reason"].split(":")[0] for d in dropped)
-    stats = {"sent": len(drafts_to_send), "kept": len(kept), "dropped": dict(reasons),
-             "d_sft": fused - len(kept), "fused": fused, "format": cfg.reflect.format}
+        if cfg.reflect.revalidate:
+            revalidate(cfg, rejected_file, failed)
+        kept, reasons = write_rows(cfg, rejected_file, failed)
+    fused = fuse(cfg, d_sft_file)
+    stats = {"sent": to_send, "kept": kept, "dropped": dict(reasons),
+             "d_sft": fused - kept, "fused": fused, "format": cfg.reflect.format}
     atomic_write_json(stage_dir(cfg) / layout.STATS, stats)
     timer.save(stage_dir(cfg) / "timings.json")
     mark_done(stage_dir(cfg), {**stats, "consumed": inputs(cfg).record()})
@@ -139,54 +152,67 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     return 0
 
 
-def select_drafts(cfg: MathSEConfig, rejected: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Every incorrect path once: identical drafts of a question are one, capped per question."""
-    keep: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = set()
+def iter_drafts(cfg: MathSEConfig, rejected_file: Path) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """Each incorrect path with its draft key, and why it is skipped (None: it goes to the teacher).
+
+    Identical drafts of a question are reflected on once, and at most `reflect.max_drafts_per_question`
+    per question. Deterministic, so every pass over the file makes the same choice.
+    """
+    seen: set[bytes] = set()  # digests of (question id, draft): 16 bytes a draft, not its text
     per_question: Counter[str] = Counter()
     cap = cfg.reflect.max_drafts_per_question
-    for row in rejected:
-        row = {**row, "key": f"{row['id']}#r{row['round']}#s{row['sample']}"}
-        if (row["id"], row["reasoning"]) in seen:
-            skipped.append({**row, "skip_reason": "duplicate draft"})
+    for raw in iter_jsonl(rejected_file):
+        row = JudgedPathRow.model_validate(raw).to_json()
+        row["key"] = f"{row['id']}#r{row['round']}#s{row['sample']}"
+        digest = hashlib.blake2b(f"{row['id']}\0{row['reasoning']}".encode(), digest_size=16).digest()
+        if digest in seen:
+            yield row, "duplicate draft"
         elif cap is not None and per_question[row["id"]] >= cap:
-            skipped.append({**row, "skip_reason": "over reflect.max_drafts_per_question"})
+            yield row, "over reflect.max_drafts_per_question"
         else:
-            seen.add((row["id"], row["reasoning"]))
+            seen.add(digest)
             per_question[row["id"]] += 1
-            keep.append(row)
-    return {"keep": keep, "skipped": skipped}
+            yield row, None
 
 
-def ask_teacher(cfg: MathSEConfig, drafts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The teacher's reply per draft key; journaled as each arrives, so a kill loses none."""
+def drafts_to_send(cfg: MathSEConfig, rejected_file: Path) -> Iterator[dict[str, Any]]:
+    return (row for row, skip in iter_drafts(cfg, rejected_file) if skip is None)
+
+
+def teacher_journal(cfg: MathSEConfig) -> Journal:
+    return Journal(stage_dir(cfg) / "teacher.jsonl")
+
+
+def ask_teacher(cfg: MathSEConfig, rejected_file: Path, to_send: int) -> dict[str, dict[str, Any]]:
+    """Ask the teacher to correct every draft without a journaled reply; replies are journaled as
+    each arrives, so a kill loses none. Returns the failed calls (key -> error, retryable)."""
     teacher = cfg.teacher
-    if teacher is None and drafts:
-        raise ConfigError([f"config error: teacher: required: {len(drafts)} drafts to reflect on"])
-    with Journal(stage_dir(cfg) / "teacher.jsonl") as journal:
-        pending = [d for d in drafts if d["key"] not in journal]
-        failed: dict[str, dict[str, Any]] = {}  # not journaled: a rerun asks again
-        if pending and teacher is not None:
-            # Built one at a time as the client's in-flight window has room; images encoded when sent.
-            requests = (ChatRequest(key=d["key"], messages=[user_message(reflection_prompt(cfg, JudgedPathRow(**d)),
-                                                                         d["images"])])
-                        for d in pending)
-            ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
-            client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
+    if teacher is None and to_send:
+        raise ConfigError([f"config error: teacher: required: {to_send} drafts to reflect on"])
+    failed: dict[str, dict[str, Any]] = {}  # not journaled: a rerun asks again
+    with teacher_journal(cfg) as journal:
+        pending = sum(1 for d in drafts_to_send(cfg, rejected_file) if d["key"] not in journal)
+        if not pending or teacher is None:
+            return failed
+        # Built one at a time as the client's in-flight window has room; images encoded when sent.
+        requests = (ChatRequest(key=d["key"], messages=[user_message(reflection_prompt(cfg, JudgedPathRow(**d)),
+                                                                     d["images"])])
+                    for d in drafts_to_send(cfg, rejected_file) if d["key"] not in journal)
+        ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
+        client = ChatClient(teacher, cfg.api_cache_dir, ledger=ledger, stage=STAGE)
 
-            def journal_it(result: ChatResult) -> None:
-                if result.ok:  # failures are not journaled: a rerun asks again
-                    journal.append({"key": result.key, "text": result.text})
-                else:
-                    failed[result.key] = {"error": result.error, "retryable": result.retryable}
+        def journal_it(result: ChatResult) -> None:
+            if result.ok:
+                journal.append({"key": result.key, "text": result.text})
+            else:
+                failed[result.key] = {"error": result.error, "retryable": result.retryable}
 
-            try:
-                client.complete_many_sync(requests, on_result=journal_it, progress="reflect teacher",
-                                          collect=False, total=len(pending))
-            finally:
-                ledger.save()
-        return {d["key"]: journal.get(d["key"]) or failed.get(d["key"]) or {"error": "no reply"} for d in drafts}
+        try:
+            client.complete_many_sync(requests, on_result=journal_it, progress="reflect teacher",
+                                      collect=False, total=pending)
+        finally:
+            ledger.save()
+    return failed
 
 
 def split_reply(text: str) -> tuple[str, str] | None:
@@ -202,68 +228,86 @@ def split_reply(text: str) -> tuple[str, str] | None:
     return (reflection, corrected) if corrected else None
 
 
-def build_rows(
-    cfg: MathSEConfig, drafts: list[dict[str, Any]], replies: dict[str, dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Parse replies, re-judge the corrected paths, keep the ones judged correct."""
-    dropped: list[dict[str, Any]] = []
-    parsed: dict[str, tuple[str, str]] = {}
-    for d in drafts:
-        reply = replies[d["key"]]
+def corrected_paths(
+    cfg: MathSEConfig, rejected_file: Path, failed: dict[str, dict[str, Any]], replies: Journal
+) -> Iterator[tuple[dict[str, Any], str | tuple[str, str]]]:
+    """Each draft sent with the teacher's (reflection, corrected solution), or why there is none."""
+    for d in drafts_to_send(cfg, rejected_file):
+        reply = failed.get(d["key"]) or replies.get(d["key"]) or {"error": "no reply"}
         if "text" not in reply:
-            dropped.append({"key": d["key"], "id": d["id"], "reason": f"teacher call failed: {reply['error']}"})
+            yield d, f"teacher call failed: {reply['error']}"
         elif (parts := split_reply(reply["text"])) is None:
-            reason = "unparseable teacher reply: no corrected solution"
-            dropped.append({"key": d["key"], "id": d["id"], "reason": reason, "raw": reply["text"]})
+            yield d, "unparseable teacher reply: no corrected solution"
         else:
-            parsed[d["key"]] = parts
-
-    verdicts = revalidate(cfg, [d for d in drafts if d["key"] in parsed], parsed) if cfg.reflect.revalidate else {}
-    kept: list[dict[str, Any]] = []
-    for d in drafts:
-        if d["key"] not in parsed:
-            continue
-        reflection, corrected = parsed[d["key"]]
-        verdict = verdicts.get(d["key"])
-        if cfg.reflect.revalidate and (verdict is None or verdict["final"]["correct"] is not True):
-            if verdict is None:
-                reason = "ORM call failed"
-            elif verdict["final"]["correct"] is None:  # unknown is not wrong: counted apart
-                reason = "unknown: the ORM's verdict on the corrected path could not be read"
-            else:
-                reason = f"ORM rejected the corrected path: {(verdict['final'].get('analysis') or '').strip()[:200]}"
-            dropped.append({"key": d["key"], "id": d["id"], "reason": reason, "corrected": corrected})
-            continue
-        kept.append(ReflectionRow(
-            instruction=d["prompt"], input="", draft=d["reasoning"], reflection=reflection, output=corrected,
-            id=d["id"], key=d["key"], images=d["images"], answer=d["answer"], round=d["round"],
-            error_step=d.get("error_step"), analysis=d.get("analysis"),
-        ).to_json())
-    return kept, dropped
+            yield d, parts
 
 
-def revalidate(
-    cfg: MathSEConfig, drafts: list[dict[str, Any]], parsed: dict[str, tuple[str, str]]
-) -> dict[str, dict[str, Any]]:
-    items = [
-        JudgeItem(d["key"], Problem(id=d["id"], question=d["question"], images=tuple(d["images"]), answer=d["answer"]),
-                  parsed[d["key"]][1])
-        for d in drafts
-    ]
-    ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
-    with orm_endpoint(cfg, layout.servers_dir(layout.stage_dir(cfg, STAGE))) as endpoint:
-        judge = PathJudge(cfg, STAGE, ledger, endpoint=endpoint)
-        try:
-            with Journal(journal_path(cfg, STAGE)) as journal:
-                stats = judge.judge(items, journal, progress="reflect judge")
-                rows = dict(journal.items())
-        finally:
-            judge.close()
-            ledger.save()
+def revalidate(cfg: MathSEConfig, rejected_file: Path, failed: dict[str, dict[str, Any]]) -> None:
+    """The ORM judges every corrected path not judged yet; verdicts go to the stage's journal."""
+    with teacher_journal(cfg) as replies:
+        parsed = (
+            (d, parts) for d, parts in corrected_paths(cfg, rejected_file, failed, replies) if isinstance(parts, tuple)
+        )
+        items = (JudgeItem(d["key"], Problem(id=d["id"], question=d["question"], images=tuple(d["images"]),
+                                             answer=d["answer"]), parts[1]) for d, parts in parsed)
+        ledger = UsageLedger(layout.usage_path(cfg), cfg.pricing)
+        with orm_endpoint(cfg, layout.servers_dir(layout.stage_dir(cfg, STAGE))) as endpoint:
+            judge = PathJudge(cfg, STAGE, ledger, endpoint=endpoint)
+            try:
+                with Journal(journal_path(cfg, STAGE)) as journal:
+                    stats = judge.judge(items, journal, progress="reflect judge")
+            finally:
+                judge.close()
+                ledger.save()
     print(stats.summary_line())
     if stats.failed:
         raise StageError(f"reflect: {stats.failed} ORM calls failed; rerun the same command to retry just those")
-    return rows
+
+
+def write_rows(cfg: MathSEConfig, rejected_file: Path, failed: dict[str, dict[str, Any]]) -> tuple[int, Counter[str]]:
+    """One pass over the drafts: kept reflection rows and the dropped ones (with why) to their files.
+
+    Returns how many were kept and the dropped ones counted by reason.
+    """
+    kept = 0
+    reasons: Counter[str] = Counter()
+    with contextlib.ExitStack() as stack:
+        replies = stack.enter_context(teacher_journal(cfg))
+        verdicts = stack.enter_context(Journal(journal_path(cfg, STAGE))) if cfg.reflect.revalidate else None
+        kept_out = stack.enter_context(atomic_open(rows_path(cfg)))
+        dropped_out = stack.enter_context(atomic_open(layout.reflection_dropped_path(cfg)))
+
+        def drop(d: dict[str, Any], reason: str, **extra: Any) -> None:
+            reasons[reason.split(":")[0]] += 1
+            write_line(dropped_out, {"key": d["key"], "id": d["id"], "reason": reason, **extra})
+
+        for d, parts in corrected_paths(cfg, rejected_file, failed, replies):
+            if isinstance(parts, str):
+                reply = replies.get(d["key"])
+                drop(d, parts, **({"raw": reply["text"]} if parts.startswith("unparseable") and reply else {}))
+                continue
+            reflection, corrected = parts
+            verdict = verdicts.get(d["key"]) if verdicts is not None else None
+            if verdicts is not None and (verdict is None or verdict["final"]["correct"] is not True):
+                if verdict is None:
+                    reason = "ORM call failed"
+                elif verdict["final"]["correct"] is None:  # unknown is not wrong: counted apart
+                    reason = "unknown: the ORM's verdict on the corrected path could not be read"
+                else:
+                    analysis = (verdict["final"].get("analysis") or "").strip()[:200]
+                    reason = f"ORM rejected the corrected path: {analysis}"
+                drop(d, reason, corrected=corrected)
+                continue
+            kept += 1
+            write_line(kept_out, ReflectionRow(
+                instruction=d["prompt"], input="", draft=d["reasoning"], reflection=reflection, output=corrected,
+                id=d["id"], key=d["key"], images=d["images"], answer=d["answer"], round=d["round"],
+                error_step=d.get("error_step"), analysis=d.get("analysis"),
+            ).to_json())
+        for d, skip in iter_drafts(cfg, rejected_file):
+            if skip is not None:
+                drop(d, skip)
+    return kept, reasons
 
 
 def training_response(row: dict[str, Any], fmt: str) -> str:
@@ -286,27 +330,26 @@ def diagnosis_turn(row: dict[str, Any]) -> str:
             + "\nReflect on the mistake, then write a corrected step-by-step solution.")
 
 
-def fuse(cfg: MathSEConfig, d_sft_file: Path, kept: list[dict[str, Any]]) -> int:
-    """D_SFT + kept reflections -> reflection_sft.jsonl and its LLaMA-Factory dataset."""
-    fused = [
-        {"instruction": r.prompt, "input": "", "output": r.response, "images": r.images, "id": r.id,
-         "origin": r.origin}
-        for r in map(SftRow.model_validate, iter_jsonl(d_sft_file))
-    ]
+def fuse(cfg: MathSEConfig, d_sft_file: Path) -> int:
+    """D_SFT + the kept reflections -> reflection_sft.jsonl and its LLaMA-Factory dataset (streamed)."""
     multi_turn = cfg.reflect.format == "reflection"
-    # format reflection: LLaMA-Factory's alpaca convention, `history` holds the earlier turns
-    # (question -> draft) and `instruction` the current one (the diagnosis).
-    fused += [
-        {"instruction": diagnosis_turn(r) if multi_turn else r["instruction"], "input": "",
-         "output": training_response(r, cfg.reflect.format), "images": r["images"], "id": r["id"],
-         "origin": "reflection", "draft": r["draft"], "reflection": r["reflection"],
-         **({"history": [[r["instruction"], r["draft"]]]} if multi_turn else {})}
-        for r in kept
-    ]
-    atomic_write_jsonl(fused_path(cfg), fused)
+
+    def fused_rows() -> Iterator[dict[str, Any]]:
+        for r in map(SftRow.model_validate, iter_jsonl(d_sft_file)):
+            yield {"instruction": r.prompt, "input": "", "output": r.response, "images": r.images, "id": r.id,
+                   "origin": r.origin}
+        # format reflection: LLaMA-Factory's alpaca convention, `history` holds the earlier turns
+        # (question -> draft) and `instruction` the current one (the diagnosis).
+        for r in iter_jsonl(rows_path(cfg)):
+            yield {"instruction": diagnosis_turn(r) if multi_turn else r["instruction"], "input": "",
+                   "output": training_response(r, cfg.reflect.format), "images": r["images"], "id": r["id"],
+                   "origin": "reflection", "draft": r["draft"], "reflection": r["reflection"],
+                   **({"history": [[r["instruction"], r["draft"]]]} if multi_turn else {})}
+
+    atomic_write_jsonl(fused_path(cfg), fused_rows())
     examples = (
         SftExample(prompt=r["instruction"], response=r["output"], images=tuple(r["images"]), id=r["id"],
                    history=tuple((u, a) for u, a in r.get("history", ())))
-        for r in fused
+        for r in iter_jsonl(fused_path(cfg))
     )
     return write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME, TokenBudget.for_training(cfg, "final"))
