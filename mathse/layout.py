@@ -87,6 +87,14 @@ def round_model_dir(cfg: MathSEConfig, r: int) -> Path:
     return cfg.output_dir / f"sft_model_round_{r}"
 
 
+def round_model(cfg: MathSEConfig, r: int) -> Path:
+    """The model a finished round r left: M_r, or the model before it when the round accepted no
+    new path and did not retrain (its marker records which). Before the round ends: M_r's folder."""
+    marker = round_dir(cfg, r) / MARKER_NAME
+    recorded = read_json(marker).get("model") if marker.is_file() else None
+    return Path(recorded) if recorded else round_model_dir(cfg, r)
+
+
 def model_ref(model_dir: Path) -> tuple[str, str | None]:
     """(model_name_or_path, adapter_name_or_path) for a trained dir: LoRA dirs are adapters."""
     adapter_config = model_dir / "adapter_config.json"

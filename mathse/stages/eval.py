@@ -92,7 +92,8 @@ def _named_dir(cfg: MathSEConfig, name: str) -> Path | None:
     if name == "final":
         return cfg.model_path("reflection_model_final")
     match = _ROUND.fullmatch(name)
-    return layout.round_model_dir(cfg, int(match.group(1))) if match else None
+    # A round that accepted no new path kept the model before it: that is round r's checkpoint.
+    return layout.round_model(cfg, int(match.group(1))) if match else None
 
 
 def _from_dir(name: str, folder: Path) -> Checkpoint:

@@ -272,9 +272,7 @@ def generation_model(cfg: MathSEConfig, r: int) -> Path:
     (its marker records which), so the chain never points at a model that was not trained.
     """
     if cfg.evolve.retrain and r > 1:
-        previous = layout.round_dir(cfg, r - 1)
-        recorded = read_marker(previous).get("model") if is_done(previous) else None
-        return Path(recorded) if recorded else layout.round_model_dir(cfg, r - 1)
+        return layout.round_model(cfg, r - 1)
     return cfg.model_path("sft_model_stage0")
 
 

@@ -189,6 +189,10 @@ def test_checkpoint_resolution(tmp_path: Path) -> None:
 
     with pytest.raises(StageError, match=r"checkpoint 'round_2' is not trained yet"):
         eval_stage.resolve_checkpoints(make_config(tmp_path, checkpoints=["round_2"]))
+    # Round 2 accepted no new path, so it did not retrain: its marker names the model it kept.
+    mark_done(tmp_path / "out" / "evolve" / "round_2", {"model": str(tmp_path / "out" / "sft_model_round_1")})
+    kept = eval_stage.resolve_checkpoints(make_config(tmp_path, checkpoints=["round_2"]))
+    assert [(c.name, c.adapter) for c in kept] == [("round_2", str(tmp_path / "out" / "sft_model_round_1"))]
     with pytest.raises(ConfigError, match=r"eval.checkpoints\[0\]: 'nope': model folder not found"):
         eval_stage.resolve_checkpoints(make_config(tmp_path, checkpoints=["nope"]))
     with pytest.raises(ConfigError, match=r"no benchmarks configured"):
