@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 
+from mathse import layout
 from mathse.cli import main
+from mathse.config_loading import load_config
 from mathse.storage import is_done, iter_jsonl
 from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
 from tests.conftest import PROJECT_ROOT, write_run_config
@@ -233,3 +235,6 @@ def test_round_that_accepts_nothing_does_not_retrain(distilled, tmp_path, tiny_m
         assert f"round {r} accepted no new path; not retraining" in printed
     assert (out / "sft_model_final").resolve() == m0.resolve()
     assert not list((out / "evolve").rglob("train_round_*.log"))
+    # Eval (and the next round) take each round's checkpoint to be the model it kept: M0.
+    cfg = load_config(config)
+    assert all(layout.round_model(cfg, r).resolve() == m0.resolve() for r in range(1, ROUNDS + 1))
