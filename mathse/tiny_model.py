@@ -93,9 +93,9 @@ _TOKENIZER_CORPUS = (
 def _project_prompts() -> tuple[str, ...]:
     """The fixed texts the pipeline really sends (imported, not copied), for the demo's tokenizer.
 
-    A BPE that has seen them spends about one token per word on them instead of several: the ORM's
-    prompt (system rules + question + numbered path) drops from ~1,000 tokens to ~450 with a
-    vocabulary of ~900, so the ORM trains twice as fast and sees its question and path closer together.
+    A BPE that has seen them spends ~1.4 tokens per word on them instead of ~4: the ORM's prompt
+    (system rules + question + numbered path) drops from ~1,000 tokens to ~450 with a vocabulary of
+    ~940, so the ORM's training steps are cheaper (benchmarks/RESULTS.md, issue 12).
     """
     from mathse.config import OrmDataConfig, ReflectConfig, TeacherConfig
     from mathse.orm_data import ANNOTATOR_SYSTEM_PROMPT, REASK_ANNOTATION, REASK_CHECK
