@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 COMPLETE_MARKER = ".complete"
-ASSET_VERSION = 2  # 2: digit-split tokenizer, sizes
+ASSET_VERSION = 3  # 2: digit-split tokenizer, sizes; 3: the demo's tokenizer also learns the project's prompts
 
 QWEN2VL_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",
@@ -88,7 +88,32 @@ _TOKENIZER_CORPUS = (
     "\\frac{a}{b} \\sqrt{2} \\pi \\cdot \\times \\le \\ge \\neq \\angle \\triangle \\circ",
     "system user assistant You are a helpful assistant.\n\nPicture 1: Video 1:",
 )
-_TOKENIZER_VOCAB_SIZE = 400
+
+
+def _project_prompts() -> tuple[str, ...]:
+    """The fixed texts the pipeline really sends (imported, not copied), for the demo's tokenizer.
+
+    A BPE that has seen them spends ~1.4 tokens per word on them instead of ~4: the ORM's prompt
+    (system rules + question + numbered path) drops from ~1,000 tokens to ~450 with a vocabulary of
+    ~940, so the ORM's training steps are cheaper (benchmarks/RESULTS.md, issue 12).
+    """
+    from mathse.config import OrmDataConfig, ReflectConfig, TeacherConfig
+    from mathse.orm_data import ANNOTATOR_SYSTEM_PROMPT, REASK_ANNOTATION, REASK_CHECK
+    from mathse.prompts import STUDENT_INSTRUCTION
+    from mathse.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, format_orm_response
+
+    orm_data, teacher = OrmDataConfig(), TeacherConfig.model_fields
+    verdicts = (Verdict(correct=True, analysis=orm_data.correct_analysis),
+                Verdict(correct=False, error_step=3, analysis="Step 3 is wrong."))
+    return (
+        ORM_SYSTEM_PROMPT,
+        build_orm_prompt("What is 7 + 4?", ["7 + 4:", "7 (4)", "8 (3)"], "11"),
+        *(format_orm_response(v) for v in verdicts),
+        orm_data.annotate_prompt, orm_data.verify_prompt, orm_data.correct_analysis,
+        ANNOTATOR_SYSTEM_PROMPT, REASK_ANNOTATION, REASK_CHECK, STUDENT_INSTRUCTION,
+        teacher["system_prompt"].default, teacher["distill_prompt"].default,
+        ReflectConfig.model_fields["prompt"].default,
+    )
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,10 @@ class ModelSize:
     vision_depth: int = 2
     vision_embed: int = 32
     vision_heads: int = 2
+    # The byte-level BPE's vocabulary (an upper bound: training stops when no merge is left) and
+    # whether its corpus also holds the project's own prompts (`_project_prompts`).
+    vocab: int = 400
+    learn_prompts: bool = False
 
     def __post_init__(self) -> None:
         if sum(self.mrope_section) * 2 != self.hidden // self.heads:
@@ -112,8 +141,10 @@ class ModelSize:
 
 
 TEST_SIZE = ModelSize(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, mrope_section=(2, 3, 3))
-# Issue 12's measured configuration: learns count-down addition (26% -> 68% in 3 rounds).
-DEMO_SIZE = ModelSize(hidden=128, intermediate=256, layers=2, heads=4, kv_heads=2, mrope_section=(4, 6, 6))
+# Issue 12's measured configuration: learns count-down addition (26% -> 68% in 3 rounds). Its
+# tokenizer knows the project's prompts (~930 tokens once every merge of the corpus is taken).
+DEMO_SIZE = ModelSize(hidden=128, intermediate=256, layers=2, heads=4, kv_heads=2, mrope_section=(4, 6, 6),
+                      vocab=1024, learn_prompts=True)
 
 
 def is_complete_model_dir(model_dir: Path) -> bool:
@@ -156,7 +187,7 @@ def build_tiny_qwen2vl(out_dir: Path, seed: int = 0, size: ModelSize = TEST_SIZE
     return out_dir
 
 
-def _train_tokenizer() -> Any:
+def _train_tokenizer(size: ModelSize) -> Any:
     """A byte-level BPE (so any text tokenizes), one token per digit, with the Qwen2-VL special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -168,12 +199,13 @@ def _train_tokenizer() -> Any:
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=_TOKENIZER_VOCAB_SIZE,
+        vocab_size=size.vocab,
         special_tokens=list(QWEN2VL_SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(list(_TOKENIZER_CORPUS), trainer=trainer)
+    corpus = [*_TOKENIZER_CORPUS, *(_project_prompts() if size.learn_prompts else ())]
+    backend.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
@@ -200,7 +232,7 @@ def _write_tiny_qwen2vl(out_dir: Path, seed: int, size: ModelSize) -> None:
         Qwen2VLVideoProcessor,
     )
 
-    tokenizer = _train_tokenizer()
+    tokenizer = _train_tokenizer(size)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN2VL_SPECIAL_TOKENS}
     vocab_size = len(tokenizer)
     eos_id, pad_id = ids["<|im_end|>"], ids["<|endoftext|>"]

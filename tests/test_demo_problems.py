@@ -20,6 +20,7 @@ from mathse.demo_problems import (
 from mathse.records import read_problems
 from mathse.steps import split_steps
 from mathse.tiny_model import DEMO_SIZE, ModelSize, build_tiny_qwen2vl
+from mathse.verdict import ORM_SYSTEM_PROMPT
 
 
 def test_countdown_solution_counts_down_one_step_per_line() -> None:
@@ -75,8 +76,10 @@ def test_demo_model_size_and_digit_tokens(tmp_path: Path) -> None:
 
     model_dir = build_tiny_qwen2vl(tmp_path / "demo", size=DEMO_SIZE)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    assert len(tok) == 400
+    assert 400 < len(tok) <= DEMO_SIZE.vocab
     assert tok.tokenize("17 (8)") == ["1", "7", "Ġ(", "8", ")"]  # one token per digit
+    # The tokenizer learned the ORM's system prompt: ~1.4 tokens per word, 4 with the test tokenizer.
+    assert len(tok(ORM_SYSTEM_PROMPT)["input_ids"]) < 1.5 * len(ORM_SYSTEM_PROMPT.split())
     model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir)
     text = model.config.text_config
     assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers) == (128, 256, 2)
