@@ -40,6 +40,7 @@ ENCODED_CACHE_BYTES = 32 * 2**20
 # flight (asked about the same image one after another), small next to 100K problems.
 DIGEST_CACHE_ENTRIES = 4096
 _READ_CHUNK = 3 * 2**18  # a multiple of 3: base64 of the chunks concatenates to base64 of the file
+_HASH_VIA_URL_BYTES = 2 * 2**20  # larger images are hashed in chunks, never whole in memory
 
 
 class _LRU:
@@ -125,12 +126,17 @@ class ImageRef:
         """sha256 of the data URL text, streamed from the file (never the whole base64 in memory)."""
         digest = _DIGESTS.get(self._id)
         if digest is None:
-            self._check()
-            h = hashlib.sha256(f"data:{self.mime};base64,".encode("ascii"))
-            with open(self.path, "rb") as handle:
-                while chunk := handle.read(_READ_CHUNK):
-                    h.update(base64.b64encode(chunk))
-            digest = h.hexdigest()
+            if self.size <= _HASH_VIA_URL_BYTES:
+                # A request's key is made just before it is sent: encode the image once, hash that
+                # text and leave it in the encoder cache for the send (one file read, not two).
+                digest = hashlib.sha256(self.data_url().encode("ascii")).hexdigest()
+            else:
+                self._check()
+                h = hashlib.sha256(f"data:{self.mime};base64,".encode("ascii"))
+                with open(self.path, "rb") as handle:
+                    while chunk := handle.read(_READ_CHUNK):
+                        h.update(base64.b64encode(chunk))
+                digest = h.hexdigest()
             _DIGESTS.put(self._id, digest, 1)
         return digest
 

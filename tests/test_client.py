@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import hashlib
 import json
 import threading
 import time
@@ -143,6 +144,23 @@ def test_encoder_cache_is_bounded_by_bytes(server: FakeOpenAIServer, tmp_path: P
     sent = {last_user_text(b): b["messages"][0]["content"][0]["image_url"]["url"] for b in server.requests}
     for i, path in enumerate(paths):
         assert base64.b64decode(sent[f"q{i}"].split(",", 1)[1]) == path.read_bytes()
+
+
+@pytest.mark.parametrize("hash_via_url", [True, False])
+def test_image_digest_is_the_data_urls_either_way(tmp_path: Path, monkeypatch, hash_via_url: bool) -> None:
+    """Cache keys stay stable: an image hashed through its data URL (kept for the send) or in chunks
+    (large images) gives sha256 of the data URL text; the first way leaves the URL in the encoder cache."""
+    from mathse import messages
+
+    monkeypatch.setattr(messages, "_HASH_VIA_URL_BYTES", 10**9 if hash_via_url else 0)
+    monkeypatch.setattr(messages, "_READ_CHUNK", 3 * 1000)  # several chunks
+    monkeypatch.setattr(messages, "_DIGESTS", messages._LRU(16))
+    monkeypatch.setattr(messages, "_ENCODED", messages._LRU(ENCODED_CACHE_BYTES))
+    path = tmp_path / "fig.png"
+    path.write_bytes(bytes(range(256)) * 40 + b"tail")
+    url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    assert ImageRef(path).sha256 == hashlib.sha256(url.encode("ascii")).hexdigest()
+    assert (encoder_cache_bytes() == len(url)) is hash_via_url
 
 
 def test_lru_keeps_the_recent_within_budget() -> None:
