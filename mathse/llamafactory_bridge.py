@@ -507,21 +507,26 @@ def _resume_weights(out: Path) -> Path | None:
     return ckpt if any((ckpt / name).is_file() for name in weights) else None
 
 
-_WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth)$|.*\.index\.json$")
+# What a processor/tokenizer save writes (never weights, config or trainer state).
+_PROCESSOR_FILE = re.compile(
+    r"tokenizer.*|special_tokens_map\.json|added_tokens\.json|vocab\.json|merges\.txt|"
+    r"(video_)?preprocessor_config\.json|processor_config\.json|chat_template\.(json|jinja)"
+)
 
 
 def _complete_processor_files(ckpt: Path, start_model: Path) -> None:
-    """Give `ckpt` the tokenizer/processor files of the model training started from, where missing.
+    """Give `ckpt` the tokenizer/processor files of the model training started from.
 
     LLaMA-Factory saves the processor into a checkpoint from an `on_save` callback, after the Trainer
-    wrote trainer_state.json: a kill in between leaves a checkpoint that resumes its weights but fails
-    to load ("Processor was not found"). Those files never change during training, so the start
-    model's copies are the right ones.
+    wrote trainer_state.json: a kill in between leaves a checkpoint whose weights resume but whose
+    processor files are missing or cut short ("Processor was not found", or an empty
+    tokenizer_config.json). Those files never change during training, so the start model's are put
+    in place of whatever the checkpoint has.
     """
     if not start_model.is_dir():
         return
     for src in start_model.iterdir():
-        if src.is_file() and not _WEIGHT_FILE.fullmatch(src.name) and not (ckpt / src.name).exists():
+        if src.is_file() and _PROCESSOR_FILE.fullmatch(src.name):
             shutil.copy2(src, ckpt / src.name)
 
 

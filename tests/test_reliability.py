@@ -565,9 +565,11 @@ def test_interrupted_training_resumes_from_the_checkpoint_weights(kind: str, tmp
     base = tmp_path / "base"
     base.mkdir()
     for name, text in {"preprocessor_config.json": "{}", "tokenizer.json": "{}", "config.json": "{base}",
-                       "model.safetensors": "base weights"}.items():
+                       "tokenizer_config.json": "{tok}", "model.safetensors": "base weights",
+                       "trainer_state.json": "{base state}"}.items():
         (base / name).write_text(text)
     (ckpt / "config.json").write_text("{ckpt}")
+    (ckpt / "tokenizer_config.json").write_text("")  # cut short by the kill
     args = {"model_name_or_path": str(base), "output_dir": str(out)}
     bridge.run_train_job(bridge.TrainJob(name="train", args=args, run_dir=tmp_path / "run"))
     assert is_done(out)
@@ -581,7 +583,9 @@ def test_interrupted_training_resumes_from_the_checkpoint_weights(kind: str, tmp
     if kind == "full":  # the resumed-from checkpoint loads: processor files filled in, its own config/weights kept
         files = at_launch[0]
         assert "preprocessor_config.json" in files and "tokenizer.json" in files
+        assert files["tokenizer_config.json"] == "{tok}"
         assert files["config.json"] == "{ckpt}" and files["model.safetensors"] == "{}"
+        assert files["trainer_state.json"] == "{}"  # the checkpoint's own state, never the start model's
 
 
 # ---------------------------------------------------------------------------------------------

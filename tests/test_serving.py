@@ -210,7 +210,9 @@ def test_killing_the_driver_leaves_no_server_and_the_rerun_sends_only_missing(
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while (not path.exists() or path.read_text().count("\n") < 4) and driver.poll() is None:
+        # Killed as soon as the first paths are journaled: on an idle machine the rest of this small
+        # pool is generated within a second, before a later signal would land.
+        while (not path.exists() or path.read_text().count("\n") < 1) and driver.poll() is None:
             assert time.monotonic() < deadline, "the driver produced nothing"
             time.sleep(0.05)
         assert driver.poll() is None, "the driver finished before it could be killed"

@@ -153,11 +153,12 @@ def test_an_over_long_path_is_left_out_and_training_runs(run_config, demo_data, 
     rows.append({**rows[0], "id": "long-one", "path": long_path + "\nThe final answer is \\boxed{3}",
                  "correct": False, "error_step": 1, "analysis": "Miscounted the dots. " * 1500})
     train_file = write_rows(tmp_path / "labelled.jsonl", rows)
-    config = run_config(**orm_sections(train_file, demo_data))  # the demo's trainings.orm.cutoff_len: 1280
+    config = run_config(**orm_sections(train_file, demo_data))  # the demo's trainings.orm.cutoff_len
+    cutoff = load_config(config).trainings.orm.cutoff_len
     assert main(["--stage", "orm", "--config", str(config)]) == 0
     out = tmp_path / "output"
     printed = capsys.readouterr().out
-    assert "dataset mathse_orm: left out 1 examples whose image tokens do not fit trainings.orm.cutoff_len=1280" \
+    assert f"dataset mathse_orm: left out 1 examples whose image tokens do not fit trainings.orm.cutoff_len={cutoff}" \
         in printed
     listed = [json.loads(line) for line in (out / "data" / "mathse_orm.too_long.jsonl").read_text().splitlines()]
     assert [r["id"] for r in listed] == ["long-one"] and listed[0]["tokens"] > 1280
