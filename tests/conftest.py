@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,10 @@ def run_config(tmp_path: Path, tiny_model: Path, demo_data: tuple[Path, Path]):
         return write_run_config(tmp_path, tiny_model, *demo_data, **sections)
 
     return make
+
+
+def sigint_as_from_a_terminal() -> None:
+    """Popen preexec_fn for tests that press Ctrl-C: the child takes SIGINT as a terminal's program
+    does, even when the test run itself was started in the background (`cmd &` in a script), whose
+    processes inherit SIGINT ignored (POSIX) and would never see the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

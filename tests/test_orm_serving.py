@@ -27,7 +27,7 @@ from mathse.judge import JudgeItem, PathJudge, open_journal
 from mathse.orm_serving import SERVED_MODEL_NAME, orm_endpoint, orm_serve_spec
 from mathse.records import read_problems
 from mathse.storage import mark_done, read_json
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, sigint_as_from_a_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,8 @@ def test_ctrl_c_stops_the_server(trained_orm_config: Path, tmp_path: Path) -> No
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     log = (tmp_path / "main.log").open("w")
     main_proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "main.py"), "--stage", "orm", "--config",
-                                  str(trained_orm_config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+                                  str(trained_orm_config)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                 preexec_fn=sigint_as_from_a_terminal)
     parent = psutil.Process(main_proc.pid)
     deadline = time.monotonic() + 240
     servers: list[psutil.Process] = []
@@ -118,7 +119,7 @@ def test_ctrl_c_stops_the_server(trained_orm_config: Path, tmp_path: Path) -> No
         servers = api_servers(parent)
         time.sleep(0.5)
     assert servers, (tmp_path / "main.log").read_text()[-2000:]
-    time.sleep(0.5)  # the server is starting (or already serving): Ctrl-C must stop it either way
+    time.sleep(3)  # the server is starting or serving: Ctrl-C must stop it either way
     main_proc.send_signal(signal.SIGINT)
     assert main_proc.wait(timeout=120) == 130
     for server in servers:

@@ -23,7 +23,7 @@ from mathse.records import read_problems
 from mathse.served import ServedGenerator
 from mathse.serving import ServedModel, ServeError, serve_model, server_command
 from mathse.storage import Journal, iter_jsonl
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, sigint_as_from_a_terminal
 
 GREEDY = InferenceConfig(backend="served", temperature=0, max_new_tokens=24, concurrency=2)
 
@@ -207,12 +207,11 @@ def test_killing_the_driver_leaves_no_server_and_the_rerun_sends_only_missing(
     path = tmp_path / "gen.jsonl"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tiny_model), str(demo_data[1]), str(tmp_path)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=sigint_as_from_a_terminal)
     try:
         deadline = time.monotonic() + 300
-        # Killed as soon as the first paths are journaled: on an idle machine the rest of this small
-        # pool is generated within a second, before a later signal would land.
-        while (not path.exists() or path.read_text().count("\n") < 1) and driver.poll() is None:
+        while (not path.exists() or path.read_text().count("\n") < 4) and driver.poll() is None:
             assert time.monotonic() < deadline, "the driver produced nothing"
             time.sleep(0.05)
         assert driver.poll() is None, "the driver finished before it could be killed"
