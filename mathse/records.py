@@ -72,19 +72,9 @@ class Problem(ImageRecord):
 R = TypeVar("R", bound=ImageRecord)
 
 
-def read_records(
-    path: Path,
-    model: type[R],
-    image_root: Path | None = None,
-    *,
-    check_images: bool = True,
-    unique_ids: bool = True,
-    check: Callable[[R], str | None] | None = None,
-    what: str = "records",
-) -> list[R]:
-    """Read and validate every record of a JSONL file before anything is written (see `iter_records`)."""
-    return list(iter_records(path, model, image_root, check_images=check_images, unique_ids=unique_ids,
-                             check=check, what=what))
+def read_records(path: Path, model: type[R], image_root: Path | None = None, **options: Any) -> list[R]:
+    """Read and validate every record of a JSONL file before anything is written (`iter_records`, its options)."""
+    return list(iter_records(path, model, image_root, **options))
 
 
 def iter_records(
