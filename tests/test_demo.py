@@ -39,6 +39,9 @@ def test_one_retrained_round_beats_m0(tmp_path: Path, capfd: pytest.CaptureFixtu
     cfg["data"] = {"seed_file": str(data["seed"]), "pool_file": str(data["pool"])}
     cfg["llama_factory"]["recipe"] = str(PROJECT_ROOT / "configs" / "llama_factory" / "sft_full.yaml")
     cfg["evolve"].update({"rounds": 1})
+    # One request at a time: each request's sampling is seeded from (run.seed, its key), so the test
+    # does not hang on how two generate threads interleave torch's global RNG (it once failed 10% -> 4%).
+    cfg["inference"]["concurrency"] = 1
     # The demo trains and serves its own ORM (`--stage orm`, ~3 min more); here the scripted
     # teacher judges step by step over the same OpenAI protocol, to stay within a few minutes.
     cfg["orm"] = {"backend": "api", "policy": "both", "logprobs": False,
