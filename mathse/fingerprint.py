@@ -194,7 +194,7 @@ def check(unit: str, folder: Path, inputs: Inputs, discard: Sequence[Path] = (),
 
 
 def _blocked(cfg: MathSEConfig, stage: str, stale: Iterable[Stale]) -> list[Stale]:
-    return [s for s in stale if not (s.auto or _redo_given(cfg, stage))]
+    return [s for s in stale if not (s.auto or redo_given(cfg, stage))]
 
 
 def _line(stage: str, s: Stale) -> str:
@@ -243,14 +243,15 @@ def stale_lines(
             blocked.append(stage)
         if stale and not all(s.auto for s in stale):
             upstream = upstream or stage
-            advised += [] if _redo_given(cfg, stage) else [stage]
-        elif upstream is not None and finished and not _redo_given(cfg, stage):
+            advised += [] if redo_given(cfg, stage) else [stage]
+        elif upstream is not None and finished and not redo_given(cfg, stage):
             lines.append(f"{stage}: stale once {upstream} is redone: it was built on {upstream}'s results")
             advised.append(stage)
     return lines, blocked, advised
 
 
-def _redo_given(cfg: MathSEConfig, stage: str) -> bool:
+def redo_given(cfg: MathSEConfig, stage: str) -> bool:
+    """Whether `--redo` named `stage` (or all)."""
     return stage in cfg.run.redo or "all" in cfg.run.redo
 
 

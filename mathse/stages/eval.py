@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from mathse.config import BenchmarkSpec, ConfigError, InferenceConfig, MathSECon
 from mathse.errors import StageError
 from mathse.eval_results import accuracy_table, render_results
 from mathse.evalsets import BREAKDOWN_FIELDS, SUBSET_FIELDS, EvalItem, load_benchmark
+from mathse.fingerprint import redo_given
 from mathse.inference import Generator, GenItem, chat_model_args, training_image_max_pixels
 from mathse.scoring import Score, run_judge, score_response
 from mathse.served import ServedGenerator, open_generator
@@ -205,11 +207,11 @@ def run(
 
     # Read and validate every benchmark before any model loads (a bad record fails in seconds).
     benches = {s.name: load_benchmark(s, image_dir(cfg, s.name)) for s in specs}
-    pending = [(c, s) for c in checkpoints for s in specs if not is_done(pair_dir(cfg, c.name, s.name))]
     for c in checkpoints:
         for s in specs:
             if is_done(pair_dir(cfg, c.name, s.name)):
-                _warn_if_stale(cfg, c, s, benches[s.name])
+                _redo_or_warn_if_stale(cfg, c, s, benches[s.name])
+    pending = [(c, s) for c in checkpoints for s in specs if not is_done(pair_dir(cfg, c.name, s.name))]
     if pending:
         save_resolved_config(cfg, eval_dir(cfg) / "config.yaml")
     else:
@@ -258,16 +260,22 @@ def settings(cfg: MathSEConfig, checkpoint: Checkpoint, items: list[EvalItem]) -
     }
 
 
-def _warn_if_stale(cfg: MathSEConfig, checkpoint: Checkpoint, spec: BenchmarkSpec, items: list[EvalItem]) -> None:
+def _redo_or_warn_if_stale(cfg: MathSEConfig, checkpoint: Checkpoint, spec: BenchmarkSpec,
+                           items: list[EvalItem]) -> None:
+    """A finished pair made with other settings (e.g. a retrained checkpoint): redone under --redo
+    eval, else kept with a warning (an evaluation is never thrown away unasked)."""
     folder = pair_dir(cfg, checkpoint.name, spec.name)
     before = read_marker(folder).get("settings", {})
     now = settings(cfg, checkpoint, items)
-    changed = sorted(k for k in now if k in before and before[k] != now[k])
-    if changed:
-        print(
-            f"eval: warning: {checkpoint.name}/{spec.name} was evaluated with other {', '.join(changed)}; "
-            f"its results are kept. Delete {folder} to evaluate again."
-        )
+    changed = ", ".join(sorted(k for k in now if k in before and before[k] != now[k]))
+    if not changed:
+        return
+    if redo_given(cfg, "eval"):
+        shutil.rmtree(folder)
+        print(f"eval: {checkpoint.name}/{spec.name} was evaluated with other {changed}; evaluating it again")
+    else:
+        print(f"eval: warning: {checkpoint.name}/{spec.name} was evaluated with other {changed}; its results "
+              "are kept. Rerun with --redo eval to evaluate it again.")
 
 
 def evaluate_pair(

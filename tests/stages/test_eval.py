@@ -13,7 +13,7 @@ import pytest
 from mathse.config import ConfigError, MathSEConfig
 from mathse.errors import StageError
 from mathse.stages import eval as eval_stage
-from mathse.storage import is_done, iter_jsonl, mark_done
+from mathse.storage import is_done, iter_jsonl, mark_done, read_marker
 from mathse.testing.chat_model import FakeChatModel
 from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
 from tests.conftest import PROJECT_ROOT
@@ -141,7 +141,7 @@ def test_eval_end_to_end_with_judge_tables_and_rerun(tmp_path: Path, capsys: pyt
     assert eval_stage.artifacts(cfg)["predictions copy/MathVerse"].is_file()
 
 
-def test_killed_pair_resumes_only_missing_items_and_stale_settings_warn(tmp_path: Path, capsys) -> None:
+def test_killed_pair_resumes_only_missing_items_and_stale_settings_warn_or_redo(tmp_path: Path, capsys) -> None:
     cfg = make_config(tmp_path, checkpoints=["base"])
     assert eval_stage.run(cfg, chat_model_factory=Factory()) == 0
     pair = tmp_path / "out" / "eval" / "base" / "MathVista"
@@ -160,6 +160,13 @@ def test_killed_pair_resumes_only_missing_items_and_stale_settings_warn(tmp_path
     assert eval_stage.run(changed, chat_model_factory=factory) == 0
     assert factory.calls == 0
     assert "base/MathVista was evaluated with other max_new_tokens; its results are kept" in capsys.readouterr().out
+
+    changed.run.redo = ["eval"]
+    factory = Factory()
+    assert eval_stage.run(changed, chat_model_factory=factory) == 0
+    assert factory.calls == 7 and "evaluating it again" in capsys.readouterr().out  # both benchmarks: 4 + 3 items
+    assert read_marker(pair)["settings"]["max_new_tokens"] == 7
+    assert len(list(iter_jsonl(pair / "predictions.jsonl"))) == 4
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, capsys) -> None:
