@@ -222,6 +222,8 @@ def test_killing_the_driver_leaves_no_server_and_the_rerun_sends_only_missing(
             driver.kill()
     server_dir = tmp_path / "servers"
     assert not wait_gone(str(server_dir)), "a server outlived the killed driver"
+    if sig != signal.SIGKILL:
+        return  # the resume below reads the same journal whichever way the driver died: run once
 
     with Journal(path) as journal:
         before = set(journal.keys())
