@@ -4,7 +4,7 @@ Every problem kind is one `KindHandler` in `HANDLERS`: how to draw its numbers, 
 is, the picture, the question and a reference solution. Records follow the project's problem
 schema (`mathse.records.Problem`).
 
-`countdown` is the demo's learnable task (issue 12): "What is a + b?" with a in 0..19 and b in
+`countdown` is the demo's learnable task (issue 12): "What is a + b?" with a in 0..49 and b in
 0..9, the sum also drawn in a 56x56 image, solved by counting down b while counting up a:
 
     6 + 5:
@@ -60,7 +60,7 @@ DOT_COLOR = (200, 30, 30)
 BAR_COLOR = (30, 90, 200)
 BAR_UNIT_PX = 8
 BAR_LEFT_PX = 8
-COUNTDOWN_A_MAX = 19
+COUNTDOWN_A_MAX = 49  # 500 distinct problems: room for a 150-problem test set and a large pool
 COUNTDOWN_B_MAX = 9
 # The question of a countdown problem; the scripted teacher parses it back.
 COUNTDOWN_QUESTION = "What is {a} + {b}?"
@@ -375,7 +375,7 @@ def countdown_splits(
 ) -> dict[str, list[ProblemSpec]]:
     """Disjoint countdown problem sets (e.g. seed / pool / test) drawn without replacement.
 
-    There are only 20 * 10 = 200 distinct sums, so independent draws would put test questions in
+    There are only 50 * 10 = 500 distinct sums, so independent draws would put test questions in
     the training data; a shuffled partition keeps the test set truly held out.
     """
     pairs = [(a, b) for a in range(COUNTDOWN_A_MAX + 1) for b in range(COUNTDOWN_B_MAX + 1)]

@@ -32,18 +32,18 @@ def test_countdown_solution_counts_down_one_step_per_line() -> None:
 
 
 def test_splits_are_disjoint_deterministic_and_cover_at_most_all_sums() -> None:
-    sizes = {"seed": 30, "pool": 120, "test": 50}
+    sizes = {"seed": 30, "pool": 320, "test": 150}
     splits = countdown_splits(sizes, seed=3, solution_every={"seed": 2})
     pairs = {name: [s.numbers for s in specs] for name, specs in splits.items()}
     assert {k: len(v) for k, v in pairs.items()} == sizes
-    assert len({p for v in pairs.values() for p in v}) == 200  # every sum exactly once
-    assert all(0 <= a <= 19 and 0 <= b <= 9 for v in pairs.values() for a, b in v)
+    assert len({p for v in pairs.values() for p in v}) == 500  # every sum exactly once
+    assert all(0 <= a <= 49 and 0 <= b <= 9 for v in pairs.values() for a, b in v)
     assert [s.with_solution for s in splits["seed"]] == [i % 2 == 0 for i in range(30)]
     assert not any(s.with_solution for s in splits["pool"] + splits["test"])
     assert countdown_splits(sizes, seed=3) == countdown_splits(sizes, seed=3, solution_every={})
     assert pairs["test"] != [s.numbers for s in countdown_splits(sizes, seed=4)["test"]]
-    with pytest.raises(ValueError, match="200 distinct problems"):
-        countdown_splits({"seed": 150, "pool": 51})
+    with pytest.raises(ValueError, match="500 distinct problems"):
+        countdown_splits({"seed": 450, "pool": 51})
 
 
 def test_write_countdown_dataset(tmp_path: Path) -> None:
