@@ -382,6 +382,11 @@ def run_train_job(job: TrainJob, tail_lines: int = 30) -> Path:
                 shutil.rmtree(ckpt)
         if not any(out.glob("checkpoint-*")):
             shutil.rmtree(out)  # partial output with nothing to resume from
+        elif _adopt_last_checkpoint(out, Path(str(job.args.get("model_name_or_path", "")))):
+            # The kill fell between the checkpoint of the last step and the final save: resumed from
+            # there, the Trainer would run one step past max_steps (its loop only stops after a step).
+            _finish(job, inputs)
+            return out
     resume = _resume_weights(out)
     if resume is not None:
         # transformers' Trainer restores a full checkpoint's weights with load_state_dict(strict=False)
@@ -495,12 +500,43 @@ def _finish(job: TrainJob, inputs: Inputs) -> None:
                     "consumed": inputs.record()})
 
 
+# What only a resume needs; the rest of a checkpoint is what the final save writes too.
+_RESUME_ONLY_FILE = re.compile(r"optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth")
+
+
+def _adopt_last_checkpoint(out: Path, start_model: Path) -> bool:
+    """If the latest checkpoint is of the training's last step, make its files the output; else False.
+
+    trainer_state.json goes last: once it is in `out`, a rerun takes the training as finished.
+    The Trainer's train_results.json and loss plot are not in a checkpoint, so they stay missing.
+    """
+    latest = _latest_checkpoint(out)
+    if latest is None:
+        return False
+    state = read_json(latest / "trainer_state.json")
+    if not 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0):
+        return False
+    _complete_processor_files(latest, start_model)
+    files = sorted(p for p in latest.iterdir() if p.is_file() and not _RESUME_ONLY_FILE.fullmatch(p.name))
+    for src in sorted(files, key=lambda p: p.name == "trainer_state.json"):
+        tmp = out / f".{src.name}.tmp"
+        shutil.copy2(src, tmp)
+        tmp.replace(out / src.name)
+    print(f"{out.name}: the kill came after {latest.name}, the last step's checkpoint: it is the result", flush=True)
+    return True
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    """The `checkpoint-N` with the highest N (LLaMA-Factory resumes from it), if any."""
+    steps = [(int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return max(steps)[1] if steps else None
+
+
 def _resume_weights(out: Path) -> Path | None:
     """The checkpoint LLaMA-Factory will resume from (the highest step), when it holds full model weights."""
-    steps = [(int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
-    if not steps:
+    ckpt = _latest_checkpoint(out)
+    if ckpt is None:
         return None
-    ckpt = max(steps)[1]
     if (ckpt / "adapter_config.json").is_file():
         return None  # LoRA: the Trainer loads adapters through PEFT, which maps the keys itself
     weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")

@@ -234,3 +234,31 @@ def test_library_logs_survive_a_console_stream_closed_meanwhile(tmp_path: Path) 
         assert handler.stream is closed and "into the file" in (tmp_path / "lf.log").read_text()
     finally:
         handler.stream = original
+
+
+@pytest.mark.slow
+def test_killed_after_the_last_checkpoint_ends_at_max_steps_with_its_weights(
+    run_config, demo_data, tmp_path: Path
+) -> None:
+    """A kill after the checkpoint of the last step but before the final save: the Trainer, resumed from
+    that checkpoint, would run one step past max_steps; the rerun takes the checkpoint as the result."""
+    from safetensors.torch import load_file
+
+    cfg = load_config(run_config(llama_factory={"max_steps": 4, "save_steps": 2, "keep_checkpoints": True}))
+    problems = read_problems(demo_data[0])
+    examples = [SftExample(prompt=p.question, response=p.solution or p.answer, images=p.images) for p in problems]
+    write_sharegpt_dataset(examples * 4, tmp_path / "data", "train")  # more batches than steps: no epoch ends
+    job = compose_train_job(cfg, name="t", model_path=cfg.model.base, datasets=["train"],
+                            dataset_dir=tmp_path / "data", output_dir=tmp_path / "model", run_dir=tmp_path / "run")
+    out = run_train_job(job)
+    last = out / "checkpoint-4"
+    assert json.loads((last / "trainer_state.json").read_text())["global_step"] == 4
+    want = load_file(out / "model.safetensors")
+    # What the kill leaves: every checkpoint, no final model, no trainer_state.json, no marker.
+    for path in out.iterdir():
+        if not path.name.startswith("checkpoint-"):
+            path.unlink() if path.is_file() else shutil.rmtree(path)
+    assert run_train_job(job) == out and is_done(out)
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    got = load_file(out / "model.safetensors")
+    assert got.keys() == want.keys() and all(got[k].equal(want[k]) for k in want)
