@@ -473,6 +473,10 @@ def _join_train_job(job: TrainJob, poll_s: float = 1.0) -> Path:
     its own log; node 0 prunes and marks the output (the output_dir is on a shared filesystem)."""
     rank = job.env["NODE_RANK"]
     while not job.yaml_path.is_file():
+        if is_done(job.output_dir):
+            # Node 0 found the training already finished (or its last step's checkpoint complete)
+            # and marked it without launching: there is nothing to join.
+            return job.output_dir
         time.sleep(poll_s)  # node 0 writes it right before it launches; the launcher's rendezvous times out
     log_path = job.run_dir / f"{job.name}.rank{rank}.log"
     print(f"{job.name}: node_rank {rank} joins llamafactory-cli train (log: {log_path})", flush=True)

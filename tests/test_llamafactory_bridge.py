@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from mathse.config_loading import load_config
 from mathse.llamafactory_bridge import (
     SftExample,
     TrainingError,
+    TrainJob,
     compose_train_job,
     free_port,
     launcher_env,
@@ -262,3 +264,27 @@ def test_killed_after_the_last_checkpoint_ends_at_max_steps_with_its_weights(
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
     got = load_file(out / "model.safetensors")
     assert got.keys() == want.keys() and all(got[k].equal(want[k]) for k in want)
+
+
+def test_a_joining_node_returns_when_node_0_finishes_without_launching(tmp_path: Path) -> None:
+    """node_rank > 0 waits for node 0's YAML; when node 0 instead marks the training done (it had
+    finished before a kill), the joining node returns instead of waiting for ever."""
+    import threading
+
+    from mathse.storage import mark_done
+
+    out = tmp_path / "model"
+    job = TrainJob(name="t", args={"output_dir": str(out)}, run_dir=tmp_path / "run", env={"NODE_RANK": "1"})
+
+    def node_0() -> None:
+        out.mkdir()
+        mark_done(out, {"job": "t"})
+
+    returned: list[Path] = []
+    joining = threading.Thread(target=lambda: returned.append(run_train_job(job)), daemon=True)
+    joining.start()
+    time.sleep(0.3)
+    node_0()
+    joining.join(timeout=10)
+    assert returned == [out], "the joining node still waits for a YAML node 0 will never write"
+    assert not job.yaml_path.exists() and not job.log_path.exists()  # nothing was launched
