@@ -520,6 +520,8 @@ def _adopt_last_checkpoint(out: Path, start_model: Path) -> bool:
     state = read_json(latest / "trainer_state.json")
     if not 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0):
         return False
+    if not _has_weights(latest):
+        return False  # e.g. DeepSpeed ZeRO-3 shards only: resuming is the way to a saved model
     _complete_processor_files(latest, start_model)
     files = sorted(p for p in latest.iterdir() if p.is_file() and not _RESUME_ONLY_FILE.fullmatch(p.name))
     for src in sorted(files, key=lambda p: p.name == "trainer_state.json"):
@@ -543,8 +545,14 @@ def _resume_weights(out: Path) -> Path | None:
         return None
     if (ckpt / "adapter_config.json").is_file():
         return None  # LoRA: the Trainer loads adapters through PEFT, which maps the keys itself
-    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-    return ckpt if any((ckpt / name).is_file() for name in weights) else None
+    return ckpt if _has_weights(ckpt) else None
+
+
+def _has_weights(ckpt: Path) -> bool:
+    """Whether `ckpt` holds loadable model (or LoRA adapter) weights, not only optimizer shards."""
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+               "adapter_model.safetensors", "adapter_model.bin")
+    return any((ckpt / name).is_file() for name in weights)
 
 
 # What a processor/tokenizer save writes (never weights, config or trainer state).

@@ -588,6 +588,39 @@ def test_interrupted_training_resumes_from_the_checkpoint_weights(kind: str, tmp
         assert files["trainer_state.json"] == "{}"  # the checkpoint's own state, never the start model's
 
 
+@pytest.mark.parametrize("weights", [True, False])
+def test_last_step_checkpoint_is_the_result_only_when_it_holds_weights(weights: bool, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    """Killed after the checkpoint of the last step: with weights it becomes the output (no launch, no
+    resume-only files); with optimizer shards only (DeepSpeed ZeRO-3) the training resumes instead."""
+    from types import SimpleNamespace
+
+    from mathse import llamafactory_bridge as bridge
+
+    out = tmp_path / "model"
+    ckpt = out / "checkpoint-4"
+    (ckpt / "global_step4").mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 4, "max_steps": 4}))
+    for name in ("optimizer.pt", "rng_state.pth", "config.json") + (("model.safetensors",) if weights else ()):
+        (ckpt / name).write_text(name)
+    launched: list[list[str]] = []
+
+    def popen(cmd: list[str], **kwargs: Any) -> Any:
+        launched.append(cmd)
+        return SimpleNamespace(stdout=iter(()), wait=lambda: 0)
+
+    monkeypatch.setattr(bridge.subprocess, "Popen", popen)
+    args = {"model_name_or_path": str(tmp_path / "base"), "output_dir": str(out)}
+    bridge.run_train_job(bridge.TrainJob(name="train", args=args, run_dir=tmp_path / "run"))
+    assert is_done(out)
+    if weights:
+        assert not launched
+        assert sorted(p.name for p in out.iterdir() if p.is_file() and p.name != ".mathse_done.json") == [
+            "config.json", "model.safetensors", "trainer_state.json"]
+    else:
+        assert len(launched) == 1 and not (out / "model.safetensors").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # SIGKILL at random points of every stage, then rerun == uninterrupted; no secret on disk
 
