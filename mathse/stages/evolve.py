@@ -497,25 +497,32 @@ def _path_part(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def rebuild_cumulative(cfg: MathSEConfig, upto: int) -> None:
-    """Rewrite the run-wide buffers and D_SFT from the merged rounds 1..upto (idempotent)."""
+    """Rewrite the run-wide buffers and D_SFT from the merged rounds 1..upto (idempotent).
+
+    Streamed, row by row from the rounds' files: the rejected paths alone grow to n_paths times the
+    pool over the rounds, so nothing here is held in memory.
+    """
     rounds = [layout.round_dir(cfg, r) for r in range(1, upto + 1)]
 
-    def concat(name: str) -> list[dict[str, Any]]:
-        return [row for rd in rounds for row in iter_jsonl(rd / name)]
+    def concat(name: str) -> Iterator[dict[str, Any]]:
+        for rd in rounds:
+            yield from iter_jsonl(rd / name)
 
-    chosen = [PathRow.model_validate(row) for row in concat(layout.CHOSEN)]
-    atomic_write_jsonl(layout.evolve_file(cfg, "sft_chosen"), (c.to_json() for c in chosen))
+    def chosen() -> Iterator[PathRow]:
+        return map(PathRow.model_validate, concat(layout.CHOSEN))
+
+    def d_sft() -> Iterator[SftRow]:
+        yield from map(SftRow.model_validate, iter_jsonl(layout.d_sft_path(cfg, layout.DISTILL)))
+        for c in chosen():
+            yield SftRow(id=c.id, prompt=c.prompt, images=c.images, answer=c.answer, response=c.reasoning,
+                         origin=f"evolve_round_{c.round}")
+
+    atomic_write_jsonl(layout.evolve_file(cfg, "sft_chosen"), (c.to_json() for c in chosen()))
     atomic_write_jsonl(layout.evolve_file(cfg, "sft_rejected"), concat("rejected.jsonl"))
     atomic_write_jsonl(layout.evolve_file(cfg, "hard_problems"), concat("hard.jsonl"))
     atomic_write_jsonl(layout.evolve_file(cfg, "history"), concat(layout.HISTORY))
-    d_sft = [SftRow.model_validate(row) for row in iter_jsonl(layout.d_sft_path(cfg, layout.DISTILL))]
-    d_sft += [
-        SftRow(id=c.id, prompt=c.prompt, images=c.images, answer=c.answer, response=c.reasoning,
-               origin=f"evolve_round_{c.round}")
-        for c in chosen
-    ]
-    atomic_write_jsonl(layout.d_sft_path(cfg, STAGE), (d.to_json() for d in d_sft))
-    examples = (SftExample(prompt=d.prompt, response=d.response, images=tuple(d.images), id=d.id) for d in d_sft)
+    atomic_write_jsonl(layout.d_sft_path(cfg, STAGE), (d.to_json() for d in d_sft()))
+    examples = (SftExample(prompt=d.prompt, response=d.response, images=tuple(d.images), id=d.id) for d in d_sft())
     write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME, TokenBudget.for_training(cfg, "rounds"))
 
 
