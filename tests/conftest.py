@@ -24,6 +24,7 @@ TEST_SECTIONS: dict[str, dict[str, Any]] = {
     "inference": {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 48, "n_paths": 2, "concurrency": 8},
     "evolve": {"rounds": 2, "batch_size": 12, "retrain": True},
     "reflect": {"max_drafts_per_question": None},
+    "serve": {"replicas": 1},  # the demo serves its ORM twice over; tests that want replicas set them
 }
 
 
