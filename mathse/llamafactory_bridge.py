@@ -525,9 +525,8 @@ def _adopt_last_checkpoint(out: Path, start_model: Path) -> bool:
     _complete_processor_files(latest, start_model)
     files = sorted(p for p in latest.iterdir() if p.is_file() and not _RESUME_ONLY_FILE.fullmatch(p.name))
     for src in sorted(files, key=lambda p: p.name == "trainer_state.json"):
-        tmp = out / f".{src.name}.tmp"
-        shutil.copy2(src, tmp)
-        tmp.replace(out / src.name)
+        with src.open("rb") as source, atomic_open(out / src.name, binary=True) as target:
+            shutil.copyfileobj(source, target)
     print(f"{out.name}: the kill came after {latest.name}, the last step's checkpoint: it is the result", flush=True)
     return True
 

@@ -522,7 +522,8 @@ def rebuild_cumulative(cfg: MathSEConfig, upto: int) -> None:
     atomic_write_jsonl(layout.evolve_file(cfg, "hard_problems"), concat("hard.jsonl"))
     atomic_write_jsonl(layout.evolve_file(cfg, "history"), concat(layout.HISTORY))
     atomic_write_jsonl(layout.d_sft_path(cfg, STAGE), (d.to_json() for d in d_sft()))
-    examples = (SftExample(prompt=d.prompt, response=d.response, images=tuple(d.images), id=d.id) for d in d_sft())
+    written = map(SftRow.model_validate, iter_jsonl(layout.d_sft_path(cfg, STAGE)))
+    examples = (SftExample(prompt=d.prompt, response=d.response, images=tuple(d.images), id=d.id) for d in written)
     write_sharegpt_dataset(examples, cfg.dataset_dir, DATASET_NAME, TokenBudget.for_training(cfg, "rounds"))
 
 
