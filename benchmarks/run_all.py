@@ -74,6 +74,13 @@ FIGURES = [
            "agreement on the held-out part alone (111 responses written after the rules were changed)"),
     Figure("eval_heldout_unextracted_share", "bench_eval_extraction.py", "informational", None,
            "share of the held-out correct answers in which the rules find no answer"),
+    Figure("engine_identical_share_min", "bench_engine_agreement.py", ">= 0.95", lambda v: v >= 0.95,
+           "the demo's M0 on its 150 test problems, greedy, through the in-process ChatModel, llamafactory-cli api "
+           "and vLLM (CPU): smallest share of texts identical to the in-process engine's (needs `make demo`)"),
+    Figure("engine_accuracy_max_diff_items", "bench_engine_agreement.py", "<= 1", lambda v: v <= 1,
+           "largest accuracy difference between those engines, in problems"),
+    Figure("engine_unpatched_inprocess_accuracy", "bench_engine_agreement.py", "informational", None,
+           "the same M0 through LLaMA-Factory's ChatModel as shipped (no Qwen-VL positions adapter)"),
 ]
 
 ARGS = {"bench_generation.py": ["--repeats", "2"]}

@@ -352,14 +352,14 @@ class Generator:
     def _build_chat_model(self) -> Any:
         if self._factory is not None:
             return self._factory(dict(self.args))
-        from llamafactory.chat import ChatModel
+        from mathse.llamafactory_qwen_vl_positions import load_chat_model
 
         # The huggingface engine sizes its request semaphore from MAX_CONCURRENT in __init__;
         # set it for that moment only, so it does not leak into other engines of this process.
         previous = os.environ.get("MAX_CONCURRENT")
         os.environ["MAX_CONCURRENT"] = str(self.inf.concurrency)
         try:
-            return ChatModel(dict(self.args))
+            return load_chat_model(self.args)
         finally:
             if previous is None:
                 os.environ.pop("MAX_CONCURRENT", None)

@@ -258,11 +258,27 @@ def _chunks(groups: list[tuple[GenItem, ...]], size: int) -> Iterator[list[tuple
 
 
 
-def describe(cfg: MathSEConfig, model_path: str | Path, adapter_path: str | Path | None, server_dir: Path) -> str:
-    """What serving this checkpoint would run (for --dry-run): replicas, placement, replica 0's command."""
+def describe(
+    cfg: MathSEConfig,
+    model_path: str | Path,
+    adapter_path: str | Path | None,
+    server_dir: Path,
+    inf: InferenceConfig | None = None,
+) -> str:
+    """What generating with this checkpoint under `inf` (default cfg.inference) runs, for --dry-run:
+    the in-process ChatModel's arguments, or the servers (replicas, placement, replica 0's command).
+    The one description every plan prints, so a plan names the engine the run uses."""
+    import json
+
     from mathse.serving import server_command
 
-    spec = student_spec(cfg, model_path, adapter_path)
+    inf = inf or cfg.inference
+    if inf.backend != "served":
+        args = chat_model_args(str(model_path), None if adapter_path is None else str(adapter_path),
+                               cfg.model.template, inf, image_max_pixels=training_image_max_pixels(cfg),
+                               trust_remote_code=cfg.model.trust_remote_code)
+        return f"in-process {args['infer_backend']} engine, ChatModel({json.dumps(args)})"
+    spec = student_spec(cfg, model_path, adapter_path, inf)
     argv, env = server_command(cfg.serve, spec, cfg.serve.host, 0, server_dir / f"{spec.name}.replica-0.yaml")
     where = f"Ray ({cfg.ray.address or 'local'})" if cfg.ray is not None else "this node"
     env_text = " ".join(f"{k}={v}" for k, v in env.items() if k != "PYTHONUNBUFFERED")

@@ -79,3 +79,63 @@ def sigint_as_from_a_terminal() -> None:
     does, even when the test run itself was started in the background (`cmd &` in a script), whose
     processes inherit SIGINT ignored (POSIX) and would never see the signal."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# ---------------------------------------------------------------------------------------------
+# A checkpoint that really uses its image positions, and the vLLM environment
+
+
+@pytest.fixture(scope="session")
+def countdown_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The demo's count-down task, small: `train` (every problem with its solution) and `test`."""
+    from mathse.demo_problems import write_countdown_dataset
+
+    return write_countdown_dataset(tmp_path_factory.mktemp("countdown"), {"train": 60, "test": 24}, seed=0,
+                                   solution_every={"train": 1, "test": None})
+
+
+@pytest.fixture(scope="session")
+def countdown_model(tmp_path_factory: pytest.TempPathFactory, countdown_data: dict[str, Path]) -> Path:
+    """The demo-size tiny Qwen2-VL trained on count-down solutions by a real `llamafactory-cli train`.
+
+    Unlike the random `tiny_model`, its answers depend on where the image sits: a random model's
+    attention is nearly uniform and decodes the same with wrong image positions (measured), so only a
+    trained checkpoint shows whether two engines build the same inputs. Demo size, because vLLM's
+    CPU attention supports head_dim >= 32 (the test size has 16). ~20 s.
+    """
+    from mathse.config_loading import load_config
+    from mathse.llamafactory_bridge import SftExample, compose_train_job, run_train_job, write_sharegpt_dataset
+    from mathse.prompts import student_prompt
+    from mathse.records import read_problems
+    from mathse.tiny_model import DEMO_SIZE, build_tiny_qwen2vl
+
+    root = tmp_path_factory.mktemp("countdown_model")
+    base = build_tiny_qwen2vl(root / "base", seed=0, size=DEMO_SIZE)
+    problems = read_problems(countdown_data["train"])
+    examples = [SftExample(prompt=student_prompt(p), response=p.solution or "", images=p.images) for p in problems]
+    write_sharegpt_dataset(examples, root / "data", "countdown")
+    settings = {"per_device_train_batch_size": 8, "learning_rate": 3.0e-3, "max_steps": 200, "save_steps": 1000,
+                "lr_scheduler_type": "cosine", "warmup_ratio": 0.05}
+    cfg = load_config(write_run_config(root, base, countdown_data["train"], countdown_data["test"],
+                                       llama_factory=settings))
+    job = compose_train_job(cfg, name="m0", datasets=["countdown"], dataset_dir=root / "data",
+                            output_dir=root / "model", run_dir=root / "run")
+    return run_train_job(job)
+
+
+def vllm_python() -> str:
+    """The vLLM environment's interpreter: $MATHSE_VLLM_PYTHON, else `make vllm-env`'s .venv-vllm."""
+    python = os.environ.get("MATHSE_VLLM_PYTHON") or str(PROJECT_ROOT / ".venv-vllm" / "bin" / "python")
+    if not Path(python).is_file():
+        pytest.fail(f"no vLLM environment at {python}: run `make vllm-env` (the README's `make test` does)")
+    return python
+
+
+# vLLM on this CPU machine: float32 like the checkpoint and the in-process engine (auto would pick
+# bfloat16 on CPU), no torch.compile warm-up (faster start, same numbers), a 1 GiB KV cache.
+VLLM_CPU_SERVE: dict[str, Any] = {
+    "engine": "vllm",
+    "extra_args": ["--dtype", "float32", "--enforce-eager"],
+    "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+    "startup_timeout_s": 300,
+}

@@ -42,6 +42,11 @@ def test_shipped_config_runs_the_paper_pipeline_and_dry_run_lists_the_orm_stage(
     assert "teacher gpt-4o" in orm_part and "10% of the problems held out" in orm_part
     assert re.search(r"\$ .*llamafactory-cli train \S+/orm/train_orm\.yaml", orm_part)
     assert "judge: the trained ORM served by the pipeline: 1 vllm server(s) of " in out and "as 'mathse-orm'" in out
+    # Every line that names an engine names the one the run uses (inference.backend served, vLLM): the
+    # ORM's sampling from M0 too, which once printed the in-process huggingface ChatModel's arguments.
+    assert "[dry-run] sampling: 1 vllm replica(s) on this node" in orm_part
+    assert "[dry-run] round 1 generation: 1 vllm replica(s) on this node" in out
+    assert "huggingface" not in out and "ChatModel(" not in out
     assert not (tmp_path / "out").exists()
 
 

@@ -32,9 +32,10 @@ from mathse.errors import StageError
 from mathse.eval_results import accuracy_table, render_results
 from mathse.evalsets import BREAKDOWN_FIELDS, SUBSET_FIELDS, EvalItem, load_benchmark
 from mathse.fingerprint import redo_given
-from mathse.inference import Generator, GenItem, chat_model_args, training_image_max_pixels
+from mathse.inference import Generator, GenItem
 from mathse.scoring import Score, run_judge, score_response
 from mathse.served import ServedGenerator, open_generator
+from mathse.served import describe as describe_generation
 from mathse.storage import (
     MARKER_NAME,
     Journal,
@@ -493,15 +494,8 @@ def print_plan(cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[Ben
     )
     if checkpoints:
         ck = checkpoints[0]
-        args = chat_model_args(
-            ck.model,
-            ck.adapter,
-            cfg.model.template,
-            inf,
-            image_max_pixels=training_image_max_pixels(cfg),
-            trust_remote_code=cfg.model.trust_remote_code,
-        )
-        print(f"[dry-run] {ck.name}: ChatModel({json.dumps(args)})")
+        servers = layout.servers_dir(eval_dir(cfg)) / layout.safe_name(ck.name)
+        print(f"[dry-run] {ck.name}: {describe_generation(cfg, ck.model, ck.adapter, servers, inf)}")
     judge = cfg.eval.judge
     print(
         "[dry-run] judge: "

@@ -19,7 +19,6 @@ its own marker, so a kill at any moment loses nothing and a rerun redoes only th
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import re
@@ -32,7 +31,7 @@ from mathse import layout
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
 from mathse.fingerprint import INFERENCE_VOLATILE, Inputs, Stale, check, settle
-from mathse.inference import GenItem, chat_model_args, make_items, training_image_max_pixels
+from mathse.inference import GenItem, make_items
 from mathse.judge import JudgeItem, PathJudge, journal_path
 from mathse.llamafactory_bridge import (
     VOLATILE_ARGS,
@@ -46,7 +45,7 @@ from mathse.llamafactory_bridge import (
 from mathse.orm_serving import describe_orm_serving, orm_endpoint, rule_only_notice
 from mathse.prompts import student_prompt
 from mathse.records import JudgedPathRow, PathRow, Problem, ProblemIndex, SftRow
-from mathse.served import describe as describe_serving
+from mathse.served import describe as describe_generation
 from mathse.served import open_generator
 from mathse.storage import (
     Journal,
@@ -555,14 +554,9 @@ def print_plan(cfg: MathSEConfig, pool: ProblemIndex) -> None:
     print(f"[dry-run] evolve: {ev.rounds} rounds over D_remain = {len(pool)} problems from {cfg.data.pool_file}")
     print(f"[dry-run] per round: batch {ev.batch_size}, {inf.n_paths} paths per problem, backend {inf.backend}, "
           f"{inf.concurrency} requests in flight; ORM backend {cfg.orm.backend}, policy {cfg.orm.policy}")
-    if inf.backend == "served":
-        m0 = cfg.model_path("sft_model_stage0")
-        servers = layout.servers_dir(layout.round_dir(cfg, 1))
-        print(f"[dry-run] round 1 generation: {describe_serving(cfg, m0, None, servers)}")
-    else:
-        args = chat_model_args(str(cfg.model_path("sft_model_stage0")), None, cfg.model.template, inf,
-                               image_max_pixels=training_image_max_pixels(cfg))
-        print(f"[dry-run] round 1 generation: ChatModel({json.dumps(args)})")
+    servers = layout.servers_dir(layout.round_dir(cfg, 1))
+    m0 = cfg.model_path("sft_model_stage0")
+    print(f"[dry-run] round 1 generation: {describe_generation(cfg, m0, None, servers)}")
     if (notice := rule_only_notice(cfg, STAGE)) is not None:
         print(f"[dry-run] {notice}")
     elif cfg.orm.backend == "trained" and cfg.orm.api is None:

@@ -34,7 +34,7 @@ from mathse.client import ChatClient
 from mathse.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.errors import StageError
 from mathse.fingerprint import API_VOLATILE, INFERENCE_VOLATILE, Inputs, Stale, check
-from mathse.inference import chat_model_args, make_items, training_image_max_pixels
+from mathse.inference import make_items
 from mathse.judge import JudgeItem, PathJudge
 from mathse.llamafactory_bridge import (
     TrainJob,
@@ -61,6 +61,7 @@ from mathse.orm_data import (
 )
 from mathse.orm_serving import orm_endpoint
 from mathse.records import Problem, read_problems
+from mathse.served import describe as describe_generation
 from mathse.served import open_generator
 from mathse.steps import split_steps
 from mathse.storage import Journal, atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json, read_marker
@@ -462,8 +463,9 @@ def print_plan(cfg: MathSEConfig, rows: list[LabelledPath] | None, job: TrainJob
               f"{f', first {data.max_problems}' if data.max_problems else ''}) x {data.paths_per_problem} paths "
               f"= {len(problems) * data.paths_per_problem} paths from M0 ({m0}) at temperature {data.temperature}")
         inf = cfg.inference.model_copy(update={"temperature": data.temperature})
-        args = chat_model_args(str(m0), None, cfg.model.template, inf, image_max_pixels=training_image_max_pixels(cfg))
-        print(f"[dry-run] sampling: ChatModel({args})")
+        model_path, adapter = layout.model_ref(m0)
+        servers = layout.servers_dir(data_dir(cfg))
+        print(f"[dry-run] sampling: {describe_generation(cfg, model_path, adapter, servers, inf)}")
         print(f"[dry-run] labels: rule check against the reference; every incorrect path -> teacher {teacher} "
               "(first faulty step + analysis; unusable -> asked again once, then dropped)")
         print(f"[dry-run] balance {data.correct_per_incorrect:g} correct per incorrect"
