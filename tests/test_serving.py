@@ -21,7 +21,7 @@ from mathse.config_loading import load_config
 from mathse.inference import Generator, chat_model_args, make_items
 from mathse.records import read_problems
 from mathse.served import ServedGenerator
-from mathse.serving import ServedModel, ServeError, serve_model, server_command
+from mathse.serving import VLLM_CPU_ARGS, ServedModel, ServeError, serve_model, server_command
 from mathse.storage import Journal, iter_jsonl
 from tests.conftest import PROJECT_ROOT, sigint_as_from_a_terminal
 
@@ -81,6 +81,9 @@ def test_vllm_command_carries_data_parallelism_image_size_and_adapter(tmp_path: 
     assert '--mm-processor-kwargs {"max_pixels": 262144}' in joined
     assert "--lora-modules m=/lora" in joined and "--port 8123" in joined and argv[-1] == "--enforce-eager"
     assert "API_PORT" not in env  # llamafactory's variables are for its own server only
+    assert "--no-enable-chunked-prefill" not in argv
+    cpu, _ = server_command(serve.model_copy(update={"vllm_cpu": True}), spec, "127.0.0.1", 8123, tmp_path / "a.yaml")
+    assert " ".join(VLLM_CPU_ARGS) in " ".join(cpu)  # vLLM's CPU build: float32, eager, no chunked prefill
 
 
 def test_command_engine_fills_placeholders_and_names_a_bad_one(tmp_path: Path) -> None:
@@ -102,6 +105,9 @@ def test_config_serve_and_ray_blocks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "serve.replicass: unknown key (did you mean 'replicas'?)" in str(err.value)
+    # A number for an environment variable is its text (YAML `1`, or --set serve.env.X=1).
+    path.write_text(base + "serve: {engine: vllm, env: {VLLM_CPU_KVCACHE_SPACE: 1, OMP_NUM_THREADS: '2'}}\n")
+    assert load_config(path).serve.env == {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "2"}
     path.write_text(base + "serve: {engine: command}\n")
     with pytest.raises(ConfigError, match=r"serve: serve.engine is 'command' but serve.command"):
         load_config(path)

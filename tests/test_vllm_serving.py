@@ -69,15 +69,18 @@ def vllm_orm(tmp_path_factory: pytest.TempPathFactory, countdown_data: dict[str,
 
 
 def evolve_config(tmp_path: Path, m0: Path, orm: Path, data: dict[str, Path]) -> Path:
-    """One round over 6 test problems x 2 paths: student and ORM each served by 2 vLLM replicas."""
+    """One round over the 24 test problems x 4 sampled paths: student and ORM each served by 2 vLLM
+    replicas, 16 seeded requests in flight per replica: more prompt tokens at once than vLLM schedules
+    in a step (2,048), so it would chunk a prefill, which crashed its CPU worker before
+    serve.vllm_cpu turned chunking off."""
     config = write_run_config(
         tmp_path, m0, data["train"], data["test"],
-        inference={"backend": "served", "temperature": 1.0, "top_p": 1.0, "n_paths": 2, "max_new_tokens": 120,
-                   "concurrency": 4},
+        inference={"backend": "served", "temperature": 1.0, "top_p": 1.0, "n_paths": 4, "max_new_tokens": 120,
+                   "concurrency": 16},
         serve={**VLLM_CPU_SERVE, "python": vllm_python(), "replicas": 2},
         orm={"backend": "trained", "policy": "orm", "logprobs": True, "score_threshold": THRESHOLD,
              "max_new_tokens": 24, "serve_timeout_s": 300},
-        evolve={"rounds": 1, "batch_size": 6, "retrain": False},
+        evolve={"rounds": 1, "batch_size": 24, "retrain": False},
     )
     cfg = load_config(config)
     for name, model in (("sft_model_stage0", m0), ("orm_model", orm)):
@@ -100,9 +103,9 @@ def test_an_evolve_round_served_and_judged_by_vllm(
 
     rd = cfg.output_dir / "evolve" / "round_1"
     stats = read_json(rd / "stats.json")
-    assert stats["paths"] == 12
-    keys = [row["key"] for row in iter_jsonl(rd / "generations.shard-0-of-1.jsonl")]
-    assert len(keys) == len(set(keys)) == 12
+    assert stats["paths"] == 96
+    rows = list(iter_jsonl(rd / "generations.shard-0-of-1.jsonl"))
+    assert len({row["key"] for row in rows}) == len(rows) == 96 and not any(row.get("error") for row in rows)
     # The paths came from two vLLM replicas of M0, each answering some of them.
     student = sorted((rd / "servers").glob("sft_model_stage0-*.replica-*.log"))
     assert len(student) == 2 and all(posts_since_last_start(log) > 0 for log in student)
@@ -112,7 +115,7 @@ def test_an_evolve_round_served_and_judged_by_vllm(
     assert len(orm_logs) == 2 and sum(posts_since_last_start(log) for log in orm_logs) > 0
     (journal,) = (cfg.output_dir / "orm_reflections").glob("evolve_round_1.*.jsonl")
     verdicts = list(iter_jsonl(journal))
-    assert len(verdicts) == 12
+    assert len(verdicts) == 96
     parsed = [v for v in verdicts if v["orm"]["parsed"]]
     assert parsed, [v["orm"]["raw"] for v in verdicts]
     assert all(v["orm"]["score_source"] == "logprobs" and 0.0 <= v["orm"]["score"] <= 1.0 for v in parsed)
