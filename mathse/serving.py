@@ -61,8 +61,8 @@ __all__ = [
 STOP_GRACE_S = 15.0  # SIGTERM, then SIGKILL to the server's process group
 
 # serve.vllm_cpu: what vLLM 0.32's CPU build needs (each measured on this project's checkpoints):
-# - float32: for a float32 checkpoint vLLM picks the platform's preferred dtype, bfloat16 on CPU, and
-#   its greedy texts then drift from the in-process engine's;
+# - float32: for a float32 checkpoint vLLM picks the platform's preferred dtype, bfloat16 on CPU, not
+#   the precision of the other engines (in float32 its greedy texts equal theirs);
 # - eager: no torch.compile warm-up (a server is up in ~25 s instead of ~60 s; the same texts);
 # - no chunked prefill: the CPU worker dies ("CPU Generator does not use offset", every request then
 #   a 500) when a request with a `seed` (we send one per request) has its prefill cut over two steps,
