@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -44,7 +45,7 @@ from mathse.inference import (
 )
 from mathse.messages import ChatRequest, ChatResult
 from mathse.prompts import student_prompt
-from mathse.serving import ServedModel, Servers, serve_model
+from mathse.serving import ServedModel, Servers, serve_model, server_command
 from mathse.storage import Journal
 
 if TYPE_CHECKING:
@@ -257,7 +258,6 @@ def _chunks(groups: list[tuple[GenItem, ...]], size: int) -> Iterator[list[tuple
         yield groups[i : i + size]
 
 
-
 def describe(
     cfg: MathSEConfig,
     model_path: str | Path,
@@ -268,10 +268,6 @@ def describe(
     """What generating with this checkpoint under `inf` (default cfg.inference) runs, for --dry-run:
     the in-process ChatModel's arguments, or the servers (replicas, placement, replica 0's command).
     The one description every plan prints, so a plan names the engine the run uses."""
-    import json
-
-    from mathse.serving import server_command
-
     inf = inf or cfg.inference
     if inf.backend != "served":
         args = chat_model_args(str(model_path), None if adapter_path is None else str(adapter_path),
