@@ -75,7 +75,7 @@ def evolve_config(tmp_path: Path, m0: Path, orm: Path, data: dict[str, Path]) ->
     serve.vllm_cpu turned chunking off."""
     config = write_run_config(
         tmp_path, m0, data["train"], data["test"],
-        inference={"backend": "served", "temperature": 1.0, "top_p": 1.0, "n_paths": 4, "max_new_tokens": 120,
+        inference={"backend": "served", "temperature": 1.0, "top_p": 1.0, "n_paths": 4, "max_new_tokens": 64,
                    "concurrency": 16},
         serve={**VLLM_CPU_SERVE, "python": vllm_python(), "replicas": 2},
         orm={"backend": "trained", "policy": "orm", "logprobs": True, "score_threshold": THRESHOLD,
