@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 from mathse.answers import check_path  # noqa: E402
 from mathse.cli import main as mathse_main  # noqa: E402
 from mathse.config_loading import load_config  # noqa: E402
-from mathse.inference import user_turn  # noqa: E402
 from mathse.records import read_problems  # noqa: E402
 from mathse.storage import iter_jsonl, mark_done  # noqa: E402
+from mathse.testing.shipped_chat_model import shipped_greedy_texts  # noqa: E402
 
 ENGINES: dict[str, dict[str, Any]] = {
     "in-process": {"inference": {"backend": "huggingface"}},
@@ -81,27 +80,6 @@ def evaluate(work: Path, model: Path, data: Path, engine: str, max_new_tokens: i
     return {row["id"]: row for row in rows}, seconds
 
 
-def unpatched(model: Path, data: Path, max_new_tokens: int) -> list[str]:
-    """LLaMA-Factory's ChatModel as shipped, greedy, in a fresh process; one text per problem."""
-    problems = read_problems(data)
-    payload = [{"turn": user_turn(p), "image": p.images[0]} for p in problems]
-    script = """
-import json, sys
-from PIL import Image
-from llamafactory.chat import ChatModel
-chat = ChatModel(dict(model_name_or_path=sys.argv[1], template="qwen2_vl", infer_backend="huggingface",
-                      do_sample=False, max_new_tokens=int(sys.argv[3]), image_max_pixels=12544))
-for p in json.load(open(sys.argv[2])):
-    reply = chat.chat([{"role": "user", "content": p["turn"]}], images=[Image.open(p["image"]).convert("RGB")])
-    print("TEXT " + json.dumps(reply[0].response_text))
-"""
-    listing = ROOT / "benchmarks" / "work" / "engines" / "unpatched.json"
-    listing.write_text(json.dumps(payload))
-    done = subprocess.run([sys.executable, "-c", script, str(model), str(listing), str(max_new_tokens)],
-                          capture_output=True, text=True, check=True)
-    return [json.loads(line[5:]) for line in done.stdout.splitlines() if line.startswith("TEXT ")]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "demo" / "work" / "output" / "sft_model_stage0")
@@ -135,10 +113,10 @@ def main() -> None:
     for engine, (_, seconds) in results.items():
         print(f"{engine}: accuracy {100 * correct[engine] / n:.1f}% ({correct[engine]}/{n}), identical to "
               f"in-process {identical[engine]}/{n}, eval wall {seconds:.0f} s")
-    texts = unpatched(args.model.resolve(), data, args.max_new_tokens)
     problems = read_problems(data)
-    shipped = sum(check_path(t, p.answer).correct for t, p in zip(texts, problems, strict=True))
-    same = sum(t == reference[p.id] for t, p in zip(texts, problems, strict=True))
+    texts = shipped_greedy_texts(args.model.resolve(), problems, args.max_new_tokens)
+    shipped = sum(check_path(texts[p.id], p.answer).correct for p in problems)
+    same = sum(texts[p.id] == reference[p.id] for p in problems)
     print(f"in-process as shipped (no adapter): accuracy {100 * shipped / n:.1f}% ({shipped}/{n}), "
           f"identical to the adapted engine {same}/{n}")
     print(f"engine_unpatched_inprocess_accuracy: {shipped / n:.3f}")

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +23,9 @@ import pytest
 
 from mathse.cli import main
 from mathse.config_loading import load_config
-from mathse.inference import user_turn
-from mathse.records import Problem, read_problems
+from mathse.records import read_problems
 from mathse.storage import iter_jsonl, mark_done
+from mathse.testing.shipped_chat_model import shipped_greedy_texts
 from tests.conftest import VLLM_CPU_SERVE, vllm_python, write_run_config
 from tests.test_serving import wait_gone
 
@@ -87,7 +85,7 @@ def test_in_process_llamafactory_api_and_vllm_write_the_same_greedy_answers(
     assert summary["in-process"]["correct"] >= n // 6, summary
 
     # Without the adapter the in-process engine writes other texts: the comparison above can fail.
-    unpatched = _unpatched_in_process(countdown_model, problems[:6])
+    unpatched = shipped_greedy_texts(countdown_model, problems[:6], MAX_NEW_TOKENS)
     assert sum(unpatched[p.id] != reference[p.id] for p in problems[:6]) >= 3, unpatched
 
 
@@ -96,26 +94,3 @@ def _first_difference(a: dict[str, str], b: dict[str, str]) -> tuple[str, str, s
         if a[key] != b.get(key):
             return key, a[key], b.get(key, "<missing>")
     return None
-
-
-def _unpatched_in_process(model: Path, problems: list[Problem]) -> dict[str, str]:
-    """LLaMA-Factory's ChatModel as shipped (a fresh process: the adapter is installed process-wide)."""
-    script = """
-import json, sys
-from PIL import Image
-from llamafactory.chat import ChatModel
-model, problems = sys.argv[1], json.loads(sys.argv[2])
-chat = ChatModel(dict(model_name_or_path=model, template="qwen2_vl", infer_backend="huggingface",
-                      do_sample=False, max_new_tokens=int(sys.argv[3]), image_max_pixels=12544))
-out = {}
-for p in problems:
-    reply = chat.chat([{"role": "user", "content": p["turn"]}], images=[Image.open(p["image"]).convert("RGB")])
-    out[p["id"]] = reply[0].response_text
-print("RESULT " + json.dumps(out))
-"""
-    payload = [{"id": p.id, "turn": user_turn(p), "image": p.images[0]} for p in problems]
-    argv = [sys.executable, "-c", script, str(model), json.dumps(payload), str(MAX_NEW_TOKENS)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
