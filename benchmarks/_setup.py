@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathse.demo_assets import build_tiny_qwen2vl, write_demo_dataset  # noqa: E402
+from mathse.demo.assets import build_tiny_qwen2vl, write_demo_dataset  # noqa: E402
 from mathse.testing.openai_server import last_user_text  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "work"

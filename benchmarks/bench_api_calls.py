@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from mathse.client import ChatClient
-from mathse.config import ApiConfig, Price
-from mathse.messages import ChatRequest, user_message
+from mathse.api.client import ChatClient
+from mathse.api.messages import ChatRequest, user_message
+from mathse.run.config import ApiConfig, Price
+from mathse.run.usage import UsageLedger
 from mathse.testing.openai_server import FakeOpenAIServer
-from mathse.usage import UsageLedger
 
 
 def run_batch(base_url: str, calls: int, concurrency: int, tag: str) -> tuple[float, float, int]:

@@ -4,7 +4,7 @@ Modes, each generating the same items into a fresh journal, interleaved over `--
 (median reported; a shared machine drifts):
 
 * inprocess:  LLaMA-Factory's ChatModel in this process (`inference.backend: huggingface`, or vllm);
-* served-1:   the served backend (mathse/served.py) on one replica;
+* served-1:   the served backend (mathse/model/generation.py) on one replica;
 * served-2:   the same on two replicas (requests spread by serving.ReplicaRouter).
 
 Servers start once (two replicas; served-1 uses the first only) and their start-up time is reported
@@ -35,13 +35,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model h
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from mathse.config import InferenceConfig, ServeConfig
-from mathse.demo_assets import build_tiny_qwen2vl, make_synthetic_problems
-from mathse.inference import Generator, GenItem, chat_model_args, make_items
-from mathse.records import read_problems
-from mathse.served import ServedGenerator
-from mathse.serving import ServedModel, Servers, serve_model
-from mathse.storage import Journal, atomic_write_jsonl
+from mathse.demo.assets import build_tiny_qwen2vl, make_synthetic_problems
+from mathse.model.generation import ServedGenerator
+from mathse.model.inference import Generator, GenItem, chat_model_args, make_items
+from mathse.model.servers import ServedModel, Servers, serve_model
+from mathse.run.config import InferenceConfig, ServeConfig
+from mathse.run.records import read_problems
+from mathse.run.storage import Journal, atomic_write_jsonl
 
 WORK = Path(__file__).resolve().parent / "work"
 

@@ -4,7 +4,7 @@ Evaluates one checkpoint (default: the demo's M0, `demo/work/output/sft_model_st
 `make demo`) greedily on a problem set (default: the demo's 150 held-out problems) with
 `--stage eval`, once per engine: the in-process ChatModel, `llamafactory-cli api` servers and vLLM
 servers the pipeline starts and stops (vLLM from `make vllm-env`'s .venv-vllm, or --vllm-python).
-Also LLaMA-Factory's ChatModel as shipped, without mathse/llamafactory_qwen_vl_positions.py, in a
+Also LLaMA-Factory's ChatModel as shipped, without mathse/model/qwen_vl_positions.py, in a
 process of its own: the engine every figure of this project came through before issue 24.
 
 Prints per engine its accuracy and wall time, then the figures (`name: value` lines):
@@ -34,11 +34,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathse.answers import check_path  # noqa: E402
+from mathse.answers.extraction import check_path  # noqa: E402
 from mathse.cli import main as mathse_main  # noqa: E402
-from mathse.config_loading import load_config  # noqa: E402
-from mathse.records import read_problems  # noqa: E402
-from mathse.storage import iter_jsonl, mark_done  # noqa: E402
+from mathse.run.config_loading import load_config  # noqa: E402
+from mathse.run.records import read_problems  # noqa: E402
+from mathse.run.storage import iter_jsonl, mark_done  # noqa: E402
 from mathse.testing.shipped_chat_model import shipped_greedy_texts  # noqa: E402
 
 ENGINES: dict[str, dict[str, Any]] = {

@@ -2,7 +2,7 @@
 
 Scores the probe set in tests/data/eval_probes/ (MathVista, MathVerse and MathVision records in
 their published layouts, read by the real loaders, and 300 responses with human verdicts) with
-`mathse.scoring.score_response` and prints, as `name: value` lines:
+`mathse.answers.scoring.score_response` and prints, as `name: value` lines:
 
 * eval_probe_agreement: share of responses where the rules give the human verdict (target >= 0.95);
 * eval_probe_wrong_passed: wrong answers the rules pass (target 0);

@@ -38,9 +38,9 @@ def reasoning(i: int, r: int, k: int) -> str:
 
 def write_run(config: Path, n: int) -> None:
     """The rounds' files and distill's D_SFT of a run with `n` problems per round, streamed to disk."""
-    from mathse import layout
-    from mathse.config_loading import load_config
-    from mathse.storage import atomic_write_json, atomic_write_jsonl
+    from mathse.run import layout
+    from mathse.run.config_loading import load_config
+    from mathse.run.storage import atomic_write_json, atomic_write_jsonl
 
     cfg = load_config(config)
     question = "Problem {i}: find the length of side AC in the triangle shown. Solve step by step."
@@ -70,7 +70,7 @@ def write_run(config: Path, n: int) -> None:
 
 
 def rebuild(config: Path) -> None:
-    from mathse.config_loading import load_config
+    from mathse.run.config_loading import load_config
     from mathse.stages.evolve import rebuild_cumulative
 
     cfg = load_config(config)

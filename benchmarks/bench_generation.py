@@ -29,11 +29,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model h
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from mathse.config import InferenceConfig
-from mathse.demo_assets import build_tiny_qwen2vl, write_demo_dataset
-from mathse.inference import Generator, GenItem, GenStats, make_items
-from mathse.records import read_problems
-from mathse.storage import Journal, iter_jsonl
+from mathse.demo.assets import build_tiny_qwen2vl, write_demo_dataset
+from mathse.model.inference import Generator, GenItem, GenStats, make_items
+from mathse.run.config import InferenceConfig
+from mathse.run.records import read_problems
+from mathse.run.storage import Journal, iter_jsonl
 
 WORK = Path(__file__).resolve().parent / "work"
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _setup import WORK, orm_reply, teacher_reply, write_config
 
 from mathse import cli
-from mathse.inference import Generator
-from mathse.storage import iter_jsonl
+from mathse.model.inference import Generator
+from mathse.run.storage import iter_jsonl
 from mathse.testing.openai_server import FakeOpenAIServer
 
 STAGES = ("distill", "evolve", "reflect", "final")

@@ -79,12 +79,12 @@ def write_data(folder: Path, sizes: list[int], image_kb: int) -> dict[int, Path]
 
 def child(seed: Path, out: Path, teacher_url: str, orm_url: str, concurrency: int) -> None:
     """One size, in this fresh process: prints a JSON line with the counts, seconds and peak RSS."""
-    from mathse.config import MathSEConfig
-    from mathse.judge import JudgeItem, PathJudge
-    from mathse.records import iter_problems
+    from mathse.judging.judge import JudgeItem, PathJudge
+    from mathse.run.config import MathSEConfig
+    from mathse.run.records import iter_problems
+    from mathse.run.storage import Journal
+    from mathse.run.usage import UsageLedger
     from mathse.stages import distill
-    from mathse.storage import Journal
-    from mathse.usage import UsageLedger
 
     api = {"concurrency": concurrency, "max_retries": 2, "backoff_base_s": 0.1, "timeout_s": 120}
     cfg = MathSEConfig.model_validate({

@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mathse.config import InferenceConfig, ServeConfig
-from mathse.demo_assets import make_synthetic_problems
-from mathse.inference import make_items
-from mathse.records import read_problems
-from mathse.served import ServedGenerator
-from mathse.serving import ServedModel
-from mathse.storage import Journal, atomic_write_jsonl, iter_jsonl
+from mathse.demo.assets import make_synthetic_problems
+from mathse.model.generation import ServedGenerator
+from mathse.model.inference import make_items
+from mathse.model.servers import ServedModel
+from mathse.run.config import InferenceConfig, ServeConfig
+from mathse.run.records import read_problems
+from mathse.run.storage import Journal, atomic_write_jsonl, iter_jsonl
 
 
 def gpu_count() -> int:

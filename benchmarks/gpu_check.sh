@@ -14,7 +14,7 @@ set -euo pipefail
 MODEL=${1:?usage: gpu_check.sh MODEL_PATH [VLLM_PYTHON]}
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python -c "import mathse.served" || { echo "gpu_check: the project's environment is missing: pip install -r requirements.txt"; exit 2; }
+python -c "import mathse.model.generation" || { echo "gpu_check: the project's environment is missing: pip install -r requirements.txt"; exit 2; }
 VLLM_PY=${2:-${VLLM_PYTHON:-}}
 if [[ -z "$VLLM_PY" ]]; then
   for cand in python3 python /opt/vllm/bin/python ~/venvs/vllm/bin/python /tmp/vllm-env/bin/python; do

@@ -60,7 +60,7 @@ d = tempfile.mkdtemp()
 p = os.path.join(d, "x.json")
 json.dump([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}] * 3, open(p, "w"))
 assert len(datasets.load_dataset("json", data_files=p, split="train", cache_dir=d)) == 3
-import llamafactory.api.app, llamafactory.chat, llamafactory.train.tuner, mathse.demo  # noqa: F401
+import llamafactory.api.app, llamafactory.chat, llamafactory.train.tuner, mathse.demo.run  # noqa: F401
 print("smoke: ok")
 EOF
   ) >>"$OUT/summary.txt" 2>&1

@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mathse.config import ConfigError, MathSEConfig
-from mathse.config_loading import load_config
+from mathse.run.config import ConfigError, MathSEConfig
+from mathse.run.config_loading import load_config
 from mathse.stages import load_stage
 
 # Stage name -> (module under mathse.stages, one-line help). Modules are imported lazily so a
@@ -112,7 +112,7 @@ def pipeline(cfg: MathSEConfig) -> list[str]:
 
 def report_stale(cfg: MathSEConfig, stages: list[str], dry_run: bool) -> bool:
     """Name the stale results of `stages` before any runs; True: stop (stale and no --redo for it)."""
-    from mathse.fingerprint import redo_hint, survey
+    from mathse.run.fingerprint import redo_hint, survey
 
     lines, blocked, advised = survey(cfg, [(stage, load_stage(STAGES[stage][0])) for stage in stages])
     prefix = "[dry-run] " if dry_run else "mathse: "
@@ -128,8 +128,8 @@ def run_stage(stage: str, cfg: MathSEConfig, dry_run: bool, **options: object) -
     module = load_stage(STAGES[stage][0])
     # Errors a user can fix (bad data, bad config for this stage) are one line, exit 2; a failed
     # training run is exit 1 with its log's tail. Anything else is a bug and keeps its traceback.
-    from mathse.errors import USER_ERRORS, TrainingError
-    from mathse.nodes import is_follower, node_rank
+    from mathse.run.errors import USER_ERRORS, TrainingError
+    from mathse.run.nodes import is_follower, node_rank
 
     try:
         if is_follower(cfg) and not dry_run:

@@ -30,7 +30,7 @@ TEST_SECTIONS: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mathse.demo_assets import build_tiny_qwen2vl
+    from mathse.demo.assets import build_tiny_qwen2vl
 
     return build_tiny_qwen2vl(tmp_path_factory.mktemp("models") / "tiny_qwen2vl")
 
@@ -38,7 +38,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(seed.jsonl, pool.jsonl) of synthetic image problems; half the seeds have solutions."""
-    from mathse.demo_assets import write_demo_dataset
+    from mathse.demo.assets import write_demo_dataset
 
     return write_demo_dataset(tmp_path_factory.mktemp("data"), n_seed=8, n_pool=12, seed=0)
 
@@ -88,7 +88,7 @@ def sigint_as_from_a_terminal() -> None:
 @pytest.fixture(scope="session")
 def countdown_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The demo's count-down task, small: `train` (every problem with its solution) and `test`."""
-    from mathse.demo_problems import write_countdown_dataset
+    from mathse.demo.problems import write_countdown_dataset
 
     return write_countdown_dataset(tmp_path_factory.mktemp("countdown"), {"train": 60, "test": 24}, seed=0,
                                    solution_every={"train": 1, "test": None})
@@ -103,11 +103,11 @@ def countdown_model(tmp_path_factory: pytest.TempPathFactory, countdown_data: di
     trained checkpoint shows whether two engines build the same inputs. Demo size, because vLLM's
     CPU attention supports head_dim >= 32 (the test size has 16). ~20 s.
     """
-    from mathse.config_loading import load_config
-    from mathse.llamafactory_bridge import SftExample, compose_train_job, run_train_job, write_sharegpt_dataset
-    from mathse.prompts import student_prompt
-    from mathse.records import read_problems
-    from mathse.tiny_model import DEMO_SIZE, build_tiny_qwen2vl
+    from mathse.demo.tiny_model import DEMO_SIZE, build_tiny_qwen2vl
+    from mathse.model.prompts import student_prompt
+    from mathse.model.training import SftExample, compose_train_job, run_train_job, write_sharegpt_dataset
+    from mathse.run.config_loading import load_config
+    from mathse.run.records import read_problems
 
     root = tmp_path_factory.mktemp("countdown_model")
     base = build_tiny_qwen2vl(root / "base", seed=0, size=DEMO_SIZE)

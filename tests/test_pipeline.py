@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from mathse.cli import main, pipeline
-from mathse.config import ConfigError
-from mathse.config_loading import load_config
+from mathse.run.config import ConfigError
+from mathse.run.config_loading import load_config
 from tests.conftest import PROJECT_ROOT
 
 

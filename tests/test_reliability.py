@@ -41,8 +41,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mathse.cli import main
-from mathse.demo_assets import write_demo_dataset
-from mathse.storage import is_done, iter_jsonl, mark_done
+from mathse.demo.assets import write_demo_dataset
+from mathse.run.storage import is_done, iter_jsonl, mark_done
 from mathse.testing.openai_server import FakeOpenAIServer, FaultPlan, last_user_text
 from tests.conftest import PROJECT_ROOT, write_run_config
 
@@ -213,7 +213,7 @@ def test_distill_with_20_percent_teacher_faults_equals_fault_free_run(
 
 def evolved_output(out: Path, pool: Path) -> int:
     """An output dir as evolve leaves it (D_SFT and two rejected paths per problem); returns the draft count."""
-    from mathse.records import JudgedPathRow, SftRow, read_problems
+    from mathse.run.records import JudgedPathRow, SftRow, read_problems
 
     rejected = []
     for p in read_problems(pool):
@@ -538,7 +538,7 @@ def test_interrupted_training_resumes_from_the_checkpoint_weights(kind: str, tmp
     for Qwen2-VL); LoRA resumes as is; a run that finished before its marker is not trained again."""
     from types import SimpleNamespace
 
-    from mathse import llamafactory_bridge as bridge
+    from mathse.model import training as bridge
 
     out = tmp_path / "model"
     for step in (2, 10):
@@ -595,7 +595,7 @@ def test_last_step_checkpoint_is_the_result_only_when_it_holds_weights(weights: 
     resume-only files); with optimizer shards only (DeepSpeed ZeRO-3) the training resumes instead."""
     from types import SimpleNamespace
 
-    from mathse import llamafactory_bridge as bridge
+    from mathse.model import training as bridge
 
     out = tmp_path / "model"
     ckpt = out / "checkpoint-4"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mathse.reporting.collect import TRANSITION_LABELS, TRANSITIONS
-from mathse.storage import atomic_write_bytes
+from mathse.run.storage import atomic_write_bytes
 
 DPI = 110
 TRANSITION_COLORS = {

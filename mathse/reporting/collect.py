@@ -2,7 +2,7 @@
 
 Reads whatever the run has so far and never fails on a partial run: a missing input becomes a line
 in ``report["missing"]``, an unreadable one a line in ``report["warnings"]``. One streaming pass per
-file. Sources, all located through `mathse.layout`: ``distill/`` (marker stats, D_SFT),
+file. Sources, all located through `mathse.run.layout`: ``distill/`` (marker stats, D_SFT),
 ``evolve/round_<r>/`` (stats, history, accepted paths), ``orm_reflections/*.jsonl`` (verdict
 journals), ``usage.json`` (the API ledger), ``reflect/`` (stats, kept rows) and ``eval/``
 (``results.json``, per-checkpoint predictions).
@@ -18,11 +18,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mathse import layout
-from mathse.config import MathSEConfig
-from mathse.eval_results import results_table
-from mathse.storage import MARKER_NAME, iter_jsonl, read_json
-from mathse.usage import COUNTERS
+from mathse.run import layout
+from mathse.run.config import MathSEConfig
+from mathse.answers.eval_results import results_table
+from mathse.run.storage import MARKER_NAME, iter_jsonl, read_json
+from mathse.run.usage import COUNTERS
 
 SCHEMA_VERSION = 1
 

@@ -1,7 +1,7 @@
 """The stages, one module each (read top to bottom), all with the same contract, `Stage`.
 
 A stage module never imports another stage: what stages share lives in flat modules under
-`mathse/` (paths in `mathse.layout`, rows in `mathse.records`, ...).
+`mathse/` (paths in `mathse.run.layout`, rows in `mathse.run.records`, ...).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
 if TYPE_CHECKING:
-    from mathse.config import MathSEConfig
+    from mathse.run.config import MathSEConfig
 
 __all__ = ["Stage", "load_stage"]
 

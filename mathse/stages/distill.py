@@ -12,13 +12,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathse import layout
-from mathse.answers import check_path
-from mathse.client import ChatClient
-from mathse.config import ConfigError, MathSEConfig, save_resolved_config
-from mathse.errors import StageError
-from mathse.fingerprint import API_VOLATILE, Inputs, Stale, check, settle
-from mathse.llamafactory_bridge import (
+from mathse.answers.extraction import check_path
+from mathse.api.client import ChatClient
+from mathse.api.messages import ChatRequest, ChatResult, system_message, user_message
+from mathse.model.prompts import fill_template, student_prompt
+from mathse.model.token_budget import TokenBudget
+from mathse.model.training import (
     SftExample,
     TrainJob,
     compose_train_job,
@@ -26,13 +25,14 @@ from mathse.llamafactory_bridge import (
     training_stale,
     write_sharegpt_dataset,
 )
-from mathse.messages import ChatRequest, ChatResult, system_message, user_message
-from mathse.prompts import fill_template, student_prompt
-from mathse.records import DataError, Problem, SftRow, iter_problems
-from mathse.storage import Journal, atomic_open, is_done, iter_jsonl, mark_done, read_marker, write_line
-from mathse.timing import StageTimer
-from mathse.token_budget import TokenBudget
-from mathse.usage import UsageLedger
+from mathse.run import layout
+from mathse.run.config import ConfigError, MathSEConfig, save_resolved_config
+from mathse.run.errors import StageError
+from mathse.run.fingerprint import API_VOLATILE, Inputs, Stale, check, settle
+from mathse.run.records import DataError, Problem, SftRow, iter_problems
+from mathse.run.storage import Journal, atomic_open, is_done, iter_jsonl, mark_done, read_marker, write_line
+from mathse.run.timing import StageTimer
+from mathse.run.usage import UsageLedger
 
 STAGE = layout.DISTILL
 DATASET_NAME = "mathse_stage0"
@@ -128,7 +128,7 @@ def data_inputs(cfg: MathSEConfig, asked_teacher: bool) -> Inputs:
 
 
 def stale(cfg: MathSEConfig) -> list[Stale]:
-    """D_SFT or M0 made from inputs that changed since (mathse.fingerprint)."""
+    """D_SFT or M0 made from inputs that changed since (mathse.run.fingerprint)."""
     stage_dir = layout.stage_dir(cfg, STAGE)
     asked = is_done(stage_dir) and read_marker(stage_dir).get("teacher_sent", 0) > 0
     # Without teacher calls, rebuilding D_SFT costs nothing: redone on the spot.
@@ -251,7 +251,7 @@ def ask_teacher(cfg: MathSEConfig, problems: Iterable[Problem], replies: Journal
 
 def follow(cfg: MathSEConfig) -> int:
     """node_rank > 0 of a multi-node run: wait for node 0's D_SFT, then join M0's training."""
-    from mathse.nodes import wait_for
+    from mathse.run.nodes import wait_for
 
     wait_for(cfg, layout.stage_dir(cfg, STAGE), "D_SFT")
     run_train_job(train_job(cfg))

@@ -26,17 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mathse import layout
-from mathse.config import BenchmarkSpec, ConfigError, InferenceConfig, MathSEConfig, save_resolved_config
-from mathse.errors import StageError
-from mathse.eval_results import accuracy_table, render_results
-from mathse.evalsets import BREAKDOWN_FIELDS, SUBSET_FIELDS, EvalItem, load_benchmark
-from mathse.fingerprint import redo_given
-from mathse.inference import Generator, GenItem
-from mathse.scoring import Score, run_judge, score_response
-from mathse.served import ServedGenerator, open_generator
-from mathse.served import describe as describe_generation
-from mathse.storage import (
+from mathse.answers.eval_results import accuracy_table, render_results
+from mathse.answers.evalsets import BREAKDOWN_FIELDS, SUBSET_FIELDS, EvalItem, load_benchmark
+from mathse.answers.scoring import Score, run_judge, score_response
+from mathse.model.generation import ServedGenerator, open_generator
+from mathse.model.generation import describe as describe_generation
+from mathse.model.inference import Generator, GenItem
+from mathse.run import layout
+from mathse.run.config import BenchmarkSpec, ConfigError, InferenceConfig, MathSEConfig, save_resolved_config
+from mathse.run.errors import StageError
+from mathse.run.fingerprint import redo_given
+from mathse.run.storage import (
     MARKER_NAME,
     Journal,
     atomic_write_json,
@@ -46,7 +46,7 @@ from mathse.storage import (
     mark_done,
     read_marker,
 )
-from mathse.usage import UsageLedger
+from mathse.run.usage import UsageLedger
 
 STAGE = layout.EVAL
 

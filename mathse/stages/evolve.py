@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mathse import layout
-from mathse.config import ConfigError, MathSEConfig, save_resolved_config
-from mathse.errors import StageError
-from mathse.fingerprint import INFERENCE_VOLATILE, Inputs, Stale, check, settle
-from mathse.inference import GenItem, make_items
-from mathse.judge import JudgeItem, PathJudge, journal_path
-from mathse.llamafactory_bridge import (
+from mathse.judging.judge import JudgeItem, PathJudge, journal_path
+from mathse.judging.orm_endpoint import describe_orm_serving, orm_endpoint, rule_only_notice
+from mathse.model.generation import describe as describe_generation
+from mathse.model.generation import open_generator
+from mathse.model.inference import GenItem, make_items
+from mathse.model.prompts import student_prompt
+from mathse.model.token_budget import TokenBudget
+from mathse.model.training import (
     VOLATILE_ARGS,
     SftExample,
     TrainJob,
@@ -42,12 +43,12 @@ from mathse.llamafactory_bridge import (
     training_args,
     write_sharegpt_dataset,
 )
-from mathse.orm_serving import describe_orm_serving, orm_endpoint, rule_only_notice
-from mathse.prompts import student_prompt
-from mathse.records import JudgedPathRow, PathRow, Problem, ProblemIndex, SftRow
-from mathse.served import describe as describe_generation
-from mathse.served import open_generator
-from mathse.storage import (
+from mathse.run import layout
+from mathse.run.config import ConfigError, MathSEConfig, save_resolved_config
+from mathse.run.errors import StageError
+from mathse.run.fingerprint import INFERENCE_VOLATILE, Inputs, Stale, check, settle
+from mathse.run.records import JudgedPathRow, PathRow, Problem, ProblemIndex, SftRow
+from mathse.run.storage import (
     Journal,
     atomic_open,
     atomic_write_json,
@@ -59,9 +60,8 @@ from mathse.storage import (
     read_marker,
     write_line,
 )
-from mathse.timing import StageTimer
-from mathse.token_budget import TokenBudget
-from mathse.usage import UsageLedger
+from mathse.run.timing import StageTimer
+from mathse.run.usage import UsageLedger
 
 STAGE = layout.EVOLVE
 DATASET_NAME = "mathse_stage_final"
@@ -569,7 +569,7 @@ def print_plan(cfg: MathSEConfig, pool: ProblemIndex) -> None:
 
 def follow(cfg: MathSEConfig) -> int:
     """node_rank > 0 of a multi-node run: per round, wait for node 0's merge, join its retraining."""
-    from mathse.nodes import wait_for
+    from mathse.run.nodes import wait_for
 
     for r in range(1, cfg.evolve.rounds + 1):
         if r > 1 and not read_json(layout.round_dir(cfg, r - 1) / "remain.json"):

@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mathse import layout
-from mathse.config import MathSEConfig, save_resolved_config
-from mathse.errors import StageError
-from mathse.fingerprint import Stale, settle
-from mathse.llamafactory_bridge import TrainJob, compose_train_job, run_train_job, training_stale
-from mathse.storage import is_done
+from mathse.model.training import TrainJob, compose_train_job, run_train_job, training_stale
+from mathse.run import layout
+from mathse.run.config import MathSEConfig, save_resolved_config
+from mathse.run.errors import StageError
+from mathse.run.fingerprint import Stale, settle
+from mathse.run.storage import is_done
 
 STAGE = layout.FINAL
 DATASET_NAME = "mathse_reflection_sft"  # written by the reflect stage
@@ -96,7 +96,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
 
 def follow(cfg: MathSEConfig) -> int:
     """node_rank > 0 of a multi-node run: wait for node 0's reflection data, then join the final SFT."""
-    from mathse.nodes import wait_for
+    from mathse.run.nodes import wait_for
 
     wait_for(cfg, layout.stage_dir(cfg, layout.REFLECT), "reflection dataset")
     run_train_job(train_job(cfg))

@@ -7,19 +7,19 @@ what is unmarked; a finished stage does nothing):
    sample `orm.data.paths_per_problem` paths from M0 (the distilled model, LLaMA-Factory
    `ChatModel`) on labelled problems (`orm.data.source`: the seed set, the first problems of the
    pool, or a file); label each path by the rule check (final answer vs reference); ask the
-   teacher, for every incorrect path, for the first faulty step (numbered as `mathse.steps`
-   numbers them) and an analysis, in the verdict contract of `mathse.verdict`. An annotation
+   teacher, for every incorrect path, for the first faulty step (numbered as `mathse.judging.steps`
+   numbers them) and an analysis, in the verdict contract of `mathse.judging.verdict`. An annotation
    whose step is out of range or that does not parse is asked again once (the reply and a
    reminder go back), then dropped and counted. Correct and incorrect paths are balanced
    (`orm.data.correct_per_incorrect`), a deterministic share of the problems is held out, and
-   `train.jsonl` / `heldout.jsonl` are written (labelled-path format of `mathse.orm_data`).
+   `train.jsonl` / `heldout.jsonl` are written (labelled-path format of `mathse.judging.orm_data`).
    Generations and annotations are journaled as they arrive, teacher calls are cached and
    accounted in `usage.json`, so a killed run repeats no teacher call.
 2. dataset: the training paths -> LLaMA-Factory dataset `mathse_orm` in the ORM contract
    (system `ORM_SYSTEM_PROMPT`, user `build_orm_prompt`, assistant `format_orm_response`).
 3. model: `llamafactory-cli train` into `paths.orm_model`.
 4. metrics: the trained ORM judges the held-out paths (served by the pipeline, see
-   `mathse.orm_serving`); accuracy overall / on correct / on incorrect paths, error-step exact
+   `mathse.judging.orm_endpoint`); accuracy overall / on correct / on incorrect paths, error-step exact
    match and unparseable rate are printed and written to `<orm_model>/orm_metrics.json`.
 """
 
@@ -28,23 +28,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mathse import fingerprint, layout
-from mathse.answers import check_path
-from mathse.client import ChatClient
-from mathse.config import ConfigError, MathSEConfig, save_resolved_config
-from mathse.errors import StageError
-from mathse.fingerprint import API_VOLATILE, INFERENCE_VOLATILE, Inputs, Stale, check
-from mathse.inference import make_items
-from mathse.judge import JudgeItem, PathJudge
-from mathse.llamafactory_bridge import (
-    TrainJob,
-    compose_train_job,
-    run_train_job,
-    training_stale,
-    write_sharegpt_dataset,
-)
-from mathse.messages import ChatRequest, ChatResult, system_message
-from mathse.orm_data import (
+from mathse.answers.extraction import check_path
+from mathse.api.client import ChatClient
+from mathse.api.messages import ChatRequest, ChatResult, system_message
+from mathse.judging.judge import JudgeItem, PathJudge
+from mathse.judging.orm_data import (
     ANNOTATOR_SYSTEM_PROMPT,
     REASK_ANNOTATION,
     REASK_CHECK,
@@ -59,14 +47,34 @@ from mathse.orm_data import (
     valid_annotation,
     valid_check,
 )
-from mathse.orm_serving import orm_endpoint
-from mathse.records import Problem, read_problems
-from mathse.served import describe as describe_generation
-from mathse.served import open_generator
-from mathse.steps import split_steps
-from mathse.storage import Journal, atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json, read_marker
-from mathse.token_budget import TokenBudget
-from mathse.usage import UsageLedger
+from mathse.judging.orm_endpoint import orm_endpoint
+from mathse.judging.steps import split_steps
+from mathse.model.generation import describe as describe_generation
+from mathse.model.generation import open_generator
+from mathse.model.inference import make_items
+from mathse.model.token_budget import TokenBudget
+from mathse.model.training import (
+    TrainJob,
+    compose_train_job,
+    run_train_job,
+    training_stale,
+    write_sharegpt_dataset,
+)
+from mathse.run import fingerprint, layout
+from mathse.run.config import ConfigError, MathSEConfig, save_resolved_config
+from mathse.run.errors import StageError
+from mathse.run.fingerprint import API_VOLATILE, INFERENCE_VOLATILE, Inputs, Stale, check
+from mathse.run.records import Problem, read_problems
+from mathse.run.storage import (
+    Journal,
+    atomic_write_json,
+    atomic_write_jsonl,
+    is_done,
+    mark_done,
+    read_json,
+    read_marker,
+)
+from mathse.run.usage import UsageLedger
 
 STAGE = layout.ORM
 DATASET_NAME = "mathse_orm"
@@ -142,7 +150,7 @@ def dataset_inputs(cfg: MathSEConfig) -> Inputs:
 
 
 def stale(cfg: MathSEConfig) -> list[Stale]:
-    """The ORM's data, dataset and model made from inputs that changed since (mathse.fingerprint).
+    """The ORM's data, dataset and model made from inputs that changed since (mathse.run.fingerprint).
 
     Rebuilding the dataset file is done on the spot; new labelled paths (sampling from M0, teacher
     annotations) and a new model wait for --redo orm. The held-out verdicts go with the model.
@@ -379,7 +387,7 @@ def summary(stats: dict[str, Any]) -> str:
 
 def follow(cfg: MathSEConfig) -> int:
     """node_rank > 0 of a multi-node run: wait for node 0's ORM dataset, then join the ORM's training."""
-    from mathse.nodes import wait_for
+    from mathse.run.nodes import wait_for
 
     wait_for(cfg, stage_dir(cfg), "ORM dataset")
     run_train_job(train_job(cfg))

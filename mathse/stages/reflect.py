@@ -23,18 +23,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mathse import layout
-from mathse.client import ChatClient
-from mathse.config import ConfigError, MathSEConfig, save_resolved_config
-from mathse.errors import StageError
-from mathse.fingerprint import API_VOLATILE, Inputs, Stale, check, settle
-from mathse.judge import JudgeItem, PathJudge, journal_path
-from mathse.llamafactory_bridge import SftExample, write_sharegpt_dataset
-from mathse.messages import ChatRequest, ChatResult, user_message
-from mathse.orm_serving import orm_endpoint, rule_only_notice
-from mathse.prompts import reflection_prompt
-from mathse.records import JudgedPathRow, Problem, ReflectionRow, SftRow
-from mathse.storage import (
+from mathse.api.client import ChatClient
+from mathse.api.messages import ChatRequest, ChatResult, user_message
+from mathse.judging.judge import JudgeItem, PathJudge, journal_path
+from mathse.judging.orm_endpoint import orm_endpoint, rule_only_notice
+from mathse.model.prompts import reflection_prompt
+from mathse.model.token_budget import TokenBudget
+from mathse.model.training import SftExample, write_sharegpt_dataset
+from mathse.run import layout
+from mathse.run.config import ConfigError, MathSEConfig, save_resolved_config
+from mathse.run.errors import StageError
+from mathse.run.fingerprint import API_VOLATILE, Inputs, Stale, check, settle
+from mathse.run.records import JudgedPathRow, Problem, ReflectionRow, SftRow
+from mathse.run.storage import (
     Journal,
     atomic_open,
     atomic_write_json,
@@ -45,9 +46,8 @@ from mathse.storage import (
     read_marker,
     write_line,
 )
-from mathse.timing import StageTimer
-from mathse.token_budget import TokenBudget
-from mathse.usage import UsageLedger
+from mathse.run.timing import StageTimer
+from mathse.run.usage import UsageLedger
 
 STAGE = layout.REFLECT
 DATASET_NAME = "mathse_reflection_sft"

@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mathse import layout
-from mathse.config import MathSEConfig
+from mathse.run import layout
+from mathse.run.config import MathSEConfig
 from mathse.reporting.charts import FIGURES, draw_figures
 from mathse.reporting.collect import collect
 from mathse.reporting.markdown import render_markdown
-from mathse.storage import atomic_write_json, atomic_write_text
+from mathse.run.storage import atomic_write_json, atomic_write_text
 
 STAGE = layout.REPORT
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mathse.storage import iter_jsonl
+from mathse.run.storage import iter_jsonl
 
 __all__ = ["FakeChatModel", "FakeReply"]
 

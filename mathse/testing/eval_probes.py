@@ -5,7 +5,7 @@ The probe set (tests/data/eval_probes/) holds benchmark records in their publish
 `responses.jsonl`: one model response per line with the verdict a careful human grader gives it
 ({"benchmark", "id", "response", "human": "correct" | "incorrect", "set", "note"}; set "heldout"
 or "heldout2": written after the rules were changed and not tuned against, "dev": the rest). Used by
-tests/test_scoring.py and benchmarks/bench_eval_extraction.py.
+tests/answers/test_scoring.py and benchmarks/bench_eval_extraction.py.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathse.config import BenchmarkSpec
-from mathse.evalsets import EvalItem, load_benchmark
-from mathse.scoring import Score, score_response
+from mathse.answers.evalsets import EvalItem, load_benchmark
+from mathse.answers.scoring import Score, score_response
+from mathse.run.config import BenchmarkSpec
 
 __all__ = ["Probe", "ProbeReport", "grade_probes", "load_probes"]
 

@@ -2,14 +2,14 @@
 
 NOT a language model: a small program that reads the prompts the pipeline really sends (the
 distill prompt, the ORM-annotation prompt, the reflection prompt), works out the answer of
-"What is a + b?" by counting down (`mathse.demo_problems.countdown_solution`) and replies in each
+"What is a + b?" by counting down (`mathse.demo.problems.countdown_solution`) and replies in each
 prompt's contract, so the demo runs the whole method offline in minutes:
 
 * distill: a correct count-down solution, except for a configurable share (`error_rate`) that
   slips by one at a random step and so ends on a wrong answer (`teacher.filter_by_answer` has work);
 * ORM annotation (the prompt asks for the JSON verdict with "error_step"): checks every numbered
   step of the student's path against the count-down rule and names the first faulty one with an
-  analysis, in the verdict contract of `mathse.verdict` (`format_orm_response`);
+  analysis, in the verdict contract of `mathse.judging.verdict` (`format_orm_response`);
 * reflection (the prompt asks for a "Corrected solution"): a reflection on the diagnosed step and
   the corrected path.
 
@@ -34,17 +34,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mathse.demo_problems import COUNTDOWN_RE, countdown_lines
-from mathse.steps import split_steps
+from mathse.demo.problems import COUNTDOWN_RE, countdown_lines
+from mathse.judging.steps import split_steps
+from mathse.judging.verdict import Verdict, format_orm_response
 from mathse.testing.openai_server import FakeHTTPError, FakeOpenAIServer, last_user_text
-from mathse.verdict import Verdict, format_orm_response
 
 __all__ = ["PromptContractError", "ScriptedTeacher", "serve_scripted_teacher"]
 
 MODEL_NAME = "scripted-teacher (stand-in for gpt-4o)"
 _QUESTION = re.compile(COUNTDOWN_RE)
 _REFERENCE = re.compile(r"reference answer(?: is)?\s*:\s*(-?\d+)", re.IGNORECASE)
-# Numbered steps as `mathse.steps.number_steps` renders them; a step ends at the next marker or
+# Numbered steps as `mathse.judging.steps.number_steps` renders them; a step ends at the next marker or
 # at the blank line that closes the block.
 _STEP = re.compile(r"^Step (\d+): ?(.*?)(?=\nStep \d+: |\n\n|\Z)", re.MULTILINE | re.DOTALL)
 _ASKS_VERDICT = re.compile(r'"error_step"')

@@ -1,5 +1,5 @@
 """LLaMA-Factory's ChatModel as shipped, without mathse's Qwen-VL positions adapter: the reference run
-that shows what the adapter changes (tests/test_engine_agreement.py, benchmarks/bench_engine_agreement.py).
+that shows what the adapter changes (tests/model/test_engine_agreement.py, benchmarks/bench_engine_agreement.py).
 
 It runs in a fresh process because the adapter, once installed, is installed process-wide.
 """
@@ -13,8 +13,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from mathse.inference import user_turn
-from mathse.records import Problem
+from mathse.model.inference import user_turn
+from mathse.run.records import Problem
 
 __all__ = ["shipped_greedy_texts"]
 

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from mathse.cli import main
-from mathse.config_loading import load_config
-from mathse.records import read_problems
+from mathse.run.config_loading import load_config
+from mathse.run.records import read_problems
+from mathse.run.storage import is_done, iter_jsonl
+from mathse.run.timing import StageTimer
 from mathse.stages import distill
-from mathse.storage import is_done, iter_jsonl
 from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
-from mathse.timing import StageTimer
 
 SECRET = "sk-mathse-test-SECRET-4242"
 

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from mathse.config import ConfigError, MathSEConfig
-from mathse.errors import StageError
+from mathse.run.config import ConfigError, MathSEConfig
+from mathse.run.errors import StageError
+from mathse.run.storage import is_done, iter_jsonl, mark_done, read_marker
 from mathse.stages import eval as eval_stage
-from mathse.storage import is_done, iter_jsonl, mark_done, read_marker
 from mathse.testing.chat_model import FakeChatModel
 from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
+from tests.answers.test_evalsets import write_mathverse_json, write_mathvista_parquet
 from tests.conftest import PROJECT_ROOT
-from tests.test_evalsets import write_mathverse_json, write_mathvista_parquet
 
 # ---------------------------------------------------------------------------------------------
 # A stand-in ChatModel with scripted answers (fast)

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from mathse import layout
 from mathse.cli import main
-from mathse.config_loading import load_config
-from mathse.storage import is_done, iter_jsonl
+from mathse.run import layout
+from mathse.run.config_loading import load_config
+from mathse.run.storage import is_done, iter_jsonl
 from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
 from tests.conftest import PROJECT_ROOT, write_run_config
 

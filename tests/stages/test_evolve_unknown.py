@@ -4,11 +4,11 @@ D_remain. The journal row is asked again by the next judge call over it (see tes
 
 from __future__ import annotations
 
-from mathse import layout
-from mathse.config_loading import load_config
-from mathse.records import read_problems
+from mathse.run import layout
+from mathse.run.config_loading import load_config
+from mathse.run.records import read_problems
+from mathse.run.storage import Journal, atomic_write_json, iter_jsonl, read_json
 from mathse.stages import evolve
-from mathse.storage import Journal, atomic_write_json, iter_jsonl, read_json
 
 
 def verdict(key: str, pid: str, correct: bool | None, parsed: bool = True) -> dict:

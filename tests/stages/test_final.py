@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from mathse.cli import main
-from mathse.llamafactory_bridge import SftExample, write_sharegpt_dataset
-from mathse.records import read_problems
-from mathse.storage import is_done, mark_done
+from mathse.model.training import SftExample, write_sharegpt_dataset
+from mathse.run.records import read_problems
+from mathse.run.storage import is_done, mark_done
 
 
 @pytest.fixture

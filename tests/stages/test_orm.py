@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from mathse.cli import main
-from mathse.config_loading import load_config
-from mathse.judge import JudgeItem, PathJudge, open_journal
-from mathse.records import read_problems
-from mathse.steps import split_steps
-from mathse.storage import is_done
-from mathse.verdict import ORM_SYSTEM_PROMPT, build_orm_prompt, format_orm_response, parse_verdict
+from mathse.judging.judge import JudgeItem, PathJudge, open_journal
+from mathse.judging.steps import split_steps
+from mathse.judging.verdict import ORM_SYSTEM_PROMPT, build_orm_prompt, format_orm_response, parse_verdict
+from mathse.run.config_loading import load_config
+from mathse.run.records import read_problems
+from mathse.run.storage import is_done
 
 BAD_PATH = (
     "Step 1: Look at the figure.\nStep 2: Guess a number instead of working it out.\nThe final answer is \\boxed{0}"
@@ -71,7 +71,7 @@ def test_train_orm_then_judge_with_it_locally(run_config, demo_data, tmp_path: P
     assert f"ORM checkpoint: {model_dir}" in printed
     assert is_done(model_dir) and (model_dir / "model.safetensors").is_file()
 
-    # The dataset is exactly the ORM contract of mathse.verdict.
+    # The dataset is exactly the ORM contract of mathse.judging.verdict.
     dataset = json.loads((tmp_path / "output" / "data" / "mathse_orm.json").read_text())
     assert len(dataset) == n
     system, user, assistant = dataset[1]["messages"]

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from mathse.cli import main
-from mathse.records import JudgedPathRow, SftRow, read_problems
+from mathse.judging.verdict import Verdict, format_orm_response
+from mathse.run.records import JudgedPathRow, SftRow, read_problems
+from mathse.run.storage import atomic_write_jsonl, iter_jsonl
 from mathse.stages.reflect import split_reply
-from mathse.storage import atomic_write_jsonl, iter_jsonl
 from mathse.testing.openai_server import FakeHTTPError, FakeOpenAIServer, last_user_text
-from mathse.verdict import Verdict, format_orm_response
 from tests.conftest import PROJECT_ROOT
 
 
@@ -118,7 +118,7 @@ def test_reflection_rows_prompt_revalidation_and_formats(evolved, run_config, fm
         assert "first error is at step 1" in system_free[2]["content"]
         assert "Miscounted the objects" in system_free[2]["content"]
         assert target.startswith("Reflection: The student misread") and target.endswith(rows[0]["output"])
-        from mathse.config_loading import load_config
+        from mathse.run.config_loading import load_config
         from mathse.stages.final import train_job
 
         (out / "sft_model_final").mkdir()  # train_job only needs the Stage-2 checkpoint to exist

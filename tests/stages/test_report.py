@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from mathse.config import MathSEConfig
-from mathse.messages import ChatResult
-from mathse.records import PathRow, ReflectionRow, SftRow, VerdictRow
+from mathse.run.config import MathSEConfig
+from mathse.api.messages import ChatResult
+from mathse.run.records import PathRow, ReflectionRow, SftRow, VerdictRow
 from mathse.reporting.collect import SCHEMA_VERSION, TRANSITIONS, transition_counts, usage_role
 from mathse.stages import report
-from mathse.storage import MARKER_NAME, atomic_write_json, atomic_write_jsonl, read_json
-from mathse.usage import UsageLedger
+from mathse.run.storage import MARKER_NAME, atomic_write_json, atomic_write_jsonl, read_json
+from mathse.run.usage import UsageLedger
 
 TEACHER, ORM = "gpt-4o", "mathse-orm"
 N_PATHS = 2

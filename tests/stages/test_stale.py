@@ -1,6 +1,6 @@
 """Stale results are never reused silently: real stages on the tiny model, inputs changed between runs.
 
-A finished unit's marker records what it consumed (mathse.fingerprint). Replacing the pool file
+A finished unit's marker records what it consumed (mathse.run.fingerprint). Replacing the pool file
 after a round, raising evolve.rounds after reflect ran on round 1, and the reflection data that
 then changes under a trained final model are each named in one line, stop the run (exit 2) with
 nothing lost, and are redone with --redo. A plain rerun, or a touched file, is not stale.
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from mathse.cli import main
-from mathse.storage import is_done, iter_jsonl, read_marker
+from mathse.run.storage import is_done, iter_jsonl, read_marker
 from mathse.testing.openai_server import FakeOpenAIServer
 from tests.conftest import write_run_config
 
@@ -186,9 +186,9 @@ def test_changed_orm_train_file_after_training_stops_until_redo(run_config, demo
 
 def test_changed_orm_data_block_after_the_data_was_built_is_caught(run_config, demo_data, tmp_path, capsys) -> None:
     """The labelled paths record what they were made of; the record is the stage's own (data_inputs)."""
-    from mathse.config_loading import load_config
+    from mathse.run.config_loading import load_config
+    from mathse.run.storage import atomic_write_jsonl, mark_done
     from mathse.stages import orm
-    from mathse.storage import atomic_write_jsonl, mark_done
     from tests.stages.test_orm import labelled_paths
 
     data = {"seed_file": str(demo_data[0]), "pool_file": str(demo_data[1]), "image_root": str(demo_data[0].parent)}

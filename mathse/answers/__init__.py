@@ -1,0 +1,1 @@
+"""Answers and benchmarks: extracting and scoring final answers, eval sets and their results."""

@@ -1,0 +1,567 @@
+"""One client layer for OpenAI-compatible chat completions (teacher, served ORM, LLM judge).
+
+Every call goes through `ChatClient.complete_many`: bounded concurrency, retries with exponential
+backoff and full jitter (429, 5xx, timeouts, dropped connections, malformed bodies; Retry-After
+honoured), an on-disk answer cache so a rerun never pays twice, and a usage ledger (tokens, USD).
+A request never raises and is never lost: it comes back answered or failed with a reason.
+With ``mode: batch`` the cache misses go through OpenAI's Batch API instead (`mathse.api.batch_api`).
+
+The cache is one small JSON file per answered request, ``cache_dir/ab/cd/<sha256>.json``, written
+to a temp file and renamed into place: safe when killed at any instant, and safe with several
+processes or nodes on one shared filesystem (no locks, no database; the worst case is two writers
+storing the same answer). The key is a sha256 of the canonical JSON of everything that decides the
+answer (model, messages with their images' sha256, sampling parameters) and nothing that does not
+(base_url, api_key), so a result cached against one server is reused against a mirror of it.
+
+    client = ChatClient(cfg.teacher, cache_dir=out / "api_cache", ledger=ledger, stage="distill")
+    requests = (ChatRequest(key=p.id, messages=[system_message(sys_prompt), client.user_message(p.question, p.images)])
+                for p in problems)  # a generator: taken as the in-flight window has room
+    for result in client.complete_many_sync(requests, on_result=journal_it, progress="teacher"):
+        ...  # result.text, or result.error (the reason) when it failed
+
+Memory does not grow with the batch: requests are built as they are taken, their images (an
+`ImageRef` each) encoded only when sent, and with `collect=False` no result is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import importlib
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import openai
+from tqdm import tqdm
+
+from mathse.api.messages import ChatRequest, ChatResult, ImageRef, user_message, wire_messages
+from mathse.api.replies import (
+    RETRYABLE_4XX,
+    ReplyFailure,
+    error_message,
+    parse_completion,
+    parse_retry_after,
+)
+from mathse.run.errors import FatalEndpointError
+from mathse.run.usage import UsageLedger
+
+if TYPE_CHECKING:
+    from mathse.run.config import ApiConfig
+
+__all__ = ["CACHE_VERSION", "ChatClient", "FatalEndpointError", "cache_key"]
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when the cached entry format or key recipe changes
+LEDGER_SAVE_EVERY_S = 30.0  # a killed run loses at most this much bookkeeping (answers are cached)
+RETRY_AFTER_CAP_S = 600.0  # never let one odd header park a worker for hours
+# Statuses that say the endpoint, model or key is wrong: no request of the batch can succeed.
+CONFIG_STATUSES = {401, 403, 404}
+# This many requests in a row failing with one such status (or with a 400 before any success)
+# stop the batch: paying for, or dropping, the rest would only lose data to a config mistake.
+FATAL_STREAK = 3
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _url_digest(url: str | ImageRef) -> str:
+    # An ImageRef's digest is that of the data URL it becomes, so both key the same.
+    return url.sha256 if isinstance(url, ImageRef) else hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+
+def _key_messages(messages: list[dict[str, Any]]) -> list[Any]:
+    """The messages with each inline image (data URL) replaced by its sha256.
+
+    Same identity as hashing the image bytes, without serializing megabytes of base64 into the
+    canonical JSON for every request.
+    """
+    out: list[Any] = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                image_url = part.get("image_url") if isinstance(part, dict) else None
+                url = image_url.get("url") if isinstance(image_url, dict) else None
+                if isinstance(url, ImageRef) or (isinstance(url, str) and url.startswith("data:")):
+                    part = {**part, "image_url": {**image_url, "url": "sha256:" + _url_digest(url)}}
+                parts.append(part)
+            message = {**message, "content": parts}
+        out.append(message)
+    return out
+
+
+def cache_key(body: dict[str, Any], salt: str | None = None) -> str:
+    """sha256 of the canonical JSON of a request body (plus salt): the answer cache key."""
+    view = {**body, "messages": _key_messages(body.get("messages") or [])}
+    digest = hashlib.sha256(_canonical({"v": CACHE_VERSION, "body": view, "salt": salt}))
+    return digest.hexdigest()
+
+
+class _FatalWatch:
+    """Tells a per-request failure (one refused prompt) from an endpoint that refuses everything."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
+        self.answered = 0  # HTTP successes in this batch
+        self.seen = 0  # requests sent in this batch that came back
+        self.streak = 0
+        self.status: int | None = None
+        self.message = ""
+
+    def observe(self, result: ChatResult) -> None:
+        """Account one sent request; raise FatalEndpointError once the pattern is unmistakable."""
+        self.seen += 1
+        if result.ok:
+            self.answered += 1
+            self.streak = 0
+            return
+        status = result.status
+        # A 400 is a per-request refusal unless every request gets it: only before any success.
+        if status in CONFIG_STATUSES or (status == 400 and self.answered == 0):
+            self.streak = self.streak + 1 if status == self.status else 1
+            self.status, self.message = status, result.error or ""
+            if self.streak >= FATAL_STREAK:
+                self.fail()
+        else:
+            self.streak = 0
+
+    def finish(self) -> None:
+        """A batch smaller than the streak whose every request got a config status is fatal too."""
+        if self.status in CONFIG_STATUSES and 0 < self.streak == self.seen:
+            self.fail()
+
+    def fail(self) -> None:
+        cfg = self.client.cfg
+        assert self.status is not None
+        message = self.message.removeprefix(f"HTTP {self.status}: ")
+        raise FatalEndpointError(self.client.stage, cfg.base_url, cfg.model, self.status, message, self.streak)
+
+
+class CallBook:
+    """The bookkeeping of one `complete_many` call: order, duplicate keys, delivery, ledger."""
+
+    def __init__(
+        self, client: ChatClient, on_result: Callable[[ChatResult], None] | None, bar: Any, collect: bool
+    ) -> None:
+        self.client = client
+        self.on_result = on_result
+        self.bar = bar
+        self.collect = collect
+        self.results: list[ChatResult | None] = []
+        self.seen: set[str] = set()  # keys: a few dozen bytes a request, no messages or images
+        self.count = 0
+        # digest -> index of its answer, for identical requests after it: only when collecting
+        # without an answer cache (with one, the cache serves them and nothing is held here).
+        self.by_digest: dict[str, int] = {}
+        self.track_digests = collect and client.cache_dir is None
+        self.last_save = time.monotonic()
+
+    def take(self, key: str) -> int:
+        """The index of the next request; a key seen before in this batch is a caller bug."""
+        if key in self.seen:
+            raise ValueError(f"duplicate request key in one batch: {key!r}")
+        self.seen.add(key)
+        if self.collect:
+            self.results.append(None)
+        self.count += 1
+        return self.count - 1
+
+    def answered(self, digest: str) -> ChatResult | None:
+        """An earlier answer in this batch to an identical request (see `by_digest`)."""
+        index = self.by_digest.get(digest)
+        result = self.results[index] if index is not None else None
+        return result if result is not None and result.ok else None
+
+    def deliver(self, index: int, result: ChatResult, digest: str | None = None) -> None:
+        client = self.client
+        if self.collect:
+            self.results[index] = result
+            if digest is not None and result.ok and self.track_digests:
+                self.by_digest.setdefault(digest, index)
+        if client.ledger is not None:
+            client.ledger.record(client.stage, client.cfg.model, result)
+            if time.monotonic() - self.last_save > LEDGER_SAVE_EVERY_S:
+                client.ledger.save()
+                self.last_save = time.monotonic()
+        if self.on_result is not None:
+            self.on_result(result)
+        self.bar.update(1)
+
+
+# -- the client ------------------------------------------------------------------------------
+
+
+def _httpx_module() -> Any:
+    """The httpx flavour the installed openai SDK is built on (httpx for 1.x, httpx2 later)."""
+    for klass in openai.DefaultAsyncHttpxClient.__mro__:
+        root = klass.__module__.split(".")[0]
+        if root.startswith("httpx"):
+            return importlib.import_module(root)
+    return importlib.import_module("httpx")
+
+
+class ChatClient:
+    """Batches of chat completions against one OpenAI-compatible endpoint, cached and accounted."""
+
+    def __init__(
+        self,
+        cfg: ApiConfig,
+        cache_dir: Path | None,
+        ledger: UsageLedger | None = None,
+        stage: str = "default",
+        transport: Any = None,
+    ) -> None:
+        """`cache_dir` None: no answer cache (the caller's journal is the record, e.g. student paths).
+        `transport`: an httpx transport, e.g. serving.ReplicaRouter spreading requests over replicas."""
+        self.cfg = cfg
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.transport = transport
+        self.ledger = ledger
+        self.stage = stage
+        self._made_dirs: set[str] = set()
+        self._pause_until = 0.0  # loop time before which no request is sent (a 429's Retry-After)
+        self._response_cls = _httpx_module().Response
+
+    # -- messages and bodies --
+
+    def user_message(self, text: str, images: Sequence[str | Path] = ()) -> dict[str, Any]:
+        """`user_message` with this endpoint's image detail setting."""
+        return user_message(text, images, detail=self.cfg.image_detail)
+
+    def body(self, request: ChatRequest) -> dict[str, Any]:
+        """The chat-completions request body (what is sent, and what the cache key covers)."""
+        cfg = self.cfg
+        body: dict[str, Any] = {
+            "model": cfg.model,
+            "messages": request.messages,
+            "temperature": cfg.temperature if request.temperature is None else request.temperature,
+            "max_tokens": cfg.max_tokens if request.max_tokens is None else request.max_tokens,
+        }
+        if cfg.top_p is not None:
+            body["top_p"] = cfg.top_p
+        if request.n is not None and request.n != 1:
+            body["n"] = request.n
+        if request.extra:
+            body.update(request.extra)
+        return body
+
+    @staticmethod
+    def wire_body(body: dict[str, Any]) -> dict[str, Any]:
+        """`body` as it goes on the wire: images encoded as data URLs (done per send, not per build)."""
+        return {**body, "messages": wire_messages(body["messages"])}
+
+    # -- cache --
+
+    def _cache_path(self, digest: str) -> Path:
+        return self.cache_dir / digest[:2] / digest[2:4] / f"{digest}.json"
+
+    def _cache_get(self, digest: str) -> dict[str, Any] | None:
+        if self.cache_dir is None:
+            return None
+        try:
+            with open(self._cache_path(digest), "rb") as handle:
+                entry = json.loads(handle.read())
+            if entry.get("v") == CACHE_VERSION and entry["texts"]:
+                return entry
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # a damaged entry is a miss; the fresh answer overwrites it
+        return None
+
+    def _cache_put(self, digest: str, result: ChatResult) -> None:
+        if self.cache_dir is None:
+            return
+        path = self._cache_path(digest)
+        folder = str(path.parent)
+        entry = {
+            "v": CACHE_VERSION,
+            "model": self.cfg.model,
+            "texts": result.texts,
+            "finish_reason": result.finish_reason,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "created": time.time(),
+        }
+        if result.logprobs is not None:
+            entry["logprobs"] = result.logprobs
+        # Unique temp name per process and write, so writers on several nodes never collide.
+        tmp = f"{folder}/.{digest}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            if folder not in self._made_dirs:
+                os.makedirs(folder, exist_ok=True)
+                self._made_dirs.add(folder)
+            with open(tmp, "wb") as handle:
+                handle.write(_canonical(entry))
+            # No fsync: a kill cannot tear the renamed file, and an entry damaged by a power cut
+            # reads as a miss and is simply asked again; fsync per answer is slow on NFS.
+            os.replace(tmp, path)
+        except OSError as err:
+            log.warning("could not write cache entry %s: %s", path, err)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def _from_cache(self, key: str, entry: dict[str, Any]) -> ChatResult:
+        texts = list(entry["texts"])
+        return ChatResult(
+            key=key,
+            text=texts[0],
+            prompt_tokens=int(entry.get("prompt_tokens") or 0),
+            completion_tokens=int(entry.get("completion_tokens") or 0),
+            cached=True,
+            texts=texts,
+            finish_reason=entry.get("finish_reason"),
+            logprobs=entry.get("logprobs"),
+        )
+
+    # -- HTTP --
+
+    def _make_openai(self) -> openai.AsyncOpenAI:
+        httpx_mod = _httpx_module()
+        concurrency = max(1, self.cfg.concurrency)
+        http_client = openai.DefaultAsyncHttpxClient(
+            # One kept-alive connection per slot: fewer would reconnect all the time; more would
+            # sit idle and cost the pool a liveness probe each on every request.
+            limits=httpx_mod.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            timeout=httpx_mod.Timeout(self.cfg.timeout_s),
+            transport=self.transport,
+        )
+        api_key = self.cfg.api_key.get_secret_value() if self.cfg.api_key is not None else ""
+        return openai.AsyncOpenAI(
+            base_url=self.cfg.base_url,
+            api_key=api_key or "EMPTY",  # local servers accept anything, the SDK insists on one
+            max_retries=0,  # we retry ourselves: one policy, and every attempt is counted
+            timeout=self.cfg.timeout_s,
+            http_client=http_client,
+        )
+
+    async def _attempt(
+        self, client: openai.AsyncOpenAI, body: dict[str, Any]
+    ) -> tuple[list[str], str | None, int, int, list[dict[str, Any]] | None]:
+        try:
+            # The raw POST skips the SDK's request transform and response models (a third of its
+            # per-call CPU); the body is already plain JSON and we parse the answer ourselves.
+            response = await client.post(
+                "/chat/completions",
+                body=self.wire_body(body),
+                cast_to=self._response_cls,
+                options={"timeout": self.cfg.timeout_s},
+            )
+            content = response.content
+        except openai.APITimeoutError as err:
+            raise ReplyFailure("timeout", retry=True) from err
+        except openai.APIConnectionError as err:
+            cause = err.__cause__
+            detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
+            raise ReplyFailure(f"connection error ({detail[:200]})", retry=True) from err
+        except openai.APIStatusError as err:
+            status = err.status_code
+            if status in RETRYABLE_4XX or status >= 500:
+                retry_after = parse_retry_after(err.response.headers) if status in (429, 503) else None
+                raise ReplyFailure(f"HTTP {status}", retry=True, retry_after=retry_after, status=status) from err
+            raise ReplyFailure(f"HTTP {status}: {error_message(err)}", retry=False, status=status) from err
+        return parse_completion(content)
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2^(attempt-1))]."""
+        cap = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * (2 ** (attempt - 1)))
+        return random.uniform(0.0, cap)
+
+    async def _one(
+        self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, request: ChatRequest, body: dict[str, Any]
+    ) -> ChatResult:
+        loop = asyncio.get_running_loop()
+        start = 0.0  # set when first sent: time queued behind the semaphore is not latency
+        attempts = 0
+        max_attempts = self.cfg.max_retries + 1
+        while True:
+            async with sem:
+                if attempts == 0:
+                    start = loop.time()
+                # A 429 with Retry-After pauses every request of this client, not just its own.
+                while (wait := self._pause_until - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                attempts += 1
+                try:
+                    texts, finish, p_tok, c_tok, logprobs = await self._attempt(client, body)
+                    return ChatResult(
+                        key=request.key,
+                        text=texts[0],
+                        prompt_tokens=p_tok,
+                        completion_tokens=c_tok,
+                        attempts=attempts,
+                        latency_s=loop.time() - start,
+                        texts=texts,
+                        finish_reason=finish,
+                        logprobs=logprobs,
+                    )
+                except ReplyFailure as err:
+                    failure = err
+                except Exception as err:  # never raise out of a batch: report it on the request
+                    failure = ReplyFailure(f"unexpected error: {type(err).__name__}: {str(err)[:200]}", retry=False)
+            if not failure.retry or attempts >= max_attempts:
+                reason = failure.reason
+                if failure.retry:
+                    reason = f"{reason} after {attempts - 1} retries"
+                return ChatResult(
+                    key=request.key,
+                    error=reason,
+                    attempts=attempts,
+                    latency_s=loop.time() - start,
+                    retryable=failure.retry,
+                    status=failure.status,
+                )
+            delay = self._backoff(attempts)
+            if failure.retry_after is not None:
+                retry_after = min(failure.retry_after, RETRY_AFTER_CAP_S)
+                delay = max(delay, retry_after)
+                if failure.reason == "HTTP 429":
+                    self._pause_until = max(self._pause_until, loop.time() + retry_after)
+            log.debug("%s: %s, retry %d in %.2fs", request.key, failure.reason, attempts, delay)
+            await asyncio.sleep(delay)  # outside the semaphore: a waiting request holds no slot
+
+    # -- batches --
+
+    async def complete_many(
+        self,
+        requests: Iterable[ChatRequest],
+        on_result: Callable[[ChatResult], None] | None = None,
+        progress: str | None = None,
+        collect: bool = True,
+        total: int | None = None,
+    ) -> list[ChatResult]:
+        """Run a batch; results in request order. `on_result` sees each result as it arrives.
+
+        `requests` is consumed lazily: a request is taken from it only when the in-flight window
+        has room (cache hits do not count), so a generator of 100K requests is never all in memory,
+        and its images are encoded only when it is sent. `collect=False` keeps no results (the
+        caller's `on_result` journals them) and returns []; memory then stays flat however long
+        the batch. `total`: the batch size for the progress bar when `requests` has no len().
+        """
+        if total is None and isinstance(requests, Sized):
+            total = len(requests)
+        bar = tqdm(total=total, desc=progress, unit="call", disable=True if progress is None else None)
+        batch = CallBook(self, on_result, bar, collect)
+        try:
+            if self.cfg.mode == "batch":
+                from mathse.api.batch_api import complete_in_batches  # it builds on this module
+
+                await complete_in_batches(self, iter(requests), batch)
+            else:
+                await self._run_batch(iter(requests), batch)
+        finally:
+            bar.close()
+            if self.ledger is not None:
+                self.ledger.save()
+        if not collect:
+            return []
+        missing = [i for i, r in enumerate(batch.results) if r is None]
+        if missing:  # cannot happen unless there is a bug below; never return a short list
+            raise RuntimeError(f"internal error: no result for requests {missing[:5]}")
+        return batch.results  # type: ignore[return-value]
+
+    async def _run_batch(self, requests: Iterator[ChatRequest], batch: CallBook) -> None:
+        concurrency = max(1, self.cfg.concurrency)
+        sem = asyncio.Semaphore(concurrency)
+        done: asyncio.Queue[tuple[int, ChatResult]] = asyncio.Queue()
+        # The window of requests taken but not answered yet: it bounds the requests (and so the
+        # encoded images) alive at once. Wider than the semaphore so that requests sleeping in
+        # backoff do not leave connections idle.
+        window = concurrency * 4 + 16
+        tasks: set[asyncio.Task[None]] = set()
+        client: openai.AsyncOpenAI | None = None
+        watch = _FatalWatch(self)
+        # Identical requests in one batch are asked once: a request whose twin is in flight waits
+        # for its answer and gets it as a cache hit, exactly what a rerun would give it.
+        leads: dict[str, int] = {}  # digest -> index of the request in flight with it
+        followers: dict[int, list[tuple[int, str]]] = {}  # lead index -> (index, key) of its twins
+        keys: dict[int, str] = {}  # index -> key, while in flight
+        digests: dict[int, str] = {}
+        in_flight = 0
+        exhausted = False
+
+        async def run(index: int, request: ChatRequest, body: dict[str, Any]) -> None:
+            done.put_nowait((index, await self._one(client, sem, request, body)))
+
+        try:
+            while True:
+                while not exhausted and in_flight < window:
+                    request = next(requests, None)
+                    if request is None:
+                        exhausted = True
+                        break
+                    index = batch.take(request.key)
+                    body = self.body(request)
+                    digest = cache_key(body, request.cache_salt)
+                    lead = leads.get(digest)
+                    if lead is not None:
+                        followers.setdefault(lead, []).append((index, request.key))
+                        continue
+                    earlier = batch.answered(digest)
+                    entry = self._cache_get(digest) if earlier is None else None
+                    if earlier is not None:
+                        batch.deliver(index, replace(earlier, key=request.key, cached=True, attempts=0, latency_s=0.0))
+                    elif entry is not None:
+                        batch.deliver(index, self._from_cache(request.key, entry), digest)
+                    else:
+                        if client is None:
+                            client = self._make_openai()
+                        leads[digest], keys[index], digests[index] = index, request.key, digest
+                        task = asyncio.create_task(run(index, request, body))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                        in_flight += 1
+                if in_flight == 0:
+                    break
+                index, result = await done.get()
+                in_flight -= 1
+                digest = digests.pop(index)
+                del leads[digest], keys[index]
+                if result.ok:
+                    self._cache_put(digest, result)
+                batch.deliver(index, result, digest)
+                for j, key in followers.pop(index, ()):
+                    if result.ok:
+                        batch.deliver(j, replace(result, key=key, cached=True, attempts=0, latency_s=0.0))
+                    else:
+                        batch.deliver(j, replace(result, key=key, attempts=0))
+                watch.observe(result)  # raises to stop the batch; the finally cancels the rest
+            watch.finish()
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if client is not None:
+                await client.close()
+
+    def complete_many_sync(
+        self,
+        requests: Iterable[ChatRequest],
+        on_result: Callable[[ChatResult], None] | None = None,
+        progress: str | None = None,
+        collect: bool = True,
+        total: int | None = None,
+    ) -> list[ChatResult]:
+        """`complete_many` from synchronous code (any thread; also inside a running loop)."""
+        batch = self.complete_many(requests, on_result, progress, collect=collect, total=total)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(batch)
+        # This thread already runs a loop (a notebook, an async caller): use a helper thread.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, batch).result()

@@ -1,0 +1,125 @@
+"""Where the judging stages reach the ORM: `orm_endpoint(cfg, server_dir)`, one context manager.
+
+* ``orm.backend: api`` (or ``trained`` with ``orm.api`` set): the user's server, as configured.
+* ``orm.backend: trained`` without ``orm.api``: the pipeline serves the ORM that ``--stage orm``
+  trained (``paths.orm_model``) itself, with the same mechanism as the served student
+  (`mathse.model.servers.serve_model`: ``serve.engine`` vLLM / LLaMA-Factory / SGLang / a command,
+  ``serve.replicas`` replicas, on Ray when ``ray`` is set). It waits until every replica answers,
+  yields the endpoint, and stops the servers when the block ends however it ends (success,
+  exception, Ctrl-C, SIGTERM). Logs go to ``server_dir``. It serves with the template and image
+  size of the ORM's training run (``model.template``, ``training_image_max_pixels``) and decodes
+  greedily.
+* ``rule`` / ``local`` backends, or a policy that never asks the ORM: yields None.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mathse.model.inference import chat_model_args, training_image_max_pixels
+from mathse.model.servers import ServedModel, serve_model
+from mathse.run import layout
+from mathse.run.config import ApiConfig, MathSEConfig
+from mathse.run.errors import StageError
+from mathse.run.storage import is_done
+
+__all__ = [
+    "SERVED_MODEL_NAME",
+    "OrmEndpoint",
+    "describe_orm_serving",
+    "orm_endpoint",
+    "orm_serve_spec",
+    "rule_only_notice",
+]
+
+SERVED_MODEL_NAME = "mathse-orm"
+
+
+@dataclasses.dataclass(frozen=True)
+class OrmEndpoint:
+    """How the judge reaches the ORM."""
+
+    api: ApiConfig
+    transport: Any | None = None  # spreads requests over the replicas of a pipeline-served ORM
+    # A user's server is cached like any paid API. A pipeline-served ORM is not: a retrained ORM
+    # has the same name and path, and the verdict journal is the record anyway.
+    cache: bool = True
+
+
+def rule_only_notice(cfg: MathSEConfig, stage: str) -> str | None:
+    """The one line a judging stage prints when no ORM is used, else None."""
+    if cfg.orm.backend == "rule" or cfg.orm.policy == "rule":
+        return (
+            f"{stage}: no ORM is used (orm.backend {cfg.orm.backend}, orm.policy {cfg.orm.policy}): paths are "
+            "judged by their final answer against the reference (rejection sampling)"
+        )
+    return None
+
+
+def orm_serve_spec(cfg: MathSEConfig) -> ServedModel:
+    """The trained ORM as a ServedModel: its training's template and image size, greedy decoding."""
+    model_path, adapter = layout.model_ref(cfg.model_path("orm_model"))
+    pixels = training_image_max_pixels(cfg, "orm")
+    args = chat_model_args(
+        model_path,
+        adapter,
+        cfg.model.template,
+        cfg.inference,
+        image_max_pixels=pixels,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    # A judge decodes greedily; sampling settings of the student do not apply.
+    args.update({"do_sample": False, "max_new_tokens": cfg.orm.max_new_tokens})
+    args.pop("temperature", None)
+    args.pop("top_p", None)
+    return ServedModel(
+        name=SERVED_MODEL_NAME,
+        model=model_path,
+        adapter=adapter,
+        template=cfg.model.template,
+        llamafactory_args=args,
+        image_max_pixels=pixels,
+        max_model_len=cfg.inference.vllm_maxlen,
+        gpu_memory_utilization=cfg.inference.vllm_gpu_util,
+        seed=cfg.run.seed,
+        trust_remote_code=cfg.model.trust_remote_code,
+        concurrency=cfg.inference.concurrency,
+    )
+
+
+def describe_orm_serving(cfg: MathSEConfig, server_dir: Path) -> str:
+    """One line for --dry-run: what serves the trained ORM, where its logs go."""
+    spec = orm_serve_spec(cfg)
+    where = f"Ray ({cfg.ray.address or 'local'})" if cfg.ray is not None else "this node"
+    return (
+        f"{cfg.serve.replicas} {cfg.serve.engine} server(s) of {spec.adapter or spec.model} as {spec.name!r} "
+        f"on {where}, greedy, max_new_tokens {cfg.orm.max_new_tokens}, image_max_pixels {spec.image_max_pixels}; "
+        f"logs in {server_dir}"
+    )
+
+
+@contextlib.contextmanager
+def orm_endpoint(cfg: MathSEConfig, server_dir: Path, *, measuring: bool = False) -> Iterator[OrmEndpoint | None]:
+    """The ORM's endpoint for the block (see the module docstring); None when no ORM is asked.
+
+    `measuring`: the ORM stage's metrics need the trained ORM whatever orm.policy says.
+    """
+    orm = cfg.orm
+    if orm.backend in ("rule", "local") or (orm.policy == "rule" and not measuring):
+        yield None
+        return
+    if orm.api is not None:
+        yield OrmEndpoint(orm.api)
+        return
+    model_dir = cfg.model_path("orm_model")
+    if not is_done(model_dir):
+        raise StageError(f"the ORM is not trained yet ({model_dir}): run --stage orm first")
+    serve = cfg.serve.model_copy(update={"startup_timeout_s": orm.serve_timeout_s})
+    with serve_model(serve, orm_serve_spec(cfg), server_dir, cfg.ray) as servers:
+        concurrency = cfg.inference.concurrency * len(servers.base_urls)
+        api = servers.api_config(concurrency, max_tokens=orm.max_new_tokens, temperature=0.0)
+        yield OrmEndpoint(api, transport=servers.transport(cfg.inference.concurrency), cache=False)

@@ -1,0 +1,1 @@
+"""Models: training through LLaMA-Factory, in-process inference, servers and generation through them, inputs."""

@@ -1,0 +1,190 @@
+"""Does a training example fit `cutoff_len` with its image tokens intact? Counted as training counts.
+
+LLaMA-Factory truncates an over-long example to `cutoff_len`, prompt side first once the response
+is long; when the cut reaches the image tokens, training dies hours in with "Image features and
+image tokens do not match". So every example is counted before its dataset is written, with
+LLaMA-Factory's own pieces: the training's tokenizer and processor (loaded as training loads them,
+at the training's `image_max_pixels`), its template's multimodal plugin (which expands each
+`<image>` into the processor's image tokens), its chat template and its truncation rule.
+
+The only thing not done by LLaMA-Factory itself is decoding the images: for the Qwen2-VL family
+the number of image tokens follows from the image size alone (LLaMA-Factory's resize to
+`image_max_pixels`, then the processor's `smart_resize`: tokens = (h/14/2) * (w/14/2)), read from
+the file header and cached by path. tests/model/test_token_budget.py checks it against the full image
+processing. Other model families go through the full processing.
+
+    budget = TokenBudget.for_training(cfg, "m0")
+    needed = budget.needed(example)  # None when it fits, else the cutoff_len it would need
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mathse.model.training import SftExample
+    from mathse.run.config import MathSEConfig
+
+__all__ = ["TokenBudget"]
+
+# LLaMA-Factory's defaults when neither the recipe nor the config sets them (DataArguments and
+# ProcessorArguments of llamafactory 0.9.x).
+DEFAULT_CUTOFF_LEN = 2048
+DEFAULT_IMAGE_MAX_PIXELS = 768 * 768
+DEFAULT_IMAGE_MIN_PIXELS = 32 * 32
+
+
+@dataclass
+class TokenBudget:
+    """Counts an example's tokens the way `llamafactory-cli train` will for one training."""
+
+    model_path: str
+    template: str
+    cutoff_len: int
+    image_max_pixels: int
+    image_min_pixels: int
+    trust_remote_code: bool = True
+    where: str = "llama_factory.cutoff_len"  # the config key to name in messages
+    policy: str = "drop"  # llama_factory.too_long: "drop" (leave out, list) or "stop"
+
+    @classmethod
+    def for_training(cls, cfg: MathSEConfig, training: str) -> TokenBudget:
+        """The budget of one training ("m0", "rounds", "orm", "final") with its layered arguments."""
+        from mathse.model.training import training_args
+
+        args = training_args(cfg, training)
+        own = getattr(cfg.trainings, training)
+        where = f"trainings.{training}.cutoff_len" if own.cutoff_len is not None else "llama_factory.cutoff_len"
+        return cls(
+            model_path=cfg.model.base,
+            template=cfg.model.template,
+            cutoff_len=int(args.get("cutoff_len") or DEFAULT_CUTOFF_LEN),
+            image_max_pixels=int(args.get("image_max_pixels") or DEFAULT_IMAGE_MAX_PIXELS),
+            image_min_pixels=int(args.get("image_min_pixels") or DEFAULT_IMAGE_MIN_PIXELS),
+            trust_remote_code=cfg.model.trust_remote_code,
+            where=where,
+            policy=cfg.llama_factory.too_long,
+        )
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def _parts(self) -> tuple[Any, Any, Any, Any]:
+        """(tokenizer, processor, template, plugin): loaded on first use, as training loads them."""
+        from llamafactory.data import get_template_and_fix_tokenizer
+        from llamafactory.hparams import DataArguments, ModelArguments
+        from llamafactory.model import load_tokenizer
+
+        model_args = ModelArguments(
+            model_name_or_path=self.model_path,
+            image_max_pixels=self.image_max_pixels,
+            image_min_pixels=self.image_min_pixels,
+            trust_remote_code=self.trust_remote_code,
+        )
+        module = load_tokenizer(model_args)
+        tokenizer, processor = module["tokenizer"], module["processor"]
+        template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=self.template))
+        plugin = template.mm_plugin
+        if _is_qwen2vl_plugin(plugin) and processor is not None:
+            # The same plugin, told the image grids from the file headers instead of decoding.
+            plugin = copy.copy(plugin)
+            plugin._get_mm_token_metadata = functools.partial(_qwen_grids, plugin)
+        return tokenizer, processor, template, plugin
+
+    # -- counting --------------------------------------------------------------------------------
+
+    def lengths(self, example: SftExample) -> tuple[int, int, int]:
+        """(prompt tokens, response tokens, index after the last image token or 0) before truncation."""
+        tokenizer, processor, template, plugin = self._parts
+        from llamafactory.extras.constants import IMAGE_PLACEHOLDER
+
+        prompt = IMAGE_PLACEHOLDER * len(example.images) + example.prompt
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": example.response}]
+        images = list(example.images)
+        messages = plugin.process_messages(messages, images, [], [], processor)
+        prefix, _ = plugin.process_token_ids([], [], images, [], [], tokenizer, processor)
+        [(source, target)] = template.encode_multiturn(tokenizer, messages, example.system, None)
+        source = [*prefix, *source]
+        image_end = 0
+        if images:
+            image_id = tokenizer.convert_tokens_to_ids(plugin.image_token)
+            image_end = max((i + 1 for i, token in enumerate(source) if token == image_id), default=0)
+        return len(source) + (1 if template.efficient_eos else 0), len(target), image_end
+
+    def needed(self, example: SftExample) -> int | None:
+        """None when the example trains with its image tokens intact, else its untruncated length."""
+        if not example.images:
+            return None  # text alone is truncated harmlessly
+        from llamafactory.data.processor.processor_utils import infer_seqlen
+
+        source, target, image_end = self.lengths(example)
+        kept_source, _ = infer_seqlen(source, target, self.cutoff_len)
+        return None if kept_source >= image_end else source + target
+
+
+def _is_qwen2vl_plugin(plugin: Any) -> bool:
+    # Qwen2-VL, Qwen2.5-VL and their kin: the plugins that size images with smart_resize.
+    return any(klass.__name__ == "Qwen2VLPlugin" for klass in type(plugin).__mro__)
+
+
+def _qwen_grids(plugin: Any, images: list[Any], videos: list[Any], audios: list[Any], processor: Any) -> Any:
+    """Qwen2VLPlugin._get_mm_token_metadata without decoding images: grids from header sizes."""
+    if videos or audios or not all(isinstance(i, str) and os.path.isfile(i) for i in images):
+        return type(plugin)._get_mm_token_metadata(plugin, images, videos, audios, processor)
+    import torch
+
+    image_processor = processor.image_processor
+    size = image_processor.size
+    get = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
+    min_pixels = get("shortest_edge") or getattr(image_processor, "min_pixels", None)
+    max_pixels = get("longest_edge") or getattr(image_processor, "max_pixels", None)
+    grids = [
+        _qwen_grid(
+            path,
+            os.stat(path).st_mtime_ns,
+            getattr(processor, "image_max_pixels", DEFAULT_IMAGE_MAX_PIXELS),
+            getattr(processor, "image_min_pixels", DEFAULT_IMAGE_MIN_PIXELS),
+            image_processor.patch_size,
+            image_processor.merge_size,
+            min_pixels,
+            max_pixels,
+        )
+        for path in images
+    ]
+    return {"image_grid_thw": torch.tensor(grids, dtype=torch.long)}
+
+
+@functools.lru_cache(maxsize=65536)  # a few hundred bytes an entry; images recur over rounds and samples
+def _qwen_grid(
+    path: str, mtime_ns: int, max_px: int, min_px: int, patch: int, merge: int, min_pixels: int, max_pixels: int
+) -> tuple[int, int, int]:
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    with Image.open(path) as image:  # reads the header only
+        width, height = image.size
+    width, height = _regularized_size(width, height, max_px, min_px)
+    h, w = smart_resize(height, width, factor=patch * merge, min_pixels=min_pixels, max_pixels=max_pixels)
+    return 1, h // patch, w // patch
+
+
+def _regularized_size(width: int, height: int, max_px: int, min_px: int) -> tuple[int, int]:
+    """The size LLaMA-Factory's Qwen2VLPlugin._preprocess_image gives an image (0.9.5)."""
+    if width * height > max_px:
+        factor = math.sqrt(max_px / (width * height))
+        width, height = int(width * factor), int(height * factor)
+    if width * height < min_px:
+        factor = math.sqrt(min_px / (width * height))
+        width, height = int(width * factor), int(height * factor)
+    if min(width, height) < 28:
+        width, height = max(width, 28), max(height, 28)
+    if width / height > 200:
+        width, height = height * 180, height
+    if height / width > 200:
+        width, height = width, width * 180
+    return width, height
