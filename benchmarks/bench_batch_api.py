@@ -49,7 +49,7 @@ def child(base_url: str, n: int, work: Path) -> None:
         image.write_bytes(os.urandom(IMAGE_BYTES))
         requests.append(ChatRequest(key=f"p{i}", messages=[user_message(f"problem {i}", [image])]))
     # Encode now, as the stages do (user_message keeps a small LRU only): the baseline holds them all.
-    from mathse.api.client import cache_key
+    from mathse.api.answer_cache import cache_key
 
     client = ChatClient(ApiConfig(base_url=base_url, model="gpt-4o", mode="batch",
                                   batch={"poll_interval_s": 0.2, "max_bytes_per_file": FILE_CAP}), work / f"cache{n}")

@@ -37,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mathse.demo.assets import build_tiny_qwen2vl, make_synthetic_problems
 from mathse.model.generation import ServedGenerator
-from mathse.model.inference import Generator, GenItem, chat_model_args, make_items
+from mathse.model.generation_items import GenItem, make_items
+from mathse.model.inference import Generator, chat_model_args
+from mathse.model.inputs import ModelInputs
 from mathse.model.servers import ServedModel, Servers, serve_model
 from mathse.run.config import InferenceConfig, ServeConfig
 from mathse.run.records import read_problems
@@ -87,9 +89,9 @@ def main() -> None:
     threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     serve = ServeConfig(engine=args.engine, python=args.python, replicas=2, gpus_per_replica=args.gpus_per_replica,
                         startup_timeout_s=args.startup_timeout, env=threads if args.gpus_per_replica == 0 else {})
-    spec = ServedModel(name="bench", model=str(model), template=args.template, gpu_memory_utilization=args.gpu_util,
-                       concurrency=args.concurrency,
-                       llamafactory_args=chat_model_args(str(model), None, args.template, inf))
+    inputs = ModelInputs(args.template)
+    spec = ServedModel(name="bench", model=str(model), inputs=inputs, gpu_memory_utilization=args.gpu_util,
+                       concurrency=args.concurrency, llamafactory_args=chat_model_args(str(model), None, inputs, inf))
     rates: dict[str, list[float]] = {"served-1": [], "served-2": []}
     with tempfile.TemporaryDirectory(prefix="mathse-bench-servers-") as logs:
         start = time.perf_counter()
@@ -105,7 +107,7 @@ def main() -> None:
 
                 torch.set_num_threads(args.threads)
                 local = inf.model_copy(update={"backend": args.inprocess})
-                modes["inprocess"] = Generator(model, None, args.template, local)
+                modes["inprocess"] = Generator(model, None, ModelInputs(args.template), local)
                 rates["inprocess"] = []
                 timed(modes["inprocess"], items[:2])  # load the model outside the timed runs
             for _ in range(args.repeats):

@@ -46,7 +46,8 @@ def child(side: str, n: int, out: Path) -> None:
         with (out / "bare.json").open("w", encoding="utf-8") as handle:
             json.dump(records, handle, ensure_ascii=False)
     else:
-        from mathse.model.training import SftExample, write_sharegpt_dataset
+        from mathse.model.training_data import write_sharegpt_dataset
+        from mathse.run.records import SftExample
 
         examples = (SftExample(prompt=r["prompt"], response=r["response"], images=tuple(r["images"])) for r in records)
         write_sharegpt_dataset(examples, out, "bench")

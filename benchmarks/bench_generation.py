@@ -30,7 +30,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from mathse.demo.assets import build_tiny_qwen2vl, write_demo_dataset
-from mathse.model.inference import Generator, GenItem, GenStats, make_items
+from mathse.model.generation_items import GenItem, GenStats, make_items
+from mathse.model.inference import Generator
+from mathse.model.inputs import ModelInputs
 from mathse.run.config import InferenceConfig
 from mathse.run.records import read_problems
 from mathse.run.storage import Journal, iter_jsonl
@@ -82,7 +84,7 @@ def main() -> None:
     }
     rates: dict[str, list[float]] = {name: [] for name in modes}
     lengths: dict[str, list[float]] = {name: [] for name in modes}
-    with Generator(model, None, args.template, inf, image_max_pixels=image_max_pixels) as gen:
+    with Generator(model, None, ModelInputs(args.template, image_max_pixels), inf) as gen:
         load_start = time.perf_counter()
         run_once(gen, items[: min(len(items), 2 * args.concurrency)], args.concurrency, 1)  # load + warm up
         print(f"load + warm-up: {time.perf_counter() - load_start:.1f} s")

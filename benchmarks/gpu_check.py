@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mathse.demo.assets import make_synthetic_problems
 from mathse.model.generation import ServedGenerator
-from mathse.model.inference import make_items
+from mathse.model.generation_items import make_items
+from mathse.model.inputs import ModelInputs
 from mathse.model.servers import ServedModel
 from mathse.run.config import InferenceConfig, ServeConfig
 from mathse.run.records import read_problems
@@ -55,7 +56,7 @@ def main() -> int:
     serve = ServeConfig(engine="vllm", python=args.vllm_python, replicas=2, gpus_per_replica=1 if two_gpus else 0,
                         startup_timeout_s=420, extra_args=["--enforce-eager", "--limit-mm-per-prompt", '{"image": 1}'])
     spec = ServedModel(name="gpu-check", model=args.model, max_model_len=inf.vllm_maxlen,
-                       gpu_memory_utilization=inf.vllm_gpu_util, seed=0, image_max_pixels=262144)
+                       gpu_memory_utilization=inf.vllm_gpu_util, seed=0, inputs=ModelInputs("qwen2_vl", 262144))
     path = work / "gen.jsonl"
     print(f"gpu_check: {gpus} GPU(s); 2 vLLM replicas ({'one GPU each' if two_gpus else 'sharing GPU 0'}); "
           f"work in {work}", flush=True)

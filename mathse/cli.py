@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.stage != "evolve":
             print("error: --shard and --merge go with --stage evolve", file=sys.stderr)
             return 2
-        from mathse.stages.evolve import Shard
+        from mathse.run.rounds import Shard
 
         try:
             options = {"shard": Shard.parse(args.shard) if args.shard else None, "merge": args.merge}

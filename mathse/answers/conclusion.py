@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import re
 
-from mathse.answers.extraction import match_option_text, unicode_math_to_latex
+from mathse.answers.equivalence import unicode_math_to_latex
+from mathse.answers.extraction import match_option_text
 
 __all__ = ["final_sentence", "read_conclusion", "read_conclusion_choice"]
 

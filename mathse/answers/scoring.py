@@ -27,14 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from mathse.answers.conclusion import read_conclusion, read_conclusion_choice
+from mathse.answers.equivalence import normalize_answer, unicode_math_to_latex
 from mathse.answers.evalsets import LETTERS, EvalItem
-from mathse.answers.extraction import (
-    answers_match,
-    extract_choice,
-    extract_final_answer,
-    normalize_answer,
-    unicode_math_to_latex,
-)
+from mathse.answers.extraction import answers_match, extract_choice, extract_final_answer
 from mathse.api.client import ChatClient
 from mathse.api.messages import ChatRequest, ChatResult, system_message, user_message
 from mathse.run.config import ApiConfig

@@ -14,124 +14,61 @@ retryable error line) go into a new batch, or live (``batch.on_failure``); an er
 fixes (HTTP 400) is reported on its request. With ``batch.output_file`` the Batch API is not
 called: the output of ``vllm run-batch`` is read instead, and what it lacks is written out as
 the next input file.
+
+The JSONL formats are `mathse.api.batch_files`. This module sits below the client and never
+imports it: what it uses of the client is the `ChatSender` protocol (request bodies, the answer
+cache, an HTTP client, sending one request live).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import openai
 from tqdm import tqdm
 
-from mathse.api.client import CallBook, ChatClient, cache_key
+from mathse.api.answer_cache import AnswerCache, cache_key, cached_result
+from mathse.api.batch_files import ENDPOINT, BatchOutcome, parse_line, write_request_files
+from mathse.api.call_book import CallBook
 from mathse.api.messages import ChatRequest, ChatResult
-from mathse.api.replies import RETRYABLE_4XX, ReplyFailure, parse_completion
 from mathse.run.storage import Journal
 
-__all__ = ["BatchOutcome", "BatchRun", "parse_line", "write_request_files"]
+if TYPE_CHECKING:
+    from mathse.run.config import ApiConfig
+
+__all__ = ["BatchRun", "ChatSender", "complete_in_batches"]
 
 log = logging.getLogger(__name__)
 
-ENDPOINT = "/v1/chat/completions"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 MANAGE_RETRIES = 5  # files/batches calls are cheap and idempotent to retry, unlike chat calls
 MANAGE_TIMEOUT_S = 600.0  # uploads of up to 200 MB
 
 
-@dataclass
-class BatchOutcome:
-    """One line of an output or error file: an answer, or why there is none."""
+class ChatSender(Protocol):
+    """What the Batch API path uses of the client that hands it requests (`ChatClient`)."""
 
-    custom_id: str
-    result: ChatResult
+    cfg: ApiConfig
+    stage: str
+    cache_dir: Path | None
+    cache: AnswerCache
 
+    def body(self, request: ChatRequest) -> dict[str, Any]: ...
 
-def write_request_files(
-    folder: Path,
-    items: Iterable[tuple[str, dict[str, Any]]],
-    max_requests: int = sys.maxsize,
-    max_bytes: int = sys.maxsize,
-    prefix: str = "requests",
-) -> Iterator[tuple[Path, int]]:
-    """Stream (custom_id, body) pairs into Batch API JSONL files, each under the limits.
+    def wire_body(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
-    Yields (path, number of requests) as each file is finished, before the next one is written,
-    so one file's worth of requests is the most ever held (and only on disk). Next to each file,
-    `<name>.ids` lists its custom_ids: a resumed run reads it to know what a batch holds.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    number = count = size = 0
-    handle = ids = None
-    path = folder / f"{prefix}-0.jsonl"
-    try:
-        for custom_id, body in items:
-            line = json.dumps(
-                {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}, ensure_ascii=False
-            ).encode("utf-8") + b"\n"
-            if handle is not None and (count >= max_requests or size + len(line) > max_bytes):
-                handle.close()
-                ids.close()  # type: ignore[union-attr]
-                handle = ids = None
-                yield path, count
-                number += 1
-            if handle is None:
-                path = folder / f"{prefix}-{number}.jsonl"
-                handle, ids = path.open("wb"), path.with_suffix(".ids").open("w", encoding="utf-8")
-                count = size = 0
-            handle.write(line)
-            ids.write(custom_id + "\n")  # type: ignore[union-attr]
-            count += 1
-            size += len(line)
-        if handle is not None:
-            handle.close()
-            ids.close()  # type: ignore[union-attr]
-            handle = ids = None
-            yield path, count
-    finally:
-        for open_file in (handle, ids):
-            if open_file is not None:
-                open_file.close()
+    def make_openai(self) -> openai.AsyncOpenAI: ...
 
-
-def _retryable_status(status: int) -> bool:
-    return status in RETRYABLE_4XX or status >= 500
-
-
-def parse_line(raw: str | bytes) -> BatchOutcome | None:
-    """An output/error file line -> its outcome; None for a blank or unreadable line."""
-    try:
-        line = json.loads(raw)
-        custom_id = str(line["custom_id"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    response = line.get("response") or {}
-    error = line.get("error")
-    status = int(response.get("status_code") or 0) if isinstance(response, dict) else 0
-    if status == 200:
-        try:
-            texts, finish, p_tok, c_tok, _ = parse_completion(json.dumps(response.get("body")).encode("utf-8"))
-        except ReplyFailure as err:
-            return BatchOutcome(custom_id, ChatResult(key="", error=err.reason, retryable=err.retry, batch=True))
-        result = ChatResult(key="", text=texts[0], texts=texts, finish_reason=finish, prompt_tokens=p_tok,
-                            completion_tokens=c_tok, batch=True)
-        return BatchOutcome(custom_id, result)
-    body = response.get("body") if isinstance(response, dict) else None
-    detail = error if isinstance(error, dict) else (body or {}).get("error") if isinstance(body, dict) else None
-    message = str((detail or {}).get("message") or (detail or {}).get("code") or "no detail")[:300]
-    if status:
-        reason, retry = f"batch line HTTP {status}: {message}", _retryable_status(status)
-    else:  # no response at all (batch_expired, batch_cancelled, ...): another batch may answer it
-        reason, retry = f"batch line error: {message}", True
-    return BatchOutcome(custom_id, ChatResult(key="", error=reason, retryable=retry, batch=True))
+    async def send_one(
+        self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, request: ChatRequest, body: dict[str, Any]
+    ) -> ChatResult: ...
 
 
 def _describe(err: openai.APIError) -> str:
@@ -149,7 +86,7 @@ class BatchRun:
 
     def __init__(
         self,
-        client: ChatClient,
+        client: ChatSender,
         wanted: dict[str, int],
         body_of: Callable[[int], dict[str, Any]],
         settle: Callable[[int, ChatResult], None],
@@ -174,7 +111,7 @@ class BatchRun:
         if result.ok:
             self.stats["answered"] += 1
             if index is None:  # paid for by an earlier run (another request list): keep it all the same
-                self.client._cache_put(outcome.custom_id, result)
+                self.client.cache.put(outcome.custom_id, result)
                 return
             del self.wanted[outcome.custom_id]
             self.settle(index, result)
@@ -222,7 +159,7 @@ class BatchRun:
         if self.cfg.output_file is not None:
             self.run_local()
             return
-        base = self.client._make_openai()
+        base = self.client.make_openai()
         api = base.with_options(max_retries=MANAGE_RETRIES, timeout=max(MANAGE_TIMEOUT_S, self.client.cfg.timeout_s))
         try:
             with Journal(self.folder / "journal.jsonl") as journal:
@@ -381,7 +318,7 @@ class BatchRun:
         return f"{self.client.stage} batch: " + ", ".join(parts)
 
 
-async def complete_in_batches(client: ChatClient, requests: Iterator[ChatRequest], batch: CallBook) -> None:
+async def complete_in_batches(client: ChatSender, requests: Iterator[ChatRequest], batch: CallBook) -> None:
     """`ChatClient.complete_many` in `mode: batch`: cache hits delivered at once, the misses
     through the Batch API (`BatchRun`). The misses' requests are kept (their images as unencoded
     `ImageRef`s); each JSONL line is encoded as it is written."""
@@ -394,8 +331,8 @@ async def complete_in_batches(client: ChatClient, requests: Iterator[ChatRequest
         digest = cache_key(body, request.cache_salt)
         if digest in wanted:
             followers.setdefault(wanted[digest], []).append((index, request.key))
-        elif (entry := client._cache_get(digest)) is not None:
-            batch.deliver(index, client._from_cache(request.key, entry), digest)
+        elif (entry := client.cache.get(digest)) is not None:
+            batch.deliver(index, cached_result(request.key, entry), digest)
         else:
             wanted[digest], misses[index] = index, (request, body, digest)
 
@@ -403,7 +340,7 @@ async def complete_in_batches(client: ChatClient, requests: Iterator[ChatRequest
         request, _, digest = misses.pop(index)
         result = replace(result, key=request.key)
         if result.ok:
-            client._cache_put(digest, result)
+            client.cache.put(digest, result)
         batch.deliver(index, result, digest)
         for j, key in followers.pop(index, ()):
             twin = replace(result, key=key, attempts=0, latency_s=0.0)
@@ -412,11 +349,11 @@ async def complete_in_batches(client: ChatClient, requests: Iterator[ChatRequest
     async def run_live(indices: list[int]) -> None:
         """Requests no batch answered, with `batch.on_failure: live`: sent as usual."""
         sem = asyncio.Semaphore(max(1, client.cfg.concurrency))
-        http = client._make_openai()
+        http = client.make_openai()
 
         async def one(index: int) -> None:
             request, body, _ = misses[index]
-            settle(index, await client._one(http, sem, request, body))
+            settle(index, await client.send_one(http, sem, request, body))
 
         try:
             await asyncio.gather(*(one(i) for i in indices))

@@ -5,13 +5,9 @@ backoff and full jitter (429, 5xx, timeouts, dropped connections, malformed bodi
 honoured), an on-disk answer cache so a rerun never pays twice, and a usage ledger (tokens, USD).
 A request never raises and is never lost: it comes back answered or failed with a reason.
 With ``mode: batch`` the cache misses go through OpenAI's Batch API instead (`mathse.api.batch_api`).
-
-The cache is one small JSON file per answered request, ``cache_dir/ab/cd/<sha256>.json``, written
-to a temp file and renamed into place: safe when killed at any instant, and safe with several
-processes or nodes on one shared filesystem (no locks, no database; the worst case is two writers
-storing the same answer). The key is a sha256 of the canonical JSON of everything that decides the
-answer (model, messages with their images' sha256, sampling parameters) and nothing that does not
-(base_url, api_key), so a result cached against one server is reused against a mirror of it.
+The answer cache (one JSON file per answer, keyed by the request's sha256) is
+`mathse.api.answer_cache`; the per-call bookkeeping (order, delivery, ledger, the watch that stops
+a call to a misconfigured endpoint) is `mathse.api.call_book`.
 
     client = ChatClient(cfg.teacher, cache_dir=out / "api_cache", ledger=ledger, stage="distill")
     requests = (ChatRequest(key=p.id, messages=[system_message(sys_prompt), client.user_message(p.question, p.images)])
@@ -27,15 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import hashlib
 import importlib
-import json
 import logging
-import os
 import random
-import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import replace
 from pathlib import Path
@@ -44,7 +34,10 @@ from typing import TYPE_CHECKING, Any
 import openai
 from tqdm import tqdm
 
-from mathse.api.messages import ChatRequest, ChatResult, ImageRef, user_message, wire_messages
+from mathse.api.answer_cache import AnswerCache, cache_key, cached_result
+from mathse.api.batch_api import complete_in_batches
+from mathse.api.call_book import CallBook, FatalWatch
+from mathse.api.messages import ChatRequest, ChatResult, user_message, wire_messages
 from mathse.api.replies import (
     RETRYABLE_4XX,
     ReplyFailure,
@@ -58,150 +51,11 @@ from mathse.run.usage import UsageLedger
 if TYPE_CHECKING:
     from mathse.run.config import ApiConfig
 
-__all__ = ["CACHE_VERSION", "ChatClient", "FatalEndpointError", "cache_key"]
+__all__ = ["ChatClient", "FatalEndpointError"]
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the cached entry format or key recipe changes
-LEDGER_SAVE_EVERY_S = 30.0  # a killed run loses at most this much bookkeeping (answers are cached)
 RETRY_AFTER_CAP_S = 600.0  # never let one odd header park a worker for hours
-# Statuses that say the endpoint, model or key is wrong: no request of the batch can succeed.
-CONFIG_STATUSES = {401, 403, 404}
-# This many requests in a row failing with one such status (or with a 400 before any success)
-# stop the batch: paying for, or dropping, the rest would only lose data to a config mistake.
-FATAL_STREAK = 3
-
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def _url_digest(url: str | ImageRef) -> str:
-    # An ImageRef's digest is that of the data URL it becomes, so both key the same.
-    return url.sha256 if isinstance(url, ImageRef) else hashlib.sha256(url.encode("utf-8")).hexdigest()
-
-
-def _key_messages(messages: list[dict[str, Any]]) -> list[Any]:
-    """The messages with each inline image (data URL) replaced by its sha256.
-
-    Same identity as hashing the image bytes, without serializing megabytes of base64 into the
-    canonical JSON for every request.
-    """
-    out: list[Any] = []
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                image_url = part.get("image_url") if isinstance(part, dict) else None
-                url = image_url.get("url") if isinstance(image_url, dict) else None
-                if isinstance(url, ImageRef) or (isinstance(url, str) and url.startswith("data:")):
-                    part = {**part, "image_url": {**image_url, "url": "sha256:" + _url_digest(url)}}
-                parts.append(part)
-            message = {**message, "content": parts}
-        out.append(message)
-    return out
-
-
-def cache_key(body: dict[str, Any], salt: str | None = None) -> str:
-    """sha256 of the canonical JSON of a request body (plus salt): the answer cache key."""
-    view = {**body, "messages": _key_messages(body.get("messages") or [])}
-    digest = hashlib.sha256(_canonical({"v": CACHE_VERSION, "body": view, "salt": salt}))
-    return digest.hexdigest()
-
-
-class _FatalWatch:
-    """Tells a per-request failure (one refused prompt) from an endpoint that refuses everything."""
-
-    def __init__(self, client: ChatClient) -> None:
-        self.client = client
-        self.answered = 0  # HTTP successes in this batch
-        self.seen = 0  # requests sent in this batch that came back
-        self.streak = 0
-        self.status: int | None = None
-        self.message = ""
-
-    def observe(self, result: ChatResult) -> None:
-        """Account one sent request; raise FatalEndpointError once the pattern is unmistakable."""
-        self.seen += 1
-        if result.ok:
-            self.answered += 1
-            self.streak = 0
-            return
-        status = result.status
-        # A 400 is a per-request refusal unless every request gets it: only before any success.
-        if status in CONFIG_STATUSES or (status == 400 and self.answered == 0):
-            self.streak = self.streak + 1 if status == self.status else 1
-            self.status, self.message = status, result.error or ""
-            if self.streak >= FATAL_STREAK:
-                self.fail()
-        else:
-            self.streak = 0
-
-    def finish(self) -> None:
-        """A batch smaller than the streak whose every request got a config status is fatal too."""
-        if self.status in CONFIG_STATUSES and 0 < self.streak == self.seen:
-            self.fail()
-
-    def fail(self) -> None:
-        cfg = self.client.cfg
-        assert self.status is not None
-        message = self.message.removeprefix(f"HTTP {self.status}: ")
-        raise FatalEndpointError(self.client.stage, cfg.base_url, cfg.model, self.status, message, self.streak)
-
-
-class CallBook:
-    """The bookkeeping of one `complete_many` call: order, duplicate keys, delivery, ledger."""
-
-    def __init__(
-        self, client: ChatClient, on_result: Callable[[ChatResult], None] | None, bar: Any, collect: bool
-    ) -> None:
-        self.client = client
-        self.on_result = on_result
-        self.bar = bar
-        self.collect = collect
-        self.results: list[ChatResult | None] = []
-        self.seen: set[str] = set()  # keys: a few dozen bytes a request, no messages or images
-        self.count = 0
-        # digest -> index of its answer, for identical requests after it: only when collecting
-        # without an answer cache (with one, the cache serves them and nothing is held here).
-        self.by_digest: dict[str, int] = {}
-        self.track_digests = collect and client.cache_dir is None
-        self.last_save = time.monotonic()
-
-    def take(self, key: str) -> int:
-        """The index of the next request; a key seen before in this batch is a caller bug."""
-        if key in self.seen:
-            raise ValueError(f"duplicate request key in one batch: {key!r}")
-        self.seen.add(key)
-        if self.collect:
-            self.results.append(None)
-        self.count += 1
-        return self.count - 1
-
-    def answered(self, digest: str) -> ChatResult | None:
-        """An earlier answer in this batch to an identical request (see `by_digest`)."""
-        index = self.by_digest.get(digest)
-        result = self.results[index] if index is not None else None
-        return result if result is not None and result.ok else None
-
-    def deliver(self, index: int, result: ChatResult, digest: str | None = None) -> None:
-        client = self.client
-        if self.collect:
-            self.results[index] = result
-            if digest is not None and result.ok and self.track_digests:
-                self.by_digest.setdefault(digest, index)
-        if client.ledger is not None:
-            client.ledger.record(client.stage, client.cfg.model, result)
-            if time.monotonic() - self.last_save > LEDGER_SAVE_EVERY_S:
-                client.ledger.save()
-                self.last_save = time.monotonic()
-        if self.on_result is not None:
-            self.on_result(result)
-        self.bar.update(1)
-
-
-# -- the client ------------------------------------------------------------------------------
 
 
 def _httpx_module() -> Any:
@@ -225,13 +79,13 @@ class ChatClient:
         transport: Any = None,
     ) -> None:
         """`cache_dir` None: no answer cache (the caller's journal is the record, e.g. student paths).
-        `transport`: an httpx transport, e.g. serving.ReplicaRouter spreading requests over replicas."""
+        `transport`: an httpx transport, e.g. model.replica_router.ReplicaRouter spreading requests over replicas."""
         self.cfg = cfg
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.transport = transport
         self.ledger = ledger
         self.stage = stage
-        self._made_dirs: set[str] = set()
+        self.cache = AnswerCache(self.cache_dir, cfg.model)
         self._pause_until = 0.0  # loop time before which no request is sent (a 429's Retry-After)
         self._response_cls = _httpx_module().Response
 
@@ -263,73 +117,9 @@ class ChatClient:
         """`body` as it goes on the wire: images encoded as data URLs (done per send, not per build)."""
         return {**body, "messages": wire_messages(body["messages"])}
 
-    # -- cache --
-
-    def _cache_path(self, digest: str) -> Path:
-        return self.cache_dir / digest[:2] / digest[2:4] / f"{digest}.json"
-
-    def _cache_get(self, digest: str) -> dict[str, Any] | None:
-        if self.cache_dir is None:
-            return None
-        try:
-            with open(self._cache_path(digest), "rb") as handle:
-                entry = json.loads(handle.read())
-            if entry.get("v") == CACHE_VERSION and entry["texts"]:
-                return entry
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass  # a damaged entry is a miss; the fresh answer overwrites it
-        return None
-
-    def _cache_put(self, digest: str, result: ChatResult) -> None:
-        if self.cache_dir is None:
-            return
-        path = self._cache_path(digest)
-        folder = str(path.parent)
-        entry = {
-            "v": CACHE_VERSION,
-            "model": self.cfg.model,
-            "texts": result.texts,
-            "finish_reason": result.finish_reason,
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "created": time.time(),
-        }
-        if result.logprobs is not None:
-            entry["logprobs"] = result.logprobs
-        # Unique temp name per process and write, so writers on several nodes never collide.
-        tmp = f"{folder}/.{digest}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            if folder not in self._made_dirs:
-                os.makedirs(folder, exist_ok=True)
-                self._made_dirs.add(folder)
-            with open(tmp, "wb") as handle:
-                handle.write(_canonical(entry))
-            # No fsync: a kill cannot tear the renamed file, and an entry damaged by a power cut
-            # reads as a miss and is simply asked again; fsync per answer is slow on NFS.
-            os.replace(tmp, path)
-        except OSError as err:
-            log.warning("could not write cache entry %s: %s", path, err)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-    def _from_cache(self, key: str, entry: dict[str, Any]) -> ChatResult:
-        texts = list(entry["texts"])
-        return ChatResult(
-            key=key,
-            text=texts[0],
-            prompt_tokens=int(entry.get("prompt_tokens") or 0),
-            completion_tokens=int(entry.get("completion_tokens") or 0),
-            cached=True,
-            texts=texts,
-            finish_reason=entry.get("finish_reason"),
-            logprobs=entry.get("logprobs"),
-        )
-
     # -- HTTP --
 
-    def _make_openai(self) -> openai.AsyncOpenAI:
+    def make_openai(self) -> openai.AsyncOpenAI:
         httpx_mod = _httpx_module()
         concurrency = max(1, self.cfg.concurrency)
         http_client = openai.DefaultAsyncHttpxClient(
@@ -380,9 +170,10 @@ class ChatClient:
         cap = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * (2 ** (attempt - 1)))
         return random.uniform(0.0, cap)
 
-    async def _one(
+    async def send_one(
         self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, request: ChatRequest, body: dict[str, Any]
     ) -> ChatResult:
+        """One request over `client`: retried with backoff (and Retry-After), never raising."""
         loop = asyncio.get_running_loop()
         start = 0.0  # set when first sent: time queued behind the semaphore is not latency
         attempts = 0
@@ -454,11 +245,12 @@ class ChatClient:
         if total is None and isinstance(requests, Sized):
             total = len(requests)
         bar = tqdm(total=total, desc=progress, unit="call", disable=True if progress is None else None)
-        batch = CallBook(self, on_result, bar, collect)
+        batch = CallBook(
+            ledger=self.ledger, stage=self.stage, model=self.cfg.model, on_result=on_result, bar=bar,
+            collect=collect, cached=self.cache_dir is not None,
+        )
         try:
             if self.cfg.mode == "batch":
-                from mathse.api.batch_api import complete_in_batches  # it builds on this module
-
                 await complete_in_batches(self, iter(requests), batch)
             else:
                 await self._run_batch(iter(requests), batch)
@@ -483,7 +275,7 @@ class ChatClient:
         window = concurrency * 4 + 16
         tasks: set[asyncio.Task[None]] = set()
         client: openai.AsyncOpenAI | None = None
-        watch = _FatalWatch(self)
+        watch = FatalWatch(self.stage, self.cfg.base_url, self.cfg.model)
         # Identical requests in one batch are asked once: a request whose twin is in flight waits
         # for its answer and gets it as a cache hit, exactly what a rerun would give it.
         leads: dict[str, int] = {}  # digest -> index of the request in flight with it
@@ -494,7 +286,7 @@ class ChatClient:
         exhausted = False
 
         async def run(index: int, request: ChatRequest, body: dict[str, Any]) -> None:
-            done.put_nowait((index, await self._one(client, sem, request, body)))
+            done.put_nowait((index, await self.send_one(client, sem, request, body)))
 
         try:
             while True:
@@ -511,14 +303,14 @@ class ChatClient:
                         followers.setdefault(lead, []).append((index, request.key))
                         continue
                     earlier = batch.answered(digest)
-                    entry = self._cache_get(digest) if earlier is None else None
+                    entry = self.cache.get(digest) if earlier is None else None
                     if earlier is not None:
                         batch.deliver(index, replace(earlier, key=request.key, cached=True, attempts=0, latency_s=0.0))
                     elif entry is not None:
-                        batch.deliver(index, self._from_cache(request.key, entry), digest)
+                        batch.deliver(index, cached_result(request.key, entry), digest)
                     else:
                         if client is None:
-                            client = self._make_openai()
+                            client = self.make_openai()
                         leads[digest], keys[index], digests[index] = index, request.key, digest
                         task = asyncio.create_task(run(index, request, body))
                         tasks.add(task)
@@ -531,7 +323,7 @@ class ChatClient:
                 digest = digests.pop(index)
                 del leads[digest], keys[index]
                 if result.ok:
-                    self._cache_put(digest, result)
+                    self.cache.put(digest, result)
                 batch.deliver(index, result, digest)
                 for j, key in followers.pop(index, ()):
                     if result.ok:

@@ -55,7 +55,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,8 +75,9 @@ from mathse.judging.verdict import (
     parse_verdict,
     rule_verdict,
 )
-from mathse.model.inference import chat_model_args, training_image_max_pixels
-from mathse.model.training import IMAGE_TOKEN  # the ORM was trained with one per image
+from mathse.model.inference import chat_model_args
+from mathse.model.inputs import model_inputs
+from mathse.model.training_data import IMAGE_TOKEN
 from mathse.run import layout
 from mathse.run.config import InferenceConfig
 from mathse.run.records import Problem, VerdictRow
@@ -113,14 +114,8 @@ def local_orm_args(cfg: MathSEConfig) -> dict[str, Any]:
     """
     local = cfg.require("orm.local")
     greedy = InferenceConfig(backend="huggingface", temperature=0.0, max_new_tokens=local.max_new_tokens)
-    return chat_model_args(
-        local.model_name_or_path,
-        local.adapter_name_or_path or None,
-        local.template,
-        greedy,
-        image_max_pixels=training_image_max_pixels(cfg, "orm"),
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
+    inputs = replace(model_inputs(cfg, "orm"), template=local.template)
+    return chat_model_args(local.model_name_or_path, local.adapter_name_or_path or None, inputs, greedy)
 
 
 def open_journal(cfg: MathSEConfig, stage: str) -> Journal:
@@ -189,7 +184,7 @@ class PathJudge:
         self, cfg: MathSEConfig, stage: str, ledger: UsageLedger | None = None, endpoint: OrmEndpoint | None = None
     ) -> None:
         """`endpoint`: the ORM to ask (backend api / trained); default `orm.api`. The pipeline
-        passes the one `orm_serving.orm_endpoint` yields (servers it started, or orm.api)."""
+        passes the one `orm_endpoint.orm_endpoint` yields (servers it started, or orm.api)."""
         self.cfg = cfg
         self.endpoint = endpoint
         self.stage = stage
@@ -284,7 +279,7 @@ class PathJudge:
     ) -> None:
         endpoint = self.endpoint or (OrmEndpoint(self.cfg.orm.api) if self.cfg.orm.api is not None else None)
         if endpoint is None:
-            raise ValueError("the trained ORM is not served: pass the endpoint of orm_serving.orm_endpoint(cfg)")
+            raise ValueError("the trained ORM is not served: pass the endpoint of orm_endpoint.orm_endpoint(cfg)")
         client = ChatClient(endpoint.api, self.cfg.api_cache_dir if endpoint.cache else None, ledger=self.ledger,
                             stage=self.stage, transport=endpoint.transport)
         extra = {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if self.cfg.orm.logprobs else None

@@ -25,9 +25,8 @@ from pydantic import Field, StrictBool
 from mathse.judging.steps import number_steps, split_steps
 from mathse.judging.verdict import ORM_SYSTEM_PROMPT, Verdict, build_orm_prompt, format_orm_response, parse_verdict
 from mathse.model.prompts import fill_template
-from mathse.model.training import SftExample
 from mathse.run.config import OrmDataConfig
-from mathse.run.records import ImageRecord, Problem, read_records
+from mathse.run.records import ImageRecord, Problem, SftExample, read_records
 
 __all__ = [
     "ANNOTATOR_SYSTEM_PROMPT",

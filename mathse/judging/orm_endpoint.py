@@ -7,7 +7,7 @@
   ``serve.replicas`` replicas, on Ray when ``ray`` is set). It waits until every replica answers,
   yields the endpoint, and stops the servers when the block ends however it ends (success,
   exception, Ctrl-C, SIGTERM). Logs go to ``server_dir``. It serves with the template and image
-  size of the ORM's training run (``model.template``, ``training_image_max_pixels``) and decodes
+  size of the ORM's training run (``model.template``, ``model_inputs(cfg, "orm")``) and decodes
   greedily.
 * ``rule`` / ``local`` backends, or a policy that never asks the ORM: yields None.
 """
@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mathse.model.inference import chat_model_args, training_image_max_pixels
-from mathse.model.servers import ServedModel, serve_model
+from mathse.model.inputs import model_inputs
+from mathse.model.servers import ServedModel, serve_model, served_model
 from mathse.run import layout
 from mathse.run.config import ApiConfig, MathSEConfig
 from mathse.run.errors import StageError
@@ -61,34 +61,15 @@ def rule_only_notice(cfg: MathSEConfig, stage: str) -> str | None:
 
 
 def orm_serve_spec(cfg: MathSEConfig) -> ServedModel:
-    """The trained ORM as a ServedModel: its training's template and image size, greedy decoding."""
+    """The trained ORM as a ServedModel: its training's input settings, greedy decoding."""
     model_path, adapter = layout.model_ref(cfg.model_path("orm_model"))
-    pixels = training_image_max_pixels(cfg, "orm")
-    args = chat_model_args(
-        model_path,
-        adapter,
-        cfg.model.template,
-        cfg.inference,
-        image_max_pixels=pixels,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
     # A judge decodes greedily; sampling settings of the student do not apply.
-    args.update({"do_sample": False, "max_new_tokens": cfg.orm.max_new_tokens})
-    args.pop("temperature", None)
-    args.pop("top_p", None)
-    return ServedModel(
-        name=SERVED_MODEL_NAME,
-        model=model_path,
-        adapter=adapter,
-        template=cfg.model.template,
-        llamafactory_args=args,
-        image_max_pixels=pixels,
-        max_model_len=cfg.inference.vllm_maxlen,
-        gpu_memory_utilization=cfg.inference.vllm_gpu_util,
-        seed=cfg.run.seed,
-        trust_remote_code=cfg.model.trust_remote_code,
-        concurrency=cfg.inference.concurrency,
-    )
+    greedy = cfg.inference.model_copy(update={"temperature": 0.0, "max_new_tokens": cfg.orm.max_new_tokens})
+    spec = served_model(SERVED_MODEL_NAME, model_path, adapter, model_inputs(cfg, "orm"), greedy, cfg.run.seed)
+    spec.llamafactory_args.update({"do_sample": False, "max_new_tokens": cfg.orm.max_new_tokens})
+    spec.llamafactory_args.pop("temperature", None)
+    spec.llamafactory_args.pop("top_p", None)
+    return spec
 
 
 def describe_orm_serving(cfg: MathSEConfig, server_dir: Path) -> str:
@@ -97,7 +78,8 @@ def describe_orm_serving(cfg: MathSEConfig, server_dir: Path) -> str:
     where = f"Ray ({cfg.ray.address or 'local'})" if cfg.ray is not None else "this node"
     return (
         f"{cfg.serve.replicas} {cfg.serve.engine} server(s) of {spec.adapter or spec.model} as {spec.name!r} "
-        f"on {where}, greedy, max_new_tokens {cfg.orm.max_new_tokens}, image_max_pixels {spec.image_max_pixels}; "
+        f"on {where}, greedy, max_new_tokens {cfg.orm.max_new_tokens}, "
+        f"image_max_pixels {spec.inputs.image_max_pixels}; "
         f"logs in {server_dir}"
     )
 

@@ -2,10 +2,10 @@
 
 `ServedGenerator` has the in-process `Generator`'s interface (context manager, `generate(items,
 journal)` -> GenStats, `close()`), so a stage picks either with `open_generator`. On the first
-`generate` with work left it starts the model's servers (`serving.serve_model`: `serve.replicas`
+`generate` with work left it starts the model's servers (`servers.serve_model`: `serve.replicas`
 replicas, local or placed by Ray) and keeps them until `close()`, which a stage calls before it
 trains the next model. Requests go through the project's ChatClient (many in flight, retries with
-backoff) over `serving.ReplicaRouter` (least-loaded replica, a failed replica's requests sent to
+backoff) over `replica_router.ReplicaRouter` (least-loaded replica, a failed replica's requests sent to
 the others). The driver is the only writer: each path is appended to the same journal as the
 in-process backend writes, the moment it arrives, so resume, dedup and markers work unchanged and a
 rerun after a crash sends only the paths missing from the journal. There is no answer cache here:
@@ -25,31 +25,27 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm import tqdm
 
 from mathse.api.client import ChatClient
 from mathse.api.messages import ChatRequest, ChatResult
-from mathse.model.inference import (
+from mathse.model.generation_items import (
     MAX_PATHS_PER_REQUEST,
     GenerationError,
-    Generator,
     GenItem,
     GenStats,
-    _derive_seed,
-    _row,
-    chat_model_args,
+    derive_seed,
+    journal_row,
     plan_chunks,
-    training_image_max_pixels,
 )
+from mathse.model.inference import Generator, chat_model_args
+from mathse.model.inputs import ModelInputs
 from mathse.model.prompts import student_prompt
-from mathse.model.servers import ServedModel, Servers, serve_model, server_command
+from mathse.model.servers import ServedModel, Servers, serve_model, served_model, server_command
 from mathse.run.config import InferenceConfig, RayConfig, ServeConfig
 from mathse.run.storage import Journal
-
-if TYPE_CHECKING:
-    from mathse.run.config import MathSEConfig
 
 __all__ = ["ServedGenerator", "describe", "open_generator", "served_name", "student_spec"]
 
@@ -64,39 +60,33 @@ def served_name(model_path: str | Path, adapter_path: str | Path | None) -> str:
 
 
 def student_spec(
-    cfg: MathSEConfig, model_path: str | Path, adapter_path: str | Path | None, inf: InferenceConfig | None = None
+    model_path: str | Path, adapter_path: str | Path | None, inputs: ModelInputs, inf: InferenceConfig,
+    seed: int | None,
 ) -> ServedModel:
-    """The student checkpoint as a ServedModel: template, image size and sampling as in training."""
-    inf = inf or cfg.inference
-    pixels = training_image_max_pixels(cfg)
-    args = chat_model_args(str(model_path), None if adapter_path is None else str(adapter_path), cfg.model.template,
-                           inf, image_max_pixels=pixels, trust_remote_code=cfg.model.trust_remote_code)
-    return ServedModel(
-        name=served_name(model_path, adapter_path), model=str(model_path),
-        adapter=None if adapter_path is None else str(adapter_path), template=cfg.model.template,
-        llamafactory_args=args, image_max_pixels=pixels, max_model_len=inf.vllm_maxlen,
-        gpu_memory_utilization=inf.vllm_gpu_util, seed=cfg.run.seed, trust_remote_code=cfg.model.trust_remote_code,
-        concurrency=inf.concurrency,
-    )
+    """The student checkpoint as a ServedModel: its input settings from training, `inf`'s sampling."""
+    adapter = None if adapter_path is None else str(adapter_path)
+    return served_model(served_name(model_path, adapter_path), str(model_path), adapter, inputs, inf, seed)
 
 
 def open_generator(
-    cfg: MathSEConfig,
     model_path: str | Path,
     adapter_path: str | Path | None,
+    inputs: ModelInputs,
+    inf: InferenceConfig,
     *,
+    serve: ServeConfig,
+    ray: RayConfig | None,
+    seed: int | None,
     server_dir: Path,
-    inf: InferenceConfig | None = None,
     **kwargs: Any,
 ) -> Generator | ServedGenerator:
-    """The generator `inference.backend` asks for: in-process ChatModel, or managed servers."""
-    inf = inf or cfg.inference
+    """The generator `inf.backend` asks for: in-process ChatModel, or managed servers (`serve`, `ray`)."""
     if inf.backend == "served":
-        return ServedGenerator(student_spec(cfg, model_path, adapter_path, inf), inf, cfg.serve, cfg.ray,
-                               server_dir, seed=cfg.run.seed)
+        return ServedGenerator(student_spec(model_path, adapter_path, inputs, inf, seed), inf, serve, ray,
+                               server_dir, seed=seed)
     # The in-process engine's own log lines go next to where a server's would.
     kwargs.setdefault("log_path", server_dir / "chat_model.log")
-    return Generator.from_config(cfg, model_path, adapter_path, inf, **kwargs)
+    return Generator(model_path, adapter_path, inputs, inf, seed=seed, **kwargs)
 
 
 class ServedGenerator:
@@ -197,13 +187,13 @@ class ServedGenerator:
             error = _image_problem(problem.images)  # the in-process backend's "error" rows, without decoding
             if error is not None:
                 for item in group:
-                    journal.append(_row(item, student_prompt(problem), None, None, 0.0) | {"error": error})
+                    journal.append(journal_row(item, student_prompt(problem), None, None, 0.0) | {"error": error})
                 stats.failed += len(group)
                 bar.update(len(group))
                 continue
             extra = None
             if self.inf.temperature > 0 and self.seed is not None:
-                extra = {"seed": _derive_seed(self.seed, group[0].key) & 0x7FFFFFFF}
+                extra = {"seed": derive_seed(self.seed, group[0].key) & 0x7FFFFFFF}
             requests.append(ChatRequest(key=group[0].key, messages=[client.user_message(student_prompt(problem),
                                                                                         problem.images)],
                                         n=len(group), extra=extra))
@@ -221,7 +211,7 @@ class ServedGenerator:
                 return
             prompt = student_prompt(group[0].problem)
             for item, text in zip(group, result.texts, strict=False):
-                row = _row(item, prompt, text, result.finish_reason, round(result.latency_s, 4))
+                row = journal_row(item, prompt, text, result.finish_reason, round(result.latency_s, 4))
                 row["prompt_tokens"] = result.prompt_tokens
                 row["response_tokens"] = result.completion_tokens // len(group)
                 journal.append(row)
@@ -259,24 +249,24 @@ def _chunks(groups: list[tuple[GenItem, ...]], size: int) -> Iterator[list[tuple
 
 
 def describe(
-    cfg: MathSEConfig,
     model_path: str | Path,
     adapter_path: str | Path | None,
+    inputs: ModelInputs,
+    inf: InferenceConfig,
+    *,
+    serve: ServeConfig,
+    ray: RayConfig | None,
     server_dir: Path,
-    inf: InferenceConfig | None = None,
 ) -> str:
-    """What generating with this checkpoint under `inf` (default cfg.inference) runs, for --dry-run:
-    the in-process ChatModel's arguments, or the servers (replicas, placement, replica 0's command).
-    The one description every plan prints, so a plan names the engine the run uses."""
-    inf = inf or cfg.inference
+    """What generating with this checkpoint under `inf` runs, for --dry-run: the in-process
+    ChatModel's arguments, or the servers (replicas, placement, replica 0's command). The one
+    description every plan prints, so a plan names the engine the run uses."""
     if inf.backend != "served":
-        args = chat_model_args(str(model_path), None if adapter_path is None else str(adapter_path),
-                               cfg.model.template, inf, image_max_pixels=training_image_max_pixels(cfg),
-                               trust_remote_code=cfg.model.trust_remote_code)
+        args = chat_model_args(str(model_path), None if adapter_path is None else str(adapter_path), inputs, inf)
         return f"in-process {args['infer_backend']} engine, ChatModel({json.dumps(args)})"
-    spec = student_spec(cfg, model_path, adapter_path, inf)
-    argv, env = server_command(cfg.serve, spec, cfg.serve.host, 0, server_dir / f"{spec.name}.replica-0.yaml")
-    where = f"Ray ({cfg.ray.address or 'local'})" if cfg.ray is not None else "this node"
+    spec = student_spec(model_path, adapter_path, inputs, inf, None)
+    argv, env = server_command(serve, spec, serve.host, 0, server_dir / f"{spec.name}.replica-0.yaml")
+    where = f"Ray ({ray.address or 'local'})" if ray is not None else "this node"
     env_text = " ".join(f"{k}={v}" for k, v in env.items() if k != "PYTHONUNBUFFERED")
-    return (f"{cfg.serve.replicas} {cfg.serve.engine} replica(s) on {where}, port chosen at start; replica 0:\n"
+    return (f"{serve.replicas} {serve.engine} replica(s) on {where}, port chosen at start; replica 0:\n"
             f"$ {env_text + ' ' if env_text else ''}{' '.join(argv)}")

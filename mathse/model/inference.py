@@ -43,29 +43,37 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from mathse.model.generation_items import (
+    MAX_PATHS_PER_REQUEST,
+    GenerationError,
+    GenItem,
+    GenStats,
+    derive_seed,
+    journal_row,
+    plan_chunks,
+    user_turn,
+)
+from mathse.model.inputs import ModelInputs
+from mathse.model.library_logs import library_logs_to
 from mathse.model.prompts import student_prompt
-from mathse.model.training import IMAGE_TOKEN, library_logs_to, training_args
 from mathse.run.config import ConfigError, InferenceConfig
-from mathse.run.errors import StageError
 from mathse.run.records import Problem
 from mathse.run.storage import Journal
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from mathse.run.config import MathSEConfig
 
 __all__ = [
     "MAX_PATHS_PER_REQUEST",
@@ -74,9 +82,6 @@ __all__ = [
     "GenerationError",
     "Generator",
     "chat_model_args",
-    "make_items",
-    "training_image_max_pixels",
-    "user_turn",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,76 +89,21 @@ log = logging.getLogger(__name__)
 # "served": the ChatModel runs inside `llamafactory-cli api` (serve.engine llamafactory); its engine
 # is huggingface unless inference.extra sets infer_backend.
 _BACKENDS = {"huggingface": "huggingface", "vllm": "vllm", "sglang": "sglang", "served": "huggingface"}
-# Upper bound for auto grouping on huggingface: k sequences share one batched generate, and k KV
-# caches must fit in memory at once.
-MAX_PATHS_PER_REQUEST = 16
-
-
-class GenerationError(StageError):
-    """Generation cannot go on (e.g. the engine died): too many requests failed in a row."""
-
-
-class GenItem(NamedTuple):
-    """One reasoning path to generate: `sample_index` tells the paths of a problem apart."""
-
-    key: str
-    problem: Problem
-    sample_index: int
-
-
-def make_items(problems: Iterable[Problem], n_paths: int) -> list[GenItem]:
-    """`n_paths` items per problem, keyed `<id>#<sample_index>`."""
-    return [GenItem(f"{p.id}#{i}", p, i) for p in problems for i in range(n_paths)]
-
-
-def user_turn(problem: Problem) -> str:
-    """The user message sent: one image tag per image, then the student prompt (as in training)."""
-    return IMAGE_TOKEN * len(problem.images) + student_prompt(problem)
-
-
-@dataclass
-class GenStats:
-    """What one `generate` call did."""
-
-    done: int = 0  # paths generated and journaled
-    skipped_existing: int = 0  # keys already in the journal
-    failed: int = 0  # image errors (journaled with "error") + generation errors (not journaled)
-    retry_later: int = 0  # the generation errors among `failed`: a rerun tries them again
-    seconds: float = 0.0  # generation wall time, engine loading excluded
-    load_seconds: float = 0.0  # building the ChatModel (0 when it was already loaded or not needed)
-
-    @property
-    def paths_per_s(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
-
-    def summary(self) -> str:
-        return (
-            f"generation: {self.done} paths done, {self.skipped_existing} already in the journal, "
-            f"{self.failed} failed ({self.retry_later} left for a rerun) in {self.seconds:.1f} s "
-            f"({self.paths_per_s:.2f} paths/s; model load {self.load_seconds:.1f} s)"
-        )
 
 
 def chat_model_args(
-    model_path: str,
-    adapter_path: str | None,
-    template: str,
-    inf: InferenceConfig,
-    *,
-    image_max_pixels: int | None = None,
-    trust_remote_code: bool = True,
+    model_path: str, adapter_path: str | None, inputs: ModelInputs, inf: InferenceConfig
 ) -> dict[str, Any]:
     """The `llamafactory.chat.ChatModel` arguments for our inference config (`inf.extra` wins).
 
-    `image_max_pixels` should be the value the model was trained with (LLaMA-Factory's default is
-    768*768): the same image must become the same number of vision tokens as in training.
+    `inputs` are the model's input settings from its training (template, image size): the same
+    image must become the same number of vision tokens as in training.
     """
     do_sample = inf.temperature > 0
     args: dict[str, Any] = {
         "model_name_or_path": str(model_path),
-        "template": template,
         "infer_backend": _BACKENDS[inf.backend],
-        "trust_remote_code": trust_remote_code,
+        **inputs.chat_model_args(),
         # LLaMA-Factory defaults to do_sample=True (temperature 0.95, top_p 0.7): say it explicitly.
         "do_sample": do_sample,
         "temperature": inf.temperature,
@@ -165,8 +115,6 @@ def chat_model_args(
         args["finetuning_type"] = "lora"
     else:
         args["finetuning_type"] = "full"
-    if image_max_pixels is not None:
-        args["image_max_pixels"] = image_max_pixels
     if inf.backend == "vllm":
         args["vllm_gpu_util"] = inf.vllm_gpu_util
         args["vllm_maxlen"] = inf.vllm_maxlen
@@ -178,61 +126,12 @@ def chat_model_args(
     return args
 
 
-def training_image_max_pixels(cfg: MathSEConfig, training: str | None = "rounds") -> int | None:
-    """The image_max_pixels a training used: its layered args (recipe < llama_factory <
-    trainings.<training>), else None (LLaMA-Factory's default).
-
-    Inference must resize images like training did, and the shipped recipes set 262144 while
-    LLaMA-Factory's own default is 768*768, so the recipe has to be consulted, not only our config.
-    The student's checkpoints all come from the same recipe as the rounds ("rounds"); the ORM
-    from "orm".
-    """
-    value = training_args(cfg, training).get("image_max_pixels")
-    return int(value) if value is not None else None
-
-
-def plan_chunks(items: Sequence[GenItem], journal: Journal, group: int) -> tuple[list[tuple[GenItem, ...]], int]:
-    """The items not yet in `journal`, grouped by problem in first-seen order and cut into chunks of
-    at most `group` paths (one request each), and how many were skipped as already done."""
-    seen: set[str] = set()
-    skipped = 0
-    by_problem: dict[str, list[GenItem]] = {}
-    for item in items:
-        if item.key in seen:
-            raise ValueError(f"duplicate generation key {item.key!r}")
-        seen.add(item.key)
-        if item.key in journal:
-            skipped += 1
-        else:
-            by_problem.setdefault(item.problem.id, []).append(item)
-    chunks = [tuple(p[i : i + group]) for p in by_problem.values() for i in range(0, len(p), group)]
-    return chunks, skipped
-
-
 @dataclass(frozen=True)
 class _Request:
     """One `achat` call: the pending paths of one problem (several when grouped)."""
 
     problem: Problem
     items: tuple[GenItem, ...]
-
-
-def _derive_seed(seed: int, key: str) -> int:
-    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
-
-
-def _row(item: GenItem, prompt: str, response: str | None, finish_reason: str | None, gen_s: float) -> dict[str, Any]:
-    return {
-        "key": item.key,
-        "id": item.problem.id,
-        "sample": item.sample_index,
-        "response": response,
-        "prompt": prompt,
-        "images": list(item.problem.images),
-        "finish_reason": finish_reason,
-        "gen_s": gen_s,
-    }
 
 
 def _load_images(paths: Sequence[str]) -> tuple[list[Image.Image], str | None]:
@@ -263,11 +162,9 @@ class Generator:
         self,
         model_path: str | Path,
         adapter_path: str | Path | None,
-        template: str,
+        inputs: ModelInputs,
         inf: InferenceConfig,
         *,
-        image_max_pixels: int | None = None,
-        trust_remote_code: bool = True,
         seed: int | None = None,
         paths_per_request: int | None = None,
         max_consecutive_failures: int | None = None,
@@ -283,14 +180,7 @@ class Generator:
         self.seed = seed
         self.paths_per_request = paths_per_request
         self.max_consecutive_failures = max_consecutive_failures
-        self.args = chat_model_args(
-            str(model_path),
-            None if adapter_path is None else str(adapter_path),
-            template,
-            inf,
-            image_max_pixels=image_max_pixels,
-            trust_remote_code=trust_remote_code,
-        )
+        self.args = chat_model_args(str(model_path), None if adapter_path is None else str(adapter_path), inputs, inf)
         self._factory = chat_model_factory
         self._chat_model: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -301,22 +191,6 @@ class Generator:
         self._warned_seed = False
         self.log_path = log_path
         self._logs = contextlib.ExitStack()
-
-    @classmethod
-    def from_config(
-        cls,
-        cfg: MathSEConfig,
-        model_path: str | Path,
-        adapter_path: str | Path | None = None,
-        inf: InferenceConfig | None = None,
-        **kwargs: Any,
-    ) -> Generator:
-        """A Generator for the student at `model_path`, with the run's template, image size and seed
-        (and `inf`, default `cfg.inference`, for sampling and engine)."""
-        kwargs.setdefault("image_max_pixels", training_image_max_pixels(cfg))
-        kwargs.setdefault("trust_remote_code", cfg.model.trust_remote_code)
-        kwargs.setdefault("seed", cfg.run.seed)
-        return cls(model_path, adapter_path, cfg.model.template, inf or cfg.inference, **kwargs)
 
     @property
     def loaded(self) -> bool:
@@ -548,7 +422,7 @@ class Generator:
         prompt = student_prompt(problem)
         if error is not None:
             for item in items:
-                journal.append(_row(item, prompt, None, None, 0.0) | {"error": error})
+                journal.append(journal_row(item, prompt, None, None, 0.0) | {"error": error})
             stats.failed += len(items)
             bar.update(len(items))
             return
@@ -562,7 +436,7 @@ class Generator:
 
             # Only one request is in flight, so nothing else draws from the global RNG before this
             # request's generate() runs in its worker thread.
-            torch.manual_seed(_derive_seed(self.seed or 0, items[0].key))
+            torch.manual_seed(derive_seed(self.seed or 0, items[0].key))
         t0 = time.perf_counter()
         try:
             responses = await self._chat_model.achat(messages, images=images or None, **kwargs)
@@ -588,7 +462,7 @@ class Generator:
                 stats.retry_later += 1
                 continue
             resp = responses[i]
-            row = _row(item, prompt, resp.response_text, resp.finish_reason, gen_s)
+            row = journal_row(item, prompt, resp.response_text, resp.finish_reason, gen_s)
             row["prompt_tokens"], row["response_tokens"] = resp.prompt_length, resp.response_length
             journal.append(row)
             stats.done += 1

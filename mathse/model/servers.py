@@ -42,9 +42,12 @@ from typing import Any
 
 import yaml
 
-from mathse.model import qwen_vl_positions as llamafactory_qwen_vl_positions
-from mathse.model.training import _die_with_parent, free_port
-from mathse.run.config import ApiConfig, RayConfig, ServeConfig
+from mathse.model import qwen_vl_positions
+from mathse.model.inference import chat_model_args
+from mathse.model.inputs import ModelInputs
+from mathse.model.processes import die_with_parent, free_port
+from mathse.model.replica_router import ReplicaRouter
+from mathse.run.config import ApiConfig, InferenceConfig, RayConfig, ServeConfig
 from mathse.run.errors import StageError
 from mathse.run.storage import atomic_write_text
 
@@ -78,21 +81,31 @@ class ServeError(StageError):
 class ServedModel:
     """What to serve: a model (plus LoRA adapter), under which name, with what LLaMA-Factory args.
 
-    `llamafactory_args` are the ChatModel arguments for `llamafactory-cli api` (they carry the
-    template and image_max_pixels of training); the other engines get the same facts as flags.
+    `inputs` are the model's input settings from its training (template, image size);
+    `llamafactory_args` the ChatModel arguments for `llamafactory-cli api`, built from the same
+    settings by `served_model`; the other engines get the same facts as flags.
     """
 
     name: str  # the served model name requests carry; also names the log files
     model: str
     adapter: str | None = None
-    template: str = "qwen2_vl"
+    inputs: ModelInputs = field(default_factory=lambda: ModelInputs("qwen2_vl"))
     llamafactory_args: dict[str, Any] = field(default_factory=dict)
-    image_max_pixels: int | None = None
     max_model_len: int = 4096
     gpu_memory_utilization: float = 0.9
     seed: int | None = None
-    trust_remote_code: bool = True
     concurrency: int = 1  # requests the client keeps in flight per replica
+
+
+def served_model(
+    name: str, model_path: str, adapter_path: str | None, inputs: ModelInputs, inf: InferenceConfig, seed: int | None
+) -> ServedModel:
+    """A checkpoint as a ServedModel: its input settings from training, `inf`'s sampling and engine sizes."""
+    return ServedModel(
+        name=name, model=model_path, adapter=adapter_path, inputs=inputs,
+        llamafactory_args=chat_model_args(model_path, adapter_path, inputs, inf), max_model_len=inf.vllm_maxlen,
+        gpu_memory_utilization=inf.vllm_gpu_util, seed=seed, concurrency=inf.concurrency,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,10 +120,10 @@ def server_command(
     env = {"PYTHONUNBUFFERED": "1", **serve.env}  # the log is current while the server runs
     gpus = max(1, serve.gpus_per_replica)
     if serve.engine == "llamafactory":
-        # `llamafactory-cli api` through the Qwen-VL positions adapter (llamafactory_qwen_vl_positions.py;
+        # `llamafactory-cli api` through the Qwen-VL positions adapter (qwen_vl_positions.py;
         # without it the server decodes the Qwen2-VL family wrongly), run as a file so that any
         # environment with LLaMA-Factory can run it, with no shell shim between us and the server.
-        argv = [python, llamafactory_qwen_vl_positions.__file__, "api", str(args_file)]
+        argv = [python, qwen_vl_positions.__file__, "api", str(args_file)]
         env.update({"API_HOST": host, "API_PORT": str(port), "API_MODEL_NAME": spec.name,
                     # The huggingface engine runs at most MAX_CONCURRENT requests at once (default 1).
                     "MAX_CONCURRENT": str(spec.concurrency)})
@@ -118,7 +131,7 @@ def server_command(
         argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model, "--host", host,
                 "--port", str(port), "--max-model-len", str(spec.max_model_len),
                 "--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
-        if spec.trust_remote_code:
+        if spec.inputs.trust_remote_code:
             argv.append("--trust-remote-code")
         if spec.seed is not None:
             argv += ["--seed", str(spec.seed)]
@@ -126,8 +139,8 @@ def server_command(
             argv += ["--data-parallel-size", str(serve.data_parallel_size)]
         if gpus // serve.data_parallel_size > 1:
             argv += ["--tensor-parallel-size", str(gpus // serve.data_parallel_size)]
-        if spec.image_max_pixels is not None:  # the image must become as many vision tokens as in training
-            argv += ["--mm-processor-kwargs", json.dumps({"max_pixels": spec.image_max_pixels})]
+        if spec.inputs.image_max_pixels is not None:  # the image must become as many vision tokens as in training
+            argv += ["--mm-processor-kwargs", json.dumps({"max_pixels": spec.inputs.image_max_pixels})]
         if serve.vllm_cpu:
             argv += list(VLLM_CPU_ARGS)
         if spec.adapter is not None:  # requests name the LoRA module; the base gets another name
@@ -140,13 +153,13 @@ def server_command(
                 str(port), "--served-model-name", spec.name, "--context-length", str(spec.max_model_len),
                 "--mem-fraction-static", str(spec.gpu_memory_utilization),
                 "--tp", str(max(1, gpus // serve.data_parallel_size)), "--dp", str(serve.data_parallel_size)]
-        if spec.trust_remote_code:
+        if spec.inputs.trust_remote_code:
             argv.append("--trust-remote-code")
         if spec.adapter is not None:
             argv += ["--lora-paths", f"{spec.name}={spec.adapter}"]
     else:  # "command"
         values = {"python": python, "model": spec.model, "adapter": spec.adapter or "", "host": host,
-                  "port": str(port), "served_name": spec.name, "template": spec.template,
+                  "port": str(port), "served_name": spec.name, "template": spec.inputs.template,
                   "args_file": str(args_file), "max_model_len": str(spec.max_model_len), "gpus": str(gpus)}
         try:
             argv = [part.format(**values) for part in serve.command or []]
@@ -172,7 +185,7 @@ class ServerProcess:
                 self.proc = subprocess.Popen(
                     argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
                     start_new_session=True,  # its own process group: stop() reaches the engine's children
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             except FileNotFoundError:
                 raise ServeError(f"server command not found: {argv[0]} (serve.python / serve.command)") from None
@@ -276,7 +289,7 @@ class Servers:
 
     def transport(self, concurrency: int, recheck_s: float = 5.0) -> Any:
         """An httpx transport spreading requests over the replicas (see ReplicaRouter)."""
-        return ReplicaRouter(self, concurrency, recheck_s)
+        return ReplicaRouter(self, self.spec.name, concurrency, recheck_s)
 
 
 @contextlib.contextmanager
@@ -410,74 +423,18 @@ def _serve_on_ray(serve: ServeConfig, spec: ServedModel, run_dir: Path, ray_cfg:
 
 
 # ---------------------------------------------------------------------------------------------
-# Client side: spread requests, fail over
+# One `llamafactory-cli api` server
 
 
-def _router_base(httpx_mod: Any) -> type:
-    return httpx_mod.AsyncBaseTransport  # type: ignore[no-any-return]
+@contextlib.contextmanager
+def serve_api(
+    args: dict[str, Any], run_dir: Path, startup_timeout_s: float = 180.0, name: str | None = None
+) -> Iterator[str]:
+    """Serve a model with `llamafactory-cli api` on a free 127.0.0.1 port; yields its OpenAI base URL.
 
-
-def _httpx() -> Any:
-    from mathse.api.client import _httpx_module
-
-    return _httpx_module()
-
-
-class ReplicaRouter(_router_base(_httpx())):  # type: ignore[misc]
-    """An httpx transport: least-loaded live replica per request; connection failures fail over."""
-
-    def __init__(self, servers: Servers, concurrency: int, recheck_s: float = 5.0) -> None:
-        httpx = _httpx()
-        self.servers = servers
-        self.recheck_s = recheck_s
-        self.concurrency = concurrency
-        n = len(servers.base_urls)
-        self._inner: Any = None  # built on first use: ChatClient closes its HTTP client after each batch
-        self._failover = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
-        self._load = [0] * n
-        self._down_until = [0.0] * n
-        self.failovers = 0  # requests sent again to another replica (for stats and tests)
-
-    def _pick(self, tried: set[int]) -> int | None:
-        now = time.monotonic()
-        live = [i for i in range(len(self._load)) if i not in tried and self._down_until[i] <= now]
-        return min(live, key=lambda i: self._load[i]) if live else None
-
-    async def handle_async_request(self, request: Any) -> Any:
-        import asyncio
-
-        tried: set[int] = set()
-        while True:
-            index = self._pick(tried)
-            if index is None:
-                raise self._failover[0](f"no replica of {self.servers.spec.name} answers", request=request)
-            url = self.servers.base_urls[index]
-            if self._down_until[index]:  # back from a failure: ask where it lives now (Ray restarts)
-                try:
-                    url = await asyncio.to_thread(self.servers.resolve, index)
-                except Exception:
-                    self._down_until[index] = time.monotonic() + self.recheck_s
-                    tried.add(index)
-                    continue
-                self._down_until[index] = 0.0
-            target = _httpx().URL(url)
-            request.url = request.url.copy_with(scheme=target.scheme, host=target.host, port=target.port)
-            request.headers["host"] = f"{target.host}:{target.port}"
-            if self._inner is None:
-                httpx = _httpx()
-                limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-                self._inner = httpx.AsyncHTTPTransport(limits=limits)
-            self._load[index] += 1
-            try:
-                return await self._inner.handle_async_request(request)
-            except self._failover:
-                self._down_until[index] = time.monotonic() + self.recheck_s
-                tried.add(index)
-                self.failovers += 1
-            finally:
-                self._load[index] -= 1
-
-    async def aclose(self) -> None:
-        inner, self._inner = self._inner, None
-        if inner is not None:
-            await inner.aclose()
+    A one-replica `serve_model` (stopped however the block ends; log in `run_dir`).
+    """
+    model = str(args["model_name_or_path"])
+    spec = ServedModel(name=name or Path(model).name or "model", model=model, llamafactory_args=args)
+    with serve_model(ServeConfig(engine="llamafactory", startup_timeout_s=startup_timeout_s), spec, run_dir) as servers:
+        yield servers.base_urls[0]

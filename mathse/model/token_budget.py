@@ -26,50 +26,35 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mathse.model.inputs import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ModelInputs, model_inputs
+
 if TYPE_CHECKING:
-    from mathse.model.training import SftExample
     from mathse.run.config import MathSEConfig
+    from mathse.run.records import SftExample
 
 __all__ = ["TokenBudget"]
-
-# LLaMA-Factory's defaults when neither the recipe nor the config sets them (DataArguments and
-# ProcessorArguments of llamafactory 0.9.x).
-DEFAULT_CUTOFF_LEN = 2048
-DEFAULT_IMAGE_MAX_PIXELS = 768 * 768
-DEFAULT_IMAGE_MIN_PIXELS = 32 * 32
-
 
 @dataclass
 class TokenBudget:
     """Counts an example's tokens the way `llamafactory-cli train` will for one training."""
 
     model_path: str
-    template: str
-    cutoff_len: int
-    image_max_pixels: int
-    image_min_pixels: int
-    trust_remote_code: bool = True
-    where: str = "llama_factory.cutoff_len"  # the config key to name in messages
+    inputs: ModelInputs
     policy: str = "drop"  # llama_factory.too_long: "drop" (leave out, list) or "stop"
 
     @classmethod
     def for_training(cls, cfg: MathSEConfig, training: str) -> TokenBudget:
         """The budget of one training ("m0", "rounds", "orm", "final") with its layered arguments."""
-        from mathse.model.training import training_args
+        return cls(model_path=cfg.model.base, inputs=model_inputs(cfg, training), policy=cfg.llama_factory.too_long)
 
-        args = training_args(cfg, training)
-        own = getattr(cfg.trainings, training)
-        where = f"trainings.{training}.cutoff_len" if own.cutoff_len is not None else "llama_factory.cutoff_len"
-        return cls(
-            model_path=cfg.model.base,
-            template=cfg.model.template,
-            cutoff_len=int(args.get("cutoff_len") or DEFAULT_CUTOFF_LEN),
-            image_max_pixels=int(args.get("image_max_pixels") or DEFAULT_IMAGE_MAX_PIXELS),
-            image_min_pixels=int(args.get("image_min_pixels") or DEFAULT_IMAGE_MIN_PIXELS),
-            trust_remote_code=cfg.model.trust_remote_code,
-            where=where,
-            policy=cfg.llama_factory.too_long,
-        )
+    @property
+    def cutoff_len(self) -> int:
+        return self.inputs.cutoff_len
+
+    @property
+    def where(self) -> str:
+        """The config key that sets this budget's cutoff_len, to name in messages."""
+        return self.inputs.cutoff_key
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -82,13 +67,13 @@ class TokenBudget:
 
         model_args = ModelArguments(
             model_name_or_path=self.model_path,
-            image_max_pixels=self.image_max_pixels,
-            image_min_pixels=self.image_min_pixels,
-            trust_remote_code=self.trust_remote_code,
+            image_max_pixels=self.inputs.max_pixels,
+            image_min_pixels=self.inputs.min_pixels,
+            trust_remote_code=self.inputs.trust_remote_code,
         )
         module = load_tokenizer(model_args)
         tokenizer, processor = module["tokenizer"], module["processor"]
-        template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=self.template))
+        template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=self.inputs.template))
         plugin = template.mm_plugin
         if _is_qwen2vl_plugin(plugin) and processor is not None:
             # The same plugin, told the image grids from the file headers instead of decoding.

@@ -1,4 +1,4 @@
-"""The bridge to LLaMA-Factory: sharegpt datasets, training YAML, and `llamafactory-cli train`.
+"""Training through LLaMA-Factory: a training's layered arguments, its YAML, and `llamafactory-cli train`.
 
 Training runs as a subprocess, exactly as a user would run it, so the same code path serves a
 laptop CPU with a tiny model and a multi-node GPU job (via LLaMA-Factory's own torchrun launcher,
@@ -7,36 +7,24 @@ configured through the environment variables it reads).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import json
-import logging
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
+from mathse.model.processes import die_with_parent
 from mathse.run.config import MathSEConfig
-from mathse.run.errors import DataError, TrainingError
+from mathse.run.errors import TrainingError
 from mathse.run.fingerprint import Inputs, Stale, check
-from mathse.run.storage import atomic_open, atomic_write_json, atomic_write_text, is_done, mark_done, read_json
-
-if TYPE_CHECKING:
-    from mathse.model.token_budget import TokenBudget
-
-DATASET_INFO = "dataset_info.json"
-IMAGE_TOKEN = "<image>"
+from mathse.run.storage import atomic_open, atomic_write_text, is_done, mark_done, read_json
 
 
 def llamafactory_command(*args: str) -> list[str]:
@@ -56,108 +44,6 @@ def llamafactory_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     bin_dir = os.path.dirname(sys.executable)
     env["PATH"] = os.pathsep.join([bin_dir, *(p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir)])
     return env
-
-
-@dataclass(frozen=True)
-class SftExample:
-    """One supervised example: a user prompt (with images) and the target response."""
-
-    prompt: str
-    response: str
-    images: tuple[str, ...] = ()
-    system: str | None = None
-    id: str | None = None  # the record it came from, to name it when it is left out
-    # Earlier (user, assistant) turns before `prompt`: a multi-turn sample. Trained on only with
-    # LLaMA-Factory's default; `mask_history: true` keeps the loss on the last response alone.
-    history: tuple[tuple[str, str], ...] = ()
-
-
-def to_sharegpt(example: SftExample) -> dict[str, Any]:
-    """The sharegpt row LLaMA-Factory expects: one `<image>` tag per image in the first user turn."""
-    messages: list[dict[str, str]] = []
-    if example.system:
-        messages.append({"role": "system", "content": example.system})
-    tags = IMAGE_TOKEN * len(example.images)
-    for user, assistant in example.history:
-        messages.append({"role": "user", "content": tags + user})
-        messages.append({"role": "assistant", "content": assistant})
-        tags = ""
-    messages.append({"role": "user", "content": tags + example.prompt})
-    messages.append({"role": "assistant", "content": example.response})
-    row: dict[str, Any] = {"messages": messages}
-    if example.images:
-        row["images"] = list(example.images)
-    return row
-
-
-def write_sharegpt_dataset(
-    examples: Iterable[SftExample], dataset_dir: Path, name: str, budget: TokenBudget | None = None
-) -> int:
-    """Stream `examples` into `<dataset_dir>/<name>.json` (a JSON array) and register it.
-
-    Streaming keeps memory flat for hundreds of thousands of rows; the file is written to a temp
-    name and renamed, and registered in dataset_info.json only after, so a kill leaves either the
-    previous dataset or the new one.
-
-    With a `budget`, an example that cannot keep its image tokens within the training's cutoff_len
-    is left out and listed in `<name>.too_long.jsonl` (or, with `llama_factory.too_long: stop`,
-    nothing is written and DataError says how many and what cutoff_len would fit them).
-    """
-    file_name = f"{name}.json"
-    count = 0
-    too_long: list[dict[str, Any]] = []
-    with atomic_open(dataset_dir / file_name) as handle:
-        handle.write("[")
-        for example in examples:
-            needed = budget.needed(example) if budget is not None else None
-            if needed is not None:
-                too_long.append({"id": example.id, "tokens": needed, "images": list(example.images),
-                                 "prompt": example.prompt[:200]})
-                continue
-            handle.write(",\n" if count else "\n")
-            handle.write(json.dumps(to_sharegpt(example), ensure_ascii=False))
-            count += 1
-        handle.write("\n]\n")
-        if too_long and budget is not None:
-            _report_too_long(too_long, dataset_dir / f"{name}.too_long.jsonl", name, budget, count)
-    if budget is not None and not too_long:
-        (dataset_dir / f"{name}.too_long.jsonl").unlink(missing_ok=True)
-    register_dataset(dataset_dir, name, file_name)
-    return count
-
-
-def _report_too_long(rows: list[dict[str, Any]], listing: Path, name: str, budget: TokenBudget, kept: int) -> None:
-    atomic_write_text(listing, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    longest = max(r["tokens"] for r in rows)
-    limit = f"{budget.where}={budget.cutoff_len}"
-    if kept == 0:
-        raise DataError(f"dataset {name}: none of its {len(rows)} examples keeps its image tokens within {limit}; "
-                        f"cutoff_len {longest} fits them all (listed in {listing})")
-    if budget.policy == "stop":
-        raise DataError(f"dataset {name}: {len(rows)} examples would lose image tokens to {limit}; cutoff_len "
-                        f"{longest} fits them all (listed in {listing}): raise it, or set llama_factory.too_long: "
-                        f"drop to leave them out")
-    print(f"dataset {name}: left out {len(rows)} examples whose image tokens do not fit {limit} (cutoff_len "
-          f"{longest} fits them all); listed in {listing}", flush=True)
-
-
-def register_dataset(dataset_dir: Path, name: str, file_name: str) -> None:
-    """Add or update the dataset's entry in dataset_info.json, keeping other entries."""
-    info_path = dataset_dir / DATASET_INFO
-    info = read_json(info_path) if info_path.exists() else {}
-    info[name] = {
-        "file_name": file_name,
-        "formatting": "sharegpt",
-        "columns": {"messages": "messages", "images": "images"},
-        "tags": {
-            "role_tag": "role",
-            "content_tag": "content",
-            "user_tag": "user",
-            "assistant_tag": "assistant",
-            "system_tag": "system",
-        },
-    }
-    atomic_write_json(info_path, info)
 
 
 @dataclass
@@ -437,7 +323,7 @@ def _run_logged(command: list[str], env: dict[str, str], log_path: Path, desc: s
                 text=True,  # universal newlines: every tqdm refresh ("\r") arrives as a line
                 bufsize=1,
                 errors="replace",
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except FileNotFoundError:  # only if the interpreter itself vanished
             raise TrainingError(f"cannot run {sys.executable}: pip install -r requirements.txt") from None
@@ -577,84 +463,3 @@ def _complete_processor_files(ckpt: Path, start_model: Path) -> None:
             shutil.copy2(src, ckpt / src.name)
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when MathSE dies, even by SIGKILL, so a killed stage never
-    leaves a trainer writing into the output dir its rerun is about to use (Linux only)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-@contextlib.contextmanager
-def library_logs_to(log_path: Path) -> Iterator[None]:
-    """LLaMA-Factory's and transformers' log lines go to `log_path` (appended) for the block.
-
-    For a ChatModel loaded in this process: its chatter (configs, "loading weights", generation
-    config dumps) belongs in the stage's log, not on the console. Both libraries log through one
-    stream handler on their root logger (transformers' is re-added by LLaMA-Factory whenever it
-    parses arguments), so pointing those handlers at the file catches every line; they point back
-    to the console when the block ends.
-    """
-    import transformers.utils.logging as hf_logging
-    from llamafactory.extras import logging as lf_logging
-
-    lf_logging.get_logger()  # both handlers exist from here on
-    hf_logging.get_logger()
-    handlers = {
-        h
-        for name in ("transformers", "llamafactory")
-        for h in logging.getLogger(name).handlers
-        if type(h) is logging.StreamHandler
-    }
-    default = getattr(hf_logging, "_default_handler", None)  # re-added by enable_default_handler()
-    if isinstance(default, logging.StreamHandler):
-        handlers.add(default)
-    # LLaMA-Factory turns transformers' verbosity up to INFO when it parses arguments, for good:
-    # restored afterwards, or every later tokenizer load in this process would talk on the console.
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a", encoding="utf-8") as log:
-        previous = {h: _swap_stream(h, log) for h in handlers}
-        hf_logging.disable_progress_bar()  # "Loading weights" bars: tqdm on the console, not logging
-        try:
-            yield
-        finally:
-            for handler, stream in previous.items():
-                _swap_stream(handler, stream)
-            hf_logging.set_verbosity(verbosity)
-            if bars:
-                hf_logging.enable_progress_bar()
-
-
-def _swap_stream(handler: logging.StreamHandler, stream: Any) -> Any:
-    """Point `handler` at `stream`; returns the old one. Unlike setStream it never fails on an old
-    stream that was closed meanwhile (e.g. a console captured and released by a test runner)."""
-    with handler.lock or contextlib.nullcontext():
-        old = handler.stream
-        with contextlib.suppress(ValueError, OSError, AttributeError):
-            old.flush()
-        handler.stream = stream
-    return old
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve_api(
-    args: dict[str, Any], run_dir: Path, startup_timeout_s: float = 180.0, name: str | None = None
-) -> Iterator[str]:
-    """Serve a model with `llamafactory-cli api` on a free 127.0.0.1 port; yields its OpenAI base URL.
-
-    A one-replica `mathse.model.servers.serve_model` (stopped however the block ends; log in `run_dir`).
-    """
-    from mathse.model.servers import ServedModel, serve_model
-    from mathse.run.config import ServeConfig
-
-    model = str(args["model_name_or_path"])
-    spec = ServedModel(name=name or Path(model).name or "model", model=model, llamafactory_args=args)
-    with serve_model(ServeConfig(engine="llamafactory", startup_timeout_s=startup_timeout_s), spec, run_dir) as servers:
-        yield servers.base_urls[0]

@@ -1,1 +1,2 @@
-"""The run report's parts: `collect` (numbers), `charts` (PNGs), `markdown` (report.md)."""
+"""The run report's parts: `collect` (numbers, section by section from the modules it names), `charts` (PNGs),
+`markdown` (report.md)."""

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from mathse.reporting.collect import TRANSITION_LABELS, TRANSITIONS
+from mathse.reporting.transitions import TRANSITION_LABELS, TRANSITIONS
 from mathse.run.storage import atomic_write_bytes
 
 DPI = 110
@@ -180,7 +180,7 @@ def _chart_eval(report: dict[str, Any]) -> Any:
         ckpts = list(table)
         # A blank cell is NaN: no bar, rather than a bar at 0 that reads as a score of 0.
         series = {b: [v if isinstance(v := table[k].get(b), float) else float("nan") for k in ckpts] for b in numeric}
-        ylabel = "Accuracy (%) from eval/results.csv"
+        ylabel = "Accuracy (%) from eval/results.json"
     else:  # no usable table: accuracy from the predictions themselves
         preds = ev.get("predictions") or {}
         ckpts = [k for k in ev.get("checkpoint_order", []) if k in preds]

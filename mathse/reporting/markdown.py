@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from mathse.reporting.collect import TRANSITION_LABELS, TRANSITIONS
+from mathse.reporting.marker_inputs import input_lines
+from mathse.reporting.transitions import TRANSITION_LABELS, TRANSITIONS
 
 
 def _fmt(value: Any, percent: bool = False) -> str:
@@ -33,6 +34,24 @@ def _image(report: dict[str, Any], name: str, alt: str) -> list[str]:
     return [f"![{alt}]({filename})", ""] if filename else []
 
 
+def _stat_rows(stats: dict[str, Any]) -> list[list[str]]:
+    """A stats dict as (stat, value) rows: plain values first, then one row per entry of a nested count
+    (``dropped: orm rejected``)."""
+    rows = [[k, _fmt(v)] for k, v in stats.items() if not isinstance(v, dict)]
+    for k, v in stats.items():
+        if isinstance(v, dict):
+            rows += [[f"{k}: {sub}", _fmt(n)] for sub, n in v.items()]
+    return rows
+
+
+def _inputs(summary: dict[str, Any] | None, intro: str) -> list[str]:
+    """A completion marker's inputs as a short list (file names with hash prefixes, setting names)."""
+    lines = input_lines(summary) if summary else []
+    if not lines:
+        return []
+    return [f"{intro} (as its completion marker records):", "", *(f"- {line}" for line in lines), ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md from the numbers (no file reads: everything comes from `report`)."""
     lines = ["# MathSE run report", "", f"Run: `{report['output_dir']}` — generated {report['generated_at']}.", ""]
@@ -52,9 +71,9 @@ def _md_distill(report: dict[str, Any]) -> list[str]:
     if not d:
         return []
     if d["stats"]:
-        lines += _table(["stat", "value"], ([k, _fmt(v)] for k, v in d["stats"].items()))
+        lines += _table(["stat", "value"], _stat_rows(d["stats"]))
     lines += [f"D_SFT rows: {_fmt(d['d_sft_rows'])}.", ""]
-    return lines
+    return lines + _inputs(d.get("inputs"), "D_SFT was made from")
 
 
 def _md_evolve(report: dict[str, Any]) -> list[str]:
@@ -152,22 +171,21 @@ def _md_reflect(report: dict[str, Any]) -> list[str]:
     ref = report.get("reflect")
     if not ref:
         return []
-    stats = ref["stats"] or {}
-    rows = [[k, _fmt(v)] for k, v in stats.items() if not isinstance(v, dict)]
-    for k, v in stats.items():
-        if isinstance(v, dict):
-            rows += [[f"{k}: {reason}", _fmt(n)] for reason, n in v.items()]
+    rows = _stat_rows(ref["stats"] or {})
     if rows:
         lines += _table(["stat", "value"], rows)
     return [*lines, f"Kept rows: {_fmt(ref['kept_rows'])}.", ""]
 
 
 def _md_eval(report: dict[str, Any]) -> list[str]:
-    lines: list[str] = []
+    """One accuracy table: results.json's, checked against the predictions files; without results.json,
+    the predictions files' own counts."""
     ev = report.get("eval")
     if not ev:
         return []
     results = ev.get("results")
+    preds = ev.get("predictions") or {}
+    lines: list[str] = []
     if results:
         columns = results["columns"]
 
@@ -179,13 +197,35 @@ def _md_eval(report: dict[str, Any]) -> list[str]:
         lines += ["From `eval/results.json` (accuracy %, correct/total):", ""]
         lines += _table([results["key_column"], *columns],
                         ([k, *(cell(row, col) for col in columns)] for k, row in results["table"].items()))
-    preds = ev.get("predictions") or {}
-    if preds:
-        lines += ["Accuracy recomputed from the predictions files:", ""]
+        lines += _eval_check(ev.get("disagreements") or [], bool(preds))
+    elif preds:
+        lines += ["Accuracy from the predictions files (no readable `eval/results.json`):", ""]
         lines += _table(["checkpoint", "benchmark", "problems", "correct", "accuracy"],
                         ([k, b, _fmt(p["n"]), _fmt(p["correct"]), _fmt(p["accuracy"], True)]
                          for k in ev["checkpoint_order"] if k in preds for b, p in preds[k].items()))
     return lines + _image(report, "eval", "Evaluation results")
+
+
+def _eval_check(disagreements: list[dict[str, Any]], checked: bool) -> list[str]:
+    """The predictions files recounted against results.json: one line per checkpoint / benchmark that differs
+    (naming both figures), one line saying they agree otherwise."""
+    if not checked:
+        return []
+    if not disagreements:
+        return ["The predictions files, recounted, give the same counts.", ""]
+    lines: list[str] = []
+    for d in disagreements:
+        said, counted = d["results"], d["predictions"]
+        recorded = _fraction(said["correct"], said["total"]) if said else "has no entry"
+        lines.append(f"- Check failed: {d['checkpoint']} / {d['benchmark']}: results.json {recorded}, "
+                     f"the predictions files recounted {_fraction(counted['correct'], counted['n'])}.")
+    return [*lines, ""]
+
+
+def _fraction(correct: Any, total: Any) -> str:
+    """``2/4 (50.0%)``."""
+    share = correct / total if total else None
+    return f"{_fmt(correct)}/{_fmt(total)} ({_fmt(share, True)})"
 
 
 def _md_usage(report: dict[str, Any]) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ __all__ = [
     "ProblemIndex",
     "ReflectionRow",
     "Row",
+    "SftExample",
     "SftRow",
     "VerdictRow",
     "iter_problems",
@@ -298,3 +300,17 @@ class ReflectionRow(Row):
     round: int
     error_step: int | None
     analysis: str | None
+
+
+@dataclass(frozen=True)
+class SftExample:
+    """One supervised example: a user prompt (with images) and the target response."""
+
+    prompt: str
+    response: str
+    images: tuple[str, ...] = ()
+    system: str | None = None
+    id: str | None = None  # the record it came from, to name it when it is left out
+    # Earlier (user, assistant) turns before `prompt`: a multi-turn sample. Trained on only with
+    # LLaMA-Factory's default; `mask_history: true` keeps the loss on the last response alone.
+    history: tuple[tuple[str, str], ...] = ()

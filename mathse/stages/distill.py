@@ -17,19 +17,13 @@ from mathse.api.client import ChatClient
 from mathse.api.messages import ChatRequest, ChatResult, system_message, user_message
 from mathse.model.prompts import fill_template, student_prompt
 from mathse.model.token_budget import TokenBudget
-from mathse.model.training import (
-    SftExample,
-    TrainJob,
-    compose_train_job,
-    run_train_job,
-    training_stale,
-    write_sharegpt_dataset,
-)
+from mathse.model.training import TrainJob, compose_train_job, run_train_job, training_stale
+from mathse.model.training_data import write_sharegpt_dataset
 from mathse.run import layout
 from mathse.run.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.run.errors import StageError
 from mathse.run.fingerprint import API_VOLATILE, Inputs, Stale, check, settle
-from mathse.run.records import DataError, Problem, SftRow, iter_problems
+from mathse.run.records import DataError, Problem, SftExample, SftRow, iter_problems
 from mathse.run.storage import Journal, atomic_open, is_done, iter_jsonl, mark_done, read_marker, write_line
 from mathse.run.timing import StageTimer
 from mathse.run.usage import UsageLedger
@@ -156,7 +150,6 @@ def train_job(cfg: MathSEConfig) -> TrainJob:
         output_dir=cfg.model_path("sft_model_stage0"),
         run_dir=layout.stage_dir(cfg, STAGE),
     )
-
 
 
 def print_plan(cfg: MathSEConfig, seed: SeedCounts, job: TrainJob) -> None:

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
-import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +28,17 @@ from mathse.judging.judge import JudgeItem, PathJudge, journal_path
 from mathse.judging.orm_endpoint import describe_orm_serving, orm_endpoint, rule_only_notice
 from mathse.model.generation import describe as describe_generation
 from mathse.model.generation import open_generator
-from mathse.model.inference import GenItem, make_items
+from mathse.model.generation_items import GenItem, make_items
+from mathse.model.inputs import model_inputs
 from mathse.model.prompts import student_prompt
 from mathse.model.token_budget import TokenBudget
-from mathse.model.training import (
-    VOLATILE_ARGS,
-    SftExample,
-    TrainJob,
-    compose_train_job,
-    run_train_job,
-    training_args,
-    write_sharegpt_dataset,
-)
-from mathse.run import layout
-from mathse.run.config import ConfigError, MathSEConfig, save_resolved_config
+from mathse.model.training import VOLATILE_ARGS, TrainJob, compose_train_job, run_train_job, training_args
+from mathse.model.training_data import write_sharegpt_dataset
+from mathse.run import layout, rounds
+from mathse.run.config import MathSEConfig, save_resolved_config
 from mathse.run.errors import StageError
 from mathse.run.fingerprint import INFERENCE_VOLATILE, Inputs, Stale, check, settle
-from mathse.run.records import JudgedPathRow, PathRow, Problem, ProblemIndex, SftRow
+from mathse.run.records import JudgedPathRow, PathRow, Problem, ProblemIndex, SftExample, SftRow
 from mathse.run.storage import (
     Journal,
     atomic_open,
@@ -65,27 +56,6 @@ from mathse.run.usage import UsageLedger
 
 STAGE = layout.EVOLVE
 DATASET_NAME = "mathse_stage_final"
-_SHARD_MARKER = re.compile(r"^\.shard-(\d+)-of-(\d+)\.done$")
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int
-    count: int
-
-    @property
-    def tag(self) -> str:
-        return f"shard-{self.index}-of-{self.count}"
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
-        if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-            raise ConfigError([f"config error: --shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4"])
-        return cls(int(match.group(1)), int(match.group(2)))
-
-
-WHOLE = Shard(0, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,28 +66,12 @@ def evolve_dir(cfg: MathSEConfig) -> Path:
     return layout.stage_dir(cfg, STAGE)
 
 
-def generations_path(cfg: MathSEConfig, r: int, shard: Shard) -> Path:
-    return layout.round_dir(cfg, r) / f"generations.{shard.tag}.jsonl"
-
-
-def verdicts_stage(r: int, shard: Shard) -> str:
-    return f"evolve_round_{r}.{shard.tag}"
-
-
-def shard_marker(cfg: MathSEConfig, r: int, shard: Shard) -> Path:
-    return layout.round_dir(cfg, r) / f".{shard.tag}.done"
-
-
-def merged_marker(cfg: MathSEConfig, r: int) -> Path:
-    return layout.round_dir(cfg, r) / layout.MERGED
-
-
 # ---------------------------------------------------------------------------------------------
 # Stage protocol
 
 
 def finished(cfg: MathSEConfig) -> bool:
-    return all(is_done(layout.round_dir(cfg, r)) for r in range(1, cfg.evolve.rounds + 1)) or _pool_exhausted(cfg)
+    return all(is_done(layout.round_dir(cfg, r)) for r in range(1, cfg.evolve.rounds + 1)) or rounds.pool_exhausted(cfg)
 
 
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
@@ -132,7 +86,7 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
     }
 
 
-def run(cfg: MathSEConfig, dry_run: bool = False, shard: Shard | None = None, merge: bool = False) -> int:
+def run(cfg: MathSEConfig, dry_run: bool = False, shard: rounds.Shard | None = None, merge: bool = False) -> int:
     m0 = cfg.model_path("sft_model_stage0")
     d_sft0 = layout.d_sft_path(cfg, layout.DISTILL)
     # Every record validated now; only ids and file offsets held: a problem is read when its batch needs it.
@@ -205,7 +159,7 @@ def stale(cfg: MathSEConfig) -> list[Stale]:
 def run_rounds(
     cfg: MathSEConfig,
     pool: ProblemIndex,
-    shard: Shard | None,
+    shard: rounds.Shard | None,
     merge: bool,
     timer: StageTimer,
 ) -> int:
@@ -214,50 +168,23 @@ def run_rounds(
         rd = layout.round_dir(cfg, r)
         if is_done(rd):
             continue
-        remain = remaining_before(cfg, r, pool)
+        remain = rounds.remaining_before(cfg, r, pool)
         if not remain:
             print(f"evolve: D_remain is empty before round {r}; nothing left to evolve on")
             break
-        batch = load_or_sample_batch(cfg, r, remain)
+        batch = rounds.load_or_sample_batch(cfg, r, remain)
         model = generation_model(cfg, r)
         if shard is not None:  # one node's share of the current round, nothing else
             run_shard(cfg, r, pool, batch, shard, model, timer)
             print(f"evolve: round {r} {shard.tag} done; merge with --merge once every shard is done")
             return 0
-        if not merge and not sharded_elsewhere(cfg, r):
-            run_shard(cfg, r, pool, batch, WHOLE, model, timer)
+        if not merge and not rounds.sharded_elsewhere(cfg, r):
+            run_shard(cfg, r, pool, batch, rounds.WHOLE, model, timer)
         complete_round(cfg, r, batch, pool, remain, timer)
         if merge:
             return 0  # the next round's shards start from this merged round
     print_final_summary(cfg)
     return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# D_remain and batches
-
-
-def remaining_before(cfg: MathSEConfig, r: int, pool: ProblemIndex) -> list[str]:
-    """D_remain at the start of round r: the pool, minus every problem solved in rounds < r."""
-    if r == 1:
-        return list(pool)
-    return list(read_json(layout.round_dir(cfg, r - 1) / "remain.json"))
-
-
-def _pool_exhausted(cfg: MathSEConfig) -> bool:
-    last = max((r for r in range(1, cfg.evolve.rounds + 1) if is_done(layout.round_dir(cfg, r))), default=0)
-    return last > 0 and not read_json(layout.round_dir(cfg, last) / "remain.json")
-
-
-def load_or_sample_batch(cfg: MathSEConfig, r: int, remain: list[str]) -> list[str]:
-    """The round's problem ids: sampled once (seeded by run seed and round), then read back."""
-    path = layout.round_dir(cfg, r) / "batch.json"
-    if path.is_file():
-        return list(read_json(path))
-    rng = random.Random(f"{cfg.run.seed}:{r}")
-    batch = rng.sample(remain, min(cfg.evolve.batch_size, len(remain)))
-    atomic_write_json(path, batch)
-    return batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,19 +238,21 @@ def point_final_at(cfg: MathSEConfig, target: Path) -> None:
 
 
 def run_shard(
-    cfg: MathSEConfig, r: int, pool: Mapping[str, Problem], batch: list[str], shard: Shard, model_dir: Path,
+    cfg: MathSEConfig, r: int, pool: Mapping[str, Problem], batch: list[str], shard: rounds.Shard, model_dir: Path,
     timer: StageTimer,
 ) -> None:
     """Generate and judge this shard's problems; marks the shard done when nothing is left."""
-    marker = shard_marker(cfg, r, shard)
+    marker = rounds.shard_marker(cfg, r, shard)
     if marker.is_file():
         return
     mine = [pool[pid] for j, pid in enumerate(batch) if j % shard.count == shard.index]
     items = make_items(mine, cfg.inference.n_paths)
     model_path, adapter = layout.model_ref(model_dir)
-    with Journal(generations_path(cfg, r, shard)) as generations:
+    with Journal(rounds.generations_path(cfg, r, shard)) as generations:
         # Served: the checkpoint's servers start here and stop when the block ends, before judging/training.
-        with timer.span("model"), open_generator(cfg, model_path, adapter,
+        student = model_inputs(cfg, "rounds")
+        with timer.span("model"), open_generator(model_path, adapter, student, cfg.inference, serve=cfg.serve,
+                                                 ray=cfg.ray, seed=cfg.run.seed,
                                                  server_dir=layout.servers_dir(layout.round_dir(cfg, r))) as generator:
             gen = generator.generate(items, generations, progress=f"round {r} generate")
         print(gen.summary())
@@ -336,7 +265,7 @@ def run_shard(
             judge = PathJudge(cfg, STAGE, ledger, endpoint=endpoint)
             try:
                 # A served ORM is an API wait; a local or rule-based one is model compute.
-                with Journal(journal_path(cfg, verdicts_stage(r, shard))) as verdicts, \
+                with Journal(journal_path(cfg, rounds.verdicts_stage(r, shard))) as verdicts, \
                         timer.span("api" if cfg.orm.backend in ("api", "trained") else "model"):
                     verdict_stats = judge.judge(to_judge, verdicts, progress=f"round {r} judge", total=total)
             finally:
@@ -360,20 +289,6 @@ def paths_to_judge(items: list[GenItem], generations: Journal) -> Iterator[Judge
             yield JudgeItem(item.key, item.problem, row["response"])
 
 
-def shard_counts(cfg: MathSEConfig, r: int) -> set[int]:
-    rd = layout.round_dir(cfg, r)
-    if not rd.is_dir():
-        return set()
-    return {int(m.group(2)) for p in rd.iterdir() if (m := _SHARD_MARKER.match(p.name))} | {
-        int(m.group(1)) for p in rd.glob("generations.shard-*-of-*.jsonl") if (m := re.search(r"of-(\d+)", p.name))
-    }
-
-
-def sharded_elsewhere(cfg: MathSEConfig, r: int) -> bool:
-    """A round that was started with --shard i/n (n > 1) is finished with shards and --merge."""
-    return any(n > 1 for n in shard_counts(cfg, r))
-
-
 # ---------------------------------------------------------------------------------------------
 # Merge, dataset update, retrain
 
@@ -387,17 +302,17 @@ def complete_round(
     timer: StageTimer,
 ) -> None:
     rd = layout.round_dir(cfg, r)
-    if not merged_marker(cfg, r).is_file():
-        counts = shard_counts(cfg, r)
+    if not rounds.merged_marker(cfg, r).is_file():
+        counts = rounds.shard_counts(cfg, r)
         if len(counts) != 1:
             raise StageError(f"evolve: round {r} has no shard results to merge (found shardings: {sorted(counts)})")
         (n,) = counts
-        missing = [i for i in range(n) if not shard_marker(cfg, r, Shard(i, n)).is_file()]
+        missing = [i for i in range(n) if not rounds.shard_marker(cfg, r, rounds.Shard(i, n)).is_file()]
         if missing:
             raise StageError(f"evolve: round {r}: shards {missing} of {n} are not done; run them before --merge")
         stats = merge_shards(cfg, r, batch, by_id, remain_before, n)
-        atomic_write_json(merged_marker(cfg, r), stats)
-    stats = read_json(merged_marker(cfg, r))
+        atomic_write_json(rounds.merged_marker(cfg, r), stats)
+    stats = read_json(rounds.merged_marker(cfg, r))
     rebuild_cumulative(cfg, r)
     # Without retraining the data still grows each round; the model stays M0. A round that accepted
     # no new path left D_SFT as it was: retraining would spend hours to reproduce the model before.
@@ -422,10 +337,10 @@ def merge_shards(
     are written row by row; only problem ids (solved, remaining) are held."""
     rd = layout.round_dir(cfg, r)
     with contextlib.ExitStack() as stack:
-        shards = [Shard(i, n) for i in range(n)]
-        generations = [stack.enter_context(Journal(generations_path(cfg, r, s))) for s in shards]
-        verdicts = [stack.enter_context(Journal(journal_path(cfg, verdicts_stage(r, s)))) for s in shards]
-        seconds = sum(read_json(shard_marker(cfg, r, s)).get("gen_seconds", 0.0) for s in shards)
+        parts = [rounds.Shard(i, n) for i in range(n)]
+        generations = [stack.enter_context(Journal(rounds.generations_path(cfg, r, s))) for s in parts]
+        verdicts = [stack.enter_context(Journal(journal_path(cfg, rounds.verdicts_stage(r, s)))) for s in parts]
+        seconds = sum(read_json(rounds.shard_marker(cfg, r, s)).get("gen_seconds", 0.0) for s in parts)
         chosen, rejected, hard, history = (
             stack.enter_context(atomic_open(rd / name))
             for name in (layout.CHOSEN, "rejected.jsonl", "hard.jsonl", layout.HISTORY)
@@ -501,10 +416,10 @@ def rebuild_cumulative(cfg: MathSEConfig, upto: int) -> None:
     Streamed, row by row from the rounds' files: the rejected paths alone grow to n_paths times the
     pool over the rounds, so nothing here is held in memory.
     """
-    rounds = [layout.round_dir(cfg, r) for r in range(1, upto + 1)]
+    round_dirs = [layout.round_dir(cfg, r) for r in range(1, upto + 1)]
 
     def concat(name: str) -> Iterator[dict[str, Any]]:
-        for rd in rounds:
+        for rd in round_dirs:
             yield from iter_jsonl(rd / name)
 
     def chosen() -> Iterator[PathRow]:
@@ -556,7 +471,9 @@ def print_plan(cfg: MathSEConfig, pool: ProblemIndex) -> None:
           f"{inf.concurrency} requests in flight; ORM backend {cfg.orm.backend}, policy {cfg.orm.policy}")
     servers = layout.servers_dir(layout.round_dir(cfg, 1))
     m0 = cfg.model_path("sft_model_stage0")
-    print(f"[dry-run] round 1 generation: {describe_generation(cfg, m0, None, servers)}")
+    student = model_inputs(cfg, "rounds")
+    plan = describe_generation(m0, None, student, cfg.inference, serve=cfg.serve, ray=cfg.ray, server_dir=servers)
+    print(f"[dry-run] round 1 generation: {plan}")
     if (notice := rule_only_notice(cfg, STAGE)) is not None:
         print(f"[dry-run] {notice}")
     elif cfg.orm.backend == "trained" and cfg.orm.api is None:
@@ -574,8 +491,8 @@ def follow(cfg: MathSEConfig) -> int:
     for r in range(1, cfg.evolve.rounds + 1):
         if r > 1 and not read_json(layout.round_dir(cfg, r - 1) / "remain.json"):
             break  # node 0 stops when D_remain is empty
-        wait_for(cfg, layout.round_dir(cfg, r), f"round {r} data", marker=merged_marker(cfg, r))
-        if cfg.evolve.retrain and read_json(merged_marker(cfg, r))["accepted"] > 0:
+        wait_for(cfg, layout.round_dir(cfg, r), f"round {r} data", marker=rounds.merged_marker(cfg, r))
+        if cfg.evolve.retrain and read_json(rounds.merged_marker(cfg, r))["accepted"] > 0:
             run_train_job(train_job(cfg, r))
         wait_for(cfg, layout.round_dir(cfg, r), f"round {r}")
     print(f"evolve: this node's share of the {cfg.evolve.rounds} rounds' trainings is done")

@@ -51,15 +51,11 @@ from mathse.judging.orm_endpoint import orm_endpoint
 from mathse.judging.steps import split_steps
 from mathse.model.generation import describe as describe_generation
 from mathse.model.generation import open_generator
-from mathse.model.inference import make_items
+from mathse.model.generation_items import make_items
+from mathse.model.inputs import model_inputs
 from mathse.model.token_budget import TokenBudget
-from mathse.model.training import (
-    TrainJob,
-    compose_train_job,
-    run_train_job,
-    training_stale,
-    write_sharegpt_dataset,
-)
+from mathse.model.training import TrainJob, compose_train_job, run_train_job, training_stale
+from mathse.model.training_data import write_sharegpt_dataset
 from mathse.run import fingerprint, layout
 from mathse.run.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.run.errors import StageError
@@ -267,7 +263,8 @@ def sample_paths(cfg: MathSEConfig, problems: list[Problem], m0: Path) -> list[d
     model_path, adapter = layout.model_ref(m0)
     with Journal(data_dir(cfg) / "generations.jsonl") as journal:
         servers = layout.servers_dir(data_dir(cfg))
-        with open_generator(cfg, model_path, adapter, inf=inf, server_dir=servers) as generator:
+        with open_generator(model_path, adapter, model_inputs(cfg, "rounds"), inf, serve=cfg.serve, ray=cfg.ray,
+                            seed=cfg.run.seed, server_dir=servers) as generator:
             gen = generator.generate(items, journal, progress="orm: sample M0")
         print(gen.summary())
         rows = [row for i in items if (row := journal.get(i.key)) is not None and row.get("response")]
@@ -473,7 +470,9 @@ def print_plan(cfg: MathSEConfig, rows: list[LabelledPath] | None, job: TrainJob
         inf = cfg.inference.model_copy(update={"temperature": data.temperature})
         model_path, adapter = layout.model_ref(m0)
         servers = layout.servers_dir(data_dir(cfg))
-        print(f"[dry-run] sampling: {describe_generation(cfg, model_path, adapter, servers, inf)}")
+        student = model_inputs(cfg, "rounds")
+        plan = describe_generation(model_path, adapter, student, inf, serve=cfg.serve, ray=cfg.ray, server_dir=servers)
+        print(f"[dry-run] sampling: {plan}")
         print(f"[dry-run] labels: rule check against the reference; every incorrect path -> teacher {teacher} "
               "(first faulty step + analysis; unusable -> asked again once, then dropped)")
         print(f"[dry-run] balance {data.correct_per_incorrect:g} correct per incorrect"

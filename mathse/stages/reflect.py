@@ -29,12 +29,12 @@ from mathse.judging.judge import JudgeItem, PathJudge, journal_path
 from mathse.judging.orm_endpoint import orm_endpoint, rule_only_notice
 from mathse.model.prompts import reflection_prompt
 from mathse.model.token_budget import TokenBudget
-from mathse.model.training import SftExample, write_sharegpt_dataset
+from mathse.model.training_data import write_sharegpt_dataset
 from mathse.run import layout
 from mathse.run.config import ConfigError, MathSEConfig, save_resolved_config
 from mathse.run.errors import StageError
 from mathse.run.fingerprint import API_VOLATILE, Inputs, Stale, check, settle
-from mathse.run.records import JudgedPathRow, Problem, ReflectionRow, SftRow
+from mathse.run.records import JudgedPathRow, Problem, ReflectionRow, SftExample, SftRow
 from mathse.run.storage import (
     Journal,
     atomic_open,

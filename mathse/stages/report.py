@@ -3,8 +3,10 @@
 Never fails on a partial run: what is missing is listed in the report. Everything is recomputed
 from the stage outputs on every call and written atomically to ``<output_dir>/report/``:
 
-* ``report.json``  every number, for tests and tools (`mathse.reporting.collect`)
-* ``report.md``    the same as markdown tables (`mathse.reporting.markdown`), embedding
+* ``report.json``  every number, for tests and tools (`mathse.reporting.collect`, which names the
+                   module that reads each section)
+* ``report.md``    the same as markdown tables, each number once (`mathse.reporting.markdown`),
+                   embedding the charts
 * ``*.png``        the charts (`mathse.reporting.charts`)
 """
 
@@ -14,11 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mathse.run import layout
-from mathse.run.config import MathSEConfig
 from mathse.reporting.charts import FIGURES, draw_figures
 from mathse.reporting.collect import collect
 from mathse.reporting.markdown import render_markdown
+from mathse.run import layout
+from mathse.run.config import MathSEConfig
 from mathse.run.storage import atomic_write_json, atomic_write_text
 
 STAGE = layout.REPORT

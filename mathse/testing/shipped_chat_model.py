@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from mathse.model.inference import user_turn
+from mathse.model.generation_items import user_turn
 from mathse.run.records import Problem
 
 __all__ = ["shipped_greedy_texts"]

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mathse.answers.evalsets import EvalItem, data_files, load_benchmark
+from mathse.answers.benchmark_files import data_files
+from mathse.answers.evalsets import EvalItem, load_benchmark
 from mathse.answers.scoring import extract_answer, numeric_value, parse_judge_reply, run_judge, score_response
 from mathse.run.config import BenchmarkSpec
 from mathse.run.records import DataError, Problem, write_problems

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from mathse.answers.equivalence import normalize_answer, strip_remark, unicode_math_to_latex
 from mathse.answers.extraction import (
     RuleCheck,
     answers_match,
@@ -16,9 +17,6 @@ from mathse.answers.extraction import (
     extract_final_answer,
     is_choice_question,
     match_option_text,
-    normalize_answer,
-    strip_remark,
-    unicode_math_to_latex,
 )
 
 # --------------------------------------------------------------------------- extraction

@@ -16,8 +16,9 @@ from typing import Any
 import openai
 import pytest
 
-from mathse.api.batch_api import parse_line, write_request_files
-from mathse.api.client import ChatClient, cache_key
+from mathse.api.answer_cache import cache_key
+from mathse.api.batch_files import parse_line, write_request_files
+from mathse.api.client import ChatClient
 from mathse.api.messages import ChatRequest, user_message
 from mathse.run.config import ApiConfig, Price
 from mathse.run.usage import UsageLedger

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from mathse.api.client import ChatClient, cache_key
+from mathse.api.answer_cache import cache_key
+from mathse.api.client import ChatClient
 from mathse.api.messages import (
     _LRU,
     ENCODED_CACHE_BYTES,

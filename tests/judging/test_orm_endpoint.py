@@ -76,7 +76,7 @@ def test_stage_serves_the_orm_uses_it_and_stops_it(trained_orm_config: Path, cap
     args = spec.llamafactory_args
     # Served like it was trained: the run's template and image size, greedy.
     assert (args["template"], args["image_max_pixels"], args["do_sample"]) == ("qwen2_vl", 12544, False)
-    assert (spec.name, spec.image_max_pixels) == (SERVED_MODEL_NAME, 12544)
+    assert (spec.name, spec.inputs.image_max_pixels) == (SERVED_MODEL_NAME, 12544)
     assert main(["--stage", "orm", "--config", str(trained_orm_config)]) == 0
     out = capsys.readouterr().out
     assert f"server(s) for {SERVED_MODEL_NAME}" in out and "held-out metrics on 2 paths" in out

@@ -8,15 +8,9 @@ from typing import Any
 
 import pytest
 
-from mathse.model.inference import (
-    GenerationError,
-    Generator,
-    GenItem,
-    chat_model_args,
-    make_items,
-    training_image_max_pixels,
-    user_turn,
-)
+from mathse.model.generation_items import GenerationError, GenItem, make_items, user_turn
+from mathse.model.inference import Generator, chat_model_args
+from mathse.model.inputs import ModelInputs, model_inputs
 from mathse.run.config import ConfigError, InferenceConfig
 from mathse.run.config_loading import load_config
 from mathse.run.records import Problem, read_problems
@@ -24,6 +18,9 @@ from mathse.run.storage import Journal, iter_jsonl
 from mathse.testing.chat_model import FakeChatModel
 
 ROW_FIELDS = {"key", "id", "sample", "response", "prompt", "images", "finish_reason", "gen_s"}
+
+
+QWEN2_VL = ModelInputs("qwen2_vl")  # the tiny model's input settings, LLaMA-Factory's defaults
 
 
 def _inf(**kw: Any) -> InferenceConfig:
@@ -41,7 +38,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 def test_chat_model_args_maps_config() -> None:
     inf = InferenceConfig(temperature=0.0, top_p=0.9, max_new_tokens=77, extra={"top_p": 0.5, "infer_dtype": "float16"})
-    args = chat_model_args("/m", None, "qwen2_vl", inf, image_max_pixels=12544)
+    args = chat_model_args("/m", None, ModelInputs("qwen2_vl", 12544), inf)
     assert args["model_name_or_path"] == "/m" and args["template"] == "qwen2_vl"
     assert args["infer_backend"] == "huggingface" and args["finetuning_type"] == "full"
     assert args["do_sample"] is False  # LLaMA-Factory's default is True
@@ -49,24 +46,25 @@ def test_chat_model_args_maps_config() -> None:
     assert args["top_p"] == 0.5 and args["infer_dtype"] == "float16"  # extra merged last
     assert "adapter_name_or_path" not in args and "vllm_maxlen" not in args
 
-    vllm = chat_model_args("/m", "/a", "qwen2_vl", InferenceConfig(backend="vllm", vllm_gpu_util=0.5, vllm_maxlen=999))
+    vllm = chat_model_args("/m", "/a", QWEN2_VL, InferenceConfig(backend="vllm", vllm_gpu_util=0.5, vllm_maxlen=999))
     assert vllm["infer_backend"] == "vllm" and vllm["do_sample"] is True
     assert vllm["adapter_name_or_path"] == "/a" and vllm["finetuning_type"] == "lora"
     assert vllm["vllm_gpu_util"] == 0.5 and vllm["vllm_maxlen"] == 999
 
-    sgl = chat_model_args("/m", None, "qwen2_vl", InferenceConfig(backend="sglang", vllm_gpu_util=0.6))
+    sgl = chat_model_args("/m", None, QWEN2_VL, InferenceConfig(backend="sglang", vllm_gpu_util=0.6))
     assert sgl["infer_backend"] == "sglang" and sgl["sglang_mem_fraction"] == 0.6
 
 
-def test_from_config_uses_the_training_image_size_template_and_seed(run_config: Any, tiny_model: Path) -> None:
+def test_model_inputs_carry_the_training_image_size_and_template(run_config: Any, tiny_model: Path) -> None:
     cfg = load_config(run_config())
-    assert training_image_max_pixels(cfg) == 12544  # the demo config's llama_factory override
-    gen = Generator.from_config(cfg, tiny_model)
+    student = model_inputs(cfg, "rounds")
+    assert student.image_max_pixels == 12544  # the demo config's llama_factory override
+    gen = Generator(tiny_model, None, student, cfg.inference, seed=cfg.run.seed)
     assert gen.args["image_max_pixels"] == 12544 and gen.args["template"] == "qwen2_vl"
     assert gen.seed == cfg.run.seed and not gen.loaded
     # Without our override the recipe's value applies (it differs from LLaMA-Factory's default).
     cfg = load_config(run_config(llama_factory={"image_max_pixels": None}))
-    assert training_image_max_pixels(cfg) == 262144
+    assert model_inputs(cfg, "rounds").image_max_pixels == 262144
 
 
 def test_make_items_and_user_turn() -> None:
@@ -81,7 +79,7 @@ def test_make_items_and_user_turn() -> None:
 
 
 def _fake_generator(fake: FakeChatModel, **inf: Any) -> Generator:
-    return Generator("/nowhere", None, "qwen2_vl", _inf(**inf), chat_model_factory=lambda args: fake)
+    return Generator("/nowhere", None, QWEN2_VL, _inf(**inf), chat_model_factory=lambda args: fake)
 
 
 def test_streams_rows_and_bounds_concurrency(tmp_path: Path, demo_data: tuple[Path, Path]) -> None:
@@ -134,7 +132,7 @@ def test_generation_errors_are_retried_and_a_dead_engine_stops(tmp_path: Path, d
 
     dead = FakeChatModel(tmp_path / "dead.jsonl", fail=lambda call: True)
     gen = Generator(
-        "/m", None, "qwen2_vl", _inf(concurrency=2), max_consecutive_failures=3, chat_model_factory=lambda a: dead
+        "/m", None, QWEN2_VL, _inf(concurrency=2), max_consecutive_failures=3, chat_model_factory=lambda a: dead
     )
     # two requests in flight: the one failing alongside the third may be counted before the stop
     with gen, Journal(dead.journal_path) as journal, pytest.raises(GenerationError, match=r"[34] generation requests"):
@@ -160,7 +158,7 @@ def test_duplicate_keys_and_sglang_images_are_refused(tmp_path: Path, demo_data)
 
 @pytest.fixture(scope="module")
 def sampler(tiny_model: Path) -> Any:
-    with Generator(tiny_model, None, "qwen2_vl", _inf(), image_max_pixels=56 * 56) as gen:
+    with Generator(tiny_model, None, ModelInputs("qwen2_vl", 56 * 56), _inf()) as gen:
         yield gen
 
 
@@ -183,7 +181,7 @@ def test_generates_paths_and_rerun_does_nothing(
     assert len({r["response"] for r in rows}) > 5  # sampled paths differ
 
     before = path.read_bytes()
-    fresh = Generator(tiny_model, None, "qwen2_vl", _inf())
+    fresh = Generator(tiny_model, None, QWEN2_VL, _inf())
     with fresh, Journal(path) as journal:
         again = fresh.generate(items, journal, progress="test")
         assert not fresh.loaded  # nothing to do: the model is never built
@@ -235,7 +233,7 @@ def test_missing_or_corrupt_image_is_a_counted_error_row(sampler: Generator, tmp
 def test_temperature_zero_is_deterministic(tiny_model: Path, tmp_path: Path, demo_data) -> None:
     items = make_items(read_problems(demo_data[0])[:4], 2)
     outputs = []
-    with Generator(tiny_model, None, "qwen2_vl", _inf(temperature=0.0), image_max_pixels=56 * 56) as gen:
+    with Generator(tiny_model, None, ModelInputs("qwen2_vl", 56 * 56), _inf(temperature=0.0)) as gen:
         for run in range(2):
             with Journal(tmp_path / f"run{run}.jsonl") as journal:
                 assert gen.generate(items, journal).done == len(items)
@@ -279,7 +277,7 @@ def test_engine_chatter_goes_to_the_log_not_the_console(tiny_model: Path, tmp_pa
     streams = {h: h.stream for h in lf_root.handlers if type(h) is logging.StreamHandler}
     log = tmp_path / "servers" / "chat_model.log"
     items = make_items(read_problems(demo_data[0])[:1], 1)
-    with Generator(tiny_model, None, "qwen2_vl", _inf(), log_path=log) as gen, \
+    with Generator(tiny_model, None, QWEN2_VL, _inf(), log_path=log) as gen, \
             Journal(tmp_path / "gen.jsonl") as journal:
         assert gen.generate(items, journal).done == 1
     out, err = capfd.readouterr()

@@ -18,11 +18,12 @@ import yaml
 from PIL import Image
 
 from mathse.demo.problems import countdown_solution
-from mathse.model.inference import user_turn
+from mathse.model.generation_items import user_turn
 from mathse.model.prompts import student_prompt
 from mathse.model.qwen_vl_positions import install, load_chat_model, patched_plugins
-from mathse.model.training import SftExample, llamafactory_command, llamafactory_env, write_sharegpt_dataset
-from mathse.run.records import read_problems
+from mathse.model.training import llamafactory_command, llamafactory_env
+from mathse.model.training_data import write_sharegpt_dataset
+from mathse.run.records import SftExample, read_problems
 
 
 def test_install_wraps_the_whole_qwen2_vl_family_once() -> None:

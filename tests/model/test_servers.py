@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from mathse.model.generation import ServedGenerator
-from mathse.model.inference import Generator, chat_model_args, make_items
+from mathse.model.generation_items import make_items
+from mathse.model.inference import Generator, chat_model_args
+from mathse.model.inputs import ModelInputs
 from mathse.model.servers import VLLM_CPU_ARGS, ServedModel, ServeError, serve_model, server_command
 from mathse.run.config import ConfigError, InferenceConfig, ServeConfig
 from mathse.run.config_loading import load_config
@@ -28,8 +30,11 @@ from tests.conftest import PROJECT_ROOT, sigint_as_from_a_terminal
 GREEDY = InferenceConfig(backend="served", temperature=0, max_new_tokens=24, concurrency=2)
 
 
+QWEN2_VL = ModelInputs("qwen2_vl")  # the tiny model's input settings, LLaMA-Factory's defaults
+
+
 def spec_for(model: Path, inf: InferenceConfig = GREEDY) -> ServedModel:
-    args = chat_model_args(str(model), None, "qwen2_vl", inf)
+    args = chat_model_args(str(model), None, QWEN2_VL, inf)
     return ServedModel(name="tiny", model=str(model), llamafactory_args=args)
 
 
@@ -73,7 +78,7 @@ def journal_keys(path: Path) -> list[str]:
 def test_vllm_command_carries_data_parallelism_image_size_and_adapter(tmp_path: Path) -> None:
     serve = ServeConfig(engine="vllm", python="/opt/vllm/bin/python", gpus_per_replica=4, data_parallel_size=4,
                         extra_args=["--enforce-eager"])
-    spec = ServedModel(name="m", model="/ckpt", adapter="/lora", image_max_pixels=262144, seed=7)
+    spec = ServedModel(name="m", model="/ckpt", adapter="/lora", inputs=ModelInputs("qwen2_vl", 262144), seed=7)
     argv, env = server_command(serve, spec, "127.0.0.1", 8123, tmp_path / "a.yaml")
     assert argv[:3] == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(argv)
@@ -145,7 +150,7 @@ def test_two_replicas_generate_a_round_once_each_and_equal_in_process(tiny_model
     assert sum(posts_since_last_start(log) for log in logs) == len(problems)
 
     inproc = InferenceConfig(backend="huggingface", temperature=0, max_new_tokens=24, concurrency=1)
-    with Generator(tiny_model, None, "qwen2_vl", inproc) as local, Journal(tmp_path / "local.jsonl") as journal:
+    with Generator(tiny_model, None, QWEN2_VL, inproc) as local, Journal(tmp_path / "local.jsonl") as journal:
         local.generate(items, journal)
     served = {r["key"]: r["response"] for r in iter_jsonl(tmp_path / "served.jsonl")}
     expected = {r["key"]: r["response"] for r in iter_jsonl(tmp_path / "local.jsonl")}
@@ -190,14 +195,17 @@ DRIVER = """
 import sys
 from pathlib import Path
 from mathse.run.config import InferenceConfig, ServeConfig
-from mathse.model.inference import chat_model_args, make_items
+from mathse.model.inference import chat_model_args
+from mathse.model.generation_items import make_items
+from mathse.model.inputs import ModelInputs
 from mathse.run.records import read_problems
 from mathse.model.generation import ServedGenerator
 from mathse.model.servers import ServedModel
 from mathse.run.storage import Journal
 model, pool, out = sys.argv[1:4]
 inf = InferenceConfig(backend="served", temperature=0, max_new_tokens=24, concurrency=1)
-spec = ServedModel(name="tiny", model=model, llamafactory_args=chat_model_args(model, None, "qwen2_vl", inf))
+args = chat_model_args(model, None, ModelInputs("qwen2_vl"), inf)
+spec = ServedModel(name="tiny", model=model, llamafactory_args=args)
 items = make_items(read_problems(Path(pool)), 3)
 with ServedGenerator(spec, inf, ServeConfig(replicas=2), None, Path(out) / "servers") as gen, \\
         Journal(Path(out) / "gen.jsonl") as journal:

@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 
 from mathse.judging.verdict import ORM_SYSTEM_PROMPT
+from mathse.model.inputs import ModelInputs
 from mathse.model.token_budget import TokenBudget, _qwen_grids
-from mathse.model.training import SftExample, write_sharegpt_dataset
+from mathse.model.training_data import write_sharegpt_dataset
 from mathse.run.config_loading import load_config
-from mathse.run.records import DataError
+from mathse.run.records import DataError, SftExample
 
 SIZES = [(640, 480), (30, 2000), (5000, 100), (100, 100), (28, 28), (3000, 3000), (10, 10), (7000, 20), (333, 517)]
 
@@ -30,7 +31,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int], st
 
 @pytest.mark.parametrize("max_pixels", [12544, 262144])
 def test_image_grids_from_headers_equal_the_processors(tiny_model: Path, images, max_pixels: int) -> None:
-    budget = TokenBudget(str(tiny_model), "qwen2_vl", 256, max_pixels, 32 * 32)
+    budget = TokenBudget(str(tiny_model), ModelInputs("qwen2_vl", max_pixels, 32 * 32, cutoff_len=256))
     _, processor, template, plugin = budget._parts
     for size, path in images.items():
         fast = _qwen_grids(plugin, [path], [], [], processor)["image_grid_thw"].tolist()
@@ -42,7 +43,7 @@ def test_lengths_equal_llamafactory_supervised_encoding(tiny_model: Path, images
     from llamafactory.data.processor.supervised import SupervisedDatasetProcessor
     from llamafactory.hparams import DataArguments
 
-    budget = TokenBudget(str(tiny_model), "qwen2_vl", 256, 12544, 32 * 32)
+    budget = TokenBudget(str(tiny_model), ModelInputs("qwen2_vl", 12544, 32 * 32, cutoff_len=256))
     tokenizer, processor, template, _ = budget._parts
     encoder = SupervisedDatasetProcessor(template=template, tokenizer=tokenizer, processor=processor,
                                          data_args=DataArguments(template="qwen2_vl", cutoff_len=100_000))

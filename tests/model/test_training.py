@@ -12,19 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mathse.model.training import (
-    SftExample,
-    TrainingError,
-    TrainJob,
-    compose_train_job,
-    free_port,
-    launcher_env,
-    run_train_job,
-    serve_api,
-    write_sharegpt_dataset,
-)
+from mathse.model.processes import free_port
+from mathse.model.servers import serve_api
+from mathse.model.training import TrainingError, TrainJob, compose_train_job, launcher_env, run_train_job
+from mathse.model.training_data import write_sharegpt_dataset
 from mathse.run.config_loading import load_config
-from mathse.run.records import read_problems
+from mathse.run.records import SftExample, read_problems
 from mathse.run.storage import is_done, read_marker
 
 
@@ -225,7 +218,7 @@ def test_library_logs_survive_a_console_stream_closed_meanwhile(tmp_path: Path) 
 
     from llamafactory.extras import logging as lf_logging
 
-    from mathse.model.training import library_logs_to
+    from mathse.model.library_logs import library_logs_to
 
     [handler] = [h for h in lf_logging.get_logger().handlers if type(h) is logging.StreamHandler]
     original = handler.stream

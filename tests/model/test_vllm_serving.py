@@ -26,7 +26,8 @@ from mathse.demo.tiny_model import DEMO_SIZE, build_tiny_qwen2vl
 from mathse.judging.orm_data import LabelledPath
 from mathse.judging.orm_endpoint import SERVED_MODEL_NAME
 from mathse.model.servers import ServedModel, ServeError, serve_model
-from mathse.model.training import compose_train_job, run_train_job, write_sharegpt_dataset
+from mathse.model.training import compose_train_job, run_train_job
+from mathse.model.training_data import write_sharegpt_dataset
 from mathse.run.config import ServeConfig
 from mathse.run.config_loading import load_config
 from mathse.run.records import Problem, read_problems

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mathse.model.training import free_port
+from mathse.model.processes import free_port
 from mathse.run.storage import is_done
 from mathse.testing.openai_server import FakeOpenAIServer
 from tests.conftest import PROJECT_ROOT, write_run_config

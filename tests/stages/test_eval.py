@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mathse.run.checkpoints import resolve_checkpoints
 from mathse.run.config import ConfigError, MathSEConfig
 from mathse.run.errors import StageError
 from mathse.run.storage import is_done, iter_jsonl, mark_done, read_marker
@@ -182,7 +183,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, capsys) -> N
 
 def test_checkpoint_resolution(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, checkpoints=None)
-    assert [c.name for c in eval_stage.resolve_checkpoints(cfg)] == ["base"]
+    assert [c.name for c in resolve_checkpoints(cfg)] == ["base"]
     # A finished LoRA M0 and round 1: found by default, loaded as adapters on their base model.
     for name in ("sft_model_stage0", "sft_model_round_1"):
         folder = tmp_path / "out" / name
@@ -190,18 +191,18 @@ def test_checkpoint_resolution(tmp_path: Path) -> None:
         (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "base")}))
         mark_done(folder, {})
     (tmp_path / "out" / "sft_model_round_2").mkdir()  # not finished: skipped
-    found = eval_stage.resolve_checkpoints(cfg)
+    found = resolve_checkpoints(cfg)
     assert [c.name for c in found] == ["base", "stage0", "round_1"]
     assert found[1].model == str(tmp_path / "base") and found[1].adapter == str(tmp_path / "out" / "sft_model_stage0")
 
     with pytest.raises(StageError, match=r"checkpoint 'round_2' is not trained yet"):
-        eval_stage.resolve_checkpoints(make_config(tmp_path, checkpoints=["round_2"]))
+        resolve_checkpoints(make_config(tmp_path, checkpoints=["round_2"]))
     # Round 2 accepted no new path, so it did not retrain: its marker names the model it kept.
     mark_done(tmp_path / "out" / "evolve" / "round_2", {"model": str(tmp_path / "out" / "sft_model_round_1")})
-    kept = eval_stage.resolve_checkpoints(make_config(tmp_path, checkpoints=["round_2"]))
+    kept = resolve_checkpoints(make_config(tmp_path, checkpoints=["round_2"]))
     assert [(c.name, c.adapter) for c in kept] == [("round_2", str(tmp_path / "out" / "sft_model_round_1"))]
     with pytest.raises(ConfigError, match=r"eval.checkpoints\[0\]: 'nope': model folder not found"):
-        eval_stage.resolve_checkpoints(make_config(tmp_path, checkpoints=["nope"]))
+        resolve_checkpoints(make_config(tmp_path, checkpoints=["nope"]))
     with pytest.raises(ConfigError, match=r"no benchmarks configured"):
         eval_stage.run(make_config(tmp_path, benchmarks=[]))
 

@@ -4,7 +4,7 @@ D_remain. The journal row is asked again by the next judge call over it (see tes
 
 from __future__ import annotations
 
-from mathse.run import layout
+from mathse.run import layout, rounds
 from mathse.run.config_loading import load_config
 from mathse.run.records import read_problems
 from mathse.run.storage import Journal, atomic_write_json, iter_jsonl, read_json
@@ -23,8 +23,8 @@ def test_unknown_verdicts_stay_out_of_rejected_and_hard(run_config, demo_data) -
     cfg = load_config(run_config(inference={"n_paths": 2}))
     pool = read_problems(demo_data[1])[:3]
     a, b, c = (p.id for p in pool)
-    shard = evolve.WHOLE
-    with Journal(evolve.generations_path(cfg, 1, shard)) as gens:
+    shard = rounds.WHOLE
+    with Journal(rounds.generations_path(cfg, 1, shard)) as gens:
         for p in pool:
             for k in range(2):
                 gens.append({"key": f"{p.id}#{k}", "id": p.id, "sample": k, "response": f"Step 1: {p.id} {k}."})
@@ -33,10 +33,10 @@ def test_unknown_verdicts_stay_out_of_rejected_and_hard(run_config, demo_data) -
         verdict(f"{b}#0", b, None, parsed=False), verdict(f"{b}#1", b, False),  # one unknown, one wrong
         verdict(f"{c}#0", c, True), verdict(f"{c}#1", c, False),  # solved
     ]
-    with Journal(evolve.journal_path(cfg, evolve.verdicts_stage(1, shard))) as journal:
+    with Journal(evolve.journal_path(cfg, rounds.verdicts_stage(1, shard))) as journal:
         for row in rows:
             journal.append(row)
-    atomic_write_json(evolve.shard_marker(cfg, 1, shard), {"gen_seconds": 1.0})
+    atomic_write_json(rounds.shard_marker(cfg, 1, shard), {"gen_seconds": 1.0})
 
     by_id = {p.id: p for p in pool}
     stats = evolve.merge_shards(cfg, 1, [a, b, c], by_id, [a, b, c], 1)

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from mathse.cli import main
-from mathse.model.training import SftExample, write_sharegpt_dataset
-from mathse.run.records import read_problems
+from mathse.model.training_data import write_sharegpt_dataset
+from mathse.run.records import SftExample, read_problems
 from mathse.run.storage import is_done, mark_done
 
 

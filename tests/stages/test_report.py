@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,13 +13,17 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from mathse.run.config import MathSEConfig
 from mathse.api.messages import ChatResult
+from mathse.reporting.api_usage import usage_role
+from mathse.reporting.collect import SCHEMA_VERSION
+from mathse.reporting.marker_inputs import input_lines, split_consumed, summarise
+from mathse.reporting.transitions import TRANSITIONS, transition_counts
+from mathse.run.config import MathSEConfig
+from mathse.run.fingerprint import Inputs
 from mathse.run.records import PathRow, ReflectionRow, SftRow, VerdictRow
-from mathse.reporting.collect import SCHEMA_VERSION, TRANSITIONS, transition_counts, usage_role
-from mathse.stages import report
 from mathse.run.storage import MARKER_NAME, atomic_write_json, atomic_write_jsonl, read_json
 from mathse.run.usage import UsageLedger
+from mathse.stages import report
 
 TEACHER, ORM = "gpt-4o", "mathse-orm"
 N_PATHS = 2
@@ -48,13 +54,24 @@ def make_cfg(out: Path) -> MathSEConfig:
     )
 
 
+def seed_inputs(out: Path) -> Inputs:
+    """What distill records it consumed: the seed file, the image root, the token budget and the teacher's config."""
+    seed = out.parent / "seed.jsonl"
+    seed.write_text('{"id": "s0", "question": "Q", "answer": "1"}\n')
+    teacher = {"model": TEACHER, "temperature": 0.7, "system_prompt": "You are a careful | math teacher.",
+               "filter_by_answer": True}
+    return (Inputs().file("data.seed_file", seed).value("data.image_root", None)
+            .value("token budget of M0's dataset", {"cutoff_len": 2048}).value("teacher", teacher))
+
+
 def write_distill(out: Path) -> None:
+    """D_SFT and its completion marker as distill writes them, `consumed` fingerprint included."""
     stats = {"seed": 4, "given": 1, "teacher_sent": 3, "teacher_kept": 2, "teacher_dropped": 1,
              "teacher_failed": 0, "d_sft": 3}
     rows = [SftRow(id=f"s{i}", prompt="Q", images=[], answer="1", response="a" * n, origin="teacher").to_json()
             for i, n in enumerate((300, 350, 325))]
     atomic_write_jsonl(out / "distill" / "d_sft.jsonl", rows)
-    atomic_write_json(out / "distill" / MARKER_NAME, stats)
+    atomic_write_json(out / "distill" / MARKER_NAME, {**stats, "consumed": seed_inputs(out).record()})
 
 
 def write_evolve(out: Path) -> None:
@@ -327,6 +344,84 @@ def test_full_run_report_numbers(full_run: MathSEConfig, capsys: pytest.CaptureF
     assert "| final | 50 (2/4) | 50 (1/2) | 100 (1/1) |" in md
     assert "| role | answered | batch_answered | cached |" in md
     assert "| teacher | 3 | 1 | 1 | 1 | 6 | 6,000 | 3,000 | 0.0300 |" in md
+
+
+FULL_HASH = re.compile(r"\b[0-9a-f]{64}\b")
+
+
+def test_report_shows_inputs_not_raw_fingerprints(full_run: MathSEConfig) -> None:
+    """A marker's `consumed` fingerprint is a short list of inputs, never a table cell holding the raw dict."""
+    report.run(full_run)
+    out = report.report_dir(full_run)
+    md = (out / "report.md").read_text()
+    sha = hashlib.sha256((full_run.output_dir.parent / "seed.jsonl").read_bytes()).hexdigest()
+    assert "- data.seed_file: seed.jsonl (sha256 " + sha[:8] + ")" in md
+    assert "- settings: data.image_root, token budget of M0's dataset, teacher" in md
+    assert not FULL_HASH.search(md), FULL_HASH.search(md)
+    for raw in ("{'files'", '"files"', "consumed", "mtime_ns", "careful", str(full_run.output_dir.parent)):
+        assert raw not in md.replace(f"Run: `{full_run.output_dir}`", ""), raw
+    stage1 = md.split("## Stage 1")[1].split("\n## ")[0]
+    assert all(len(line) < 80 for line in stage1.splitlines()), stage1
+
+    data = read_json(out / "report.json")
+    assert "consumed" not in data["distill"]["stats"] and data["distill"]["stats"]["d_sft"] == 3
+    assert data["distill"]["inputs"] == {
+        "files": [{"label": "data.seed_file", "name": "seed.jsonl", "size": 45, "sha256": sha}],
+        "markers": [], "settings": ["data.image_root", "token budget of M0's dataset", "teacher"],
+    }
+    assert data["reflect"]["inputs"] is None  # reflect/stats.json carries no fingerprint
+
+
+def test_marker_inputs_summary_is_defensive(tmp_path: Path) -> None:
+    """No fingerprint, a malformed one, an absent file and (not) done markers each summarise to a short line."""
+    assert summarise(None) is None and summarise("garbage") is None
+    assert split_consumed({"kept": 2}) == ({"kept": 2}, None)
+    gone = Inputs().file("seed", tmp_path / "gone.jsonl").marker("ORM", tmp_path / "orm").record()
+    assert input_lines(summarise(gone)) == ["seed: absent", "ORM: not done"]
+    (tmp_path / "orm").mkdir()
+    atomic_write_json(tmp_path / "orm" / MARKER_NAME, {"done": True})
+    digest = hashlib.sha256((tmp_path / "orm" / MARKER_NAME).read_bytes()).hexdigest()
+    done = Inputs().marker("ORM", tmp_path / "orm").record()
+    assert input_lines(summarise(done)) == [f"ORM: completion marker (sha256 {digest[:8]})"]
+    assert input_lines(summarise({"files": {"x": {"path": 3}}, "values": []})) == ["x: absent"]
+
+
+RESULTS_HEADER = "| checkpoint | mathvista | mathverse | mathverse (Vision Only) |"
+PREDICTIONS_HEADER = "| checkpoint | benchmark | problems | correct | accuracy |"
+
+
+def test_accuracy_table_appears_once(full_run: MathSEConfig) -> None:
+    """results.json's table is shown once; the predictions files are a check, a line only where they disagree."""
+    cfg = full_run
+    report.run(cfg)
+    md = (report.report_dir(cfg) / "report.md").read_text()
+    assert md.count(RESULTS_HEADER) == 1 and PREDICTIONS_HEADER not in md
+    assert "recomputed" not in md and "Check failed" not in md
+    assert "The predictions files, recounted, give the same counts." in md
+    assert read_json(report.report_dir(cfg) / "report.json")["eval"]["disagreements"] == []
+
+    # round_2 / mathvista: results.json says 3 of 4, its predictions file now 4 of 4; stage0 has no results entry.
+    rows = [{"id": f"mathvista-{i}", "response": "r", "correct": True} for i in range(4)]
+    atomic_write_jsonl(cfg.output_dir / "eval" / "round_2" / "mathvista" / "predictions.jsonl", rows)
+    atomic_write_jsonl(cfg.output_dir / "eval" / "stage0" / "mathvista" / "predictions.jsonl", rows[:1])
+    report.run(cfg)
+    md = (report.report_dir(cfg) / "report.md").read_text()
+    assert md.count(RESULTS_HEADER) == 1 and PREDICTIONS_HEADER not in md
+    check = [line for line in md.splitlines() if "Check failed" in line]
+    assert check == [
+        "- Check failed: round_2 / mathvista: results.json 3/4 (75.0%), the predictions files recounted 4/4 (100.0%).",
+        "- Check failed: stage0 / mathvista: results.json has no entry, the predictions files recounted 1/1 (100.0%).",
+    ]
+    data = read_json(report.report_dir(cfg) / "report.json")
+    assert [(d["checkpoint"], d["benchmark"]) for d in data["eval"]["disagreements"]] == [
+        ("round_2", "mathvista"), ("stage0", "mathvista")]
+
+    # Without results.json the predictions files' counts are the table, once.
+    (cfg.output_dir / "eval" / "results.json").unlink()
+    report.run(cfg)
+    md = (report.report_dir(cfg) / "report.md").read_text()
+    assert md.count(PREDICTIONS_HEADER) == 1 and RESULTS_HEADER not in md and "Check failed" not in md
+    assert "| round_2 | mathvista | 4 | 4 | 100.0% |" in md
 
 
 def test_finished_tracks_inputs_and_stale_charts_go(full_run: MathSEConfig) -> None:
