@@ -4,7 +4,7 @@ Evaluates one checkpoint (default: the demo's M0, `demo/work/output/sft_model_st
 `make demo`) greedily on a problem set (default: the demo's 150 held-out problems) with
 `--stage eval`, once per engine: the in-process ChatModel, `llamafactory-cli api` servers and vLLM
 servers the pipeline starts and stops (vLLM from `make vllm-env`'s .venv-vllm, or --vllm-python).
-Also LLaMA-Factory's ChatModel as shipped, without mathse/model/qwen_vl_positions.py, in a
+Also LLaMA-Factory's ChatModel as shipped, without mathse/model/llamafactory_qwen_vl_positions.py, in a
 process of its own: the engine every figure of this project came through before issue 24.
 
 Prints per engine its accuracy and wall time, then the figures (`name: value` lines):

@@ -364,7 +364,7 @@ class PathJudge:
     def _local_model(self) -> Any:
         """The in-process ORM, loaded on first use (imports torch and LLaMA-Factory only then)."""
         if self._chat_model is None:
-            from mathse.model.qwen_vl_positions import load_chat_model
+            from mathse.model.llamafactory_qwen_vl_positions import load_chat_model
 
             args = local_orm_args(self.cfg)
             log.info("loading local ORM from %s", args["model_name_or_path"])

@@ -226,7 +226,7 @@ class Generator:
     def _build_chat_model(self) -> Any:
         if self._factory is not None:
             return self._factory(dict(self.args))
-        from mathse.model.qwen_vl_positions import load_chat_model
+        from mathse.model.llamafactory_qwen_vl_positions import load_chat_model
 
         # The huggingface engine sizes its request semaphore from MAX_CONCURRENT in __init__;
         # set it for that moment only, so it does not leak into other engines of this process.

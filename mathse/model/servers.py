@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from mathse.model import qwen_vl_positions
+from mathse.model import llamafactory_qwen_vl_positions
 from mathse.model.inference import chat_model_args
 from mathse.model.inputs import ModelInputs
 from mathse.model.processes import die_with_parent, free_port
@@ -120,10 +120,10 @@ def server_command(
     env = {"PYTHONUNBUFFERED": "1", **serve.env}  # the log is current while the server runs
     gpus = max(1, serve.gpus_per_replica)
     if serve.engine == "llamafactory":
-        # `llamafactory-cli api` through the Qwen-VL positions adapter (qwen_vl_positions.py;
+        # `llamafactory-cli api` through the Qwen-VL positions adapter (llamafactory_qwen_vl_positions.py;
         # without it the server decodes the Qwen2-VL family wrongly), run as a file so that any
         # environment with LLaMA-Factory can run it, with no shell shim between us and the server.
-        argv = [python, qwen_vl_positions.__file__, "api", str(args_file)]
+        argv = [python, llamafactory_qwen_vl_positions.__file__, "api", str(args_file)]
         env.update({"API_HOST": host, "API_PORT": str(port), "API_MODEL_NAME": spec.name,
                     # The huggingface engine runs at most MAX_CONCURRENT requests at once (default 1).
                     "MAX_CONCURRENT": str(spec.concurrency)})

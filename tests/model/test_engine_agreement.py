@@ -6,7 +6,7 @@ greedy, 24 image problems) through each engine the pipeline can run: the in-proc
 (>= 95% of items) and the accuracies equal within one item.
 
 This is the test that would have caught LLaMA-Factory 0.9.5 decoding the Qwen2-VL family with
-the image's rope positions missing (mathse/model/qwen_vl_positions.py): the in-process
+the image's rope positions missing (mathse/model/llamafactory_qwen_vl_positions.py): the in-process
 engine and `llamafactory-cli api` then wrote other texts than vLLM for most items (measured: 0 of
 20 identical). The last part shows the test can still see that: without the adapter, the in-process
 engine disagrees again. Keep it when versions move.

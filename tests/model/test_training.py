@@ -166,7 +166,7 @@ def _is_api_server(pid: str, tmp_path: Path) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    # `llamafactory-cli api` through the Qwen-VL positions adapter (mathse/model/qwen_vl_positions.py)
+    # `llamafactory-cli api` through the Qwen-VL positions adapter (mathse/model/llamafactory_qwen_vl_positions.py)
     return any(part.endswith(b"llamafactory_qwen_vl_positions.py") for part in cmdline) and b"api" in cmdline and any(
         str(tmp_path).encode() in part for part in cmdline)
 

@@ -23,7 +23,7 @@ pipeline starts `llamafactory-cli api` servers with. This file imports nothing f
 also runs under `serve.python` in an environment of its own.
 
 When it can go: when the pinned LLaMA-Factory's plugin returns `mm_token_type_ids` itself (then
-`install` finds it does and wraps nothing, and `tests/model/test_qwen_vl_positions.py` fails to
+`install` finds it does and wraps nothing, and `tests/model/test_llamafactory_qwen_vl_positions.py` fails to
 say so), or
 when the project pins a transformers older than 5.3 (LLaMA-Factory 0.9.5 accepts 4.55-5.6, but
 checkpoints saved by transformers 5.x do not load in 4.x; see README "Engines"). The cross-engine

@@ -1,4 +1,4 @@
-"""The Qwen-VL positions adapter (mathse/model/qwen_vl_positions.py), and training vs inference.
+"""The Qwen-VL positions adapter (mathse/model/llamafactory_qwen_vl_positions.py), and training vs inference.
 
 The adapter makes LLaMA-Factory's chat engine hand the model the `mm_token_type_ids` the processor
 would; the slow test checks the other side of the contract: the loss LLaMA-Factory's trainer
@@ -19,8 +19,8 @@ from PIL import Image
 
 from mathse.demo.problems import countdown_solution
 from mathse.model.generation_items import user_turn
+from mathse.model.llamafactory_qwen_vl_positions import install, load_chat_model, patched_plugins
 from mathse.model.prompts import student_prompt
-from mathse.model.qwen_vl_positions import install, load_chat_model, patched_plugins
 from mathse.model.training import llamafactory_command, llamafactory_env
 from mathse.model.training_data import write_sharegpt_dataset
 from mathse.run.records import SftExample, read_problems
