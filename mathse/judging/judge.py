@@ -109,12 +109,16 @@ journal_path = layout.journal_path  # where a stage keeps its ORM verdicts
 
 def local_orm_args(cfg: MathSEConfig) -> dict[str, Any]:
     """The `ChatModel` arguments of the in-process ORM (`orm.local`): greedy, since a judge must be
-    deterministic, and images resized as its training recipe did (the ORM stage trains with the same
-    `llama_factory` recipe and overrides as every other stage).
+    deterministic, with the input settings of the ORM's training (template: `orm.local.template`,
+    else `model.template`; images resized as its recipe did) and `inference.extra` (processor and
+    engine arguments) as every other ChatModel gets them.
     """
     local = cfg.require("orm.local")
-    greedy = InferenceConfig(backend="huggingface", temperature=0.0, max_new_tokens=local.max_new_tokens)
-    inputs = replace(model_inputs(cfg, "orm"), template=local.template)
+    greedy = InferenceConfig(backend="huggingface", temperature=0.0, max_new_tokens=local.max_new_tokens,
+                             extra=cfg.inference.extra)
+    inputs = model_inputs(cfg, "orm")
+    if local.template is not None:
+        inputs = replace(inputs, template=local.template)
     return chat_model_args(local.model_name_or_path, local.adapter_name_or_path or None, inputs, greedy)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mathse.model.backbones import backbone_of
 from mathse.model.training import training_args
 from mathse.run.config import MathSEConfig
 
@@ -36,13 +37,22 @@ class ModelInputs:
     cutoff_len: int = DEFAULT_CUTOFF_LEN
     cutoff_key: str = "llama_factory.cutoff_len"  # the config key that sets cutoff_len, for messages
     trust_remote_code: bool = True
+    crop_to_patches: bool = False  # InternVL-style tiling (LLaMA-Factory's default: one tile)
 
     def chat_model_args(self) -> dict[str, Any]:
         """These settings as LLaMA-Factory model arguments (ChatModel, `llamafactory-cli api`)."""
         args: dict[str, Any] = {"template": self.template, "trust_remote_code": self.trust_remote_code}
         if self.image_max_pixels is not None:
             args["image_max_pixels"] = self.image_max_pixels
+        if self.crop_to_patches:
+            args["crop_to_patches"] = True
         return args
+
+    def served_image_kwargs(self) -> dict[str, Any]:
+        """The served engine's processor arguments that give an image the vision tokens it had in
+        training (vLLM's --mm-processor-kwargs), from the backbone table; {} for unknown families."""
+        backbone = backbone_of(self.template)
+        return backbone.served_image_kwargs(self.image_max_pixels, self.crop_to_patches) if backbone else {}
 
     @property
     def max_pixels(self) -> int:
@@ -68,4 +78,5 @@ def model_inputs(cfg: MathSEConfig, training: str) -> ModelInputs:
         cutoff_len=int(args.get("cutoff_len") or DEFAULT_CUTOFF_LEN),
         cutoff_key=f"trainings.{training}.cutoff_len" if own.cutoff_len is not None else "llama_factory.cutoff_len",
         trust_remote_code=cfg.model.trust_remote_code,
+        crop_to_patches=bool(args.get("crop_to_patches", False)),
     )

@@ -139,8 +139,8 @@ def server_command(
             argv += ["--data-parallel-size", str(serve.data_parallel_size)]
         if gpus // serve.data_parallel_size > 1:
             argv += ["--tensor-parallel-size", str(gpus // serve.data_parallel_size)]
-        if spec.inputs.image_max_pixels is not None:  # the image must become as many vision tokens as in training
-            argv += ["--mm-processor-kwargs", json.dumps({"max_pixels": spec.inputs.image_max_pixels})]
+        if image_kwargs := spec.inputs.served_image_kwargs():  # as many vision tokens as in training
+            argv += ["--mm-processor-kwargs", json.dumps(image_kwargs)]
         if serve.vllm_cpu:
             argv += list(VLLM_CPU_ARGS)
         if spec.adapter is not None:  # requests name the LoRA module; the base gets another name

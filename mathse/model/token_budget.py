@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mathse.model.inputs import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ModelInputs, model_inputs
+from mathse.run.errors import DataError
 
 if TYPE_CHECKING:
     from mathse.run.config import MathSEConfig
@@ -51,6 +52,21 @@ class TokenBudget:
     def cutoff_len(self) -> int:
         return self.inputs.cutoff_len
 
+    def settings(self) -> dict[str, Any]:
+        """What decides which examples fit, as a dataset's marker records it (the same keys since the
+        first release, so a run resumed across versions does not see a changed budget)."""
+        found: dict[str, Any] = {
+            "model_path": self.model_path,
+            "template": self.inputs.template,
+            "cutoff_len": self.cutoff_len,
+            "image_max_pixels": self.inputs.max_pixels,
+            "image_min_pixels": self.inputs.min_pixels,
+            "policy": self.policy,
+        }
+        if self.inputs.crop_to_patches:
+            found["crop_to_patches"] = True
+        return found
+
     @property
     def where(self) -> str:
         """The config key that sets this budget's cutoff_len, to name in messages."""
@@ -70,12 +86,13 @@ class TokenBudget:
             image_max_pixels=self.inputs.max_pixels,
             image_min_pixels=self.inputs.min_pixels,
             trust_remote_code=self.inputs.trust_remote_code,
+            crop_to_patches=self.inputs.crop_to_patches,
         )
         module = load_tokenizer(model_args)
         tokenizer, processor = module["tokenizer"], module["processor"]
         template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=self.inputs.template))
         plugin = template.mm_plugin
-        if _is_qwen2vl_plugin(plugin) and processor is not None:
+        if _header_grids_apply(plugin, processor):
             # The same plugin, told the image grids from the file headers instead of decoding.
             plugin = copy.copy(plugin)
             plugin._get_mm_token_metadata = functools.partial(_qwen_grids, plugin)
@@ -97,8 +114,14 @@ class TokenBudget:
         source = [*prefix, *source]
         image_end = 0
         if images:
-            image_id = tokenizer.convert_tokens_to_ids(plugin.image_token)
+            image_id = image_token_id(tokenizer, processor, plugin)
             image_end = max((i + 1 for i, token in enumerate(source) if token == image_id), default=0)
+            if image_end == 0:  # counting would say "fits" while training dies on the mismatch
+                raise DataError(
+                    f"token budget: example {example.id or '(no id)'}: {len(images)} image(s) but no image token "
+                    f"(id {image_id}) in its {len(source)} prompt tokens: template {self.inputs.template!r} does "
+                    f"not expand images for the model at {self.model_path}"
+                )
         return len(source) + (1 if template.efficient_eos else 0), len(target), image_end
 
     def needed(self, example: SftExample) -> int | None:
@@ -112,9 +135,32 @@ class TokenBudget:
         return None if kept_source >= image_end else source + target
 
 
-def _is_qwen2vl_plugin(plugin: Any) -> bool:
-    # Qwen2-VL, Qwen2.5-VL and their kin: the plugins that size images with smart_resize.
-    return any(klass.__name__ == "Qwen2VLPlugin" for klass in type(plugin).__mro__)
+def image_token_id(tokenizer: Any, processor: Any, plugin: Any) -> int | None:
+    """The id of the token the model sees once per vision feature: the processor's own image token
+    (InternVL's `<IMG_CONTEXT>`; its template's `<image>` is a placeholder the plugin expands), else
+    the template plugin's."""
+    token_id = getattr(processor, "image_token_id", None)
+    if isinstance(token_id, int):
+        return token_id
+    for token in (getattr(processor, "image_token", None), plugin.image_token):
+        if isinstance(token, str):
+            found = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(found, int) and found != tokenizer.unk_token_id:
+                return found
+    return None
+
+
+def _header_grids_apply(plugin: Any, processor: Any) -> bool:
+    """Image grids can come from file headers: Qwen2VLPlugin's own token metadata (not a subclass's
+    override) over a Qwen2-VL-style image processor (smart_resize). Other families: full processing."""
+    if processor is None:
+        return False
+    qwen = next((k for k in type(plugin).__mro__ if k.__name__ == "Qwen2VLPlugin"), None)
+    return (
+        qwen is not None
+        and type(plugin)._get_mm_token_metadata is qwen._get_mm_token_metadata
+        and type(processor.image_processor).__name__.startswith("Qwen2VLImageProcessor")
+    )
 
 
 def _qwen_grids(plugin: Any, images: list[Any], videos: list[Any], audios: list[Any], processor: Any) -> Any:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mathse.model.backbones import check_model
 from mathse.run.config import TRAININGS, MathSEConfig
 from mathse.run.errors import ConfigError
 
@@ -166,6 +168,14 @@ def _resolve_and_check_paths(cfg: MathSEConfig, config_dir: Path) -> list[str]:
     base = Path(cfg.model.base)
     if _looks_local(cfg.model.base) and not base.exists():
         errors.append(f"config error: model.base: path not found: {base}")
+    models = [("model.template", cfg.model.base, cfg.model.template)]
+    if cfg.orm.local is not None and cfg.orm.local.template is not None:
+        models.append(("orm.local.template", cfg.orm.local.model_name_or_path, cfg.orm.local.template))
+    for key, model, template in models:
+        wrong, warnings = check_model(model, template, key)
+        errors += wrong
+        for line in warnings:
+            print(line, file=sys.stderr)
     if cfg.reflect.final_recipe is not None and not cfg.reflect.final_recipe.exists():
         errors.append(f"config error: reflect.final_recipe: path not found: {cfg.reflect.final_recipe}")
     for i, bench in enumerate(cfg.eval.benchmarks):

@@ -149,7 +149,7 @@ class LocalModelConfig(StrictModel):
 
     model_name_or_path: str
     adapter_name_or_path: str | None = None
-    template: str = "qwen2_vl"
+    template: str | None = None  # None: model.template (the ORM is trained from the same base)
     max_new_tokens: int = Field(512, ge=1)
 
 

@@ -126,7 +126,7 @@ class Inputs:
 
     def budget(self, label: str, budget: Any) -> Inputs:
         """A dataset's token budget (a `TokenBudget`): what decides which examples are left out."""
-        return self.value(label, {k: v for k, v in vars(budget).items() if k in _BUDGET_FIELDS})
+        return self.value(label, budget.settings())
 
     def judge(self, cfg: MathSEConfig) -> Inputs:
         """What decides a verdict: the ORM settings and, when the run trains it, the ORM itself."""
@@ -156,9 +156,6 @@ class Inputs:
         for label, value in self.values.items():
             found.extend(_value_changes(label, values.get(label), value))
         return found
-
-
-_BUDGET_FIELDS = ("model_path", "template", "cutoff_len", "image_max_pixels", "image_min_pixels", "policy")
 
 
 def _value_changes(label: str, old: Any, new: Any) -> list[str]:

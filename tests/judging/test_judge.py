@@ -289,6 +289,21 @@ def test_local_orm_resizes_images_like_its_training(tmp_path: Path, override: in
     assert args["image_max_pixels"] == trained
     assert args["do_sample"] is False and args["infer_backend"] == "huggingface"
     assert (args["model_name_or_path"], args["adapter_name_or_path"]) == ("orm-model", "orm-adapter")
+
+
+@pytest.mark.parametrize("own", [None, "qwen2_vl"])
+def test_local_orm_follows_the_model_template_and_gets_inference_extra(tmp_path: Path, own: str | None) -> None:
+    """An InternVL run's in-process ORM uses intern_vl (not a Qwen default) unless orm.local names its own
+    template, and the processor arguments of inference.extra reach it like every other ChatModel."""
+    local = {"model_name_or_path": "orm-model", **({"template": own} if own else {})}
+    cfg = MathSEConfig.model_validate({
+        "model": {"base": "tiny", "template": "intern_vl"}, "run": {"output_dir": str(tmp_path / "out")},
+        "inference": {"extra": {"crop_to_patches": True}},
+        "orm": {"backend": "local", "policy": "orm", "local": local},
+    })
+    args = local_orm_args(cfg)
+    assert args["template"] == (own or "intern_vl")
+    assert args["crop_to_patches"] is True and args["do_sample"] is False
 @pytest.mark.parametrize(("threshold", "accepted"), [(None, True), (0.5, True), (0.8, False)])
 def test_score_from_logprobs_and_the_threshold_decide(
     tmp_path: Path, problem: Problem, threshold: float | None, accepted: bool

@@ -13,6 +13,7 @@ from mathse.model.inputs import ModelInputs
 from mathse.model.token_budget import TokenBudget, _qwen_grids
 from mathse.model.training_data import write_sharegpt_dataset
 from mathse.run.config_loading import load_config
+from mathse.run.fingerprint import Inputs
 from mathse.run.records import DataError, SftExample
 
 SIZES = [(640, 480), (30, 2000), (5000, 100), (100, 100), (28, 28), (3000, 3000), (10, 10), (7000, 20), (333, 517)]
@@ -98,3 +99,14 @@ def test_no_example_fitting_is_an_error_even_when_dropping(run_config, images, t
                          system=ORM_SYSTEM_PROMPT, id="p1")
     with pytest.raises(DataError, match=r"dataset d: none of its 1 examples keeps its image tokens"):
         write_sharegpt_dataset([example], tmp_path, "d", TokenBudget.for_training(cfg, "orm"))
+
+
+def test_a_datasets_marker_records_what_decides_the_budget(run_config) -> None:
+    """The budget as a marker records it: every setting that changes which examples fit (a changed
+    cutoff_len makes the data stale), with the keys markers have always had (a run resumes across versions)."""
+    cfg = load_config(run_config(llama_factory={"cutoff_len": 300, "image_max_pixels": 12544}))
+    recorded = Inputs().budget("b", TokenBudget.for_training(cfg, "m0")).values["b"]
+    assert recorded == {"model_path": cfg.model.base, "template": "qwen2_vl", "cutoff_len": 300,
+                        "image_max_pixels": 12544, "image_min_pixels": 32 * 32, "policy": "drop"}
+    longer = load_config(run_config(llama_factory={"cutoff_len": 400, "image_max_pixels": 12544}))
+    assert Inputs().budget("b", TokenBudget.for_training(longer, "m0")).values["b"]["cutoff_len"] == 400
