@@ -22,9 +22,6 @@ processor tiles images (`crop_to_patches`) by default; LLaMA-Factory does only w
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +32,8 @@ from mathse.demo.tiny_model import (
     COMPLETE_MARKER,
     QWEN2VL_CHAT_TEMPLATE,
     QWEN2VL_SPECIAL_TOKENS,
+    bpe_backend,
+    build_atomically,
     is_complete_model_dir,
 )
 
@@ -138,44 +137,15 @@ def build_tiny(family: str, out_dir: Path, seed: int = 0) -> Path:
         if found != kind:
             raise ValueError(f"{out_dir} already holds a {found}, not a {kind}")
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        os.chmod(tmp_dir, 0o755)
-        _write(family, tmp_dir, seed)
-        marker = {"version": ASSET_VERSION, "seed": seed, "kind": kind, "template": TINY_FAMILIES[family]}
-        (tmp_dir / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            if is_complete_model_dir(out_dir):  # another process finished first
-                shutil.rmtree(tmp_dir, ignore_errors=True)
-                return out_dir
-            shutil.rmtree(out_dir)
-        try:
-            os.rename(tmp_dir, out_dir)
-        except OSError:
-            if not is_complete_model_dir(out_dir):
-                raise
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return out_dir
+    marker = {"version": ASSET_VERSION, "seed": seed, "kind": kind, "template": TINY_FAMILIES[family]}
+    return build_atomically(out_dir, lambda folder: _write(family, folder, seed), marker)
 
 
 def _tokenizer(spec: _TokenizerSpec) -> Any:
-    """A byte-level BPE with one token per digit (as tiny_model's) and the family's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """`tiny_model.bpe_backend` with the family's special tokens, as a transformers tokenizer."""
     from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=_VOCAB, special_tokens=list(spec.specials),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(list(_TOKENIZER_CORPUS), trainer=trainer)
+    backend = bpe_backend(spec.specials, _VOCAB, _TOKENIZER_CORPUS)
     named = set(spec.named.values()) | {spec.eos, spec.pad}
     extra: dict[str, str] | list[str] = dict(spec.named) or [t for t in spec.specials if t not in named]
     tokenizer = PreTrainedTokenizerFast(

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -155,20 +156,26 @@ def is_complete_model_dir(model_dir: Path) -> bool:
 def build_tiny_qwen2vl(out_dir: Path, seed: int = 0, size: ModelSize = TEST_SIZE) -> Path:
     """Build a tiny random Qwen2-VL (model, tokenizer, processor, generation config) offline.
 
-    Everything is written into a temp folder next to `out_dir`, the `.complete` marker last, and
-    the folder is renamed into place, so `out_dir` is either absent or complete. If `out_dir` is
-    already complete this returns at once without touching it (the seed is not re-checked; the
-    marker records the one used). Takes a few seconds on CPU; the weights are 0.5-2 MB.
+    If `out_dir` is already complete this returns at once without touching it (the seed is not
+    re-checked; the marker records the one used). Takes a few seconds on CPU; the weights are
+    0.5-2 MB. Written by `build_atomically`: `out_dir` is either absent or complete.
     """
     out_dir = Path(out_dir)
     if is_complete_model_dir(out_dir):
         return out_dir
+    marker = {"version": ASSET_VERSION, "seed": seed, "kind": "tiny-qwen2-vl", "size": asdict(size)}
+    return build_atomically(out_dir, lambda folder: _write_tiny_qwen2vl(folder, seed, size), marker)
+
+
+def build_atomically(out_dir: Path, write: Callable[[Path], None], marker: dict[str, Any]) -> Path:
+    """`write` the model into a temp folder next to `out_dir`, the `.complete` marker (`marker`)
+    last, and rename the folder into place: `out_dir` is either absent or complete, and of two
+    processes building it at once the second keeps the first one's."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         os.chmod(tmp_dir, 0o755)  # mkdtemp makes it private; the finished model is not
-        _write_tiny_qwen2vl(tmp_dir, seed, size)
-        marker = {"version": ASSET_VERSION, "seed": seed, "kind": "tiny-qwen2-vl", "size": asdict(size)}
+        write(tmp_dir)
         (tmp_dir / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
         if out_dir.exists():
             if is_complete_model_dir(out_dir):  # another process finished first
@@ -187,10 +194,9 @@ def build_tiny_qwen2vl(out_dir: Path, seed: int = 0, size: ModelSize = TEST_SIZE
     return out_dir
 
 
-def _train_tokenizer(size: ModelSize) -> Any:
-    """A byte-level BPE (so any text tokenizes), one token per digit, with the Qwen2-VL special tokens."""
+def bpe_backend(specials: Sequence[str], vocab: int, corpus: Sequence[str]) -> Any:
+    """A byte-level BPE (so any text tokenizes), one token per digit, `specials` first, trained on `corpus`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence(
@@ -198,16 +204,19 @@ def _train_tokenizer(size: ModelSize) -> Any:
     )
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=size.vocab,
-        special_tokens=list(QWEN2VL_SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=list(specials),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(list(corpus), trainer=trainer)
+    return backend
+
+
+def _train_tokenizer(size: ModelSize) -> Any:
+    """The Qwen2-VL tokenizer: `bpe_backend` with its special tokens (and the project's prompts when asked)."""
+    from transformers import PreTrainedTokenizerFast
+
     corpus = [*_TOKENIZER_CORPUS, *(_project_prompts() if size.learn_prompts else ())]
-    backend.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+        tokenizer_object=bpe_backend(QWEN2VL_SPECIAL_TOKENS, size.vocab, corpus),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
