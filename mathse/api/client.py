@@ -37,7 +37,7 @@ from tqdm import tqdm
 from mathse.api.answer_cache import AnswerCache, cache_key, cached_result
 from mathse.api.batch_api import complete_in_batches
 from mathse.api.call_book import CallBook, FatalWatch
-from mathse.api.messages import ChatRequest, ChatResult, user_message, wire_messages
+from mathse.api.messages import ChatRequest, ChatResult, ImagePrep, user_message, wire_messages
 from mathse.api.replies import (
     RETRYABLE_4XX,
     ReplyFailure,
@@ -77,12 +77,15 @@ class ChatClient:
         ledger: UsageLedger | None = None,
         stage: str = "default",
         transport: Any = None,
+        images: ImagePrep | None = None,
     ) -> None:
         """`cache_dir` None: no answer cache (the caller's journal is the record, e.g. student paths).
-        `transport`: an httpx transport, e.g. model.replica_router.ReplicaRouter spreading requests over replicas."""
+        `transport`: an httpx transport, e.g. model.replica_router.ReplicaRouter spreading requests over replicas.
+        `images`: how this endpoint's model wants its images (a model the pipeline serves: as in training)."""
         self.cfg = cfg
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.transport = transport
+        self.images = images
         self.ledger = ledger
         self.stage = stage
         self.cache = AnswerCache(self.cache_dir, cfg.model)
@@ -93,7 +96,7 @@ class ChatClient:
 
     def user_message(self, text: str, images: Sequence[str | Path] = ()) -> dict[str, Any]:
         """`user_message` with this endpoint's image detail setting."""
-        return user_message(text, images, detail=self.cfg.image_detail)
+        return user_message(text, images, detail=self.cfg.image_detail, prep=self.images)
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """The chat-completions request body (what is sent, and what the cache key covers)."""

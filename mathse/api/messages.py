@@ -20,11 +20,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "ChatRequest",
     "ChatResult",
+    "ImagePrep",
     "ImageRef",
     "encoder_cache_bytes",
     "image_data_url",
@@ -88,6 +89,17 @@ def encoder_cache_bytes() -> int:
     return _ENCODED.used
 
 
+class ImagePrep(Protocol):
+    """How a served model wants its images: the image its training saw, not the file (a model served
+    by the pipeline gets each image resized as LLaMA-Factory resized it; see model/served_images.py)."""
+
+    key: str  # names the preparation (part of the image's identity, so of the cache keys)
+
+    def encode(self, path: str) -> tuple[str, bytes] | None:
+        """(mime type, bytes) to send instead of the file; None: the file as it is."""
+        ...
+
+
 class ImageRef:
     """A local image file, sent as a base64 data URL made only when its request goes out.
 
@@ -95,17 +107,18 @@ class ImageRef:
     built is caught (`ValueError` at send time) rather than sent silently under the old cache key.
     """
 
-    __slots__ = ("mime", "mtime_ns", "path", "size")
+    __slots__ = ("mime", "mtime_ns", "path", "prep", "size")
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, prep: ImagePrep | None = None) -> None:
         self.path = os.path.abspath(path)
         stat = os.stat(self.path)  # a missing file fails here, when the request is built
         self.mtime_ns, self.size = stat.st_mtime_ns, stat.st_size
         self.mime = mimetypes.guess_type(self.path)[0] or "image/png"
+        self.prep = prep
 
     @property
-    def _id(self) -> tuple[str, int, int]:
-        return (self.path, self.mtime_ns, self.size)
+    def _id(self) -> tuple[str, int, int, str]:
+        return (self.path, self.mtime_ns, self.size, "" if self.prep is None else self.prep.key)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ImageRef) and self._id == other._id
@@ -126,7 +139,7 @@ class ImageRef:
         """sha256 of the data URL text, streamed from the file (never the whole base64 in memory)."""
         digest = _DIGESTS.get(self._id)
         if digest is None:
-            if self.size <= _HASH_VIA_URL_BYTES:
+            if self.size <= _HASH_VIA_URL_BYTES or self.prep is not None:
                 # A request's key is made just before it is sent: encode the image once, hash that
                 # text and leave it in the encoder cache for the send (one file read, not two).
                 digest = hashlib.sha256(self.data_url().encode("ascii")).hexdigest()
@@ -145,8 +158,9 @@ class ImageRef:
         url = _ENCODED.get(self._id)
         if url is None:
             self._check()
-            data = base64.b64encode(Path(self.path).read_bytes()).decode("ascii")
-            url = f"data:{self.mime};base64,{data}"
+            prepared = None if self.prep is None else self.prep.encode(self.path)
+            mime, raw = prepared if prepared is not None else (self.mime, Path(self.path).read_bytes())
+            url = f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}"
             _ENCODED.put(self._id, url, len(url))
         return url
 
@@ -159,22 +173,25 @@ def image_data_url(image: str | Path) -> str:
     return ImageRef(text).data_url()
 
 
-def _image_ref(image: str | Path) -> str | ImageRef:
+def _image_ref(image: str | Path, prep: ImagePrep | None = None) -> str | ImageRef:
     text = str(image)
     if isinstance(image, str) and text.startswith(("http://", "https://", "data:")):
         return text
-    return ImageRef(text)
+    return ImageRef(text, prep)
 
 
-def user_message(text: str, images: Sequence[str | Path] = (), detail: str = "auto") -> dict[str, Any]:
+def user_message(
+    text: str, images: Sequence[str | Path] = (), detail: str = "auto", prep: ImagePrep | None = None
+) -> dict[str, Any]:
     """A user message; images go before the text (the order Qwen2-VL was trained on).
 
-    Local images are `ImageRef`s: encoded when the request is sent (`wire_messages`)."""
+    Local images are `ImageRef`s: encoded when the request is sent (`wire_messages`), through
+    `prep` when given (a served model's own image preparation)."""
     if not images:
         return {"role": "user", "content": text}
     parts: list[dict[str, Any]] = []
     for image in images:
-        image_url: dict[str, Any] = {"url": _image_ref(image)}
+        image_url: dict[str, Any] = {"url": _image_ref(image, prep)}
         if detail != "auto":  # "auto" is the API default; omitting it keeps local servers happy
             image_url["detail"] = detail
         parts.append({"type": "image_url", "image_url": image_url})

@@ -285,7 +285,7 @@ class PathJudge:
         if endpoint is None:
             raise ValueError("the trained ORM is not served: pass the endpoint of orm_endpoint.orm_endpoint(cfg)")
         client = ChatClient(endpoint.api, self.cfg.api_cache_dir if endpoint.cache else None, ledger=self.ledger,
-                            stage=self.stage, transport=endpoint.transport)
+                            stage=self.stage, transport=endpoint.transport, images=endpoint.images)
         extra = {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if self.cfg.orm.logprobs else None
         live: dict[str, _Pending] = {}  # taken by the client, not recorded yet: bounded by its window
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mathse.api.messages import ImagePrep
 from mathse.model.inputs import model_inputs
 from mathse.model.servers import ServedModel, serve_model, served_model
 from mathse.run import layout
@@ -48,6 +49,7 @@ class OrmEndpoint:
     # A user's server is cached like any paid API. A pipeline-served ORM is not: a retrained ORM
     # has the same name and path, and the verdict journal is the record anyway.
     cache: bool = True
+    images: ImagePrep | None = None  # a pipeline-served ORM: images resized as in its training
 
 
 def rule_only_notice(cfg: MathSEConfig, stage: str) -> str | None:
@@ -104,4 +106,5 @@ def orm_endpoint(cfg: MathSEConfig, server_dir: Path, *, measuring: bool = False
     with serve_model(serve, orm_serve_spec(cfg), server_dir, cfg.ray) as servers:
         concurrency = cfg.inference.concurrency * len(servers.base_urls)
         api = servers.api_config(concurrency, max_tokens=orm.max_new_tokens, temperature=0.0)
-        yield OrmEndpoint(api, transport=servers.transport(cfg.inference.concurrency), cache=False)
+        yield OrmEndpoint(api, transport=servers.transport(cfg.inference.concurrency), cache=False,
+                          images=servers.images())

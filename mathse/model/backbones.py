@@ -26,17 +26,15 @@ from typing import Any
 __all__ = ["BACKBONES", "UNSUPPORTED", "Backbone", "backbone_of", "check_model", "llamafactory_templates"]
 
 
-def _max_pixels(image_max_pixels: int | None, crop_to_patches: bool) -> dict[str, Any]:
-    """Qwen-style processors: at most `max_pixels` before cutting patches (see the note in BACKBONES)."""
-    return {} if image_max_pixels is None else {"max_pixels": image_max_pixels}
-
-
 def _tiles(image_max_pixels: int | None, crop_to_patches: bool) -> dict[str, Any]:
     """InternVL: fixed 448-px tiles; the processor tiles by default, LLaMA-Factory only when asked (12 max)."""
     return {"crop_to_patches": True, "max_patches": 12} if crop_to_patches else {"crop_to_patches": False}
 
 
 def _none(image_max_pixels: int | None, crop_to_patches: bool) -> dict[str, Any]:
+    """No processor argument: the pipeline sends images already resized as LLaMA-Factory resized
+    them in training (mathse/model/served_images.py), so the engine's processor must not resize
+    them by a rule of its own (vLLM's Qwen `max_pixels` rounds differently: other token counts)."""
     return {}
 
 
@@ -49,10 +47,14 @@ class Backbone:
     model_types: tuple[str, ...]  # config.json `model_type` of its checkpoints
     # The served engine's processor arguments (vLLM --mm-processor-kwargs) that give an image the
     # vision tokens it had in training, from the training's image_max_pixels and crop_to_patches.
-    served_image_kwargs: Callable[[int | None, bool], dict[str, Any]] = _max_pixels
+    served_image_kwargs: Callable[[int | None, bool], dict[str, Any]] = _none
     # Thinking templates (LLaMA-Factory puts an empty <think> block, with loss, before every training
     # target) -> the advice: their non-thinking variant, or how to keep the block out.
     thinking: dict[str, str] = field(default_factory=dict)
+    # Where the checkpoint's own chat template renders another prompt than LLaMA-Factory's: the text
+    # the served engine's processor expands into an image's tokens. The served engine then gets
+    # LLaMA-Factory's template (mathse/model/chat_templates.py); None: the checkpoint's template is the same.
+    served_image_placeholder: str | None = None
     notes: str = ""
 
 
@@ -65,9 +67,11 @@ BACKBONES: dict[str, Backbone] = {
                  thinking={"qwen3_vl": "use 'qwen3_vl_nothink' unless that is meant"},
                  notes="Qwen3-VL: image_max_pixels decides the vision tokens (32-px units)"),
         Backbone("intern_vl", ("intern_vl",), ("internvl",), served_image_kwargs=_tiles,
+                 served_image_placeholder="<IMG_CONTEXT>",
                  notes="InternVL (HF format, `-hf` checkpoints): 448-px tiles when crop_to_patches, else one; "
                        "image_max_pixels does not change the count"),
-        Backbone("glm4v", ("glm4v",), ("glm4v",), served_image_kwargs=_none,
+        Backbone("glm4v", ("glm4v",), ("glm4v",),
+                 served_image_placeholder="<|begin_of_image|><|image|><|end_of_image|>",
                  thinking={"glm4v": "set llama_factory.extra.enable_thinking: false to leave it out of the targets"},
                  notes="GLM-4.1V: image_max_pixels decides the vision tokens (28-px units)"),
     )

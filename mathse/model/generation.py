@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from mathse.api.client import ChatClient
 from mathse.api.messages import ChatRequest, ChatResult
+from mathse.model.chat_templates import renders_its_own_template
 from mathse.model.generation_items import (
     MAX_PATHS_PER_REQUEST,
     GenerationError,
@@ -163,7 +164,7 @@ class ServedGenerator:
             self._router = self.servers.transport(in_flight)
         api = self.servers.api_config(in_flight, temperature=self.inf.temperature, top_p=self.inf.top_p,
                                       max_tokens=self.inf.max_new_tokens)
-        client = ChatClient(api, cache_dir=None, transport=self._router)
+        client = ChatClient(api, cache_dir=None, transport=self._router, images=self.servers.images())
         bar = tqdm(total=sum(len(g) for g in groups), desc=progress, unit="path",
                    disable=True if progress is None else None)
         start = time.perf_counter()
@@ -265,7 +266,9 @@ def describe(
         args = chat_model_args(str(model_path), None if adapter_path is None else str(adapter_path), inputs, inf)
         return f"in-process {args['infer_backend']} engine, ChatModel({json.dumps(args)})"
     spec = student_spec(model_path, adapter_path, inputs, inf, None)
-    argv, env = server_command(serve, spec, serve.host, 0, server_dir / f"{spec.name}.replica-0.yaml")
+    template = server_dir / f"{spec.name}.replica-0.jinja" if renders_its_own_template(inputs) else None
+    argv, env = server_command(serve, spec, serve.host, 0, server_dir / f"{spec.name}.replica-0.yaml",
+                               template if serve.engine == "vllm" else None)
     where = f"Ray ({ray.address or 'local'})" if ray is not None else "this node"
     env_text = " ".join(f"{k}={v}" for k, v in env.items() if k != "PYTHONUNBUFFERED")
     return (f"{serve.replicas} {serve.engine} replica(s) on {where}, port chosen at start; replica 0:\n"

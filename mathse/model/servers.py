@@ -43,10 +43,12 @@ from typing import Any
 import yaml
 
 from mathse.model import llamafactory_qwen_vl_positions
+from mathse.model.chat_templates import served_chat_template
 from mathse.model.inference import chat_model_args
 from mathse.model.inputs import ModelInputs
 from mathse.model.processes import die_with_parent, free_port
 from mathse.model.replica_router import ReplicaRouter
+from mathse.model.served_images import TrainingSizedImages
 from mathse.run.config import ApiConfig, InferenceConfig, RayConfig, ServeConfig
 from mathse.run.errors import StageError
 from mathse.run.storage import atomic_write_text
@@ -113,9 +115,10 @@ def served_model(
 
 
 def server_command(
-    serve: ServeConfig, spec: ServedModel, host: str, port: int, args_file: Path
+    serve: ServeConfig, spec: ServedModel, host: str, port: int, args_file: Path, chat_template: Path | None = None
 ) -> tuple[list[str], dict[str, str]]:
-    """(argv, extra environment) that starts one server for `spec` on host:port."""
+    """(argv, extra environment) that starts one server for `spec` on host:port; `chat_template`: a
+    Jinja file vLLM renders instead of the checkpoint's (see mathse/model/chat_templates.py)."""
     python = serve.python or sys.executable
     env = {"PYTHONUNBUFFERED": "1", **serve.env}  # the log is current while the server runs
     gpus = max(1, serve.gpus_per_replica)
@@ -141,6 +144,8 @@ def server_command(
             argv += ["--tensor-parallel-size", str(gpus // serve.data_parallel_size)]
         if image_kwargs := spec.inputs.served_image_kwargs():  # as many vision tokens as in training
             argv += ["--mm-processor-kwargs", json.dumps(image_kwargs)]
+        if chat_template is not None:  # the prompt LLaMA-Factory's template builds, not the checkpoint's
+            argv += ["--chat-template", str(chat_template)]
         if serve.vllm_cpu:
             argv += list(VLLM_CPU_ARGS)
         if spec.adapter is not None:  # requests name the LoRA module; the base gets another name
@@ -239,7 +244,11 @@ def _launch(serve: ServeConfig, spec: ServedModel, run_dir: Path, index: int, ho
             gpu_ids: list[int] | None) -> ServerProcess:
     port = free_port()
     tag = f"{spec.name}.replica-{index}"
-    argv, env = server_command(serve, spec, host, port, _write_args_file(spec, run_dir, tag))
+    chat_template = None
+    if serve.engine == "vllm" and (jinja := served_chat_template(spec.model, spec.inputs)) is not None:
+        chat_template = run_dir / f"{tag}.jinja"
+        atomic_write_text(chat_template, jinja)
+    argv, env = server_command(serve, spec, host, port, _write_args_file(spec, run_dir, tag), chat_template)
     if gpu_ids is not None and "CUDA_VISIBLE_DEVICES" not in serve.env:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
     reach = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -286,6 +295,11 @@ class Servers:
         return ApiConfig(base_url=self.base_urls[0], model=self.spec.name, concurrency=concurrency,
                          timeout_s=self.serve.request_timeout_s, max_retries=self.serve.max_retries,
                          backoff_max_s=10.0, **settings)
+
+    def images(self) -> TrainingSizedImages | None:
+        """How requests must carry images: resized as in training, unless the engine is LLaMA-Factory's
+        own (it resizes as in training itself). See mathse/model/served_images.py."""
+        return None if self.serve.engine == "llamafactory" else TrainingSizedImages(self.spec.inputs)
 
     def transport(self, concurrency: int, recheck_s: float = 5.0) -> Any:
         """An httpx transport spreading requests over the replicas (see ReplicaRouter)."""

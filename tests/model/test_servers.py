@@ -83,12 +83,16 @@ def test_vllm_command_carries_data_parallelism_image_size_and_adapter(tmp_path: 
     assert argv[:3] == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(argv)
     assert "--data-parallel-size 4" in joined and "--tensor-parallel-size" not in joined
-    assert '--mm-processor-kwargs {"max_pixels": 262144}' in joined
+    # Images arrive resized as in training (served_images.py): no pixel limit of vLLM's own, and the
+    # checkpoint's chat template where it renders LLaMA-Factory's prompt (Qwen).
+    assert "--mm-processor-kwargs" not in joined and "--chat-template" not in joined
     assert "--lora-modules m=/lora" in joined and "--port 8123" in joined and argv[-1] == "--enforce-eager"
     assert "API_PORT" not in env  # llamafactory's variables are for its own server only
     assert "--no-enable-chunked-prefill" not in argv
     cpu, _ = server_command(serve.model_copy(update={"vllm_cpu": True}), spec, "127.0.0.1", 8123, tmp_path / "a.yaml")
     assert " ".join(VLLM_CPU_ARGS) in " ".join(cpu)  # vLLM's CPU build: float32, eager, no chunked prefill
+    templated, _ = server_command(serve, spec, "127.0.0.1", 8123, tmp_path / "a.yaml", tmp_path / "t.jinja")
+    assert f"--chat-template {tmp_path / 't.jinja'}" in " ".join(templated)
 
 
 def test_command_engine_fills_placeholders_and_names_a_bad_one(tmp_path: Path) -> None:
