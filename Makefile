@@ -35,7 +35,8 @@ test: install vllm-env
 	@# Bytecode once: with PYTHONDONTWRITEBYTECODE set, each of the suite's hundreds of subprocesses
 	@# would compile the project again (~0.5 s each).
 	$(PYTHON) -m compileall -q mathse tests main.py > /dev/null
-	$(PYTHON) -m pytest
+	@# Two workers: much of the suite waits on subprocesses and servers starting, not on the CPU.
+	$(PYTHON) -m pytest -n 2 --dist loadgroup
 
 lint:
 	$(PYTHON) -m ruff check .

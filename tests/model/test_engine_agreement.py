@@ -29,7 +29,8 @@ from mathse.testing.shipped_chat_model import shipped_greedy_texts
 from tests.conftest import VLLM_CPU_SERVE, vllm_python, write_run_config
 from tests.model.test_servers import wait_gone
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs every vLLM test: their checks that no vLLM process is left look at all of them.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vllm")]
 
 MAX_NEW_TOKENS = 120  # the longest count-down solution (b = 9) is ~100 tokens
 

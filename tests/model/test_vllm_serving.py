@@ -35,7 +35,8 @@ from mathse.run.storage import iter_jsonl, mark_done, read_json
 from tests.conftest import PROJECT_ROOT, VLLM_CPU_SERVE, sigint_as_from_a_terminal, vllm_python, write_run_config
 from tests.model.test_servers import posts_since_last_start, server_pids, wait_gone
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs every vLLM test: their checks that no vLLM process is left look at all of them.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vllm")]
 
 THRESHOLD = 0.99  # P(correct) a "correct" verdict needs; a 40-step tiny ORM is rarely that sure
 
