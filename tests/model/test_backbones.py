@@ -111,6 +111,18 @@ def test_dry_run_with_a_wrong_backbone_exits_2_with_one_line(run_config, templat
     assert ("CogVLM2" if template == "cogvlm2" else "use 'qwen2_vl'") in lines[0]
 
 
+def test_dry_run_with_qwen2_vl_on_an_internvl_folder_exits_2_with_one_line(tmp_path: Path, demo_data) -> None:
+    """The issue's acceptance case: the template of one family on a real (tiny) checkpoint of another."""
+    model = build_tiny("intern_vl", tmp_path / "internvl")
+    config = with_model(write_run_config(tmp_path, model, *demo_data), template="qwen2_vl")
+    proc = subprocess.run([sys.executable, "main.py", "--config", str(config), "--stage", "all", "--dry-run"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc
+    assert lines[0].startswith("config error: model.template: 'qwen2_vl' is for qwen2_vl models") and \
+        "'internvl' checkpoint" in lines[0] and "use 'intern_vl'" in lines[0], lines
+
+
 # ---------------------------------------------------------------------------------------------
 # Each family, on a tiny model of it (mathse/demo/tiny_backbones.py)
 
