@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -366,3 +371,41 @@ def test_samples_need_a_temperature(tmp_path: Path) -> None:
         load_config(config)
     assert str(err.value).strip().count("\n") == 0 and "eval.samples is 4 but eval.temperature is 0.0" in str(err.value)
     assert load_config(config, ["eval.temperature=0.7"]).eval.samples == 4
+
+
+@pytest.mark.slow
+def test_cli_eval_samples_killed_mid_sampling_resumes_without_repeating_a_sample(
+    run_config, demo_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The real tiny Qwen2-VL, eval.samples 4, killed (SIGKILL) while it samples: the rerun draws only the
+    samples missing from the journal (a repeated one would be a second row with its key)."""
+    from mathse import cli
+
+    bench = [{"name": "pool", "format": "jsonl", "path": str(demo_data[1]), "limit": 6}]
+    config = run_config(eval={"benchmarks": bench, "checkpoints": ["base"], "max_new_tokens": 12, "samples": 4,
+                              "temperature": 1.0})
+    pair = config.parent / "output" / "eval" / "base" / "pool"
+    journal = pair / "samples.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    with (tmp_path / "killed.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "main.py"), "--stage", "eval", "--config",
+                                 str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if journal.is_file() and journal.read_bytes().count(b"\n") >= 4:  # one problem's samples
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "eval finished before it could be killed: " + (tmp_path / "killed.log").read_text()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    kept = [line for line in journal.read_text().splitlines(keepends=True) if line.endswith("\n")]
+    assert 4 <= len(kept) < 24 and not (pair / ".mathse_done.json").exists()
+
+    assert cli.main(["--stage", "eval", "--config", str(config)]) == 0
+    keys = [row["key"] for row in iter_jsonl(journal)]
+    assert len(keys) == len(set(keys)) == 6 * 4  # every sample once: none repeated, none lost
+    assert journal.read_text().startswith("".join(kept))  # the samples drawn before the kill stay as they were
+    greedy = [row["key"] for row in iter_jsonl(pair / "generations.jsonl")]
+    assert len(greedy) == len(set(greedy)) == 6
+    sampled = json.loads((pair / "scores.json").read_text())["sampled"]
+    assert sampled["k"] == 4 and sampled["samples"] == 24 and sampled["items"] == 6
