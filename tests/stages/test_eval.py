@@ -253,7 +253,7 @@ def test_cli_eval_tiny_model_base_and_stage0(run_config, tiny_model: Path, tmp_p
     assert "eval: stage0/MathVerse:" in printed
     md = (out / "eval" / "results.md").read_text()
     for name in ("base", "stage0"):
-        assert f"| {name} | " in md and "/4) |" in md and "/2) |" in md
+        assert f"| {name} | " in md and "/4) [" in md and "/2) [" in md
         preds = list(iter_jsonl(out / "eval" / name / "MathVista" / "predictions.jsonl"))
         assert [p["id"] for p in preds] == ["1", "2", "3", "4"]
         assert all(isinstance(p["response"], str) and "correct" in p for p in preds)
