@@ -143,7 +143,7 @@ def _paired_table(tests: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         return []
     rows = [
         f"| {t['from']} → {t['to']} | {t['benchmark']} | {t['items']} | {t['improved']} | {t['worsened']} | "
-        f"{t['p_value']:.4g} | {'yes' if t['significant'] else 'no'} |"
+        f"{t['p_value']:.3g} | {'yes' if t['significant'] else 'no'} |"
         for t in tests.values()
     ]
     return [
@@ -260,7 +260,7 @@ def paired_tests(
             test = mcnemar_counts(len(common), worse, better)
             tests[(second, bench)] = {
                 "from": first, "to": second, "benchmark": bench, "items": len(common), "improved": better,
-                "worsened": worse, "p_value": round(test.p_value, 6), "significant": test.significant(ALPHA),
+                "worsened": worse, "p_value": test.p_value, "significant": test.significant(ALPHA),
             }  # fmt: skip
     order = {c: n for n, c in enumerate(checkpoints)}
     return dict(sorted(tests.items(), key=lambda kv: (order[kv[0][0]], benchmarks.index(kv[0][1]))))

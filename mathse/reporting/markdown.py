@@ -231,7 +231,7 @@ def _eval_paired(report: dict[str, Any]) -> list[str]:
     ev = (report.get("transitions") or {}).get("eval") or {}
     pairs = [*ev.get("pairs", []), *([ev["first_to_last"]] if ev.get("first_to_last") else [])]
     rows = [[f"{p['from_checkpoint']} → {p['to_checkpoint']}", bench, _fmt(t["items"]), _fmt(t["improved"]),
-             _fmt(t["worsened"]), f"{t['p_value']:.4g}", "yes" if t["significant"] else "no"]
+             _fmt(t["worsened"]), f"{t['p_value']:.3g}", "yes" if t["significant"] else "no"]
             for p in pairs for bench, t in (p.get("paired_tests") or {}).items()]
     if not rows:
         return []

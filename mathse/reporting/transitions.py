@@ -120,4 +120,4 @@ def paired_test(counts: dict[str, int], alpha: float = 0.05) -> dict[str, Any]:
     """Exact McNemar test of one transition count: is the step from the first checkpoint to the second noise?"""
     test = mcnemar_counts(counts["n"], counts["correct_to_incorrect"], counts["incorrect_to_correct"])
     return {"items": test.items, "improved": test.only_second, "worsened": test.only_first,
-            "p_value": round(test.p_value, 6), "significant": test.significant(alpha)}
+            "p_value": test.p_value, "significant": test.significant(alpha)}
