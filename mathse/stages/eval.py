@@ -89,8 +89,14 @@ def finished(cfg: MathSEConfig) -> bool:
         checkpoints = resolve_checkpoints(cfg)
     except (StageError, ConfigError):
         return False
-    pairs_done = all(is_done(pair_dir(cfg, c.name, b.name)) for c in checkpoints for b in cfg.eval.benchmarks)
+    pairs_done = all(_has_samples(cfg, c.name, b.name) for c in checkpoints for b in cfg.eval.benchmarks)
     return pairs_done and layout.eval_results_path(cfg, "md").is_file()
+
+
+def _has_samples(cfg: MathSEConfig, checkpoint: str, benchmark: str) -> bool:
+    """The pair is done with as many samples per item as eval.samples asks (raising k reopens it)."""
+    folder = pair_dir(cfg, checkpoint, benchmark)
+    return is_done(folder) and read_marker(folder).get("settings", {}).get("samples", 1) == cfg.eval.samples
 
 
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
@@ -332,7 +338,7 @@ def write_results(cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[
 
 def print_plan(cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[BenchmarkSpec]) -> None:
     total = len(checkpoints) * len(specs)
-    done = sum(1 for c in checkpoints for s in specs if is_done(pair_dir(cfg, c.name, s.name)))
+    done = sum(1 for c in checkpoints for s in specs if _has_samples(cfg, c.name, s.name))
     print(
         f"[dry-run] eval: {len(specs)} benchmarks x {len(checkpoints)} checkpoints = {total} evaluations "
         f"({total - done} to run, {done} already done)"
@@ -347,7 +353,7 @@ def print_plan(cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[Ben
             f"({choice} multiple choice, {len(items) - choice} free form) from {spec.path}"
         )
     for ck in checkpoints:
-        status = [s.name for s in specs if is_done(pair_dir(cfg, ck.name, s.name))]
+        status = [s.name for s in specs if _has_samples(cfg, ck.name, s.name)]
         adapter = f" + adapter {ck.adapter}" if ck.adapter else ""
         print(
             f"[dry-run] checkpoint {ck.name}: {ck.model}{adapter}" + (f" (done: {', '.join(status)})" if status else "")

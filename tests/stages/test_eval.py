@@ -350,6 +350,9 @@ def test_raising_samples_keeps_the_greedy_answers_and_draws_only_the_missing(tmp
     assert eval_stage.run(greedy_only, chat_model_factory=factory) == 0
     assert factory.sequences(sampled=False) == 4
     greedy = (tmp_path / "out" / "eval" / "base" / "MathVista" / "generations.jsonl").read_bytes()
+    assert eval_stage.finished(greedy_only) and not eval_stage.finished(sampling_config(tmp_path, 2))
+    assert eval_stage.run(sampling_config(tmp_path, 2), dry_run=True) == 0
+    assert "(1 to run, 0 already done)" in capsys.readouterr().out
     for k, drawn in ((2, 8), (4, 8)):
         factory = SamplingFactory()
         assert eval_stage.run(sampling_config(tmp_path, k), chat_model_factory=factory) == 0
