@@ -104,6 +104,7 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
         "results table (markdown)": layout.eval_results_path(cfg, "md"),
         "results table (CSV)": layout.eval_results_path(cfg, "csv"),
         "results (JSON, with breakdowns)": layout.eval_results_path(cfg, "json"),
+        "per-item outcomes (CSV)": layout.eval_items_path(cfg),
     }
     try:
         checkpoints = resolve_checkpoints(cfg)

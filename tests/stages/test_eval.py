@@ -407,6 +407,10 @@ def test_cli_eval_samples_killed_mid_sampling_resumes_without_repeating_a_sample
     assert cli.main(["--stage", "eval", "--config", str(config)]) == 0
     keys = [row["key"] for row in iter_jsonl(journal)]
     assert len(keys) == len(set(keys)) == 6 * 4  # every sample once: none repeated, none lost
+    answers: dict[str, set[str]] = {}
+    for row in iter_jsonl(journal):
+        answers.setdefault(row["id"], set()).add(row["response"])
+    assert any(len(a) > 1 for a in answers.values())  # sampled at eval.temperature, not greedy
     assert journal.read_text().startswith("".join(kept))  # the samples drawn before the kill stay as they were
     greedy = [row["key"] for row in iter_jsonl(pair / "generations.jsonl")]
     assert len(greedy) == len(set(greedy)) == 6
