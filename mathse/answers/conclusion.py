@@ -364,6 +364,7 @@ _CONTRAST_RE = re.compile(
     r"\b(?:but|however|while|whereas|instead|rather|although|though|except|only)\b", re.IGNORECASE
 )
 _NEGATIONS_RE = re.compile(r"\b(?:not|no|never|none|cannot)\b|n't\b", re.IGNORECASE)
+_CLAUSE_RE = re.compile(r"[,;:]|\b(?:so|thus|therefore|hence|because|since|as|and)\b", re.IGNORECASE)
 
 
 def _content_words(text: str) -> set[str]:
@@ -383,10 +384,14 @@ def _yes_no_statement(sentence: str, question: str) -> str | None:
     if not asked or _NEGATIONS_RE.search(asked) or _CONTRAST_RE.search(sentence):
         return None
     wanted = _content_words(asked)
-    if not wanted or not wanted <= _content_words(sentence):
+    if not wanted:
         return None
-    negations = len(_NEGATIONS_RE.findall(sentence))
-    if negations > 1 or (negations == 1 and "," in sentence[: _NEGATIONS_RE.search(sentence).start()]):
+    # The clause stating the predicate decides ("There is no jump, so the function is continuous." is Yes).
+    clauses = [c for c in _CLAUSE_RE.split(sentence) if wanted <= _content_words(c)]
+    if len(clauses) != 1:
+        return None
+    negations = len(_NEGATIONS_RE.findall(clauses[0]))
+    if negations > 1:
         return None
     return "No" if negations else "Yes"
 
@@ -411,9 +416,11 @@ def read_opening(text: str | None, options: list[str] | None = None) -> str | No
         if not rest.strip() and len(lines) < 2:
             return None
         head = re.sub(r"^(?:the|a|an)\s+", "", head.strip().rstrip(".!。"), flags=re.IGNORECASE)
-        hits = [i for i, o in enumerate(options) if o.strip().lower() == head.lower() and len(head) >= 2]
+        if not 2 <= len(head) <= _OPENING_MAX_CHARS:
+            return None
+        hits = [i for i, o in enumerate(options) if o.strip().lower() == head.lower()]
         return "ABCDEFGH"[hits[0]] if len(hits) == 1 else None
-    if len(lines) < 2 or len(first) > _OPENING_MAX_CHARS or re.match(r"\d+[.)]\s*\S", lines[1]):
+    if len(lines) < 2 or len(first.split()) > 3 or first.endswith((":", "：")) or re.match(r"\d+[.)]\s*\S", lines[1]):
         return None
     if re.search(r"[=+×*/^<>]|\\(?:times|cdot|div)", first):  # a calculation step, not an answer
         return None
@@ -438,7 +445,11 @@ def stated_letter(text: str | None, options: list[str], letters: str) -> str | N
             continue
         letter = marks.pop()
         option = options[letters.index(letter)].strip() if letters.index(letter) < len(options) else ""
-        if len(option) >= 2 and re.search(rf"(?<![A-Za-z]){re.escape(option)}(?![A-Za-z])", line, re.IGNORECASE):
+        named = re.search(rf"(?<![A-Za-z]){re.escape(option)}(?![A-Za-z])", line, re.IGNORECASE)
+        if len(option) < 2 or not named or _NEGATIONS_RE.search(line):
+            continue
+        rest = (line[: named.start()] + line[named.end() :]).replace(f"({letter})", " ")
+        if len(re.findall(r"[A-Za-z]+", rest)) <= 4:  # "Cats and dogs (D).", "I pick (D) cats and dogs."
             found.add(letter)
     return found.pop() if len(found) == 1 else None
 

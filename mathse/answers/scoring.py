@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mathse.answers.conclusion import read_conclusion, read_conclusion_choice, read_opening, stated_letter
+from mathse.answers.conclusion import (
+    number_word,
+    read_conclusion,
+    read_conclusion_choice,
+    read_opening,
+    stated_letter,
+)
 from mathse.answers.equivalence import normalize_answer, unicode_math_to_latex
 from mathse.answers.evalsets import LETTERS, EvalItem
 from mathse.answers.extraction import answers_match, extract_choice, extract_final_answer
@@ -104,7 +110,7 @@ def _extract(item: EvalItem, text: str) -> str | None:
     if item.kind != "choice":
         final = _final_text(text)
         if final:
-            return final
+            return number_word(final) or final  # "The answer is four." -> "4"
         # An answer stated first ("14.", the rest explaining it) and one concluded last must agree.
         opening, concluded = read_opening(text), read_conclusion(text)
         if opening is not None and concluded is not None and not answers_match(opening, concluded):

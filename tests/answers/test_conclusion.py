@@ -121,7 +121,10 @@ def test_number_words_openings_and_stated_letters() -> None:
     pets = ["fish", "cats and dogs"]
     assert stated_letter("I see cats and dogs (B).\nNo fish.", pets, "AB") == "B"
     assert stated_letter("(A) fish (B) cats and dogs", pets, "AB") is None  # the options restated
-    assert stated_letter("Not (A), the fish.\nIt is (B) cats and dogs.", pets, "AB") is None  # two stated: none
+    assert stated_letter("(A) fish.\nOr perhaps (B) cats and dogs.", pets, "AB") is None  # two stated: none
+    assert stated_letter("Not (A), the fish.\nIt is (B) cats and dogs.", pets, "AB") == "B"  # a rejected one is not
+    assert stated_letter("(B) cats and dogs cannot be right, since the bowl holds a goldfish.", pets, "AB") is None
+    assert read_opening("3 cases to consider.\nCase 1: x > 0 gives nothing.") is None
 
 
 def test_yes_no_needs_the_whole_predicate_once() -> None:
@@ -131,3 +134,6 @@ def test_yes_no_needs_the_whole_predicate_once() -> None:
     assert read_conclusion_choice("Reading the bars, Dark Violet is the minimum.", yes_no, "AB", q) == "A"
     assert read_conclusion_choice("Violet is the smallest bar.", yes_no, "AB", q) is None  # not the question's words
     assert read_conclusion_choice("Dark Violet is not the maximum, it is not the minimum.", yes_no, "AB", q) is None
+    cont = "Question: Is the function continuous at x = 0?"
+    assert read_conclusion_choice("There is no jump, so the function is continuous.", yes_no, "AB", cont) == "A"
+    assert read_conclusion_choice("The function is not continuous, as there is a jump.", yes_no, "AB", cont) == "B"

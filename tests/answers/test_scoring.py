@@ -185,6 +185,7 @@ GREATER = "Is the number of red cubes greater than the number of blue spheres?"
         # Number words; a numeral later in the same sentence is not the answer.
         (item("4"), "There are four cubes left.", True),
         (item("25"), "The class has twenty-five pupils.", True),
+        (item("0"), "The answer is zero.", True),
         (item("3"), "There are four cubes left after removing 3.", False),
         (item("1"), "The red cube is one of the largest.", False),
         # A table or a recap list after the answer.
