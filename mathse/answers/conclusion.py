@@ -24,11 +24,27 @@ import re
 from mathse.answers.equivalence import unicode_math_to_latex
 from mathse.answers.extraction import match_option_text
 
-__all__ = ["final_sentence", "read_conclusion", "read_conclusion_choice"]
+__all__ = [
+    "final_sentence", "number_word", "read_conclusion", "read_conclusion_choice", "read_opening", "stated_letter",
+]
 
 # Closing pleasantries after the answer are not the conclusion.
 _CLOSING_RE = re.compile(
-    r"^(?:i\s+hope|hope\s+(?:this|it)|let\s+me\s+know|feel\s+free|happy\s+to\s+help|good\s+luck)", re.IGNORECASE
+    r"^(?:i\s+hope|hope\s+(?:this|it)|let\s+me\s+know|feel\s+free|happy\s+to\s+help|good\s+luck|"
+    r"glad\s+to\s+help|thanks?\b|thank\s+you|you'?re\s+welcome|if\s+you\s+(?:have|need|want|would)|"
+    r"(?:please\s+)?(?:do\s+)?let\s+me\s+know)",
+    re.IGNORECASE,
+)
+# A question to the user ("Would you like me to explain ...?"), not a question about the answer.
+_ASKS_USER_RE = re.compile(
+    r"^(?:would|do|did|shall|should|can|could|may|is\s+there|are\s+there|any)\b.*\b(?:you|me|I|anything)\b.*\?$",
+    re.IGNORECASE,
+)
+# A recap of the method after the answer, holding no value ("In summary, we multiplied the two counts.").
+_RECAP_RE = re.compile(
+    r"^(?:in\s+summary|to\s+summari[sz]e|summary|to\s+recap|in\s+short|in\s+conclusion,\s+we|"
+    r"this\s+(?:problem|question|task)\s+(?:tests|uses|involves|requires|asks))\b",
+    re.IGNORECASE,
 )
 _HEDGE_RE = re.compile(
     r"\b(?:or|either|neither|nor|maybe|perhaps|possibly|probably|might|could|guess|unsure|not\s+sure|"
@@ -66,11 +82,18 @@ def final_sentence(text: str) -> str | None:
     """The last sentence of the response (closing pleasantries skipped), markdown stripped."""
     for line in reversed(text.strip().splitlines()):
         sentences = [s for s in re.split(r"(?<=[.!?。])\s+(?=\S)", line.strip()) if s.strip("*#-> \t")]
-        while sentences and _CLOSING_RE.match(sentences[-1].strip("*#-> \t")):
+        while sentences and _closing(sentences[-1].strip("*#-> \t")):
             sentences.pop()
         if sentences:
             return sentences[-1].strip().strip("*#-> \t").replace("**", "").replace("__", "").strip()
     return None
+
+
+def _closing(sentence: str) -> bool:
+    """A pleasantry, a question to the user, or a recap without a value: said after the answer."""
+    if _CLOSING_RE.match(sentence) or _ASKS_USER_RE.match(sentence):
+        return True
+    return _RECAP_RE.match(sentence) is not None and not re.search(r"\d", sentence)
 
 
 def _clean(sentence: str) -> str:
@@ -99,11 +122,32 @@ def _is_constant(expr: str) -> bool:
     return _has_value(expr) and not re.search(r"[A-Za-z]", _LATEX_CMD_RE.sub("", expr))
 
 
-def _tail_value(tail: str) -> str | None:
-    """The value that opens `tail` when only words (units, nouns) follow it: "7 years" -> "7"."""
+_UNITS = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+)  # fmt: skip
+_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
+
+
+def number_word(token: str) -> str | None:
+    """ "four" -> "4", "twenty-five" -> "25" (0-99); None for anything else."""
+    word = token.lower().strip("*,;:.!")
+    if word in _UNITS:
+        return str(_UNITS.index(word))
+    tens, _, unit = word.partition("-")
+    if tens in _TENS and (not unit or unit in _UNITS[1:10]):
+        return str(_TENS[tens] + (_UNITS.index(unit) if unit else 0))
+    return None
+
+
+def _tail_value(tail: str, words: bool = True) -> str | None:
+    """The value that opens `tail` when only words (units, nouns) follow it: "7 years" -> "7", "four cubes" -> "4"."""
     tokens = tail.split()
     while tokens and tokens[0].lower().rstrip(",:") in _FILLERS:
         tokens.pop(0)
+    # A number word opens the value ("four cubes"), not "one of them".
+    if words and tokens and (word := number_word(tokens[0])) is not None and (len(tokens) < 2 or tokens[1] != "of"):
+        tokens[0] = word + tokens[0][len(tokens[0].rstrip(",;:.!")) :]
     run: list[str] = []
     items: list[str] = []  # "2, 5 and 8": a list written out
     i = 0
@@ -172,13 +216,18 @@ def _parallel_statement(head: str) -> bool:
     before, after = head[: joins[-1].start()], head[joins[-1].end() :]
     if re.search(r"\b(?:so|thus|hence|therefore|which|i\.e\.|giving)\b", after, re.IGNORECASE):
         return False
-    return any(_tail_value(before[cue.end() :]) for cue in _CUE_RE.finditer(before))
+    return any(_tail_value(before[cue.end() :], words=False) for cue in _CUE_RE.finditer(before))
 
 
 def _sole_value(sentence: str) -> str | None:
     """The only value in a sentence without a cue ("**14**", "Counting again, I find 13 triangles")."""
-    values = [t.rstrip(",;:.") for t in sentence.split() if not _is_word(t) and _has_value(t)]
-    return values[0] if len(values) == 1 else None
+    tokens = sentence.split()
+    values = [t.rstrip(",;:.") for t in tokens if not _is_word(t) and _has_value(t)]
+    # Number words count as values too ("four cubes left after removing 3" states two), "one" aside.
+    words = [w for t in tokens if (w := number_word(t)) is not None and t.lower().strip(",;:.") != "one"]
+    if len(values) + len(words) != 1:
+        return None
+    return values[0] if values else words[0]
 
 
 # A longer "sentence" is a run-on paragraph (or degenerate output), not a conclusion.
@@ -196,8 +245,22 @@ def _readable(sentence: str | None) -> str | None:
 
 
 def read_conclusion(text: str | None) -> str | None:
-    """The value the final sentence concludes with, or None when that is not unambiguous."""
-    sentence = _readable(final_sentence(text or ""))
+    """The value the final sentence concludes with, or None when that is not unambiguous.
+
+    A table printed after the answer is never read; a recap list after the answer (under a header
+    such as "Breakdown:") gives way to the sentence before it.
+    """
+    text = text or ""
+    trimmed, block = _without_trailing_block(text)
+    if block is not None:
+        value = _read_value(trimmed)
+        if value is not None or block == "table":
+            return value
+    return _read_value(text)
+
+
+def _read_value(text: str) -> str | None:
+    sentence = _readable(final_sentence(text))
     if not sentence:
         return None
     value, _ = _cued_value(sentence)
@@ -209,15 +272,27 @@ def read_conclusion(text: str | None) -> str | None:
     return _sole_value(body)
 
 
-def read_conclusion_choice(text: str | None, options: list[str], letters: str) -> str | None:
+def read_conclusion_choice(
+    text: str | None, options: list[str], letters: str, question: str | None = None, *, named: bool = True
+) -> str | None:
     """For multiple choice: an option letter, else the value concluded with (scored as text), else None.
 
     Read from the final sentence: "So the correct cube is C." / "... is (C)"; "No, ..." when an
-    option is Yes/No; a value equal to one option's text ("so AB = 5√2"); the one option whose
-    text the sentence names ("So the circle has the most lines of symmetry.").
+    option is Yes/No, or for a Yes/No question a statement of its predicate ("The function is not
+    continuous there." -> No); a value equal to one option's text ("so AB = 5√2"); with `named`,
+    the one option whose text the sentence names ("So the circle has the most lines of symmetry.").
     """
-    raw = final_sentence(text or "")
-    sentence = _readable(raw)
+    text = text or ""
+    trimmed, block = _without_trailing_block(text)
+    if block is not None:
+        got = _read_choice(trimmed, options, letters, question, named)
+        if got is not None or block == "table":
+            return got
+    return _read_choice(text, options, letters, question, named)
+
+
+def _read_choice(text: str, options: list[str], letters: str, question: str | None, named: bool) -> str | None:
+    sentence = _readable(final_sentence(text))
     if not sentence:
         return None
     alone = re.fullmatch(rf"\(?([{letters}])\)?", sentence)  # a last line "**B**"
@@ -226,6 +301,10 @@ def read_conclusion_choice(text: str | None, options: list[str], letters: str) -
     opening = re.match(r"(yes|no)\b\s*[,.!;:]", sentence, re.IGNORECASE)
     if opening:
         return match_option_text(opening.group(1).lower(), options) if options else None
+    if question and sorted(o.strip().lower() for o in options) == ["no", "yes"]:
+        verdict = _yes_no_statement(sentence, question)
+        if verdict is not None:
+            return match_option_text(verdict, options)
     value, _ = _cued_value(sentence)
     if value is None and not _NEGATION_RE.search(sentence):
         value = _sole_value(_CONNECTIVES_RE.sub("", sentence))
@@ -234,9 +313,145 @@ def read_conclusion_choice(text: str | None, options: list[str], letters: str) -
         if letter:
             return letter.group(1)
         return (match_option_text(value, options) if options else None) or value
-    if _NEGATION_RE.search(sentence):
+    if _NEGATION_RE.search(sentence) or not named:
         return None
     return _named_option(sentence, options)
+
+
+# --------------------------------------------------------------------------- after the answer
+
+_TABLE_ROW_RE = re.compile(r"^\|.*\|$|^\|?\s*:?-{3,}")
+_LIST_ITEM_RE = re.compile(r"^(?:[-*•+]|\d+[.)])\s+")
+_NOT_RECAP_RE = re.compile(r"=|\b(?:so|thus|hence|therefore|total|answer|final)\b", re.IGNORECASE)
+
+
+def _without_trailing_block(text: str) -> tuple[str, str | None]:
+    """(text before a trailing table or recap list, "table" | "list"), or (text, None) when none ends it.
+
+    A list counts only under a header line ending in ":" ("Breakdown:") and when no item concludes
+    ("= 14", "total", "so"): a list of steps ending in the result is the reasoning itself.
+    """
+    lines = text.rstrip().splitlines()
+    i, block = len(lines), None
+    while i > 0:
+        line = lines[i - 1].strip().strip("*").strip()
+        if not line:
+            i -= 1
+        elif _TABLE_ROW_RE.match(line):
+            block, i = "table", i - 1
+        elif block != "table" and _LIST_ITEM_RE.match(line) and not _NOT_RECAP_RE.search(line):
+            block, i = "list", i - 1
+        else:
+            break
+    if block is None:
+        return text, None
+    header = lines[i - 1].strip().strip("*#").strip() if i > 0 else ""
+    if header.endswith((":", "：")) and not re.search(r"\d", header):
+        i -= 1
+    elif block == "list":
+        return text, None
+    return "\n".join(lines[:i]), block
+
+
+# --------------------------------------------------------------------------- Yes/No in words
+
+_STOPWORDS = frozenset((
+    "the", "is", "are", "was", "were", "does", "did", "do", "has", "have", "had", "can", "could", "will", "would",
+    "this", "that", "there", "these", "those", "and", "for", "with", "its", "what", "which", "who", "whom", "how",
+    "any", "all", "image", "figure", "shown", "picture", "graph", "diagram", "plot", "chart", "question",
+))  # fmt: skip
+_CONTRAST_RE = re.compile(
+    r"\b(?:but|however|while|whereas|instead|rather|although|though|except|only)\b", re.IGNORECASE
+)
+_NEGATIONS_RE = re.compile(r"\b(?:not|no|never|none|cannot)\b|n't\b", re.IGNORECASE)
+_CLAUSE_RE = re.compile(r"[,;:]|\b(?:so|thus|therefore|hence|because|since|as|and)\b", re.IGNORECASE)
+
+
+def _content_words(text: str) -> set[str]:
+    return {w.rstrip("s") for w in re.findall(r"[a-z]{3,}", text.lower()) if w not in _STOPWORDS}
+
+
+def _asked(question: str) -> str | None:
+    """The Yes/No question asked: the last sentence ending in "?" (before any Choices block)."""
+    text = re.split(r"\n\s*(?:choices|options)\s*[:：]", question, flags=re.IGNORECASE)[0]
+    asked = re.findall(r"[^.?!\n]*\?", text)
+    return asked[-1].strip() if asked else None
+
+
+def _yes_no_statement(sentence: str, question: str) -> str | None:
+    """ "Yes" / "No" when the sentence states the question's whole predicate, plainly or negated once."""
+    asked = _asked(question)
+    if not asked or _NEGATIONS_RE.search(asked) or _CONTRAST_RE.search(sentence):
+        return None
+    wanted = _content_words(asked)
+    if not wanted:
+        return None
+    # The clause stating the predicate decides ("There is no jump, so the function is continuous." is Yes).
+    clauses = [c for c in _CLAUSE_RE.split(sentence) if wanted <= _content_words(c)]
+    if len(clauses) != 1:
+        return None
+    negations = len(_NEGATIONS_RE.findall(clauses[0]))
+    if negations > 1:
+        return None
+    return "No" if negations else "Yes"
+
+
+# --------------------------------------------------------------------------- the answer stated first
+
+_OPENING_MAX_CHARS = 60
+
+
+def read_opening(text: str | None, options: list[str] | None = None) -> str | None:
+    """The answer a response opens with, the rest explaining it: "14." / "The circle." on the first line.
+
+    Free form: the whole first line is a value ("14", "14 cubes", "four"). Multiple choice: the first
+    sentence is one option's text (letter returned). Only when something follows it.
+    """
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    if len(lines) < 1:
+        return None
+    first = lines[0].replace("**", "").strip("*#> \t")
+    if options:
+        head, _, rest = first.partition(". ")
+        if not rest.strip() and len(lines) < 2:
+            return None
+        head = re.sub(r"^(?:the|a|an)\s+", "", head.strip().rstrip(".!。"), flags=re.IGNORECASE)
+        if not 2 <= len(head) <= _OPENING_MAX_CHARS:
+            return None
+        hits = [i for i, o in enumerate(options) if o.strip().lower() == head.lower()]
+        return "ABCDEFGH"[hits[0]] if len(hits) == 1 else None
+    if len(lines) < 2 or len(first.split()) > 3 or first.endswith((":", "：")) or re.match(r"\d+[.)]\s*\S", lines[1]):
+        return None
+    if re.search(r"[=+×*/^<>]|\\(?:times|cdot|div)", first):  # a calculation step, not an answer
+        return None
+    if re.fullmatch(r"1[.)]", first):  # "1." opening a numbered list
+        return None
+    sentence = _readable(first)
+    if not sentence or (_is_word(sentence.split()[0]) and number_word(sentence.split()[0]) is None):
+        return None
+    value = _tail_value(sentence)
+    return _after_equals(value) if value is not None and _has_value(value) else None
+
+
+def stated_letter(text: str | None, options: list[str], letters: str) -> str | None:
+    """The one letter the response states with its option's text ("Cats and dogs (D)." / "(D) cats and dogs").
+
+    A line naming two or more letters (the options restated, options compared) states none.
+    """
+    found: set[str] = set()
+    for line in (text or "").splitlines():
+        marks = set(re.findall(rf"\(([{letters}])\)", line))
+        if len(marks) != 1:
+            continue
+        letter = marks.pop()
+        option = options[letters.index(letter)].strip() if letters.index(letter) < len(options) else ""
+        named = re.search(rf"(?<![A-Za-z]){re.escape(option)}(?![A-Za-z])", line, re.IGNORECASE)
+        if len(option) < 2 or not named or _NEGATIONS_RE.search(line):
+            continue
+        rest = (line[: named.start()] + line[named.end() :]).replace(f"({letter})", " ")
+        if len(re.findall(r"[A-Za-z]+", rest)) <= 4:  # "Cats and dogs (D).", "I pick (D) cats and dogs."
+            found.add(letter)
+    return found.pop() if len(found) == 1 else None
 
 
 def _named_option(sentence: str, options: list[str]) -> str | None:

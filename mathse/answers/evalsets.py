@@ -160,12 +160,14 @@ def _letter_for(answer: str, options: list[str]) -> str | None:
     """The option letter of a reference given as a letter ("B", "(B)") or as one option's text."""
     ref = answer.strip()
     count = len(options) or 5  # options drawn in the image: MathVision has five, A-E
-    match = re.fullmatch(r"\(?\s*([A-Ha-h])\s*\)?\.?", ref)
-    if match and LETTERS.index(match.group(1).upper()) < count:
-        return match.group(1).upper()
+    # The option text first: MathVista's choices may themselves be letters (pid 849: "(c)", "(d)", "(a)",
+    # "(b)", "(e)" with answer "(b)", the fourth choice, D).
     exact = [i for i, opt in enumerate(options) if opt.strip() == ref]
     if len(exact) == 1:
         return LETTERS[exact[0]]
+    match = re.fullmatch(r"\(?\s*([A-Ha-h])\s*\)?\.?", ref)
+    if match and LETTERS.index(match.group(1).upper()) < count:
+        return match.group(1).upper()
     loose = [i for i, opt in enumerate(options) if normalize_answer(opt) == normalize_answer(ref)]
     return LETTERS[loose[0]] if len(loose) == 1 else None
 

@@ -220,7 +220,7 @@ def extract_choice(text: str | None, options: list[str] | None = None) -> str | 
                 return None
             return last.group(1).upper()
 
-    stripped = text.strip().strip("*$ ").strip()
+    stripped = _unwrap_text(text.strip().strip("*$ ").strip())
     # A whole answer of one letter ("b", "(B)", "B.") may be lower case; longer text needs "B." / "(B)".
     if re.fullmatch(rf"\(?([{letters}])\)?\.?", stripped, re.IGNORECASE):
         return stripped.strip("(). ").upper()
@@ -246,6 +246,18 @@ def extract_choice(text: str | None, options: list[str] | None = None) -> str | 
     return None
 
 
+_TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_LETTER_ONLY_RE = re.compile(r"\(?\s*[A-H]\s*\)?\.?")
+
+
+def _unwrap_text(answer: str) -> str:
+    """``\\text{(B)}`` -> "(B)": LaTeX text wrappers around the whole answer dropped."""
+    inner = answer
+    while (m := _TEXT_WRAPPER_RE.fullmatch(inner.strip().strip("$").strip())) is not None:
+        inner = m.group(1).strip()
+    return inner if inner != answer.strip().strip("$").strip() else answer
+
+
 _ANOTHER_LETTER_RE = re.compile(r"[)）]?\s*(?:or|and|/|,)\s*[(（]?[A-H](?![A-Za-z0-9])", re.IGNORECASE)
 
 
@@ -255,6 +267,10 @@ def match_option_text(answer: str, options: list[str]) -> str | None:
     Both sides are normalised first, so "5\\sqrt{2}" matches the option "5√2" and "145^\\circ" "145°".
     """
     answer = strip_remark(answer)
+    if _LETTER_ONLY_RE.fullmatch(_unwrap_text(answer).strip()):
+        # A stated letter is that letter: math-verify would call "(B)" equal to an option "b".
+        letter = _unwrap_text(answer).strip().strip("(). ")
+        return letter if letter in _LETTERS[: len(options)] else None
     norm = normalize_answer(answer)
     hits = [i for i, opt in enumerate(options) if normalize_answer(opt) == norm and norm]
     if len(hits) == 1:

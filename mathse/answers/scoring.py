@@ -26,10 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mathse.answers.conclusion import read_conclusion, read_conclusion_choice
+from mathse.answers.conclusion import (
+    number_word,
+    read_conclusion,
+    read_conclusion_choice,
+    read_opening,
+    stated_letter,
+)
 from mathse.answers.equivalence import normalize_answer, unicode_math_to_latex
 from mathse.answers.evalsets import LETTERS, EvalItem
 from mathse.answers.extraction import answers_match, extract_choice, extract_final_answer
+from mathse.answers.response_text import reply_parts, strip_end_markers
 from mathse.api.client import ChatClient
 from mathse.api.messages import ChatRequest, ChatResult, system_message, user_message
 from mathse.run.config import ApiConfig
@@ -52,6 +59,7 @@ _BARE_RE = re.compile(r"(?:[A-Za-z]\s*=\s*)?[-+]?[$(\[]?\s*(?:\d|\.\d|\\(?:frac|
 # How much of a long response the judge sees (the end, where the answer is).
 _JUDGE_TAIL_CHARS = 4000
 _MAX_MATH_LEN = 300  # longer strings are not numbers worth handing to sympy
+_MAX_REPLY_PARTS = 6  # invented follow-up questions read for an answer before the whole reply is
 
 
 @dataclass(frozen=True)
@@ -80,19 +88,54 @@ def _final_text(response: str) -> str | None:
 
 
 def extract_answer(item: EvalItem, response: str | None) -> str | None:
-    """The answer the rules read from `response`: a letter for choice items, else the answer text."""
+    """The answer the rules read from `response`: a letter for choice items, else the answer text.
+
+    Only the reply counts: raw end-of-sequence tokens end it, and of invented follow-up questions
+    ("Question: ... Answer: 7" after the reply) the first complete answer, to the asked question, is read.
+    """
     if not response or not response.strip():
         return None
+    reply = strip_end_markers(response)
+    parts = reply_parts(reply)
+    for k in range(1, min(len(parts), _MAX_REPLY_PARTS)):
+        answer = _extract(item, "".join(parts[:k]))
+        if answer is not None:
+            return answer
+    return _extract(item, reply)
+
+
+def _extract(item: EvalItem, text: str) -> str | None:
+    if not text.strip():
+        return None
     if item.kind != "choice":
-        return _final_text(response) or read_conclusion(response)
+        final = _final_text(text)
+        if final:
+            return number_word(final) or final  # "The answer is four." -> "4"
+        # An answer stated first ("14.", the rest explaining it) and one concluded last must agree.
+        opening, concluded = read_opening(text), read_conclusion(text)
+        if opening is not None and concluded is not None and not answers_match(opening, concluded):
+            return None
+        return opening or concluded
     # Choice: a letter, or an option's text (extract_choice matches both, bare answers included);
     # an explicit final answer that is neither is kept (and scored wrong); anything else is unread.
     options = list(item.options) or list(LETTERS[:5])  # options drawn in the image: A-E
-    final = extract_final_answer(response)
+    final = extract_final_answer(text)
     letter = extract_choice(final, options) if final else None
     if letter or final:
-        return letter or extract_choice(response, options) or final
-    return extract_choice(response, options) or read_conclusion_choice(response, options, LETTERS[: len(options)])
+        return letter or extract_choice(text, options) or final
+    letter = extract_choice(text, options)
+    if letter:
+        return letter
+    # A letter stated with its option's text, or an option's text opening the reply, outranks a later
+    # mention of some option's words; a later conclusion naming another letter leaves nothing passed.
+    letters = LETTERS[: len(options)]
+    stated = stated_letter(text, options, letters) or read_opening(text, options)
+    concluded = read_conclusion_choice(text, options, letters, item.question, named=stated is None)
+    if stated is None:
+        return concluded
+    if concluded is not None and concluded in letters and len(concluded) == 1 and concluded != stated:
+        return None
+    return stated
 
 
 # ---------------------------------------------------------------------------------------------

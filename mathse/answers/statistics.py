@@ -23,8 +23,12 @@ class Interval:
         return f"[{100 * self.low:.1f}, {100 * self.high:.1f}]"
 
 
-def wilson_interval(correct: int, total: int, z: float = Z_95) -> Interval:
-    """The Wilson score interval of a proportion (95% by default); [0, 1] when there are no items."""
+def wilson_interval(correct: float, total: int, z: float = Z_95) -> Interval:
+    """The Wilson score interval of a proportion (95% by default); [0, 1] when there are no items.
+
+    `correct` may also be a sum of per-item scores in [0, 1] (pass@k): their mean varies no more than a
+    proportion's, so the interval is then conservative.
+    """
     if total < 0 or not 0 <= correct <= total:
         raise ValueError(f"wilson_interval: need 0 <= correct <= total, got {correct}/{total}")
     if total == 0:
@@ -55,12 +59,19 @@ def mcnemar_exact(first: Sequence[bool], second: Sequence[bool]) -> PairedTest:
         raise ValueError(f"mcnemar_exact: {len(first)} outcomes against {len(second)}: pair the same items")
     only_first = sum(1 for a, b in zip(first, second, strict=True) if a and not b)
     only_second = sum(1 for a, b in zip(first, second, strict=True) if b and not a)
+    return mcnemar_counts(len(first), only_first, only_second)
+
+
+def mcnemar_counts(items: int, only_first: int, only_second: int) -> PairedTest:
+    """`mcnemar_exact` from the counts of discordant pairs (right only before, right only after)."""
+    if min(only_first, only_second) < 0 or only_first + only_second > items:
+        raise ValueError(f"mcnemar_counts: {only_first} + {only_second} discordant pairs of {items} items")
     discordant = only_first + only_second
     if discordant == 0:
-        return PairedTest(len(first), 0, 0, 1.0)
+        return PairedTest(items, 0, 0, 1.0)
     smaller = min(only_first, only_second)
     tail = sum(math.comb(discordant, i) for i in range(smaller + 1)) / 2**discordant
-    return PairedTest(len(first), only_first, only_second, min(1.0, 2 * tail))
+    return PairedTest(items, only_first, only_second, min(1.0, 2 * tail))
 
 
 def pass_at_k(samples: int, correct: int, k: int) -> float:

@@ -138,23 +138,24 @@ class ServedGenerator:
 
     # ------------------------------------------------------------------------------------------
 
-    def _group_size(self) -> int:
+    def _plan(self, items: Sequence[GenItem], journal: Journal, temperature: float
+              ) -> tuple[list[tuple[GenItem, ...]], int]:
         # Greedy paths are identical: one per request. Sampled: one request with n per problem.
-        return 1 if self.inf.temperature == 0 else MAX_PATHS_PER_REQUEST
-
-    def _plan(self, items: Sequence[GenItem], journal: Journal) -> tuple[list[tuple[GenItem, ...]], int]:
-        return plan_chunks(items, journal, self._group_size())
+        return plan_chunks(items, journal, 1 if temperature == 0 else MAX_PATHS_PER_REQUEST)
 
     def generate(
-        self, items: Sequence[GenItem], journal: Journal, progress: str | None = None, **_: Any
+        self, items: Sequence[GenItem], journal: Journal, progress: str | None = None, *,
+        temperature: float | None = None, **_: Any,
     ) -> GenStats:
         """Generate every item whose key is not yet in `journal`, appending each path on arrival.
 
         Same rows as `Generator.generate`; a request that failed on every replica and after every
         retry is not journaled (a rerun retries it); an unreadable image gives a row with "error".
+        `temperature` overrides `inference.temperature` for this call.
         """
         stats = GenStats()
-        groups, stats.skipped_existing = self._plan(items, journal)
+        temp = self.inf.temperature if temperature is None else temperature
+        groups, stats.skipped_existing = self._plan(items, journal, temp)
         if not groups:
             return stats
         stats.load_seconds = self._ensure_servers()
@@ -162,7 +163,7 @@ class ServedGenerator:
         in_flight = self.inf.concurrency * len(self.servers.base_urls)
         if self._router is None:
             self._router = self.servers.transport(in_flight)
-        api = self.servers.api_config(in_flight, temperature=self.inf.temperature, top_p=self.inf.top_p,
+        api = self.servers.api_config(in_flight, temperature=temp, top_p=self.inf.top_p,
                                       max_tokens=self.inf.max_new_tokens)
         client = ChatClient(api, cache_dir=None, transport=self._router, images=self.servers.images())
         bar = tqdm(total=sum(len(g) for g in groups), desc=progress, unit="path",
@@ -172,7 +173,7 @@ class ServedGenerator:
             # Chunks bound the requests built ahead (images are encoded only when sent, by the client)
             # and give each chunk its all-failed check.
             for chunk in _chunks(groups, max(64, 8 * in_flight)):
-                self._run_chunk(client, chunk, journal, stats, bar)
+                self._run_chunk(client, chunk, journal, stats, bar, temp)
         finally:
             stats.seconds = time.perf_counter() - start
             bar.close()
@@ -180,7 +181,7 @@ class ServedGenerator:
         return stats
 
     def _run_chunk(self, client: ChatClient, groups: list[tuple[GenItem, ...]], journal: Journal,
-                   stats: GenStats, bar: tqdm) -> None:
+                   stats: GenStats, bar: tqdm, temperature: float) -> None:
         requests: list[ChatRequest] = []
         by_key: dict[str, tuple[GenItem, ...]] = {}
         for group in groups:
@@ -193,7 +194,7 @@ class ServedGenerator:
                 bar.update(len(group))
                 continue
             extra = None
-            if self.inf.temperature > 0 and self.seed is not None:
+            if temperature > 0 and self.seed is not None:
                 extra = {"seed": derive_seed(self.seed, group[0].key) & 0x7FFFFFFF}
             requests.append(ChatRequest(key=group[0].key, messages=[client.user_message(student_prompt(problem),
                                                                                         problem.images)],

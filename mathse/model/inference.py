@@ -284,9 +284,9 @@ class Generator:
     # ------------------------------------------------------------------------------------------
     # Generation
 
-    def _group_size(self, override: int | None) -> int:
+    def _group_size(self, override: int | None, temperature: float) -> int:
         wanted = override if override is not None else self.paths_per_request
-        if self.inf.backend == "sglang" or self.inf.temperature == 0:
+        if self.inf.backend == "sglang" or temperature == 0:
             # SGLang's engine refuses n > 1; and at temperature 0 LLaMA-Factory's huggingface engine
             # turns num_return_sequences > 1 into sampling at temperature 1.0 (greedy paths are
             # identical anyway, so nothing is lost by sending them one by one).
@@ -310,6 +310,7 @@ class Generator:
         *,
         concurrency: int | None = None,
         paths_per_request: int | None = None,
+        temperature: float | None = None,
     ) -> GenStats:
         """Generate every item whose key is not yet in `journal`, appending each result on arrival.
 
@@ -318,10 +319,13 @@ class Generator:
         `gen_s` the latency of the request that produced the path. An unreadable image gives a row
         with "error" (response None) and is not retried; a failed request is not journaled, so a
         rerun retries it. `concurrency` (default `inference.concurrency`; on huggingface at most
-        that) bounds the requests in flight. `progress` names a tqdm bar; None shows none.
+        that) bounds the requests in flight. `progress` names a tqdm bar; None shows none. `temperature`
+        overrides `inference.temperature` for this call (e.g. eval's greedy pass and its samples, one engine).
         """
         stats = GenStats()
-        requests, stats.skipped_existing = self._plan(items, journal, self._group_size(paths_per_request))
+        temp = self.inf.temperature if temperature is None else temperature
+        sampling = {} if temperature is None else {"temperature": temp, "do_sample": temp > 0}
+        requests, stats.skipped_existing = self._plan(items, journal, self._group_size(paths_per_request, temp))
         if not requests:
             log.info(stats.summary())
             return stats
@@ -335,7 +339,7 @@ class Generator:
         stats.load_seconds = self._ensure_model()
         assert self._loop is not None
         in_flight = max(1, concurrency if concurrency is not None else self.inf.concurrency)
-        seeded = self._seeding(in_flight)
+        seeded = self._seeding(in_flight, temp)
         limit = self.max_consecutive_failures or max(16, 2 * in_flight)
         total = sum(len(r.items) for r in requests)
 
@@ -343,7 +347,7 @@ class Generator:
         finished = threading.Event()
         start = time.perf_counter()
         future = asyncio.run_coroutine_threadsafe(
-            self._run(requests, journal, stats, bar, in_flight, seeded, limit, finished), self._loop
+            self._run(requests, journal, stats, bar, in_flight, seeded, limit, finished, sampling), self._loop
         )
         try:
             future.result()
@@ -359,9 +363,9 @@ class Generator:
         log.info(stats.summary())
         return stats
 
-    def _seeding(self, in_flight: int) -> bool:
+    def _seeding(self, in_flight: int, temperature: float) -> bool:
         """Whether to seed torch per request (huggingface, sampling, seed set, one request at a time)."""
-        if self.seed is None or self.inf.temperature == 0 or self.inf.backend != "huggingface":
+        if self.seed is None or temperature == 0 or self.inf.backend != "huggingface":
             return False
         if in_flight == 1:
             return True
@@ -384,6 +388,7 @@ class Generator:
         seeded: bool,
         limit: int,
         finished: threading.Event,
+        sampling: dict[str, Any],
     ) -> None:
         # A fixed pool of workers pulling from one iterator keeps memory flat for 100k items (no task
         # per item) and bounds the requests (and decoded images) in flight.
@@ -392,7 +397,7 @@ class Generator:
 
         async def worker() -> None:
             for request in queue:  # next() never awaits, so workers never take the same request
-                await self._serve(request, journal, stats, bar, seeded, failures, limit)
+                await self._serve(request, journal, stats, bar, seeded, failures, limit, sampling)
 
         tasks = [asyncio.ensure_future(worker()) for _ in range(min(in_flight, len(requests)))]
         try:
@@ -415,6 +420,7 @@ class Generator:
         seeded: bool,
         failures: dict[str, int],
         limit: int,
+        sampling: dict[str, Any],
     ) -> None:
         problem, items = request.problem, request.items
         loop = asyncio.get_running_loop()
@@ -427,7 +433,7 @@ class Generator:
             bar.update(len(items))
             return
 
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = dict(sampling)
         if len(items) > 1:
             kwargs["num_return_sequences"] = len(items)
         messages = [{"role": "user", "content": user_turn(problem)}]

@@ -58,11 +58,18 @@ def draw_figures(report: dict[str, Any], out: Path) -> dict[str, str]:
     return drawn
 
 
-def _grouped_bars(ax: Any, groups: list[str], series: dict[str, list[float]]) -> None:
+def _grouped_bars(ax: Any, groups: list[str], series: dict[str, list[float]],
+                  intervals: dict[str, list[Any]] | None = None) -> None:
+    """Bars per group and series; `intervals` ([low, high] or None per bar) draw as error bars."""
     width = 0.8 / max(len(series), 1)
     for i, (label, values) in enumerate(series.items()):
         xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(groups))]
-        ax.bar(xs, values, width, label=label)
+        bounds = (intervals or {}).get(label)
+        yerr = None
+        if bounds:
+            yerr = [[v - b[0] if b else 0.0 for v, b in zip(values, bounds, strict=True)],
+                    [b[1] - v if b else 0.0 for v, b in zip(values, bounds, strict=True)]]
+        ax.bar(xs, values, width, label=label, yerr=yerr, capsize=3 if yerr else 0)
     ax.set_xticks(range(len(groups)), groups)
 
 
@@ -180,7 +187,8 @@ def _chart_eval(report: dict[str, Any]) -> Any:
         ckpts = list(table)
         # A blank cell is NaN: no bar, rather than a bar at 0 that reads as a score of 0.
         series = {b: [v if isinstance(v := table[k].get(b), float) else float("nan") for k in ckpts] for b in numeric}
-        ylabel = "Accuracy (%) from eval/results.json"
+        intervals = {b: [table[k].get(f"{b} interval") for k in ckpts] for b in numeric}
+        ylabel = "Accuracy (%) from eval/results.json, 95% intervals"
     else:  # no usable table: accuracy from the predictions themselves
         preds = ev.get("predictions") or {}
         ckpts = [k for k in ev.get("checkpoint_order", []) if k in preds]
@@ -188,10 +196,11 @@ def _chart_eval(report: dict[str, Any]) -> Any:
         if not ckpts or not names:
             return None
         series = {b: [100 * (preds[k].get(b, {}).get("accuracy") or 0.0) for k in ckpts] for b in names}
+        intervals = {}
         ylabel = "Accuracy from predictions (%)"
     fig = _figure()
     ax = fig.add_subplot()
-    _grouped_bars(ax, ckpts, series)
+    _grouped_bars(ax, ckpts, series, intervals)
     ax.set_xlabel("Checkpoint")
     ax.set_ylabel(ylabel)
     ax.set_title("Evaluation per checkpoint and benchmark")

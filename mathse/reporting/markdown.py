@@ -192,18 +192,52 @@ def _md_eval(report: dict[str, Any]) -> list[str]:
         def cell(row: dict[str, Any], col: str) -> str:
             correct, total = row.get(f"{col} correct"), row.get(f"{col} total")
             counts = f" ({_fmt(correct)}/{_fmt(total)})" if correct is not None and total is not None else ""
-            return _fmt(row.get(col)) + counts
+            return _fmt(row.get(col)) + counts + _ci(row.get(f"{col} interval"))
 
-        lines += ["From `eval/results.json` (accuracy %, correct/total):", ""]
+        lines += ["From `eval/results.json` (accuracy %, correct/total, [95% Wilson interval]):", ""]
         lines += _table([results["key_column"], *columns],
                         ([k, *(cell(row, col) for col in columns)] for k, row in results["table"].items()))
         lines += _eval_check(ev.get("disagreements") or [], bool(preds))
+        lines += _eval_sampled(results)
     elif preds:
         lines += ["Accuracy from the predictions files (no readable `eval/results.json`):", ""]
         lines += _table(["checkpoint", "benchmark", "problems", "correct", "accuracy"],
                         ([k, b, _fmt(p["n"]), _fmt(p["correct"]), _fmt(p["accuracy"], True)]
                          for k in ev["checkpoint_order"] if k in preds for b, p in preds[k].items()))
-    return lines + _image(report, "eval", "Evaluation results")
+    return lines + _eval_paired(report) + _image(report, "eval", "Evaluation results")
+
+
+def _ci(interval: Any) -> str:
+    return f" [{interval[0]:.1f}, {interval[1]:.1f}]" if isinstance(interval, list) and len(interval) == 2 else ""
+
+
+def _eval_sampled(results: dict[str, Any]) -> list[str]:
+    """pass@k and maj@k beside the greedy accuracy (eval.samples > 1), one row per checkpoint and benchmark."""
+    rows = [[ck, b, _fmt(row[f"{b} k"]), _fmt(row.get(b)) + _ci(row.get(f"{b} interval")),
+             _fmt(row[f"{b} pass@k"]) + _ci(row.get(f"{b} pass@k interval")),
+             _fmt(row[f"{b} maj@k"]) + _ci(row.get(f"{b} maj@k interval")),
+             f"{_fmt(row.get(f'{b} maj ties'))} ties, {_fmt(row.get(f'{b} maj no answer'))} unanswered"]
+            for ck, row in results["table"].items() for b in results["benchmarks"]
+            if row.get(f"{b} pass@k") is not None]
+    if not rows:
+        return []
+    return ["Sampled (`eval.samples`): greedy accuracy, pass@k (unbiased estimator) and maj@k (majority of the k "
+            "extracted answers; ties and items no sample answered count wrong), each with its 95% interval:", "",
+            *_table(["checkpoint", "benchmark", "k", "greedy", "pass@k", "maj@k", "maj@k wrong by"], rows)]
+
+
+def _eval_paired(report: dict[str, Any]) -> list[str]:
+    """The exact McNemar test of each consecutive pair of evaluated checkpoints (and first → last)."""
+    ev = (report.get("transitions") or {}).get("eval") or {}
+    pairs = [*ev.get("pairs", []), *([ev["first_to_last"]] if ev.get("first_to_last") else [])]
+    rows = [[f"{p['from_checkpoint']} → {p['to_checkpoint']}", bench, _fmt(t["items"]), _fmt(t["improved"]),
+             _fmt(t["worsened"]), f"{t['p_value']:.3g}", "yes" if t["significant"] else "no"]
+            for p in pairs for bench, t in (p.get("paired_tests") or {}).items()]
+    if not rows:
+        return []
+    return ["Paired tests on the items both checkpoints answered (exact McNemar; improved = wrong before, right "
+            "after; significant at p < 0.05 — a step that is not may be noise):", "",
+            *_table(["checkpoints", "benchmark", "items", "improved", "worsened", "p", "significant"], rows)]
 
 
 def _eval_check(disagreements: list[dict[str, Any]], checked: bool) -> list[str]:

@@ -10,6 +10,7 @@ import itertools
 from collections.abc import Iterable
 from typing import Any
 
+from mathse.answers.statistics import mcnemar_counts
 from mathse.reporting.run_files import RunFiles
 from mathse.run import layout
 
@@ -107,5 +108,16 @@ def _eval_pair(outcomes: dict[str, dict[str, dict[str, bool]]], first: str, last
         benches[bench] = transition_counts((a[bench][p], b[bench][p]) for p in common)
     if not benches:
         return None
-    return {"from_checkpoint": first, "to_checkpoint": last, "benchmarks": benches,
-            "total": _sum_counts(benches.values())}
+    total = _sum_counts(benches.values())
+    tests = {bench: paired_test(counts) for bench, counts in benches.items()}
+    if len(benches) > 1:
+        tests["all"] = paired_test(total)
+    return {"from_checkpoint": first, "to_checkpoint": last, "benchmarks": benches, "total": total,
+            "paired_tests": tests}
+
+
+def paired_test(counts: dict[str, int], alpha: float = 0.05) -> dict[str, Any]:
+    """Exact McNemar test of one transition count: is the step from the first checkpoint to the second noise?"""
+    test = mcnemar_counts(counts["n"], counts["correct_to_incorrect"], counts["incorrect_to_correct"])
+    return {"items": test.items, "improved": test.only_second, "worsened": test.only_first,
+            "p_value": test.p_value, "significant": test.significant(alpha)}

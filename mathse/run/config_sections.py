@@ -357,6 +357,15 @@ class EvalConfig(StrictModel):
     judge: ApiConfig | None = None
     max_new_tokens: int | None = Field(None, ge=1)  # default: inference.max_new_tokens
     temperature: float = Field(0.0, ge=0)
+    # k > 1: beside the greedy pass, k answers per item sampled at `temperature` -> pass@k and maj@k.
+    samples: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _samples_need_temperature(self) -> EvalConfig:
+        if self.samples > 1 and self.temperature <= 0:
+            raise ValueError(f"eval.samples is {self.samples} but eval.temperature is {self.temperature}: "
+                             "k samples need eval.temperature > 0 (at 0 every sample is the greedy answer)")
+        return self
 
 class PathsConfig(StrictModel):
     """Where each stage's model lands, relative to run.output_dir unless absolute."""

@@ -151,6 +151,11 @@ def eval_results_path(cfg: MathSEConfig, suffix: str) -> Path:
     return stage_dir(cfg, EVAL) / f"{EVAL_RESULTS}.{suffix}"
 
 
+def eval_items_path(cfg: MathSEConfig) -> Path:
+    """eval/items.csv: one row per item, benchmark and checkpoint (correct, samples correct), for one's own plots."""
+    return stage_dir(cfg, EVAL) / "items.csv"
+
+
 # ---------------------------------------------------------------------------------------------
 # the ORM
 

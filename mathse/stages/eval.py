@@ -10,8 +10,15 @@ Each (checkpoint, benchmark) pair is a unit of work in `output/eval/<checkpoint>
 `predictions.jsonl` (question, answer, response, extracted answer, verdicts: every score can be
 audited), `scores.json` and the completion marker, written last. A rerun skips finished pairs and
 loads a model only when one of its pairs has generation left. The tables `output/eval/results.md`
-and `results.csv` (rows: checkpoints; columns: benchmarks, MathVerse also per version) are
-rebuilt from the markers at the end of every run.
+and `results.csv` (rows: checkpoints; columns: benchmarks, MathVerse also per version; each accuracy
+with its 95% Wilson interval, exact McNemar tests between consecutive checkpoints) and the per-item
+`items.csv` are rebuilt from the markers and predictions at the end of every run.
+
+With `eval.samples` k > 1 the greedy pass (temperature 0) is joined by k answers per item sampled at
+`eval.temperature` on the same engine, journaled in `samples.jsonl` (keys `<id>#<i>`, each request
+seeded from run.seed and its first key, as generation always is; a kill repeats no journaled
+sample), scored by the same rules: pass@k (unbiased estimator) and maj@k per pair. Raising k on a
+finished pair keeps its greedy answers and samples and draws only the missing samples.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mathse.answers.eval_results import accuracy_table, render_results
-from mathse.answers.evalsets import BREAKDOWN_FIELDS, SUBSET_FIELDS, EvalItem, load_benchmark
-from mathse.answers.scoring import Score, run_judge, score_response
+from mathse.answers.eval_pairs import pair_summary, prediction, summarize
+from mathse.answers.eval_results import accuracy_table, items_csv, paired_tests, read_outcomes, render_results
+from mathse.answers.evalsets import EvalItem, load_benchmark
+from mathse.answers.sampling import sample_record
+from mathse.answers.scoring import run_judge, score_response
 from mathse.model.generation import ServedGenerator, open_generator
 from mathse.model.generation import describe as describe_generation
 from mathse.model.generation_items import GenItem
@@ -42,6 +51,7 @@ from mathse.run.storage import (
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
+    clear_marker,
     is_done,
     mark_done,
     read_marker,
@@ -79,8 +89,14 @@ def finished(cfg: MathSEConfig) -> bool:
         checkpoints = resolve_checkpoints(cfg)
     except (StageError, ConfigError):
         return False
-    pairs_done = all(is_done(pair_dir(cfg, c.name, b.name)) for c in checkpoints for b in cfg.eval.benchmarks)
+    pairs_done = all(_has_samples(cfg, c.name, b.name) for c in checkpoints for b in cfg.eval.benchmarks)
     return pairs_done and layout.eval_results_path(cfg, "md").is_file()
+
+
+def _has_samples(cfg: MathSEConfig, checkpoint: str, benchmark: str) -> bool:
+    """The pair is done with as many samples per item as eval.samples asks (raising k reopens it)."""
+    folder = pair_dir(cfg, checkpoint, benchmark)
+    return is_done(folder) and read_marker(folder).get("settings", {}).get("samples", 1) == cfg.eval.samples
 
 
 def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
@@ -88,6 +104,7 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
         "results table (markdown)": layout.eval_results_path(cfg, "md"),
         "results table (CSV)": layout.eval_results_path(cfg, "csv"),
         "results (JSON, with breakdowns)": layout.eval_results_path(cfg, "json"),
+        "per-item outcomes (CSV)": layout.eval_items_path(cfg),
     }
     try:
         checkpoints = resolve_checkpoints(cfg)
@@ -100,8 +117,10 @@ def artifacts(cfg: MathSEConfig) -> dict[str, Path]:
 
 
 def eval_inference(cfg: MathSEConfig) -> InferenceConfig:
-    """cfg.inference with eval's sampling: one path per item, eval temperature (greedy by default)."""
-    update: dict[str, Any] = {"temperature": cfg.eval.temperature, "n_paths": 1}
+    """cfg.inference with eval's sampling: one path per item at eval.temperature (greedy by default); with
+    eval.samples > 1 this pass is greedy and the samples are drawn at eval.temperature (`evaluate_pair`)."""
+    temperature = 0.0 if cfg.eval.samples > 1 else cfg.eval.temperature
+    update: dict[str, Any] = {"temperature": temperature, "n_paths": 1}
     if cfg.eval.max_new_tokens is not None:
         update["max_new_tokens"] = cfg.eval.max_new_tokens
     return cfg.inference.model_copy(update=update)
@@ -183,6 +202,8 @@ def settings(cfg: MathSEConfig, checkpoint: Checkpoint, items: list[EvalItem]) -
         "max_new_tokens": inf.max_new_tokens,
         "items": len(items),
         "item_ids": ids,
+        "samples": cfg.eval.samples,
+        "sample_temperature": cfg.eval.temperature if cfg.eval.samples > 1 else None,
     }
 
 
@@ -193,8 +214,14 @@ def _redo_or_warn_if_stale(cfg: MathSEConfig, checkpoint: Checkpoint, spec: Benc
     folder = pair_dir(cfg, checkpoint.name, spec.name)
     before = read_marker(folder).get("settings", {})
     now = settings(cfg, checkpoint, items)
+    before.setdefault("samples", 1)
     changed = ", ".join(sorted(k for k in now if k in before and before[k] != now[k]))
     if not changed:
+        return
+    if changed == "samples" or (changed == "sample_temperature, samples" and before["samples"] == 1):
+        clear_marker(folder)  # only k changed: greedy answers and journaled samples stay, the missing are drawn
+        print(f"eval: {checkpoint.name}/{spec.name}: {now['samples']} samples per item wanted "
+              f"(had {before['samples']}); drawing the missing ones")
         return
     if redo_given(cfg, "eval"):
         shutil.rmtree(folder)
@@ -213,13 +240,23 @@ def evaluate_pair(
 ) -> dict[str, Any]:
     """Generate (resumably), score, judge, write predictions and scores, mark done."""
     folder = pair_dir(cfg, checkpoint.name, spec.name)
+    progress = f"eval {checkpoint.name}/{spec.name}"
     gen_items = [GenItem(f"{item.id}#0", item.to_problem(), 0) for item in items]
     with Journal(folder / "generations.jsonl") as journal:
-        gen = generator.generate(gen_items, journal, progress=f"eval {checkpoint.name}/{spec.name}")
+        retry = generator.generate(gen_items, journal, progress=progress).retry_later
         rows = {g.problem.id: journal.get(g.key) for g in gen_items}
-    if gen.retry_later:
+    k = cfg.eval.samples
+    sampled: dict[str, dict[str, Any]] = {}
+    if k > 1:  # k answers per item at eval.temperature, same engine, own journal
+        drawn = [GenItem(f"{item.id}#{i}", gen_items[n].problem, i) for n, item in enumerate(items) for i in range(k)]
+        with Journal(folder / "samples.jsonl") as journal:
+            retry += generator.generate(drawn, journal, progress=f"{progress} x{k}",
+                                        temperature=cfg.eval.temperature).retry_later
+            if not retry:
+                sampled = {i.id: sample_record(i, [journal.get(f"{i.id}#{s}") for s in range(k)]) for i in items}
+    if retry:
         raise StageError(
-            f"eval: {checkpoint.name}/{spec.name}: {gen.retry_later} generations failed; "
+            f"eval: {checkpoint.name}/{spec.name}: {retry} generations failed; "
             "rerun the same command to retry just those"
         )
 
@@ -245,9 +282,11 @@ def evaluate_pair(
         finally:
             ledger.save()
 
-    predictions = [_prediction(item, rows[item.id] or {}, scores[item.id], judged.get(item.id)) for item in items]
+    predictions = [prediction(item, rows[item.id] or {}, scores[item.id], judged.get(item.id), sampled.get(item.id))
+                   for item in items]
     atomic_write_jsonl(folder / layout.PREDICTIONS, predictions)
-    stats = summarize(cfg, checkpoint, spec, items, predictions)
+    stats = summarize(checkpoint.name, spec, items, predictions, judge_model=judge.model if judge else None,
+                      settings=settings(cfg, checkpoint, items), samples=(k, cfg.eval.temperature) if k > 1 else None)
     atomic_write_json(folder / "scores.json", stats)
     failed = stats["judge"]["failed"] if stats["judge"] else 0
     if failed:
@@ -257,101 +296,6 @@ def evaluate_pair(
         )
     mark_done(folder, stats)
     return stats
-
-
-def _prediction(item: EvalItem, row: dict[str, Any], score: Score, verdict: dict[str, Any] | None) -> dict[str, Any]:
-    judge_correct = verdict is not None and verdict.get("verdict") == "correct"
-    record: dict[str, Any] = {
-        "id": item.id,
-        "question": item.question,
-        "images": list(item.images),
-        "answer": item.answer,
-        "kind": item.kind,
-        "response": row.get("response"),
-        "extracted": score.extracted,
-        "correct": score.correct,
-        "reason": score.reason,
-        "judge": verdict,
-        "correct_with_judge": score.correct or judge_correct,
-        "finish_reason": row.get("finish_reason"),
-        "metadata": item.metadata,
-    }
-    if item.kind == "choice":
-        record["options"] = list(item.options)
-        record["answer_letter"] = item.answer_letter
-    if row.get("error"):
-        record["error"] = row["error"]
-    return record
-
-
-def _tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    total = len(rows)
-    correct = sum(1 for r in rows if r["correct"])
-    with_judge = sum(1 for r in rows if r["correct_with_judge"])
-    return {
-        "total": total,
-        "correct": correct,
-        "accuracy": round(100 * correct / total, 2) if total else None,
-        "correct_with_judge": with_judge,
-        "accuracy_with_judge": round(100 * with_judge / total, 2) if total else None,
-    }
-
-
-def summarize(
-    cfg: MathSEConfig,
-    checkpoint: Checkpoint,
-    spec: BenchmarkSpec,
-    items: list[EvalItem],
-    predictions: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """Scores of one pair: overall, per subset (MathVerse versions) and per breakdown field."""
-    verdicts = Counter(p["judge"]["verdict"] for p in predictions if p["judge"])
-    judge = None
-    if cfg.eval.judge is not None:
-        judge = {
-            "model": cfg.eval.judge.model,
-            "asked": sum(verdicts.values()),
-            **{k: verdicts.get(k, 0) for k in ("correct", "incorrect", "unparseable", "failed")},
-        }
-    breakdowns: dict[str, dict[str, Any]] = {}
-    for field_name in BREAKDOWN_FIELDS.get(spec.format, ()):
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for p in predictions:
-            value = p["metadata"].get(field_name)
-            if value is not None and value != "":
-                groups.setdefault(str(value), []).append(p)
-        if groups:
-            breakdowns[field_name] = {k: _tally(v) for k, v in sorted(groups.items())}
-    subset_field = SUBSET_FIELDS.get(spec.format)
-    return {
-        "checkpoint": checkpoint.name,
-        "benchmark": spec.name,
-        "format": spec.format,
-        "split": spec.split,
-        **_tally(predictions),
-        "unextracted": sum(1 for p in predictions if p["extracted"] is None),
-        "generation_errors": sum(1 for p in predictions if p.get("error")),
-        "choice_items": sum(1 for i in items if i.kind == "choice"),
-        "judge": judge,
-        "subset_field": subset_field,
-        "subsets": breakdowns.get(subset_field, {}) if subset_field else {},
-        "breakdowns": breakdowns,
-        "settings": settings(cfg, checkpoint, items),
-    }
-
-
-def pair_summary(stats: dict[str, Any]) -> str:
-    line = (
-        f"eval: {stats['checkpoint']}/{stats['benchmark']}: {stats['accuracy']:.2f}% "
-        f"({stats['correct']}/{stats['total']}); {stats['unextracted']} answers not found"
-    )
-    if stats["judge"]:
-        j = stats["judge"]
-        line += (
-            f"; judge on those: {j['correct']} correct, {j['incorrect']} incorrect, {j['unparseable']} unparseable "
-            f"-> {stats['accuracy_with_judge']:.2f}% with the judge"
-        )
-    return line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,12 +321,16 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def write_results(cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[BenchmarkSpec]) -> None:
+    """results.md / .csv / .json (accuracies, intervals, pass@k / maj@k, paired tests) and items.csv."""
     results = collect_results(cfg, checkpoints, specs)
-    markdown, table = render_results(checkpoints, specs, results)
+    outcomes = {pair: read_outcomes(pair_dir(cfg, *pair) / layout.PREDICTIONS) for pair in results}
+    tests = paired_tests([c.name for c in checkpoints], [s.name for s in specs], outcomes)
+    markdown, table = render_results(checkpoints, specs, results, tests)
     _write_if_changed(layout.eval_results_path(cfg, "md"), markdown)
     _write_if_changed(layout.eval_results_path(cfg, "csv"), table)
-    payload = list(results.values())
+    payload = [dict(stats, paired_test=tests.get(pair)) for pair, stats in results.items()]
     _write_if_changed(layout.eval_results_path(cfg, "json"), json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+    _write_if_changed(layout.eval_items_path(cfg), items_csv(checkpoints, specs, outcomes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,7 +339,7 @@ def write_results(cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[
 
 def print_plan(cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[BenchmarkSpec]) -> None:
     total = len(checkpoints) * len(specs)
-    done = sum(1 for c in checkpoints for s in specs if is_done(pair_dir(cfg, c.name, s.name)))
+    done = sum(1 for c in checkpoints for s in specs if _has_samples(cfg, c.name, s.name))
     print(
         f"[dry-run] eval: {len(specs)} benchmarks x {len(checkpoints)} checkpoints = {total} evaluations "
         f"({total - done} to run, {done} already done)"
@@ -406,7 +354,7 @@ def print_plan(cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[Ben
             f"({choice} multiple choice, {len(items) - choice} free form) from {spec.path}"
         )
     for ck in checkpoints:
-        status = [s.name for s in specs if is_done(pair_dir(cfg, ck.name, s.name))]
+        status = [s.name for s in specs if _has_samples(cfg, ck.name, s.name)]
         adapter = f" + adapter {ck.adapter}" if ck.adapter else ""
         print(
             f"[dry-run] checkpoint {ck.name}: {ck.model}{adapter}" + (f" (done: {', '.join(status)})" if status else "")
@@ -417,6 +365,9 @@ def print_plan(cfg: MathSEConfig, checkpoints: list[Checkpoint], specs: list[Ben
         f"[dry-run] generation: temperature {inf.temperature} ({mode}), max_new_tokens {inf.max_new_tokens}, "
         f"backend {inf.backend}, {inf.concurrency} requests in flight"
     )
+    if cfg.eval.samples > 1:
+        print(f"[dry-run] samples: {cfg.eval.samples} per item at temperature {cfg.eval.temperature} (top_p "
+              f"{inf.top_p}) beside the greedy answer -> pass@{cfg.eval.samples}, maj@{cfg.eval.samples}")
     if checkpoints:
         ck = checkpoints[0]
         servers = layout.servers_dir(eval_dir(cfg)) / layout.safe_name(ck.name)

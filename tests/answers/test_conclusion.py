@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from mathse.answers.conclusion import final_sentence, read_conclusion, read_conclusion_choice
+from mathse.answers.conclusion import (
+    final_sentence,
+    number_word,
+    read_conclusion,
+    read_conclusion_choice,
+    read_opening,
+    stated_letter,
+)
 
 
 @pytest.mark.parametrize(
@@ -102,3 +109,31 @@ def test_odd_text_never_raises_and_stays_fast() -> None:
         read_conclusion_choice(text, ["1", "2", "yes"], "ABC")
     assert time.perf_counter() - start < 20
     assert read_conclusion(texts[-1]) is None  # not a conclusion sentence
+
+
+def test_number_words_openings_and_stated_letters() -> None:
+    assert [number_word(w) for w in ("four", "Twenty-five,", "ninety", "hundred", "one-two")] == [
+        "4", "25", "90", None, None]  # fmt: skip
+    assert read_opening("14 cubes.\nThree rows of four, two on top.") == "14"
+    assert read_opening("1.\nCount the rows.") is None and read_opening("3 × 4 = 12\nthen add two.") is None
+    assert read_opening("14") is None  # nothing after it: a bare answer, read elsewhere
+    assert read_opening("The Square. It has four lines.", ["circle", "square"]) == "B"
+    pets = ["fish", "cats and dogs"]
+    assert stated_letter("I see cats and dogs (B).\nNo fish.", pets, "AB") == "B"
+    assert stated_letter("(A) fish (B) cats and dogs", pets, "AB") is None  # the options restated
+    assert stated_letter("(A) fish.\nOr perhaps (B) cats and dogs.", pets, "AB") is None  # two stated: none
+    assert stated_letter("Not (A), the fish.\nIt is (B) cats and dogs.", pets, "AB") == "B"  # a rejected one is not
+    assert stated_letter("(B) cats and dogs cannot be right, since the bowl holds a goldfish.", pets, "AB") is None
+    assert read_opening("3 cases to consider.\nCase 1: x > 0 gives nothing.") is None
+
+
+def test_yes_no_needs_the_whole_predicate_once() -> None:
+    q = "Question: Is Dark Violet the minimum?\nChoices:\n(A) Yes\n(B) No"
+    yes_no = ["Yes", "No"]
+    assert read_conclusion_choice("Dark Violet is not the minimum.", yes_no, "AB", q) == "B"
+    assert read_conclusion_choice("Reading the bars, Dark Violet is the minimum.", yes_no, "AB", q) == "A"
+    assert read_conclusion_choice("Violet is the smallest bar.", yes_no, "AB", q) is None  # not the question's words
+    assert read_conclusion_choice("Dark Violet is not the maximum, it is not the minimum.", yes_no, "AB", q) is None
+    cont = "Question: Is the function continuous at x = 0?"
+    assert read_conclusion_choice("There is no jump, so the function is continuous.", yes_no, "AB", cont) == "A"
+    assert read_conclusion_choice("The function is not continuous, as there is a jump.", yes_no, "AB", cont) == "B"

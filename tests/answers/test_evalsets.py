@@ -197,6 +197,20 @@ def test_mathvista_hf_parquet_embedded_images_cached_once(tmp_path: Path) -> Non
         load_benchmark(spec("MathVista", "mathvista", root, split="test"), cache)
 
 
+def test_mathvista_choices_that_are_letters_keep_the_answer_s_position(tmp_path: Path) -> None:
+    """MathVista testmini pid 849 has choices "(c)", "(d)", "(a)", "(b)", "(e)" and answer "(b)": the fourth, D."""
+    record = {"pid": "849", "question": "Which label marks the largest region?", "image": "images/849.png",
+              "choices": ["(c)", "(d)", "(a)", "(b)", "(e)"], "unit": None, "precision": None, "answer": "(b)",
+              "question_type": "multi_choice", "answer_type": "text", "metadata": _vista_meta("IconQA")}  # fmt: skip
+    save_png(tmp_path / "v" / "data" / "images" / "849.png")
+    (tmp_path / "v" / "data" / "testmini.json").write_text(json.dumps({"849": record}))
+    (letters,) = load_benchmark(spec("MathVista", "mathvista", tmp_path / "v"), tmp_path / "cache")
+    assert letters.answer_letter == "D" and letters.question.endswith("(C) (a)\n(D) (b)\n(E) (e)")
+    assert score_response(letters, "The largest region is labelled (b), so the answer is D.").correct
+    assert not score_response(letters, "So the answer is B.").correct
+    assert not score_response(letters, "$\\boxed{\\text{(B)}}$").correct  # a letter is the letter B, not "(b)"
+
+
 def test_dry_run_loading_writes_no_images(tmp_path: Path) -> None:
     root = write_mathvista_parquet(tmp_path / "hf", n=2)
     items = load_benchmark(spec("MathVista", "mathvista", root), tmp_path / "cache", materialize=False)

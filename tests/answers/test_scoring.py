@@ -131,3 +131,84 @@ def test_ambiguous_conclusions_are_not_extracted() -> None:
     ):
         assert extract_answer(item("14"), response) is None, response
     assert not score_response(item("14"), "The answer is not 14.").correct
+
+
+# ---------------------------------------------------------------------------------------------
+# Misreadings real model output exposed (issue 26), one class at a time; the responses are made up.
+
+PETS = ("fish", "birds", "rabbits", "cats and dogs")
+SHAPES = ("circle", "square", "triangle", "hexagon")
+SIDES = ("b", "2b", "b/2", "3b")  # math-verify calls the letter "(B)" equal to the option "b"
+APPLES = "Each box holds 3 apples and there are 4 boxes, so there are 12 apples in total."
+TABLE = "The total is 14.\n\n| colour | cubes |\n|---|---|\n| red | 6 |\n| blue | 8 |"
+RECAP_LIST = "So there are 14 cubes.\n\nBreakdown:\n- red: 6\n- blue: 8"
+INVENTED = "The answer is 14.\n\nQuestion: How many cubes are red?\nAnswer: 6\n\nQuestion: And blue?\nAnswer: 8"
+NEXT_TURN = "The answer is 14<|im_end|>\n<|im_start|>user\nAnd blue?<|im_end|>\n<|im_start|>assistant\nThe answer is 8"
+
+
+def asked(question: str, options: tuple[str, ...], letter: str) -> EvalItem:
+    shown = f"Hint: Please answer.\nQuestion: {question}\nChoices:\n" + "\n".join(
+        f"({'AB'[i]}) {o}" for i, o in enumerate(options)
+    )
+    return EvalItem(id="q", question=shown, images=(), answer=letter, kind="choice", options=options,
+                    answer_letter=letter, format="mathvista")
+
+
+CONTINUOUS = "Is the function continuous at x = 0?"
+JUMP = "There is a jump at x = 0.\nThe function is not continuous there."
+YES_NO = ("Yes", "No")
+GREATER = "Is the number of red cubes greater than the number of blue spheres?"
+
+
+@pytest.mark.parametrize(
+    ("scored", "response", "correct"),
+    [
+        # A letter wrapped in LaTeX is that letter, never the option math-verify calls equal to it.
+        (choice(SIDES, "A"), "The shorter side is half the longer one.\n\n$\\boxed{\\text{(B)}}$", False),
+        (choice(SIDES, "B"), "Twice the short side.\n\n$\\boxed{\\textbf{(B)}}$", True),
+        # A letter stated with its option early outranks other options' words later; a later other letter: none.
+        (choice(PETS, "D"), "Cats and dogs (D).\nA fish tank stands in the corner of the room.", True),
+        (choice(PETS, "A"), "Cats and dogs (D).\nA fish tank stands in the corner of the room.", False),
+        (choice(PETS, "C"), "Cats and dogs (D).\nOn a second look the pets are rabbits, so it is C.", False),
+        (choice(PETS, "D"), "Cats and dogs (D).\nOn a second look the pets are rabbits, so it is C.", False),
+        # The answer is the first sentence, the rest explains it; a last sentence concluding otherwise: none.
+        (item("14"), "14.\nThe figure shows three rows of four cubes and two more stacked on top.", True),
+        (choice(SHAPES, "A"), "The circle.\nIt has infinitely many lines of symmetry, the square only four.", True),
+        (choice(SHAPES, "B"), "The circle.\nIt has infinitely many lines of symmetry, the square only four.", False),
+        (item("14"), "14.\nOn a recount, three rows of four and one on top makes 13 cubes.", False),
+        (item("13"), "14.\nOn a recount, three rows of four and one on top makes 13 cubes.", False),
+        # A closing pleasantry, a question to the user, a recap after the answer.
+        (item("12"), APPLES + " Would you like me to explain the multiplication step?", True),
+        (item("12"), APPLES + "\n\nIf you have any other questions, feel free to ask.", True),
+        (item("12"), APPLES + "\n\nIn summary, we multiplied the number of boxes by the apples per box.", True),
+        (item("13"), APPLES + " Let me know if you want me to check 13 as well!", False),
+        # Number words; a numeral later in the same sentence is not the answer.
+        (item("4"), "There are four cubes left.", True),
+        (item("25"), "The class has twenty-five pupils.", True),
+        (item("0"), "The answer is zero.", True),
+        (item("3"), "There are four cubes left after removing 3.", False),
+        (item("1"), "The red cube is one of the largest.", False),
+        # A table or a recap list after the answer.
+        (item("14"), TABLE, True),
+        (item("8"), TABLE, False),
+        (item("14"), RECAP_LIST, True),
+        (item("8"), RECAP_LIST, False),
+        # Invented question-and-answer pairs after the answer: the first answer to the asked question counts.
+        (item("14"), INVENTED, True),
+        (item("8"), INVENTED, False),
+        # Raw end-of-sequence tokens.
+        (item("14"), "The answer is 14</s>", True),
+        (item("14"), "So there are 14 cubes.<|eot_id|>", True),
+        (item("14"), "<|im_start|>assistant\nThere are 14 cubes.</s></s>", True),
+        (item("14"), NEXT_TURN, True),
+        (item("8"), NEXT_TURN, False),
+        # Yes/No answered in words: the question's whole predicate stated, plainly or negated once.
+        (asked(CONTINUOUS, YES_NO, "B"), JUMP, True),
+        (asked(CONTINUOUS, YES_NO, "A"), JUMP, False),
+        (asked(CONTINUOUS, YES_NO, "A"), "Both one-sided limits equal f(0).\nSo the function is continuous.", True),
+        (asked(CONTINUOUS, ("Yes", "No"), "B"), "The function is continuous at x = 0, not at x = 1.", False),
+        (asked(GREATER, ("Yes", "No"), "A"), "There are fewer red cubes than blue spheres.", False),
+    ],
+)
+def test_issue_26_misreadings(scored: EvalItem, response: str, correct: bool) -> None:
+    assert score_response(scored, response).correct is correct, score_response(scored, response)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from mathse.answers.statistics import majority_vote, mcnemar_exact, pass_at_k, wilson_interval
+from mathse.answers.statistics import majority_vote, mcnemar_counts, mcnemar_exact, pass_at_k, wilson_interval
 
 
 def test_wilson_interval_matches_the_textbook_value_and_stays_inside_zero_one():
@@ -40,3 +40,13 @@ def test_majority_vote_counts_ties_and_unextracted_as_wrong():
     assert tie.tie and not tie.correct
     assert not majority_vote([(None, False), (None, False)]).correct
     assert majority_vote([(None, False), ("7", True)]).answer == "7"
+
+
+def test_mcnemar_from_counts_and_pass_at_k_sums_get_intervals():
+    assert mcnemar_counts(15, 0, 10) == mcnemar_exact([False] * 10 + [True] * 5, [True] * 15)
+    assert mcnemar_counts(150, 9, 21).p_value == pytest.approx(0.0428, abs=1e-4)  # binomial tail, 2 * P(X <= 9)
+    with pytest.raises(ValueError, match="discordant pairs"):
+        mcnemar_counts(5, 4, 3)
+    # A sum of per-item pass@k values (not a count) gets an interval as well.
+    mean = wilson_interval(2.5, 4)
+    assert wilson_interval(2, 4).low < mean.low < wilson_interval(3, 4).low

@@ -162,6 +162,27 @@ def test_two_replicas_generate_a_round_once_each_and_equal_in_process(tiny_model
     assert not wait_gone(str(server_dir)) and not any(Path(f"/proc/{p}").exists() for p in pids)
 
 
+@pytest.mark.slow
+def test_one_server_answers_greedy_and_sampled_calls(tiny_model, problems, tmp_path) -> None:
+    """eval.samples' use: the greedy pass and k samples per problem (a per-call temperature) from the same
+    servers; the samples go out as one request of n = k per problem, each key journaled once."""
+    server_dir = tmp_path / "servers"
+    few = problems[:3]
+    with ServedGenerator(spec_for(tiny_model), GREEDY, ServeConfig(replicas=1), None, server_dir, seed=0) as gen:
+        with Journal(tmp_path / "greedy.jsonl") as journal:
+            gen.generate(make_items(few, 1), journal)
+        log = gen.servers.processes[0].log_path
+        greedy_posts = posts_since_last_start(log)
+        with Journal(tmp_path / "sampled.jsonl") as journal:
+            stats = gen.generate(make_items(few, 4), journal, temperature=1.0)
+        sampled_posts = posts_since_last_start(log) - greedy_posts
+    assert (greedy_posts, sampled_posts, stats.done) == (3, 3, 12)
+    rows = list(iter_jsonl(tmp_path / "sampled.jsonl"))
+    assert len({r["key"] for r in rows}) == 12
+    # Sampled at temperature 1: a problem's four answers are not all the same (greedy ones would be).
+    assert any(len({r["response"] for r in rows if r["id"] == p.id}) > 1 for p in few)
+
+
 def kill_when(journal_path: Path, rows: int, kill) -> threading.Thread:
     """In the background: once the journal holds `rows` rows, call kill()."""
 

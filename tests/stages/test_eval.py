@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +123,14 @@ def test_eval_end_to_end_with_judge_tables_and_rerun(tmp_path: Path, capsys: pyt
         md = (out / "results.md").read_text()
         versions = "MathVerse (Text Dominant) | MathVerse (Vision Only) | MathVerse (Text Only)"
         assert f"| checkpoint | MathVista | MathVerse | {versions} |" in md
-        assert "| base | 50.00 (2/4) | 66.67 (2/3) | 100.00 (1/1) | 0.00 (0/1) | 100.00 (1/1) |" in md
-        assert "| copy | 0.00 (0/4) | 0.00 (0/3) |" in md
-        assert "## With the LLM judge" in md and "| base | 75.00 (3/4) | 66.67 (2/3) |" in md
+        # Each accuracy with its 95% Wilson interval.
+        assert ("| base | 50.00 (2/4) [15.0, 85.0] | 66.67 (2/3) [20.8, 93.9] | 100.00 (1/1) [20.7, 100.0] | "
+                "0.00 (0/1) [0.0, 79.3] | 100.00 (1/1) [20.7, 100.0] |") in md
+        assert "| copy | 0.00 (0/4) [0.0, 49.0] | 0.00 (0/3) [0.0, 56.1] |" in md
+        assert "## With the LLM judge" in md and "| base | 75.00 (3/4) [30.1, 95.4] | 66.67 (2/3)" in md
+        # base -> copy: 2 + 2 items worse, none better; exact McNemar p = 2 * 0.5**2 on each benchmark.
+        assert "| base → copy | MathVista | 4 | 0 | 2 | 0.5 | no |" in md
+        assert "| base → copy | MathVerse | 3 | 0 | 2 | 0.5 | no |" in md
         # Per benchmark, how many answers the rules could not extract.
         unread = md.split("Answers the rules could not extract", 1)[1].split("## With the LLM judge", 1)[0]
         assert "| checkpoint | MathVista | MathVerse |" in unread and "| base | 1/4 | 0/3 |" in unread
@@ -130,6 +140,16 @@ def test_eval_end_to_end_with_judge_tables_and_rerun(tmp_path: Path, capsys: pyt
         assert [r["checkpoint"] for r in rows] == ["base", "copy"]
         assert rows[0]["MathVista"] == "50.00" and rows[0]["MathVista total"] == "4"
         assert rows[0]["MathVista +judge"] == "75.00" and rows[0]["MathVerse (Vision Only) correct"] == "0"
+        assert (rows[0]["MathVista ci_low"], rows[0]["MathVista ci_high"]) == ("15.0", "85.0")
+        items = list(csv.DictReader((out / "items.csv").open()))
+        assert len(items) == 2 * 7 and set(items[0]) == {"item", "benchmark", "checkpoint", "correct", "samples",
+                                                         "samples_correct", "maj_correct"}
+        assert {(r["item"], r["checkpoint"], r["correct"]) for r in items if r["benchmark"] == "MathVista"} == {
+            ("1", "base", "1"), ("2", "base", "0"), ("3", "base", "1"), ("4", "base", "0"),
+            ("1", "copy", "0"), ("2", "copy", "0"), ("3", "copy", "0"), ("4", "copy", "0")}
+        payload = {(p["checkpoint"], p["benchmark"]): p for p in json.loads((out / "results.json").read_text())}
+        assert payload["base", "MathVista"]["paired_test"] is None and payload["base", "MathVista"]["interval"]
+        assert payload["copy", "MathVista"]["paired_test"]["worsened"] == 2
 
         # Rerun: nothing generated, judged or rewritten.
         mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -233,7 +253,7 @@ def test_cli_eval_tiny_model_base_and_stage0(run_config, tiny_model: Path, tmp_p
     assert "eval: stage0/MathVerse:" in printed
     md = (out / "eval" / "results.md").read_text()
     for name in ("base", "stage0"):
-        assert f"| {name} | " in md and "/4) |" in md and "/2) |" in md
+        assert f"| {name} | " in md and "/4) [" in md and "/2) [" in md
         preds = list(iter_jsonl(out / "eval" / name / "MathVista" / "predictions.jsonl"))
         assert [p["id"] for p in preds] == ["1", "2", "3", "4"]
         assert all(isinstance(p["response"], str) and "correct" in p for p in preds)
@@ -244,3 +264,155 @@ def test_cli_eval_tiny_model_base_and_stage0(run_config, tiny_model: Path, tmp_p
     assert cli.main(["--stage", "eval", "--config", str(config)]) == 0
     assert "already done, nothing to run" in capsys.readouterr().out
     assert {p: p.read_bytes() for p in journals} == journals
+
+
+# ---------------------------------------------------------------------------------------------
+# eval.samples: pass@k and maj@k beside the greedy answer
+
+# Question snippet -> the k = 4 sampled replies (the greedy reply is SCRIPT's).
+SAMPLED = {
+    "spring compressed": ["\\boxed{1.2}", "\\boxed{1.3}", "\\boxed{1.2}", "I am not sure."],  # 2 right, maj right
+    "measuring cup": ["\\boxed{1000}", "\\boxed{900}", "\\boxed{900}", "\\boxed{1000}"],  # 2 right, a tie: maj wrong
+    "平分线": ["\\boxed{C}"] * 4,  # all right
+    "above the line": ["\\boxed{[5, 2]}"] * 4,  # none right
+}
+
+
+class SamplingFactory:
+    """The scripted model: greedy calls (no temperature given) answer from SCRIPT, sampling calls from SAMPLED."""
+
+    def __init__(self) -> None:
+        self.model: FakeChatModel | None = None
+
+    def __call__(self, args: dict[str, Any]) -> FakeChatModel:
+        def reply(content: str, call: int, i: int) -> str:
+            kw = self.model.calls[call - 1]["kw"] if self.model else {}
+            if not kw.get("temperature"):
+                return next(r for key, r in SCRIPT.items() if key in content)
+            return next(r for key, r in SAMPLED.items() if key in content)[i]
+
+        self.model = FakeChatModel(reply=reply)
+        return self.model
+
+    def sequences(self, sampled: bool) -> int:
+        calls = self.model.calls if self.model else []
+        return sum(c["kw"].get("num_return_sequences", 1) for c in calls if bool(c["kw"].get("temperature")) is sampled)
+
+
+def sampling_config(tmp_path: Path, samples: int) -> MathSEConfig:
+    vista = {"name": "MathVista", "format": "mathvista", "path": str(tmp_path / "bench" / "MathVista")}
+    return make_config(tmp_path, checkpoints=["base"], benchmarks=[vista], samples=samples, temperature=1.0)
+
+
+def test_samples_give_pass_at_k_and_maj_at_k_and_resume_without_repeating_a_sample(tmp_path: Path, capsys) -> None:
+    factory = SamplingFactory()
+    cfg = sampling_config(tmp_path, 4)
+    assert eval_stage.run(cfg, chat_model_factory=factory) == 0
+    assert factory.sequences(sampled=False) == 4 and factory.sequences(sampled=True) == 16
+    sample_calls = [c["kw"] for c in factory.model.calls if c["kw"].get("temperature")]
+    assert all(kw == {"temperature": 1.0, "do_sample": True, "num_return_sequences": 4} for kw in sample_calls)
+    pair = tmp_path / "out" / "eval" / "base" / "MathVista"
+    scores = json.loads((pair / "scores.json").read_text())
+    assert (scores["correct"], scores["total"]) == (2, 4)  # greedy, as without samples
+    s = scores["sampled"]
+    assert (s["k"], s["pass_at_k"], s["maj_at_k"], s["maj_at_k_correct"], s["pass_at_1"]) == (4, 75.0, 50.0, 2, 50.0)
+    assert (s["maj_ties"], s["maj_no_answer"], s["unextracted_samples"], s["samples"]) == (1, 0, 1, 16)
+    assert s["pass_at_k_interval"][0] < 75.0 < s["pass_at_k_interval"][1]
+    printed = capsys.readouterr().out
+    assert "4 samples at T=1.0: pass@4 75.00%, maj@4 50.00% (1 ties, 0 without an answer)" in printed
+    preds = {p["id"]: p for p in iter_jsonl(pair / "predictions.jsonl")}
+    assert preds["2"]["sampled"]["maj"] == {"answer": "1000", "correct": False, "tie": True, "votes": 2}
+    assert [x["extracted"] for x in preds["1"]["sampled"]["samples"]] == ["1.2", "1.3", "1.2", None]
+    md = (tmp_path / "out" / "eval" / "results.md").read_text()
+    assert "| base | MathVista | 4 | 1.0 | 50.00 [15.0, 85.0] | 75.00 [" in md and "| 50.00 (2/4) [15.0, 85.0] |" in md
+    items = list(csv.DictReader((tmp_path / "out" / "eval" / "items.csv").open()))
+    assert [(r["item"], r["samples"], r["samples_correct"], r["maj_correct"]) for r in items] == [
+        ("1", "4", "2", "1"), ("2", "4", "2", "0"), ("3", "4", "4", "1"), ("4", "4", "0", "0")]
+
+    # Killed mid-sampling: the marker and predictions gone, the samples journal cut inside item 2.
+    (pair / ".mathse_done.json").unlink()
+    (pair / "predictions.jsonl").unlink()
+    journal = pair / "samples.jsonl"
+    kept = journal.read_text().splitlines(keepends=True)[:6]
+    journal.write_text("".join(kept) + '{"key": "3#0", "resp')
+    factory = SamplingFactory()
+    assert eval_stage.run(cfg, chat_model_factory=factory) == 0
+    assert factory.sequences(sampled=False) == 0 and factory.sequences(sampled=True) == 10  # only the missing
+    keys = [r["key"] for r in iter_jsonl(journal)]
+    assert len(keys) == len(set(keys)) == 16 and journal.read_text().startswith("".join(kept))
+    assert is_done(pair)
+
+
+def test_raising_samples_keeps_the_greedy_answers_and_draws_only_the_missing(tmp_path: Path, capsys) -> None:
+    vista = {"name": "MathVista", "format": "mathvista", "path": str(tmp_path / "bench" / "MathVista")}
+    factory = SamplingFactory()
+    greedy_only = make_config(tmp_path, checkpoints=["base"], benchmarks=[vista])
+    assert eval_stage.run(greedy_only, chat_model_factory=factory) == 0
+    assert factory.sequences(sampled=False) == 4
+    greedy = (tmp_path / "out" / "eval" / "base" / "MathVista" / "generations.jsonl").read_bytes()
+    assert eval_stage.finished(greedy_only) and not eval_stage.finished(sampling_config(tmp_path, 2))
+    assert eval_stage.run(sampling_config(tmp_path, 2), dry_run=True) == 0
+    assert "(1 to run, 0 already done)" in capsys.readouterr().out
+    for k, drawn in ((2, 8), (4, 8)):
+        factory = SamplingFactory()
+        assert eval_stage.run(sampling_config(tmp_path, k), chat_model_factory=factory) == 0
+        wanted = f"base/MathVista: {k} samples per item wanted (had {k // 2}); drawing the missing ones"
+        assert wanted in capsys.readouterr().out
+        assert factory.sequences(sampled=False) == 0 and factory.sequences(sampled=True) == drawn
+    assert (tmp_path / "out" / "eval" / "base" / "MathVista" / "generations.jsonl").read_bytes() == greedy
+    scores = json.loads((tmp_path / "out" / "eval" / "base" / "MathVista" / "scores.json").read_text())
+    # The fake answers samples 2 and 3 as it answered 0 and 1: items 1 and 2 tie, only item 3 wins its vote.
+    assert scores["sampled"]["maj_at_k"] == 25.0 and scores["settings"]["samples"] == 4
+
+
+def test_samples_need_a_temperature(tmp_path: Path) -> None:
+    from mathse.run.config_loading import load_config
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {{base: {tmp_path}}}\neval: {{samples: 4}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert str(err.value).strip().count("\n") == 0 and "eval.samples is 4 but eval.temperature is 0.0" in str(err.value)
+    assert load_config(config, ["eval.temperature=0.7"]).eval.samples == 4
+
+
+@pytest.mark.slow
+def test_cli_eval_samples_killed_mid_sampling_resumes_without_repeating_a_sample(
+    run_config, demo_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The real tiny Qwen2-VL, eval.samples 4, killed (SIGKILL) while it samples: the rerun draws only the
+    samples missing from the journal (a repeated one would be a second row with its key)."""
+    from mathse import cli
+
+    bench = [{"name": "pool", "format": "jsonl", "path": str(demo_data[1]), "limit": 6}]
+    config = run_config(eval={"benchmarks": bench, "checkpoints": ["base"], "max_new_tokens": 12, "samples": 4,
+                              "temperature": 1.0})
+    pair = config.parent / "output" / "eval" / "base" / "pool"
+    journal = pair / "samples.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    with (tmp_path / "killed.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "main.py"), "--stage", "eval", "--config",
+                                 str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if journal.is_file() and journal.read_bytes().count(b"\n") >= 4:  # one problem's samples
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "eval finished before it could be killed: " + (tmp_path / "killed.log").read_text()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    kept = [line for line in journal.read_text().splitlines(keepends=True) if line.endswith("\n")]
+    assert 4 <= len(kept) < 24 and not (pair / ".mathse_done.json").exists()
+
+    assert cli.main(["--stage", "eval", "--config", str(config)]) == 0
+    keys = [row["key"] for row in iter_jsonl(journal)]
+    assert len(keys) == len(set(keys)) == 6 * 4  # every sample once: none repeated, none lost
+    answers: dict[str, set[str]] = {}
+    for row in iter_jsonl(journal):
+        answers.setdefault(row["id"], set()).add(row["response"])
+    assert any(len(a) > 1 for a in answers.values())  # sampled at eval.temperature, not greedy
+    assert journal.read_text().startswith("".join(kept))  # the samples drawn before the kill stay as they were
+    greedy = [row["key"] for row in iter_jsonl(pair / "generations.jsonl")]
+    assert len(greedy) == len(set(greedy)) == 6
+    sampled = json.loads((pair / "scores.json").read_text())["sampled"]
+    assert sampled["k"] == 4 and sampled["samples"] == 24 and sampled["items"] == 6

@@ -314,8 +314,10 @@ def test_full_run_report_numbers(full_run: MathSEConfig, capsys: pytest.CaptureF
     assert e["results"]["columns"] == ["mathvista", "mathverse", "mathverse (Vision Only)"]
     assert e["results"]["table"]["round_2"] == {
         "model": "out/sft_model_round_2", "mathvista": 75.0, "mathvista correct": 3.0, "mathvista total": 4.0,
-        **dict.fromkeys(("mathverse", "mathverse correct", "mathverse total", "mathverse (Vision Only)",
-                         "mathverse (Vision Only) correct", "mathverse (Vision Only) total")),
+        "mathvista interval": [30.1, 95.4],  # 95% Wilson
+        **dict.fromkeys(("mathverse", "mathverse correct", "mathverse total", "mathverse interval",
+                         "mathverse (Vision Only)", "mathverse (Vision Only) correct", "mathverse (Vision Only) total",
+                         "mathverse (Vision Only) interval")),
     }
     assert e["results"]["table"]["final"]["mathverse (Vision Only)"] == 100.0
     assert e["predictions"]["base"]["mathvista"] == {"n": 4, "correct": 2, "accuracy": 0.5}
@@ -341,7 +343,12 @@ def test_full_run_report_numbers(full_run: MathSEConfig, capsys: pytest.CaptureF
         assert f"## {heading}" in md
     # unknown is n/a: these round stats predate the count
     assert "| 1 | 4 | 5 | 1 | 4 | 1 | n/a | 3 | 1 | 5 | 20.0% | 25.0% | yes |" in md
-    assert "| final | 50 (2/4) | 50 (1/2) | 100 (1/1) |" in md
+    assert "| final | 50 (2/4) [15.0, 85.0] | 50 (1/2) [9.5, 90.5] | 100 (1/1) [20.7, 100.0] |" in md
+    # Each consecutive pair of checkpoints (and first -> last) with its exact McNemar test.
+    assert "| checkpoints | benchmark | items | improved | worsened | p | significant |" in md
+    assert "| base → round_2 | mathvista | 4 | 1 | 0 | 1 | no |" in md
+    assert tr["eval"]["pairs"][0]["paired_tests"] == {
+        "mathvista": {"items": 4, "improved": 1, "worsened": 0, "p_value": 1.0, "significant": False}}
     assert "| role | answered | batch_answered | cached |" in md
     assert "| teacher | 3 | 1 | 1 | 1 | 6 | 6,000 | 3,000 | 0.0300 |" in md
 
