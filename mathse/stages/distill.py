@@ -15,6 +15,7 @@ from pathlib import Path
 from mathse.answers.extraction import check_path
 from mathse.api.client import ChatClient
 from mathse.api.messages import ChatRequest, ChatResult, system_message, user_message
+from mathse.data.checking import check_inputs, ensure_checked, excluded_ids
 from mathse.model.prompts import fill_template, student_prompt
 from mathse.model.token_budget import TokenBudget
 from mathse.model.training import TrainJob, compose_train_job, run_train_job, training_stale
@@ -33,6 +34,8 @@ DATASET_NAME = "mathse_stage0"
 
 
 def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
+    if not dry_run:
+        ensure_checked(cfg, STAGE)  # duplicates / benchmark contamination; with action drop they are skipped
     seed = check_seed(cfg)  # every record and image validated before any write; none kept in memory
     stage_dir = layout.stage_dir(cfg, STAGE)
     job = train_job(cfg)
@@ -80,8 +83,10 @@ class SeedCounts:
 
 
 def seed_problems(cfg: MathSEConfig) -> Iterator[Problem]:
-    """The seed problems, read from their file one at a time (each pass reads it again)."""
-    return iter_problems(cfg.require("data.seed_file"), cfg.data.image_root)
+    """The seed problems, read from their file one at a time (each pass reads it again), minus those
+    the data check dropped (data_check.action: drop)."""
+    dropped = excluded_ids(cfg, "seed")
+    return (p for p in iter_problems(cfg.require("data.seed_file"), cfg.data.image_root) if p.id not in dropped)
 
 
 def check_seed(cfg: MathSEConfig) -> SeedCounts:
@@ -117,6 +122,7 @@ def data_inputs(cfg: MathSEConfig, asked_teacher: bool) -> Inputs:
     """What D_SFT is made of: the seed file, the teacher's settings (when it was asked) and the
     token budget of M0's training (it decides which examples are left out)."""
     inputs = Inputs().file("data.seed_file", cfg.require("data.seed_file")).config(cfg, "data.image_root")
+    check_inputs(cfg, "seed", inputs)
     inputs.budget("token budget of M0's dataset", TokenBudget.for_training(cfg, "m0"))
     return inputs.config(cfg, "teacher", exclude=API_VOLATILE) if asked_teacher else inputs
 
