@@ -32,7 +32,7 @@ ROLES: tuple[Role, ...] = ("seed", "pool")
 
 def thresholds(dc: DataCheckConfig) -> Thresholds:
     return Thresholds(dc.text_similarity, dc.image_distance, dc.text_image_distance, dc.require_same_numbers,
-                      dc.num_perm)
+                      dc.num_perm, dc.require_same_answer)
 
 
 def _role_file(cfg: MathSEConfig, role: Role) -> Path | None:
@@ -131,7 +131,7 @@ def run_check(cfg: MathSEConfig, say: str) -> dict[str, Any]:
 
 def _problem_items(path: Path, image_root: Path | None) -> Iterator[Item]:
     for p in iter_problems(path, image_root):
-        yield Item(p.id, p.question, p.images)
+        yield Item(p.id, p.question, p.images, p.answer)
 
 
 def _benchmark_index(cfg: MathSEConfig, settings: SketchSettings, sketch_dir: Path, say: str) -> SketchIndex:
@@ -143,7 +143,7 @@ def _benchmark_index(cfg: MathSEConfig, settings: SketchSettings, sketch_dir: Pa
 
         def items(spec: Any = spec) -> Iterator[Item]:
             for item in load_benchmark(spec, layout.eval_image_dir(cfg, spec.name)):
-                yield Item(item.id, item.question, item.images)
+                yield Item(item.id, item.question, item.images, item.answer)
 
         cached = sketch_file(sketch_dir, f"bench-{layout.safe_name(name)}", digest, items, settings, str(spec.path),
                              _progress(say, f"benchmark {name}"))

@@ -1,7 +1,8 @@
 """Which problems are the same problem: pairs by question text and by image, found through indexes
 (MinHash LSH, multi-index Hamming tables), never by comparing all pairs.
 
-Two problems match when their questions ask about the same numbers (unless that rule is off) and
+Two problems match when their questions ask about the same numbers and their reference answers,
+where both are numbers, are the same numbers (each rule can be turned off), and
 
 - image: one of their images is within `image_distance` bits of one of the other's (either hash), or
 - text: their normalised questions are equal or near (MinHash Jaccard >= `text_similarity`) and,
@@ -32,6 +33,7 @@ class Thresholds:
     text_image_distance: int
     require_same_numbers: bool = True
     num_perm: int = 64
+    require_same_answer: bool = True
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,14 @@ class SketchIndex:
         self._slot_item: list[int] = []  # image slot -> item
         self._names: list[tuple[str, str]] = []  # item -> (source, id)
         self._numbers: list[tuple[str, ...]] = []
+        self._answers: list[tuple[float, ...]] = []
         self._hashes: list[tuple[tuple[int, int], ...]] = []
 
     def add(self, sketch: Sketch, source: str) -> None:
         item = len(self._names)
         self._names.append((source, sketch.id))
         self._numbers.append(sketch.numbers)
+        self._answers.append(sketch.answer)
         self._hashes.append(sketch.images)
         self._text.add(item, sketch.key, unpack_signature(sketch.signature))
         for pair in sketch.images:
@@ -84,6 +88,9 @@ class SketchIndex:
         found: list[Match] = []
         for item in by_image.keys() | by_text.keys():
             if self.t.require_same_numbers and not numbers_compatible(sketch.numbers, self._numbers[item]):
+                continue
+            other = self._answers[item]
+            if self.t.require_same_answer and sketch.answer and other and sketch.answer != other:
                 continue
             d_img = by_image.get(item)
             if d_img is None and sketch.images and self._hashes[item]:

@@ -23,7 +23,7 @@ from mathse.run.storage import Journal, iter_jsonl
 
 __all__ = ["SKETCH_VERSION", "Item", "Sketch", "SketchSettings", "sketch_file", "sketch_item"]
 
-SKETCH_VERSION = 1  # bump when a sketch's meaning changes: old caches are then ignored
+SKETCH_VERSION = 4  # bump when a sketch's meaning changes: old caches are then ignored
 _SNIPPET = 120
 
 
@@ -34,6 +34,7 @@ class Item:
     id: str
     question: str
     images: tuple[str, ...]
+    answer: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Sketch:
     id: str
     key: str  # exact-match key of the normalised question
     numbers: tuple[str, ...]
+    answer: tuple[float, ...]  # the numbers of the reference answer (none for a letter or a word)
     signature: str  # packed MinHash values
     images: tuple[tuple[int, int], ...]  # (phash, trim) per image
     snippet: str  # the question's start, for examples in the summary
@@ -60,7 +62,8 @@ class Sketch:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Sketch:
         images = tuple((int(p, 16), int(t, 16)) for p, t in row["images"])
-        return cls(row["id"], row["key"], tuple(row["numbers"]), row["minhash"], images, row["q"])
+        answer = tuple(float(x) for x in row["answer"])
+        return cls(row["id"], row["key"], tuple(row["numbers"]), answer, row["minhash"], images, row["q"])
 
 
 def sketch_item(item: Item, settings: SketchSettings, where: str) -> dict[str, Any]:
@@ -75,6 +78,7 @@ def sketch_item(item: Item, settings: SketchSettings, where: str) -> dict[str, A
         except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, ...
             raise DataError(f"{where}: record {item.id!r}: image unreadable: {ref} ({type(exc).__name__})") from None
     return {"id": item.id, "key": text_key(norm), "numbers": numbers(item.question),
+            "answer": sorted(float(x) for x in numbers(item.answer)),
             "minhash": pack_signature(minhash(norm, settings.num_perm, settings.shingle_words)),
             "images": hashes, "q": " ".join(item.question.split())[:_SNIPPET]}
 

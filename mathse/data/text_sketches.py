@@ -11,11 +11,11 @@ one question's numbers are contained in the other's (a copy may add the options'
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 MINHASH_SEED = 1
+NUMBER_WEIGHT = 8
 MINHASH_SCHEME = "affine32"  # datasketch 2.0's default: 32-bit hash values
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|[^\W\d_]+|[+\-*/=<>^%√π°∠△]")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -46,24 +47,35 @@ def numbers(text: str) -> list[str]:
     return sorted(_NUMBER.findall(unicodedata.normalize("NFKC", text)))
 
 
-def numbers_compatible(a: Iterable[str], b: Iterable[str]) -> bool:
+def numbers_compatible(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     """One question's numbers (a multiset) are all in the other's: a copy keeps the numbers it asks about."""
+    if a == b or not a or not b:
+        return True
     ca, cb = Counter(a), Counter(b)
     return not (ca - cb) or not (cb - ca)
 
 
 def shingles(normalised: str, n: int) -> set[bytes]:
-    """The word n-grams of 1..n words (short questions share few long n-grams), as bytes."""
+    """The word n-grams of 1..n words (short questions share few long n-grams), as bytes; each number
+    also counts `NUMBER_WEIGHT` times more, so templated questions about other numbers ("AB is 3" /
+    "AB is 4") come out far apart and a reworded copy that keeps its numbers stays close."""
     words = normalised.split()
     found = {" ".join(words[i : i + k]).encode("utf-8") for k in range(1, n + 1) for i in range(len(words) - k + 1)}
+    found |= {f"#{w}#{j}".encode() for w in words if _NUMBER.fullmatch(w) for j in range(NUMBER_WEIGHT)}
     return found or {b""}
 
 
 def minhash(normalised: str, num_perm: int, n: int) -> LeanMinHash:
     """The MinHash sketch of a normalised question's shingles (deterministic: a fixed seed)."""
-    sketch = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME)
+    sketch = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME, permutations=_permutations(num_perm))
     sketch.update_batch(list(shingles(normalised, n)))
     return LeanMinHash(sketch)
+
+
+@functools.cache
+def _permutations(num_perm: int) -> object:
+    """The MinHash permutations of (seed, num_perm), drawn once (datasketch draws them per sketch)."""
+    return MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME).permutations
 
 
 def pack_signature(sketch: LeanMinHash) -> str:
@@ -105,7 +117,7 @@ class NearTextIndex:
             for item in self._lsh.query(sketch):
                 if item in found:
                     continue
-                sim = float(np.mean(np.frombuffer(self._sketches[item], dtype=np.uint32) == mine))
+                sim = np.count_nonzero(np.frombuffer(self._sketches[item], dtype=np.uint32) == mine) / len(mine)
                 if sim >= self.threshold:
                     found[item] = sim
         return found
