@@ -117,7 +117,7 @@ class NearTextIndex:
             for item in self._lsh.query(sketch):
                 if item in found:
                     continue
-                sim = np.count_nonzero(np.frombuffer(self._sketches[item], dtype=np.uint32) == mine) / len(mine)
+                sim = float(np.count_nonzero(np.frombuffer(self._sketches[item], dtype=np.uint32) == mine)) / len(mine)
                 if sim >= self.threshold:
                     found[item] = sim
         return found
