@@ -86,10 +86,13 @@ def check_inputs(cfg: MathSEConfig, role: Role, found: Inputs) -> Inputs:
 
 
 def checked_pool(cfg: MathSEConfig, dry_run: bool = False) -> ProblemIndex:
-    """The pool as evolve reads it: checked first (unless a dry run), minus the problems the check dropped."""
+    """The pool as evolve reads it (every record validated before anything is written), checked
+    (unless a dry run), minus the problems the check dropped."""
+    pool = ProblemIndex(cfg.require("data.pool_file"), cfg.data.image_root)
     if not dry_run:
-        ensure_checked(cfg)
-    return ProblemIndex(cfg.require("data.pool_file"), cfg.data.image_root, exclude=excluded_ids(cfg, "pool"))
+        ensure_checked(cfg, "evolve")
+    dropped = excluded_ids(cfg, "pool")
+    return ProblemIndex(pool.path, cfg.data.image_root, exclude=dropped) if dropped else pool
 
 
 def ensure_checked(cfg: MathSEConfig, say: str = "check") -> dict[str, Any] | None:

@@ -108,13 +108,21 @@ def sketch_file(
         return path
     partial = path.with_name(path.name + ".partial")
     made = 0
-    with Journal(partial, key_field="id") as journal:
+    journal: Journal | None = None  # opened at the first item: a file that fails at once leaves nothing
+    try:
         for item in items():
+            journal = journal or Journal(partial, key_field="id")
             if item.id not in journal:
                 journal.append(sketch_item(item, settings, where))
                 made += 1
                 if on_new is not None:
                     on_new(made)
+    finally:
+        if journal is not None:
+            journal.close()
+    if journal is None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.touch()
     os.replace(partial, path)
     return path
 

@@ -34,9 +34,9 @@ DATASET_NAME = "mathse_stage0"
 
 
 def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
-    if not dry_run:
-        ensure_checked(cfg, STAGE)  # duplicates / benchmark contamination; with action drop they are skipped
     seed = check_seed(cfg)  # every record and image validated before any write; none kept in memory
+    if not dry_run and ensure_checked(cfg, STAGE) is not None:  # duplicates, benchmark contamination
+        seed = count_seed(cfg)  # without the problems the check dropped (data_check.action: drop)
     stage_dir = layout.stage_dir(cfg, STAGE)
     job = train_job(cfg)
     if dry_run:
@@ -110,6 +110,13 @@ def check_seed(cfg: MathSEConfig) -> SeedCounts:
                 raise DataError(
                     f"{seed_file}: record {problem.id!r}: image unreadable: {ref} ({type(exc).__name__}: {exc})"
                 ) from None
+    return SeedCounts(total, pending)
+
+
+def count_seed(cfg: MathSEConfig) -> SeedCounts:
+    total = pending = 0
+    for problem in seed_problems(cfg):
+        total, pending = total + 1, pending + (not problem.solution)
     return SeedCounts(total, pending)
 
 
