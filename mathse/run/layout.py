@@ -16,6 +16,7 @@ renamed file is renamed once. The layout of one run::
       <stage or round>/servers/       logs of the model servers the pipeline started
       eval/<checkpoint>/<benchmark>/  predictions of one pair; eval/results.{md,csv,json}
       report/                         report.md, report.json, charts
+      check/  cache/data_check/       the data check: pairs, summary, dropped ids; each file's sketches
       sft_model_stage0/  sft_model_round_<r>/  sft_model_final/  reflection_model_final/  orm_model/
 """
 
