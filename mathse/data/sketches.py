@@ -23,7 +23,7 @@ from mathse.run.storage import Journal, iter_jsonl
 
 __all__ = ["SKETCH_VERSION", "Item", "Sketch", "SketchSettings", "sketch_file", "sketch_item"]
 
-SKETCH_VERSION = 4  # bump when a sketch's meaning changes: old caches are then ignored
+SKETCH_VERSION = 5  # bump when a sketch's meaning changes: old caches are then ignored
 _SNIPPET = 120
 
 

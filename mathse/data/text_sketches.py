@@ -5,7 +5,7 @@ Normalising drops case, punctuation and spacing, so a re-punctuated copy has the
 near duplicate (reworded, options reordered) shares most shingles: its estimated Jaccard similarity
 is at or above a threshold. Two questions that ask about different numbers are different problems
 however alike their words ("What is 6 + 5?" / "What is 7 + 5?"): `numbers_compatible` says whether
-one question's numbers are contained in the other's (a copy may add the options' numbers).
+one question's numbers appear, in order, among the other's (a copy may add the options' numbers).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import functools
 import hashlib
 import re
 import unicodedata
-from collections import Counter
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
@@ -43,16 +42,19 @@ def text_key(normalised: str) -> str:
 
 
 def numbers(text: str) -> list[str]:
-    """The numbers a question mentions, sorted (as written: "05" and "5" differ; "5.0" too)."""
-    return sorted(_NUMBER.findall(unicodedata.normalize("NFKC", text)))
+    """The numbers a question mentions, in order (as written: "05" and "5" differ; "5.0" too)."""
+    return _NUMBER.findall(unicodedata.normalize("NFKC", text))
 
 
 def numbers_compatible(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """One question's numbers (a multiset) are all in the other's: a copy keeps the numbers it asks about."""
+    """One question's numbers, in their order, are among the other's in the same order: a copy keeps
+    the numbers it asks about (and may add the options' numbers), while "What is 6 + 4?" and
+    "What is 4 + 6?" are two problems."""
     if a == b or not a or not b:
         return True
-    ca, cb = Counter(a), Counter(b)
-    return not (ca - cb) or not (cb - ca)
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
+    rest = iter(long)
+    return all(n in rest for n in short)  # a subsequence: `in` consumes the iterator up to the match
 
 
 def shingles(normalised: str, n: int) -> set[bytes]:
