@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mathse",
         description="MathSE: self-evolving multimodal math reasoning (arXiv 2511.06805).",
         epilog=f"stages:\n{stage_help}\n  {'all':<9} every pipeline stage in order: {' -> '.join(PIPELINE)} "
-        "(orm when orm.backend is trained, eval when eval.benchmarks is set)",
+        "(check when data_check.enabled, orm when orm.backend is trained, eval when eval.benchmarks is set)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--stage", required=True, choices=[*STAGES, "all"], help="which stage to run")
