@@ -13,6 +13,7 @@ from mathse.stages import load_stage
 # Stage name -> (module under mathse.stages, one-line help). Modules are imported lazily so a
 # config error is reported in a fraction of a second, before torch or LLaMA-Factory load.
 STAGES: dict[str, tuple[str, str]] = {
+    "check": ("check", "Data check: duplicates in seed/pool and benchmark contamination, by text and image"),
     "distill": ("distill", "Stage 1: teacher solutions for the seed set -> D_SFT; train M0"),
     "evolve": ("evolve", "Stage 2: K rounds of generate -> ORM judge -> harvest -> retrain (--shard, --merge)"),
     "reflect": ("reflect", "Stage 3 data: teacher corrects wrong paths from the ORM's diagnosis; ORM re-checks"),
@@ -24,7 +25,7 @@ STAGES: dict[str, tuple[str, str]] = {
 # `--stage all` runs these in order, stopping at the first failure; each stage skips the work it
 # already finished, so a rerun resumes where the last one stopped. The ORM stage runs when the judge
 # is the ORM the run trains (orm.backend: trained, as in the paper); eval when benchmarks are set.
-PIPELINE = ("distill", "orm", "evolve", "reflect", "final", "eval", "report")
+PIPELINE = ("check", "distill", "orm", "evolve", "reflect", "final", "eval", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mathse",
         description="MathSE: self-evolving multimodal math reasoning (arXiv 2511.06805).",
         epilog=f"stages:\n{stage_help}\n  {'all':<9} every pipeline stage in order: {' -> '.join(PIPELINE)} "
-        "(orm when orm.backend is trained, eval when eval.benchmarks is set)",
+        "(check when data_check.enabled, orm when orm.backend is trained, eval when eval.benchmarks is set)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--stage", required=True, choices=[*STAGES, "all"], help="which stage to run")
@@ -105,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def pipeline(cfg: MathSEConfig) -> list[str]:
     """The stages `--stage all` runs for this config."""
     skip = {"eval"} if not cfg.eval.benchmarks else set()
+    if not cfg.data_check.enabled:
+        skip.add("check")
     if cfg.orm.backend != "trained":
         skip.add("orm")
     return [stage for stage in PIPELINE if stage not in skip]

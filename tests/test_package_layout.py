@@ -13,7 +13,7 @@ from tests.conftest import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "mathse"
 MAX_LINES = 500
-FOLDERS = {"run", "api", "model", "judging", "answers", "demo", "reporting", "stages", "testing"}
+FOLDERS = {"run", "api", "model", "judging", "answers", "demo", "reporting", "stages", "testing", "data"}
 
 
 def module_name(path: Path) -> str:

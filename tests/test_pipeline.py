@@ -33,7 +33,7 @@ def test_shipped_config_runs_the_paper_pipeline_and_dry_run_lists_the_orm_stage(
     config = shipped_config(tmp_path, demo_data)
     cfg = load_config(config)
     assert (cfg.orm.backend, cfg.orm.policy) == ("trained", "orm")
-    assert pipeline(cfg) == ["distill", "orm", "evolve", "reflect", "final", "report"]
+    assert pipeline(cfg) == ["check", "distill", "orm", "evolve", "reflect", "final", "report"]
     assert main(["--stage", "all", "--config", str(config), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.index("=== mathse: stage orm ===") < out.index("=== mathse: stage evolve ===")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mathse.reporting.api_usage import api_usage
+from mathse.reporting.data_check import data_check_summary
 from mathse.reporting.eval_scores import eval_scores
 from mathse.reporting.run_files import RunFiles
 from mathse.reporting.stage_summaries import (
@@ -43,6 +44,7 @@ _SECTIONS: tuple[tuple[str, Callable[[RunFiles], Any]], ...] = (
     ("orm_vs_rule", orm_vs_rule),
     ("orm_model", orm_model_summary),
     ("usage", api_usage),
+    ("data_check", data_check_summary),
 )
 # ... and these also build on the sections above.
 _DERIVED: tuple[tuple[str, Callable[[RunFiles, dict[str, Any]], Any]], ...] = (

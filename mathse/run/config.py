@@ -20,6 +20,7 @@ from mathse.run.config_sections import (
     ApiConfig,
     BatchConfig,
     BenchmarkSpec,
+    DataCheckConfig,
     DataConfig,
     EvalConfig,
     EvolveConfig,
@@ -54,6 +55,7 @@ __all__ = [
     "BatchConfig",
     "BenchmarkSpec",
     "ConfigError",
+    "DataCheckConfig",
     "DataConfig",
     "EvalConfig",
     "EvolveConfig",
@@ -82,6 +84,7 @@ __all__ = [
 class MathSEConfig(StrictModel):
     run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    data_check: DataCheckConfig = Field(default_factory=DataCheckConfig)
     model: ModelConfig
     teacher: TeacherConfig | None = None
     orm: OrmConfig = Field(default_factory=OrmConfig)

@@ -374,3 +374,20 @@ class PathsConfig(StrictModel):
     sft_model_final: Path = Path("sft_model_final")
     reflection_model_final: Path = Path("reflection_model_final")
     orm_model: Path = Path("orm_model")
+
+
+class DataCheckConfig(StrictModel):
+    """The data check (`--stage check`, run before distill and evolve read new files): duplicates in
+    and across seed and pool, and contamination by the eval benchmarks, by question text and image.
+    Defaults measured by benchmarks/bench_data_check.py (README: "Data check")."""
+
+    enabled: bool = True
+    action: Literal["warn", "drop"] = "warn"  # drop: contaminated problems and later copies leave seed/pool
+    text_similarity: float = Field(0.6, gt=0, le=1)  # MinHash Jaccard of word 1..n-grams for a near-same question
+    image_distance: int = Field(4, ge=0, le=11)  # Hamming bits (64-bit phash or trimmed phash): the same picture
+    text_image_distance: int = Field(16, ge=0, le=64)  # a text match whose images are farther apart is no match
+    require_same_numbers: bool = True  # questions about other numbers are other problems
+    require_same_answer: bool = True  # numeric reference answers that differ: other problems (letters never differ)
+    num_perm: int = Field(64, ge=16, le=512)  # MinHash permutations
+    shingle_words: int = Field(2, ge=1, le=5)  # shingles: word n-grams of 1..n words
+    examples: int = Field(5, ge=0)  # examples of each kind printed and put in the summary / report

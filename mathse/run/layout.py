@@ -16,6 +16,7 @@ renamed file is renamed once. The layout of one run::
       <stage or round>/servers/       logs of the model servers the pipeline started
       eval/<checkpoint>/<benchmark>/  predictions of one pair; eval/results.{md,csv,json}
       report/                         report.md, report.json, charts
+      check/  cache/data_check/       the data check: pairs, summary, dropped ids; each file's sketches
       sft_model_stage0/  sft_model_round_<r>/  sft_model_final/  reflection_model_final/  orm_model/
 """
 
@@ -199,4 +200,32 @@ REPORT_INPUT_GLOBS = (
     f"{EVAL}/{EVAL_RESULTS}.json",
     f"{EVAL}/*/*/{PREDICTIONS}",
     f"{ORM}/data/{STATS}",
+    f"check/{MARKER_NAME}",
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# the data check (duplicates and benchmark contamination of seed / pool)
+
+CHECK = "check"
+CHECK_PAIRS, CHECK_SUMMARY = "pairs.jsonl", "summary.json"
+
+
+def check_pairs_path(cfg: MathSEConfig) -> Path:
+    """Every match the check found: problem, other problem or benchmark item, signal, distance."""
+    return stage_dir(cfg, CHECK) / CHECK_PAIRS
+
+
+def check_summary_path(cfg: MathSEConfig) -> Path:
+    """The check's counts and examples (the report reads it)."""
+    return stage_dir(cfg, CHECK) / CHECK_SUMMARY
+
+
+def check_excluded_path(cfg: MathSEConfig, role: Literal["seed", "pool"]) -> Path:
+    """Ids of `role`'s problems that distill / evolve skip (data_check.action: drop; empty otherwise)."""
+    return stage_dir(cfg, CHECK) / f"excluded_{role}.txt"
+
+
+def check_sketch_dir(cfg: MathSEConfig) -> Path:
+    """Each input file's sketches (text keys, MinHash, image hashes), by content: computed once per file."""
+    return cfg.output_dir / "cache" / "data_check"

@@ -5,7 +5,7 @@ verdicts, reflections). Fields are declared in their on-disk order, so the JSON 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -144,10 +144,11 @@ class ProblemIndex(Mapping[str, Problem]):
     id -> byte offset is kept: a problem is read back from the file when asked for, so a pool of
     240K problems costs its ids, not its text."""
 
-    def __init__(self, path: Path, image_root: Path | None = None) -> None:
+    def __init__(self, path: Path, image_root: Path | None = None, exclude: Container[str] = frozenset()) -> None:
         self.path = path
         self._root = image_root or path.parent
-        self._offsets = {p.id: offset for offset, p in _scan(path, Problem, image_root, what="problems")}
+        scan = _scan(path, Problem, image_root, what="problems")
+        self._offsets = {p.id: offset for offset, p in scan if p.id not in exclude}
 
     def __getitem__(self, pid: str) -> Problem:
         offset = self._offsets[pid]

@@ -15,6 +15,7 @@ from pathlib import Path
 from mathse.answers.extraction import check_path
 from mathse.api.client import ChatClient
 from mathse.api.messages import ChatRequest, ChatResult, system_message, user_message
+from mathse.data.checking import check_inputs, ensure_checked, excluded_ids
 from mathse.model.prompts import fill_template, student_prompt
 from mathse.model.token_budget import TokenBudget
 from mathse.model.training import TrainJob, compose_train_job, run_train_job, training_stale
@@ -34,6 +35,8 @@ DATASET_NAME = "mathse_stage0"
 
 def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     seed = check_seed(cfg)  # every record and image validated before any write; none kept in memory
+    if not dry_run and ensure_checked(cfg, STAGE) is not None:  # duplicates, benchmark contamination
+        seed = count_seed(cfg)  # without the problems the check dropped (data_check.action: drop)
     stage_dir = layout.stage_dir(cfg, STAGE)
     job = train_job(cfg)
     if dry_run:
@@ -80,8 +83,10 @@ class SeedCounts:
 
 
 def seed_problems(cfg: MathSEConfig) -> Iterator[Problem]:
-    """The seed problems, read from their file one at a time (each pass reads it again)."""
-    return iter_problems(cfg.require("data.seed_file"), cfg.data.image_root)
+    """The seed problems, read from their file one at a time (each pass reads it again), minus those
+    the data check dropped (data_check.action: drop)."""
+    dropped = excluded_ids(cfg, "seed")
+    return (p for p in iter_problems(cfg.require("data.seed_file"), cfg.data.image_root) if p.id not in dropped)
 
 
 def check_seed(cfg: MathSEConfig) -> SeedCounts:
@@ -108,6 +113,13 @@ def check_seed(cfg: MathSEConfig) -> SeedCounts:
     return SeedCounts(total, pending)
 
 
+def count_seed(cfg: MathSEConfig) -> SeedCounts:
+    total = pending = 0
+    for problem in seed_problems(cfg):
+        total, pending = total + 1, pending + (not problem.solution)
+    return SeedCounts(total, pending)
+
+
 def finished(cfg: MathSEConfig) -> bool:
     """Both units of work (D_SFT and M0) carry their completion markers."""
     return is_done(layout.stage_dir(cfg, STAGE)) and is_done(cfg.model_path("sft_model_stage0"))
@@ -117,6 +129,7 @@ def data_inputs(cfg: MathSEConfig, asked_teacher: bool) -> Inputs:
     """What D_SFT is made of: the seed file, the teacher's settings (when it was asked) and the
     token budget of M0's training (it decides which examples are left out)."""
     inputs = Inputs().file("data.seed_file", cfg.require("data.seed_file")).config(cfg, "data.image_root")
+    check_inputs(cfg, "seed", inputs)
     inputs.budget("token budget of M0's dataset", TokenBudget.for_training(cfg, "m0"))
     return inputs.config(cfg, "teacher", exclude=API_VOLATILE) if asked_teacher else inputs
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from mathse.data.checking import check_inputs, checked_pool
 from mathse.judging.judge import JudgeItem, PathJudge, journal_path
 from mathse.judging.orm_endpoint import describe_orm_serving, orm_endpoint, rule_only_notice
 from mathse.model.generation import describe as describe_generation
@@ -90,7 +91,7 @@ def run(cfg: MathSEConfig, dry_run: bool = False, shard: rounds.Shard | None = N
     m0 = cfg.model_path("sft_model_stage0")
     d_sft0 = layout.d_sft_path(cfg, layout.DISTILL)
     # Every record validated now; only ids and file offsets held: a problem is read when its batch needs it.
-    pool = ProblemIndex(cfg.require("data.pool_file"), cfg.data.image_root)
+    pool = checked_pool(cfg, dry_run)  # after the data check: its drops (data_check.action: drop) left out
     if dry_run:
         print_plan(cfg, pool)
         return 0
@@ -116,7 +117,7 @@ def round_inputs(cfg: MathSEConfig, r: int) -> Inputs:
     """What round r consumes: the pool, the round before it (or M0), and every setting that decides
     its batch, paths, verdicts, data and training (not evolve.rounds: more rounds extend a run)."""
     before = ("M0", cfg.model_path("sft_model_stage0")) if r == 1 else (f"round {r - 1}", layout.round_dir(cfg, r - 1))
-    inputs = Inputs().file("data.pool_file", cfg.require("data.pool_file")).marker(*before)
+    inputs = check_inputs(cfg, "pool", Inputs().file("data.pool_file", cfg.require("data.pool_file")).marker(*before))
     for key in ("run.seed", "data.image_root", "model"):
         inputs.config(cfg, key)
     inputs.config(cfg, "evolve", exclude={"rounds"}).config(cfg, "inference", exclude=INFERENCE_VOLATILE).judge(cfg)

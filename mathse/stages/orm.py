@@ -31,6 +31,7 @@ from typing import Any
 from mathse.answers.extraction import check_path
 from mathse.api.client import ChatClient
 from mathse.api.messages import ChatRequest, ChatResult, system_message
+from mathse.data.checking import check_inputs, excluded_ids
 from mathse.judging.judge import JudgeItem, PathJudge
 from mathse.judging.orm_data import (
     ANNOTATOR_SYSTEM_PROMPT,
@@ -133,6 +134,8 @@ def data_inputs(cfg: MathSEConfig) -> Inputs:
     """What the labelled paths are made of: M0, the source problems, orm.data, the teacher, sampling."""
     key = {"seed": "data.seed_file", "pool": "data.pool_file", "file": "orm.data.file"}[cfg.orm.data.source]
     found = Inputs().marker("M0", cfg.model_path("sft_model_stage0")).file(key, cfg.require(key))
+    if cfg.orm.data.source != "file":
+        check_inputs(cfg, cfg.orm.data.source, found)  # the problems the data check dropped are left out
     for name in ("orm.data", "run.seed", "data.image_root", "model"):
         found.config(cfg, name)
     return found.config(cfg, "teacher", exclude=API_VOLATILE).config(cfg, "inference", exclude=INFERENCE_VOLATILE)
@@ -192,7 +195,8 @@ def source_problems(cfg: MathSEConfig) -> list[Problem]:
     data = cfg.orm.data
     key = {"seed": "data.seed_file", "pool": "data.pool_file", "file": "orm.data.file"}[data.source]
     path: Path = cfg.require(key)
-    problems = [p for p in read_problems(path, cfg.data.image_root) if p.answer.strip()]
+    dropped = excluded_ids(cfg, data.source) if data.source != "file" else frozenset()  # data_check.action: drop
+    problems = [p for p in read_problems(path, cfg.data.image_root) if p.answer.strip() and p.id not in dropped]
     if not problems:
         raise ConfigError([f"config error: {key}: no problem with a reference answer to label paths against"])
     return problems[: data.max_problems] if data.max_problems else problems

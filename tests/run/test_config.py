@@ -108,7 +108,7 @@ def test_without_an_orm_block_the_trained_orm_judges(tmp_path: Path) -> None:
 
     cfg = load_config(write_config(tmp_path, {}))
     assert (cfg.orm.backend, cfg.orm.policy) == ("trained", "orm")
-    assert pipeline(cfg) == ["distill", "orm", "evolve", "reflect", "final", "report"]
+    assert pipeline(cfg) == ["check", "distill", "orm", "evolve", "reflect", "final", "report"]
     rule = load_config(write_config(tmp_path, {"orm": {"backend": "rule", "policy": "rule"}}))
     assert "orm" not in pipeline(rule)
 

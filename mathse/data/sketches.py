@@ -1,0 +1,133 @@
+"""Each problem's sketch (text key, numbers, MinHash, image hashes), computed once per file.
+
+A source file's sketches go to ``<cache>/<label>-<content sha256[:16]>-<settings digest>.jsonl``: a
+rerun on the same file content and settings reads them back and hashes nothing. They are written
+through a journal (``.partial``), so a killed run keeps what it sketched and the rerun goes on from
+there; the finished file is renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mathse.data.image_hashes import image_hashes
+from mathse.data.text_sketches import minhash, normalise, numbers, pack_signature, text_key
+from mathse.run.errors import DataError
+from mathse.run.storage import Journal, iter_jsonl
+
+__all__ = ["SKETCH_VERSION", "Item", "Sketch", "SketchSettings", "sketch_file", "sketch_item"]
+
+SKETCH_VERSION = 5  # bump when a sketch's meaning changes: old caches are then ignored
+_SNIPPET = 120
+
+
+@dataclass(frozen=True)
+class Item:
+    """What the check reads of a problem or benchmark item: its id, question and image files."""
+
+    id: str
+    question: str
+    images: tuple[str, ...]
+    answer: str = ""
+
+
+@dataclass(frozen=True)
+class SketchSettings:
+    num_perm: int
+    shingle_words: int
+
+    def digest(self) -> str:
+        text = json.dumps({"v": SKETCH_VERSION, "num_perm": self.num_perm, "shingle_words": self.shingle_words})
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """One problem's sketch as read back from the cache."""
+
+    id: str
+    key: str  # exact-match key of the normalised question
+    numbers: tuple[str, ...]
+    answer: tuple[float, ...]  # the numbers of the reference answer (none for a letter or a word)
+    signature: str  # packed MinHash values
+    images: tuple[tuple[int, int], ...]  # (phash, trim) per image
+    snippet: str  # the question's start, for examples in the summary
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Sketch:
+        images = tuple((int(p, 16), int(t, 16)) for p, t in row["images"])
+        answer = tuple(float(x) for x in row["answer"])
+        return cls(row["id"], row["key"], tuple(row["numbers"]), answer, row["minhash"], images, row["q"])
+
+
+def sketch_item(item: Item, settings: SketchSettings, where: str) -> dict[str, Any]:
+    """The cache row of one item (image files are read and hashed here)."""
+    norm = normalise(item.question)
+    hashes = []
+    for ref in item.images:
+        if ref.startswith(("http://", "https://", "data:")):
+            continue  # not on disk: the text signal only
+        try:
+            hashes.append(tuple(f"{h:016x}" for h in image_hashes(ref)))
+        except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, ...
+            raise DataError(f"{where}: record {item.id!r}: image unreadable: {ref} ({type(exc).__name__})") from None
+    return {"id": item.id, "key": text_key(norm), "numbers": numbers(item.question),
+            "answer": sorted(float(x) for x in numbers(item.answer)),
+            "minhash": pack_signature(minhash(norm, settings.num_perm, settings.shingle_words)),
+            "images": hashes, "q": " ".join(item.question.split())[:_SNIPPET]}
+
+
+def content_digest(paths: Iterable[Path], extra: Any = None) -> str:
+    """sha256 over the files' content (and `extra`, e.g. a benchmark's spec): the cache key of a source."""
+    digest = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+    for path in paths:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def sketch_file(
+    cache_dir: Path,
+    label: str,
+    digest: str,
+    items: Callable[[], Iterator[Item]],
+    settings: SketchSettings,
+    where: str,
+    on_new: Callable[[int], None] | None = None,
+) -> Path:
+    """The cache file of a source's sketches, made when absent (resuming a partial one)."""
+    path = cache_dir / f"{label}-{digest}-{settings.digest()}.jsonl"
+    if path.is_file():
+        return path
+    partial = path.with_name(path.name + ".partial")
+    made = 0
+    journal: Journal | None = None  # opened at the first item: a file that fails at once leaves nothing
+    try:
+        for item in items():
+            journal = journal or Journal(partial, key_field="id")
+            if item.id not in journal:
+                journal.append(sketch_item(item, settings, where))
+                made += 1
+                if on_new is not None:
+                    on_new(made)
+    finally:
+        if journal is not None:
+            journal.close()
+    if journal is None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.touch()
+    os.replace(partial, path)
+    return path
+
+
+def read_sketches(path: Path) -> Iterator[Sketch]:
+    """The sketches of a cache file, one at a time."""
+    for row in iter_jsonl(path):
+        yield Sketch.from_row(row)
