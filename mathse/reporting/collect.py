@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mathse.reporting.ablations import ablations_summary
 from mathse.reporting.api_usage import api_usage
 from mathse.reporting.eval_scores import eval_scores
 from mathse.reporting.run_files import RunFiles
@@ -43,6 +44,7 @@ _SECTIONS: tuple[tuple[str, Callable[[RunFiles], Any]], ...] = (
     ("orm_vs_rule", orm_vs_rule),
     ("orm_model", orm_model_summary),
     ("usage", api_usage),
+    ("ablations", ablations_summary),
 )
 # ... and these also build on the sections above.
 _DERIVED: tuple[tuple[str, Callable[[RunFiles, dict[str, Any]], Any]], ...] = (

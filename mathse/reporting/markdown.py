@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from mathse.reporting.ablations import md_ablations
 from mathse.reporting.marker_inputs import input_lines
 from mathse.reporting.transitions import TRANSITION_LABELS, TRANSITIONS
 
@@ -253,4 +254,5 @@ _SECTIONS: tuple[tuple[str, str, Callable[[dict[str, Any]], list[str]]], ...] = 
     ("Stage 3: reflection", "Not run yet.", _md_reflect),
     ("Evaluation", "Not run yet.", _md_eval),
     ("API usage and cost", "No usage ledger.", _md_usage),
+    ("Ablations", "Not run (`--stage ablations`, README \"Ablations\").", md_ablations),
 )

@@ -16,6 +16,7 @@ renamed file is renamed once. The layout of one run::
       <stage or round>/servers/       logs of the model servers the pipeline started
       eval/<checkpoint>/<benchmark>/  predictions of one pair; eval/results.{md,csv,json}
       report/                         report.md, report.json, charts
+      ablations/<variant>/            a variant's own run folder (seeded from this one); ablations/results.json
       sft_model_stage0/  sft_model_round_<r>/  sft_model_final/  reflection_model_final/  orm_model/
 """
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from mathse.run.config import MathSEConfig
 
 DISTILL, EVOLVE, REFLECT, FINAL, ORM, EVAL, REPORT = "distill", "evolve", "reflect", "final", "orm", "eval", "report"
+ABLATIONS = "ablations"
 
 D_SFT = "d_sft.jsonl"
 USAGE = "usage.json"
@@ -173,6 +175,20 @@ def servers_dir(folder: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# ablations
+
+
+def ablation_dir(cfg: MathSEConfig, variant: str) -> Path:
+    """A variant's own run folder (its run.output_dir): seeded from the run, then its stages run there."""
+    return stage_dir(cfg, ABLATIONS) / safe_name(variant)
+
+
+def ablation_results_path(cfg: MathSEConfig, suffix: str = "json") -> Path:
+    """ablations/results.<suffix>: json (every number), md (the table)."""
+    return stage_dir(cfg, ABLATIONS) / f"results.{suffix}"
+
+
+# ---------------------------------------------------------------------------------------------
 # report
 
 
@@ -194,4 +210,5 @@ REPORT_INPUT_GLOBS = (
     f"{EVAL}/{EVAL_RESULTS}.json",
     f"{EVAL}/*/*/{PREDICTIONS}",
     f"{ORM}/data/{STATS}",
+    f"{ABLATIONS}/results.json",
 )

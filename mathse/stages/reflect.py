@@ -77,7 +77,10 @@ def inputs(cfg: MathSEConfig) -> Inputs:
         found.marker(f"evolve round {r}", layout.round_dir(cfg, r))
     found.file("evolve's rejected paths", layout.evolve_file(cfg, "sft_rejected"))
     found.file("D_SFT", layout.latest_d_sft(cfg) or layout.d_sft_path(cfg, layout.EVOLVE))
-    found.config(cfg, "reflect", exclude={"final_recipe", "final_from"}).config(cfg, "teacher", exclude=API_VOLATILE)
+    # The feedback keys count only when set off their default (runs marked before them stay valid).
+    unused = {"feedback", "teacher_prompt"} if cfg.reflect.feedback == "orm" else set()
+    found.config(cfg, "reflect", exclude={"final_recipe", "final_from", *unused})
+    found.config(cfg, "teacher", exclude=API_VOLATILE)
     if cfg.reflect.revalidate:
         found.judge(cfg)
     return found.budget("token budget of the final dataset", TokenBudget.for_training(cfg, "final"))
