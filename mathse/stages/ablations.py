@@ -253,17 +253,21 @@ def print_plan(cfg: MathSEConfig) -> int:
         names = stages(probe, until)
         lines, _, _ = survey(probe, [(s, load_stage(s)) for s in names])
         touched = {line.split(":", 1)[0] for line in lines}
+        computes = False
         for stage in names:
             if stage not in touched and load_stage(stage).finished(probe):
                 print(f"[dry-run]   {stage}: reused from the run (finished, inputs unchanged)")
                 continue
+            computes = True
             row = spent.get(stage, {}).get(teacher, {}) if teacher else {}
             tokens = int(row.get("prompt_tokens", 0)) + int(row.get("completion_tokens", 0))
             why = [line.split(": ", 1)[1] for line in lines if line.startswith(f"{stage}:")] or ["not done in the run"]
-            cost = f"; ~{tokens:,} teacher tokens (what the run's {stage} spent)" if tokens else ""
+            cost = f"; at most ~{tokens:,} teacher tokens (what the run's {stage} spent; cached answers are free)" \
+                if tokens else ""
             print(f"[dry-run]   {stage}: computes ({'; '.join(why)}){cost}")
         checkpoint = _MODEL.get(until)
         if checkpoint and cfg.eval.benchmarks:
-            print(f"[dry-run]   eval: the variant's {checkpoint[0]} model on {len(cfg.eval.benchmarks)} benchmark(s); "
-                  "read from the run's eval when that model is the run's, else evaluated")
+            how = "evaluated in its folder" if computes else "read from the run's eval of the same model, if it has one"
+            benches = len(cfg.eval.benchmarks)
+            print(f"[dry-run]   eval: the variant's {checkpoint[0]} model on {benches} benchmark(s): {how}")
     return 0

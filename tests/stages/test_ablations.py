@@ -144,6 +144,13 @@ def test_variants_reuse_the_run_and_a_killed_run_resumes_without_repeating_work(
     drafts = read_marker(out / "reflect")["sent"]
     asked = teacher.chat_calls
 
+    assert main(["--stage", "ablations", "--config", str(config), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "[dry-run]   final: reused from the run (finished, inputs unchanged)" in plan  # `same`
+    assert "[dry-run]   reflect: computes (stale: reflection data: reflect.feedback: null -> 'teacher'" in plan
+    assert "[dry-run]   final: computes (stale once reflect is redone" in plan
+    assert not (out / "ablations").exists()  # a dry run writes nothing
+
     # Killed once `same` is finished and the teacher_feedback variant's reflections are in.
     log = config.parent / "killed.log"
     proc = subprocess.Popen([sys.executable, "main.py", "--stage", "ablations", "--config", str(config)],
