@@ -384,6 +384,9 @@ ABLATION_PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     "teacher_feedback": ({"reflect.feedback": "teacher"}, "final"),  # Table 3 row 2: no ORM diagnosis
     "binary_orm": ({"orm.targets": "binary"}, "orm"),  # Table 5: verdict-only ORM targets
     "rule_judge": ({"orm.backend": "rule", "orm.policy": "rule"}, "final"),  # no ORM: the answer check judges
+    # Table 4: instead of evolve's accepted paths, as many teacher solutions of the same problems,
+    # trained on D_SFT(seed) + those with the rounds' training settings (the ablations stage does it).
+    "distilled_equal_size": ({}, "distill"),
 }
 
 
@@ -391,9 +394,11 @@ class AblationVariant(StrictModel):
     """One variant of the run: overrides of its config (dotted keys, as `--set`), or a preset."""
 
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # default: the preset's name
-    preset: Literal["no_reflection", "teacher_feedback", "binary_orm", "rule_judge"] | None = None
+    preset: Literal[
+        "no_reflection", "teacher_feedback", "binary_orm", "rule_judge", "distilled_equal_size"
+    ] | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)  # over the preset's
-    until: Literal["orm", "evolve", "final"] | None = None  # the last stage it runs; default: the preset's, or final
+    until: Literal["distill", "orm", "evolve", "final"] | None = None  # its last stage; default: the preset's, or final
 
     @model_validator(mode="after")
     def _named(self) -> AblationVariant:

@@ -26,17 +26,29 @@ it reuses and what it computes, with the teacher tokens the run spent on those s
 from __future__ import annotations
 
 import shutil
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mathse.answers.extraction import check_path
+from mathse.api.client import ChatClient
+from mathse.api.messages import ChatRequest, system_message, user_message
+from mathse.model.prompts import fill_template
+from mathse.model.token_budget import TokenBudget
+from mathse.model.training import compose_train_job, run_train_job
+from mathse.model.training_data import write_sharegpt_dataset
 from mathse.reporting.ablations import compare, render
 from mathse.run import layout
 from mathse.run.config import AblationVariant, ConfigError, MathSEConfig
 from mathse.run.config_loading import variant_config
 from mathse.run.errors import StageError
 from mathse.run.fingerprint import StaleError, marker_digest, redo_given, survey
+from mathse.run.records import SftExample
 from mathse.run.storage import (
     MARKER_NAME,
+    Journal,
+    atomic_open,
     atomic_write_json,
     atomic_write_text,
     is_done,
@@ -44,7 +56,9 @@ from mathse.run.storage import (
     mark_done,
     read_json,
     read_marker,
+    write_line,
 )
+from mathse.run.usage import UsageLedger
 from mathse.run.variants import performed, seed
 from mathse.stages import load_stage
 
@@ -136,6 +150,9 @@ def run_variant(cfg: MathSEConfig, variant: AblationVariant, vcfg: MathSEConfig,
     entry: dict[str, Any] = {"name": name, "preset": variant.preset, "overrides": overrides, "until": until,
                              "folder": str(folder.relative_to(cfg.output_dir))}
     checkpoint = _MODEL.get(until)
+    if variant.preset == "distilled_equal_size":
+        entry["distilled"] = distill_equal_size(cfg, vcfg)
+        checkpoint = ("distilled", str(DISTILLED_MODEL))
     entry["model"] = checkpoint[0] if checkpoint else None
     if checkpoint and cfg.eval.benchmarks:
         entry["eval"], entry["reused"] = evaluate(cfg, vcfg, *checkpoint)
@@ -151,7 +168,7 @@ def run_variant(cfg: MathSEConfig, variant: AblationVariant, vcfg: MathSEConfig,
 def evaluate(cfg: MathSEConfig, vcfg: MathSEConfig, checkpoint: str, path_key: str) -> tuple[dict[str, Any], str]:
     """Per benchmark {item id: correct} of the variant's model, and where it came from: the run's
     evaluation of the same model (same marker, same eval settings), else the variant's own eval."""
-    model = vcfg.model_path(path_key).resolve()
+    model = vcfg.model_path(path_key).resolve() if hasattr(vcfg.paths, path_key) else vcfg.output_dir / path_key
     same = _run_counterpart(cfg, vcfg, model)
     pairs = {s.name: _run_pair(cfg, same, s.name) for s in cfg.eval.benchmarks} if same else {}
     if same and all(pairs.values()) and _same_eval_settings(cfg, vcfg):
@@ -159,7 +176,7 @@ def evaluate(cfg: MathSEConfig, vcfg: MathSEConfig, checkpoint: str, path_key: s
         reused = f"its model is the run's ({same.name}): eval read from {where}"
         return {b: _items(p) for b, p in pairs.items() if p}, reused
     evcfg = vcfg.model_copy(deep=True)
-    evcfg.eval.checkpoints = [checkpoint]
+    evcfg.eval.checkpoints = [checkpoint if hasattr(vcfg.paths, path_key) else f"{checkpoint}={model}"]
     print(f"=== ablations: {vcfg.output_dir.name}: stage eval ({checkpoint}) ===", flush=True)
     code = int(load_stage("eval").run(evcfg) or 0)
     if code:
@@ -233,6 +250,91 @@ def main_entry(cfg: MathSEConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# distilled_equal_size (Table 4): the same problems and as many rows, written by the teacher
+
+DISTILLED = Path("distilled")  # in the variant's folder: its D_SFT, teacher replies, training log, marker
+DISTILLED_MODEL = Path("sft_model_distilled")
+DISTILLED_DATASET = "mathse_distilled_equal_size"
+
+
+def distill_equal_size(cfg: MathSEConfig, vcfg: MathSEConfig) -> dict[str, Any]:
+    """One teacher solution per path evolve accepted in the run (the k-th of a problem salted, so k
+    accepted paths of a problem get k samples), kept like distill keeps one (teacher.filter_by_answer);
+    D_SFT of the seed set + those -> a model trained with the rounds' settings (`trainings.rounds`)
+    from the model round 1 started from. Resumable: replies are journaled, the data marked, the
+    training resumes; the teacher's answers are cached, so a rerun pays for nothing. Streamed."""
+    teacher = vcfg.require("teacher")
+    folder = vcfg.output_dir / DISTILLED
+    chosen = layout.evolve_file(cfg, "sft_chosen")
+    if not is_done(folder):
+        if not chosen.is_file():
+            raise StageError(f"ablations: distilled_equal_size: the run's evolve accepted nothing yet ({chosen})")
+        folder.mkdir(parents=True, exist_ok=True)
+        ledger = UsageLedger(layout.usage_path(vcfg), vcfg.pricing)
+        with Journal(folder / "teacher.jsonl") as journal:
+            todo = (r for _, r in _distill_requests(teacher, chosen) if r.key not in journal)
+            client = ChatClient(teacher, vcfg.api_cache_dir, ledger=ledger, stage="distilled_equal_size")
+            try:
+                client.complete_many_sync(todo, on_result=lambda res: _journal_reply(journal, res), collect=False,
+                                          progress="teacher (distilled_equal_size)")
+            finally:
+                ledger.save()
+            mark_done(folder, _write_distilled(vcfg, teacher, chosen, journal))
+    start = vcfg.model.base if vcfg.evolve.retrain_from == "base" else str(vcfg.model_path("sft_model_stage0"))
+    job = compose_train_job(vcfg, name="train_distilled", training="rounds", model_path=start,
+                            datasets=[DISTILLED_DATASET], output_dir=vcfg.output_dir / DISTILLED_MODEL, run_dir=folder)
+    run_train_job(job)
+    stats = read_marker(folder)
+    print(f"ablations: distilled_equal_size: {stats['teacher_kept']} teacher solutions for the "
+          f"{stats['accepted_paths']} paths evolve accepted ({stats['teacher_dropped']} dropped by the answer check) "
+          f"+ {stats['seed_rows']} seed rows -> {job.output_dir}", flush=True)
+    return stats
+
+
+def _distill_requests(teacher: Any, chosen: Path) -> Iterator[tuple[dict[str, Any], ChatRequest]]:
+    seen: Counter[str] = Counter()
+    for row in iter_jsonl(chosen):
+        k = seen[row["id"]]
+        seen[row["id"]] += 1
+        text = fill_template(teacher.distill_prompt, "teacher.distill_prompt", question=row["question"],
+                             answer=row["answer"])
+        yield row, ChatRequest(key=f"{row['id']}#{k}", cache_salt=f"distilled-{k}" if k else None,
+                               messages=[system_message(teacher.system_prompt), user_message(text, row["images"])])
+
+
+def _journal_reply(journal: Journal, result: Any) -> None:
+    if result.ok:
+        journal.append({"key": result.key, "text": result.text})
+
+
+def _write_distilled(vcfg: MathSEConfig, teacher: Any, chosen: Path, journal: Journal) -> dict[str, Any]:
+    """D_SFT(seed) + the kept teacher solutions -> distilled/d_sft.jsonl and its dataset; the counts."""
+    counts = Counter[str]()
+    with atomic_open(vcfg.output_dir / DISTILLED / layout.D_SFT) as out:
+        for row in iter_jsonl(layout.d_sft_path(vcfg, layout.DISTILL)):
+            counts["seed_rows"] += 1
+            write_line(out, row)
+        for row, request in _distill_requests(teacher, chosen):
+            counts["accepted_paths"] += 1
+            reply = journal.get(request.key)
+            if reply is None:
+                raise StageError(f"ablations: distilled_equal_size: the teacher call for {request.key} failed; "
+                                 "rerun to retry the failed ones")
+            if teacher.filter_by_answer and not check_path(reply["text"], row["answer"], row["question"]).correct:
+                counts["teacher_dropped"] += 1
+                continue
+            counts["teacher_kept"] += 1
+            write_line(out, {"id": row["id"], "prompt": row["prompt"], "images": row["images"], "answer": row["answer"],
+                             "response": reply["text"], "origin": "teacher_distilled"})
+    rows = iter_jsonl(vcfg.output_dir / DISTILLED / layout.D_SFT)
+    examples = (SftExample(prompt=r["prompt"], response=r["response"], images=tuple(r["images"]), id=r["id"])
+                for r in rows)
+    write_sharegpt_dataset(examples, vcfg.dataset_dir, DISTILLED_DATASET, TokenBudget.for_training(vcfg, "rounds"))
+    keys = ("accepted_paths", "teacher_kept", "teacher_dropped", "seed_rows")
+    return {**{k: counts[k] for k in keys}, "d_sft": counts["seed_rows"] + counts["teacher_kept"]}
+
+
+# ---------------------------------------------------------------------------------------------
 # Dry run
 
 
@@ -266,6 +368,12 @@ def print_plan(cfg: MathSEConfig) -> int:
                 if tokens else ""
             print(f"[dry-run]   {stage}: computes ({'; '.join(why)}){cost}")
         checkpoint = _MODEL.get(until)
+        if variant.preset == "distilled_equal_size":
+            chosen = layout.evolve_file(cfg, "sft_chosen")
+            paths = sum(1 for _ in iter_jsonl(chosen)) if chosen.is_file() else 0
+            print(f"[dry-run]   distilled: {paths} teacher solutions (one per path the run's evolve accepted; "
+                  "cached ones are free) + D_SFT(seed) -> one training with the rounds' settings")
+            checkpoint, computes = ("distilled", ""), True
         if checkpoint and cfg.eval.benchmarks:
             how = "evaluated in its folder" if computes else "read from the run's eval of the same model, if it has one"
             benches = len(cfg.eval.benchmarks)

@@ -30,7 +30,7 @@ from mathse.reporting.ablations import compare, render
 from mathse.run.config import AblationVariant
 from mathse.run.config_loading import load_config
 from mathse.run.errors import ConfigError
-from mathse.run.storage import MARKER_NAME, read_json, read_marker
+from mathse.run.storage import MARKER_NAME, Journal, read_json, read_marker
 from mathse.stages import ablations
 from mathse.testing.openai_server import FakeOpenAIServer, last_user_text
 from tests.conftest import PROJECT_ROOT, write_run_config
@@ -200,3 +200,32 @@ def test_variants_reuse_the_run_and_a_killed_run_resumes_without_repeating_work(
     assert (out / "ablations" / "teacher_feedback" / "eval" / "final" / "bench" / MARKER_NAME).is_file()
     assert json.loads((out / "report" / "report.json").read_text())["ablations"]["variants"][0]["name"] == "same"
     assert "| teacher_feedback | final |" in (out / "ablations" / "results.md").read_text()
+
+
+def test_distilled_equal_size_asks_once_per_accepted_path_and_keeps_like_distill(run_config, tmp_path) -> None:
+    cfg = load_config(with_variants(run_config(teacher={"model": "teacher", "filter_by_answer": True}),
+                                    [{"preset": "distilled_equal_size"}]))
+    (_, vcfg, until), = ablations.variants(cfg)
+    assert until == "distill" and ablations.stages(vcfg, until) == ["distill"]
+    chosen = tmp_path / "chosen.jsonl"
+    rows = [{"id": pid, "question": f"What is {pid}?", "images": [], "answer": "2", "prompt": f"P {pid}"}
+            for pid in ("p1", "p1", "p2")]
+    chosen.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    requests = list(ablations._distill_requests(vcfg.teacher, chosen))
+    assert [(r.key, r.cache_salt) for _, r in requests] == [("p1#0", None), ("p1#1", "distilled-1"), ("p2#0", None)]
+    assert "What is p1?" in str(requests[0][1].messages[-1])  # the distill prompt, with the reference answer
+    seed_d_sft = vcfg.output_dir / "distill" / "d_sft.jsonl"
+    seed_d_sft.parent.mkdir(parents=True)
+    seed_d_sft.write_text(json.dumps({"id": "s1", "prompt": "S", "images": [], "answer": "1", "response": "r",
+                                      "origin": "seed"}) + "\n")
+    (vcfg.output_dir / "distilled").mkdir()
+    with Journal(tmp_path / "replies.jsonl") as journal:
+        journal.append({"key": "p1#0", "text": "The final answer is \\boxed{2}"})
+        journal.append({"key": "p1#1", "text": "The final answer is \\boxed{3}"})  # wrong: dropped
+        journal.append({"key": "p2#0", "text": "The final answer is \\boxed{2}"})
+        counts = ablations._write_distilled(vcfg, vcfg.teacher, chosen, journal)
+    assert counts == {"accepted_paths": 3, "teacher_kept": 2, "teacher_dropped": 1, "seed_rows": 1, "d_sft": 3}
+    written = [json.loads(line) for line in (vcfg.output_dir / "distilled" / "d_sft.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["origin"]) for r in written] == [("s1", "seed"), ("p1", "teacher_distilled"),
+                                                          ("p2", "teacher_distilled")]
+    assert len(json.loads((vcfg.dataset_dir / "mathse_distilled_equal_size.json").read_text())) == 3
