@@ -229,3 +229,24 @@ def test_distilled_equal_size_asks_once_per_accepted_path_and_keeps_like_distill
     assert [(r["id"], r["origin"]) for r in written] == [("s1", "seed"), ("p1", "teacher_distilled"),
                                                           ("p2", "teacher_distilled")]
     assert len(json.loads((vcfg.dataset_dir / "mathse_distilled_equal_size.json").read_text())) == 3
+
+
+def test_the_presets_behaviour_keys_binary_orm_targets_and_teacher_feedback_prompt(run_config) -> None:
+    from mathse.judging.orm_data import LabelledPath
+    from mathse.model.prompts import reflection_prompt
+    from mathse.run.records import JudgedPathRow
+
+    path = LabelledPath(id="p", question="What is 1 + 1?", answer="2", path="Step 1: 1 + 1 = 3\nThe final answer is 3",
+                        correct=False, error_step=1, analysis="1 + 1 is 2, not 3.")
+    assert json.loads(path.example().response) == {"correct": False, "error_step": 1, "analysis": "1 + 1 is 2, not 3."}
+    assert json.loads(path.example("binary").response) == {"correct": False, "error_step": None, "analysis": ""}
+    assert path.example("binary").prompt == path.example().prompt  # the same paths, the same prompt
+
+    cfg = load_config(with_variants(run_config(), [{"preset": "teacher_feedback"}]))
+    (_, vcfg, _), = ablations.variants(cfg)
+    draft = JudgedPathRow(id="p", question="What is 1 + 1?", images=[], answer="2", round=1, sample=0, prompt="P",
+                          reasoning=path.path, error_step=1, analysis="1 + 1 is 2, not 3.")
+    with_orm, without = reflection_prompt(cfg, draft), reflection_prompt(vcfg, draft)
+    assert "first error at step 1" in with_orm and "1 + 1 is 2, not 3." in with_orm
+    assert "first error" not in without and "Reviewer" not in without and "not 3." not in without
+    assert "Step 1: 1 + 1 = 3" in without and "Find the first wrong step yourself" in without
