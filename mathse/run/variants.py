@@ -38,9 +38,10 @@ _MODEL_PATHS = ("sft_model_stage0", "sft_model_final", "reflection_model_final",
 
 
 def model_dirs(cfg: MathSEConfig) -> list[Path]:
-    """The run's trained model folders (not the `sft_model_final` link to the latest round)."""
+    """The run's trained model folders (not the `sft_model_final` link to the latest round): the
+    `paths.*` ones, every round's, and any other `sft_model_*` (an ablation's distilled model)."""
     found = [cfg.model_path(name) for name in _MODEL_PATHS]
-    found += sorted(cfg.output_dir.glob("sft_model_round_*"))
+    found += sorted(cfg.output_dir.glob("sft_model_*"))
     return [p for p in dict.fromkeys(found) if p.is_dir() and not p.is_symlink()]
 
 
