@@ -195,11 +195,17 @@ def _run_counterpart(cfg: MathSEConfig, vcfg: MathSEConfig, model: Path) -> Path
 
 
 def _run_pair(cfg: MathSEConfig, model: Path, bench: str) -> Path | None:
-    """The run's finished evaluation of `model` on `bench`, under whatever checkpoint name it was made."""
+    """The run's finished evaluation of `model` on `bench`, under whatever checkpoint name it was made:
+    the same folder, or (a run folder moved or copied elsewhere) one of the same name whose completion
+    marker has the same mtime (eval's `model_stamp`; a copy that keeps mtimes keeps it)."""
+    stamp = (model / MARKER_NAME).stat().st_mtime_ns if (model / MARKER_NAME).is_file() else None
     for marker in sorted(layout.stage_dir(cfg, layout.EVAL).glob(f"*/{layout.safe_name(bench)}/{MARKER_NAME}")):
         settings = read_json(marker).get("settings", {})
         evaluated = settings.get("adapter") or settings.get("model")
-        if evaluated and Path(evaluated).resolve() == model.resolve():
+        if not evaluated:
+            continue
+        if Path(evaluated).resolve() == model.resolve() or (
+                stamp is not None and settings.get("model_stamp") == stamp and Path(evaluated).name == model.name):
             return marker.parent
     return None
 
