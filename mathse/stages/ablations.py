@@ -59,7 +59,7 @@ from mathse.run.storage import (
     write_line,
 )
 from mathse.run.usage import UsageLedger
-from mathse.run.variants import performed, seed
+from mathse.run.variants import model_dirs, performed, seed
 from mathse.stages import load_stage
 
 STAGE = layout.ABLATIONS
@@ -127,16 +127,21 @@ def run_variant(cfg: MathSEConfig, variant: AblationVariant, vcfg: MathSEConfig,
     """Seed, run its stages, evaluate its model, mark it: its entry for the table."""
     name, folder = variant.name or "", vcfg.output_dir
     overrides, _ = variant.resolved()
-    recorded = {"overrides": overrides, "until": until}
+    # What a finished variant is valid for: its overrides, and the run's models it was seeded from
+    # (a run redone since, e.g. with --redo evolve, has new model markers).
+    run_models = {str(p.relative_to(cfg.output_dir)): marker_digest(p) for p in model_dirs(cfg)}
+    recorded = {"overrides": overrides, "until": until, "run_models": run_models}
     if is_done(folder):
         marker = read_marker(folder)
-        if {k: marker.get(k) for k in recorded} == recorded:
+        changed = [k for k in recorded if marker.get(k) != recorded[k]]
+        if not changed:
             print(f"ablations: {name}: already done, reused ({folder})")
             return dict(marker["entry"])
+        why = "its overrides changed" if changed[0] != "run_models" else "the run's models were redone"
         if not redo_given(cfg, STAGE):
-            raise StaleError(f"ablations: stale: variant {name}: its overrides changed since it ran; rerun with "
-                             "--redo ablations to discard it and run it again")
-        print(f"ablations: {name}: its overrides changed since it ran; running it again", flush=True)
+            raise StaleError(f"ablations: stale: variant {name}: {why} since it ran; rerun with --redo ablations "
+                             "to discard it and run it again")
+        print(f"ablations: {name}: {why} since it ran; running it again", flush=True)
         shutil.rmtree(folder)
     baseline = seed(cfg, vcfg)
     files = baseline["files"]

@@ -201,6 +201,17 @@ def test_variants_reuse_the_run_and_a_killed_run_resumes_without_repeating_work(
     assert json.loads((out / "report" / "report.json").read_text())["ablations"]["variants"][0]["name"] == "same"
     assert "| teacher_feedback | final |" in (out / "ablations" / "results.md").read_text()
 
+    # A variant edited since it ran is stale: one line, exit 2, nothing lost; --redo ablations redoes it.
+    with_variants(config, [{"name": "same", "overrides": {"inference.concurrency": 3}}, *VARIANTS[1:]])
+    capsys.readouterr()
+    assert main(["--stage", "ablations", "--config", str(config)]) == 2
+    assert "ablations: stale: variant same: its overrides changed since it ran" in capsys.readouterr().err
+    assert (out / "ablations" / "same" / MARKER_NAME).read_bytes() == same_marker
+    assert main(["--stage", "ablations", "--config", str(config), "--redo", "ablations"]) == 0
+    rows = {r["name"]: r for r in read_json(out / "ablations" / "results.json")["variants"]}
+    assert rows["same"]["overrides"] == {"inference.concurrency": 3} and rows["same"]["performed"]["trainings"] == 0
+    assert teacher.chat_calls - asked == drafts
+
 
 def test_distilled_equal_size_asks_once_per_accepted_path_and_keeps_like_distill(run_config, tmp_path) -> None:
     cfg = load_config(with_variants(run_config(teacher={"model": "teacher", "filter_by_answer": True}),
