@@ -106,17 +106,23 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
     if dry_run:
         return print_plan(cfg)
     main = main_entry(cfg)
-    entries = []
+    entries: list[dict[str, Any]] = []
     for variant, vcfg, until in variants(cfg):
         entries.append(run_variant(cfg, variant, vcfg, until))
-    results = compare(main, entries)
-    atomic_write_json(layout.ablation_results_path(cfg), results)
-    table = render(results)
-    atomic_write_text(layout.ablation_results_path(cfg, "md"), "# Ablations\n\n" + "\n".join(table))
+        table = write_results(cfg, main, entries)  # after each variant: a long run shows what is done
     print("\n".join(["ablations: done ->", *table, f"-> {layout.ablation_results_path(cfg)}"]))
     if is_done(layout.stage_dir(cfg, layout.DISTILL)):
         load_stage("report").run(cfg)  # the run report gets the table
     return 0
+
+
+def write_results(cfg: MathSEConfig, main: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
+    """ablations/results.json and results.md of the variants finished so far; the table's lines."""
+    results = compare(main, entries)
+    atomic_write_json(layout.ablation_results_path(cfg), results)
+    table = render(results)
+    atomic_write_text(layout.ablation_results_path(cfg, "md"), "# Ablations\n\n" + "\n".join(table))
+    return table
 
 
 # ---------------------------------------------------------------------------------------------
