@@ -107,12 +107,24 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
         return print_plan(cfg)
     main = main_entry(cfg)
     entries: list[dict[str, Any]] = []
+    waiting: list[str] = []
     for variant, vcfg, until in variants(cfg):
+        # A variant starts from the run's finished work: it waits until the run has finished the stages
+        # it runs (it would redo them in its own folder otherwise), and the final model it is compared with.
+        needs = [*stages(vcfg, until), *(["evolve"] if variant.preset == "distilled_equal_size" else [])]
+        unfinished = [s for s in needs if not load_stage(s).finished(cfg)]
+        if unfinished or (until != "orm" and not main["eval"] and cfg.eval.benchmarks):
+            waiting.append(f"{variant.name} (the run's {', '.join(unfinished) or 'final model and its eval'})")
+            continue
         entries.append(run_variant(cfg, variant, vcfg, until))
-        table = write_results(cfg, main, entries)  # after each variant: a long run shows what is done
+        write_results(cfg, main, entries)  # after each variant: a long run shows what is done
+    table = write_results(cfg, main, entries)
     print("\n".join(["ablations: done ->", *table, f"-> {layout.ablation_results_path(cfg)}"]))
     if is_done(layout.stage_dir(cfg, layout.DISTILL)):
         load_stage("report").run(cfg)  # the run report gets the table
+    if waiting:
+        raise StageError(f"ablations: {len(waiting)} variant(s) wait for the run: {'; '.join(waiting)}; "
+                         "finish it (--stage all), then rerun --stage ablations")
     return 0
 
 
@@ -253,16 +265,16 @@ def orm_outcomes(cfg: MathSEConfig) -> dict[str, bool] | None:
 def main_entry(cfg: MathSEConfig) -> dict[str, Any]:
     """The run itself: its final model's evaluation (the comparison's baseline) and its ORM's."""
     final = cfg.model_path("reflection_model_final")
-    if not is_done(final):
-        raise StageError(f"ablations: the run has no final model yet ({final}): run --stage all first")
     entry: dict[str, Any] = {"name": "main", "preset": None, "model": "final", "eval": {}}
+    entry["orm"] = orm_outcomes(cfg) if cfg.orm.backend == "trained" and is_done(cfg.model_path("orm_model")) else None
+    if not is_done(final):
+        return entry  # the run is not finished: only the variants built on what it has can run
     for spec in cfg.eval.benchmarks:
         pair = _run_pair(cfg, final, spec.name)
         if pair is None:
             raise StageError(f"ablations: the run's final model has no evaluation on {spec.name}: run --stage eval "
                              "first (the variants are compared with it)")
         entry["eval"][spec.name] = _items(pair)
-    entry["orm"] = orm_outcomes(cfg) if cfg.orm.backend == "trained" else None
     return entry
 
 
