@@ -26,6 +26,7 @@ it reuses and what it computes, with the teacher tokens the run spent on those s
 from __future__ import annotations
 
 import shutil
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,6 +162,7 @@ def run_variant(cfg: MathSEConfig, variant: AblationVariant, vcfg: MathSEConfig,
                              "to discard it and run it again")
         print(f"ablations: {name}: {why} since it ran; running it again", flush=True)
         shutil.rmtree(folder)
+    started = time.monotonic()
     baseline = seed(cfg, vcfg)
     files = baseline["files"]
     print(f"ablations: {name}: seeded {folder} from the run ({files['linked']} files linked, "
@@ -182,6 +184,7 @@ def run_variant(cfg: MathSEConfig, variant: AblationVariant, vcfg: MathSEConfig,
     if "orm" in stages(vcfg, until):
         entry["orm"] = orm_outcomes(vcfg)
     entry["performed"] = performed(vcfg, baseline)
+    entry["seconds"] = round(time.monotonic() - started)  # this invocation's (a resumed variant's last part)
     mark_done(folder, {**recorded, "entry": entry})
     print(f"ablations: {name}: done; it made {entry['performed']['teacher_calls']} teacher calls and "
           f"{entry['performed']['trainings']} trainings itself", flush=True)
