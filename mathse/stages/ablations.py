@@ -181,9 +181,9 @@ def run_variant(cfg: MathSEConfig, variant: AblationVariant, vcfg: MathSEConfig,
     entry["model"] = checkpoint[0] if checkpoint else None
     if checkpoint and cfg.eval.benchmarks:
         entry["eval"], entry["reused"] = evaluate(cfg, vcfg, *checkpoint)
-    if "orm" in stages(vcfg, until):
-        entry["orm"] = orm_outcomes(vcfg)
     entry["performed"] = performed(vcfg, baseline)
+    if until == "orm" or "orm_model" in entry["performed"]["trained"]:  # its own ORM (else it is the run's)
+        entry["orm"] = orm_outcomes(vcfg)
     entry["seconds"] = round(time.monotonic() - started)  # this invocation's (a resumed variant's last part)
     mark_done(folder, {**recorded, "entry": entry})
     print(f"ablations: {name}: done; it made {entry['performed']['teacher_calls']} teacher calls and "
