@@ -21,6 +21,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "eval": ("eval", "Evaluate checkpoints (base, M0, rounds, final) on the benchmarks -> results table"),
     "report": ("report", "Run report: tables, charts and report.json from whatever the run produced so far"),
     "orm": ("orm", "The ORM: M0's paths labelled + teacher's first wrong step -> train -> held-out metrics"),
+    "ablations": ("ablations", "The paper's ablations (ablations:): each variant in its own folder, reusing the run"),
 }
 # `--stage all` runs these in order, stopping at the first failure; each stage skips the work it
 # already finished, so a rerun resumes where the last one stopped. The ORM stage runs when the judge

@@ -51,6 +51,7 @@ def write_run_config(tmp_path: Path, model: Path, seed_file: Path, pool_file: Pa
     cfg["data"] = {"seed_file": str(seed_file), "pool_file": str(pool_file)}
     cfg["llama_factory"]["recipe"] = str(PROJECT_ROOT / "configs" / "llama_factory" / "sft_full.yaml")
     cfg["eval"] = {"benchmarks": []}  # the demo's test set is not a fixture; tests add their own
+    cfg.pop("ablations", None)  # the demo's ablation variants: tests that want variants give their own
     for name, values in TEST_SECTIONS.items():
         cfg.setdefault(name, {}).update(values)
     cfg["orm"] = {"backend": "rule", "policy": "rule"}  # tests that need an ORM serve their own

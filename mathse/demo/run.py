@@ -40,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mathse.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEMO_CONFIG)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--stage", default="all", choices=["all", "ablations"],
+                        help="all: the pipeline (default); ablations: the config's ablations, after the pipeline")
     parser.add_argument("--asset-seed", type=int, default=0, help="seed of the tiny model's weights and the data split")
     parser.add_argument("--teacher-error-rate", type=float, default=0.2,
                         help="share of the scripted teacher's solutions that slip (filtered by answer)")
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(exc.lines), file=sys.stderr)
         return 2
 
-    stage_args = ["--stage", "all", "--config", str(args.config), *(f"--set={o}" for o in args.overrides)]
+    stage_args = ["--stage", args.stage, "--config", str(args.config), *(f"--set={o}" for o in args.overrides)]
     # Real runs point teacher.base_url at GPT-4o; the demo serves a scripted stand-in of its own.
     # The ORM is the one the run trains (orm.backend: trained), served by the pipeline itself.
     with serve_scripted_teacher(error_rate=args.teacher_error_rate, seed=args.asset_seed) as (server, teacher):
@@ -67,8 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for reason in teacher.unreadable[:5]:
             print(f"  {reason}", file=sys.stderr)
         return 1
-    if code == 0:
+    if code == 0 and args.stage == "all":
         print_summary(cfg, time.monotonic() - started)
+    elif code == 0:
+        table = layout.ablation_results_path(cfg, "md")
+        print(f"demo: ablations finished in {time.monotonic() - started:.0f}s: {table}")
     return code
 
 

@@ -81,11 +81,15 @@ class LabelledPath(ImageRecord):
     def problem(self) -> Problem:
         return Problem(id=self.id, question=self.question, images=self.images, answer=self.answer or "")
 
-    def example(self) -> SftExample:
-        """The SFT example in the ORM prompt/response contract (see mathse.judging.verdict)."""
+    def example(self, targets: str = "diagnostic") -> SftExample:
+        """The SFT example in the ORM prompt/response contract (see mathse.judging.verdict); `targets`
+        "binary": the verdict alone, no first wrong step and no analysis (the paper's Table 5 ablation)."""
+        verdict = self.verdict()
+        if targets == "binary":
+            verdict = Verdict(correct=self.correct, parsed=True)
         return SftExample(
             prompt=build_orm_prompt(self.question, self.steps, self.answer),
-            response=format_orm_response(self.verdict()),
+            response=format_orm_response(verdict),
             images=self.images,
             system=ORM_SYSTEM_PROMPT,
             id=self.id,

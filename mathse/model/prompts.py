@@ -28,8 +28,12 @@ def fill_template(template: str, key: str, **values: str) -> str:
 
 
 def reflection_prompt(cfg: MathSEConfig, draft: JudgedPathRow) -> str:
-    """The teacher's reflection prompt for an incorrect path (`draft`: a rejected-path row)."""
+    """The teacher's reflection prompt for an incorrect path (`draft`: a rejected-path row), with the
+    ORM's diagnosis (`reflect.prompt`) or, `reflect.feedback: teacher`, without it (`reflect.teacher_prompt`)."""
     steps = split_steps(draft.reasoning)
+    if cfg.reflect.feedback == "teacher":  # no diagnosis: the teacher finds the wrong step itself
+        return fill_template(cfg.reflect.teacher_prompt, "reflect.teacher_prompt", question=draft.question,
+                             answer=draft.answer, draft=draft.reasoning, steps=number_steps(steps))
     k = draft.error_step
     step_text = steps[k - 1] if isinstance(k, int) and 1 <= k <= len(steps) else "(the reviewer did not locate it)"
     return fill_template(

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mathse.reporting.ablations import ablations_summary
 from mathse.reporting.api_usage import api_usage
 from mathse.reporting.data_check import data_check_summary
 from mathse.reporting.eval_scores import eval_scores
@@ -45,6 +46,7 @@ _SECTIONS: tuple[tuple[str, Callable[[RunFiles], Any]], ...] = (
     ("orm_model", orm_model_summary),
     ("usage", api_usage),
     ("data_check", data_check_summary),
+    ("ablations", ablations_summary),
 )
 # ... and these also build on the sections above.
 _DERIVED: tuple[tuple[str, Callable[[RunFiles, dict[str, Any]], Any]], ...] = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from mathse.reporting.ablations import md_ablations
 from mathse.reporting.data_check import md_data_check
 from mathse.reporting.marker_inputs import input_lines
 from mathse.reporting.transitions import TRANSITION_LABELS, TRANSITIONS
@@ -289,4 +290,5 @@ _SECTIONS: tuple[tuple[str, str, Callable[[dict[str, Any]], list[str]]], ...] = 
     ("Evaluation", "Not run yet.", _md_eval),
     ("API usage and cost", "No usage ledger.", _md_usage),
     ("Data check: duplicates and contamination", "Not run (see data_check).", md_data_check),
+    ("Ablations", "Not run (`--stage ablations`, README \"Ablations\").", md_ablations),
 )

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mathse.run.config_sections import (
+    ABLATION_PRESETS,
+    AblationVariant,
     ApiConfig,
     BatchConfig,
     BenchmarkSpec,
@@ -50,7 +52,9 @@ from mathse.run.errors import ConfigError
 from mathse.run.storage import atomic_write_text
 
 __all__ = [
+    "ABLATION_PRESETS",
     "TRAININGS",
+    "AblationVariant",
     "ApiConfig",
     "BatchConfig",
     "BenchmarkSpec",
@@ -98,9 +102,19 @@ class MathSEConfig(StrictModel):
     trainings: TrainingsConfig = Field(default_factory=TrainingsConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     pricing: dict[str, Price] = Field(default_factory=dict)
+    # Variants of this run for `--stage ablations` (README "Ablations"): presets and/or overrides.
+    ablations: list[AblationVariant] = Field(default_factory=list)
 
     # Set by load_config: the folder relative paths were resolved against.
     config_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_variant_names(self) -> MathSEConfig:
+        names = [v.name for v in self.ablations]
+        twice = sorted({n for n in names if names.count(n) > 1 and n is not None})
+        if twice:
+            raise ValueError(f"ablations: variant name(s) {twice} given more than once; name each variant")
+        return self
 
     @property
     def output_dir(self) -> Path:

@@ -22,7 +22,7 @@ from mathse.model.backbones import check_model
 from mathse.run.config import TRAININGS, MathSEConfig
 from mathse.run.errors import ConfigError
 
-__all__ = ["PROJECT_ROOT", "load_config", "parse_overrides"]
+__all__ = ["PROJECT_ROOT", "load_config", "parse_overrides", "variant_config"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,7 +116,53 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> MathSEC
         raise ConfigError([f"config error: {path}: unusable path in the config ({reason})"]) from None
     if errors:
         raise ConfigError(errors)
+    for i, variant in enumerate(cfg.ablations):  # the variants' keys, checked now (paths when they run)
+        try:
+            variant_config(cfg, variant.resolved()[0], cfg.output_dir, f"ablations[{i}].overrides", check_paths=False)
+        except ConfigError as exc:
+            errors += exc.lines
+    if errors:
+        raise ConfigError(errors)
     return cfg
+
+
+# Keys a variant may not override: where it writes and what it is are the ablations stage's to set.
+_VARIANT_FIXED = ("run.output_dir", "run.redo", "ablations")
+
+
+def variant_config(cfg: MathSEConfig, overrides: dict[str, Any], output_dir: Path, where: str,
+                   check_paths: bool = True) -> MathSEConfig:
+    """A variant of the run (`--stage ablations`): `cfg` with dotted `overrides` (the keys `--set`
+    takes; values as YAML gives them), writing into `output_dir`, its stale units redone there.
+
+    Errors name the variant (`where`) and the key, with "did you mean" for an unknown one.
+    """
+    raw = cfg.model_dump()  # python mode: secrets stay secrets, paths stay resolved
+    tree: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key in _VARIANT_FIXED or key.split(".")[0] == "ablations":
+            raise ConfigError([f"config error: {where}: {key}: set by the ablations stage, not by a variant"])
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"config error: {where}: {key}: {part} is set both as a value and a section"])
+        node[leaf] = value
+    _deep_merge(raw, tree)
+    raw["run"] = {**raw["run"], "output_dir": output_dir, "redo": ["all"]}
+    raw["ablations"] = []
+    try:
+        variant = MathSEConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([line.replace("config error: ", f"config error: {where}: ", 1)
+                           for line in _format_validation_errors(exc, raw)]) from None
+    variant.config_dir = cfg.config_dir
+    if check_paths:
+        errors = _resolve_and_check_paths(variant, cfg.config_dir)
+        if errors:
+            raise ConfigError([line.replace("config error: ", f"config error: {where}: ", 1) for line in errors])
+    return variant
 
 
 # Keys of the official MathSE README -> this project's keys (docs/config reference: "Aliases").

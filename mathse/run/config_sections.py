@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 __all__ = [
+    "ABLATION_PRESETS",
+    "AblationVariant",
     "ApiConfig",
     "BatchConfig",
     "BenchmarkSpec",
@@ -223,6 +225,9 @@ class OrmConfig(StrictModel):
     # Labelled paths (same format) to measure a hand-trained ORM on; built data has its own held-out set.
     heldout_file: Path | None = None
     data: OrmDataConfig = Field(default_factory=OrmDataConfig)
+    # The trained ORM's targets: "diagnostic" (verdict, first wrong step, analysis: the paper's ORM) or
+    # "binary" (the verdict alone; the paper's Table 5 ablation, the ablations' `binary_orm` preset).
+    targets: Literal["diagnostic", "binary"] = "diagnostic"
     serve_timeout_s: float = Field(900.0, gt=0)  # how long the pipeline waits for its ORM server to answer
     max_new_tokens: int = Field(512, ge=1)  # verdict length limit of the ORM the pipeline serves
 
@@ -331,6 +336,19 @@ class ReflectConfig(StrictModel):
     # Keep only reflected paths the ORM (with orm.policy) judges correct.
     revalidate: bool = True
     max_drafts_per_question: int | None = Field(None, ge=1)
+    # Whose diagnosis the reflection prompt carries: "orm" (the ORM's first wrong step and analysis,
+    # `prompt`) or "teacher" (none: the teacher finds the wrong step itself, `teacher_prompt`; the
+    # paper's Table 3 "GPT-4o feedback" row, the ablations' `teacher_feedback` preset).
+    feedback: Literal["orm", "teacher"] = "orm"
+    # The prompt when feedback is "teacher": the same placeholders, less the diagnosis.
+    teacher_prompt: str = (
+        "A student solved the problem below and made a mistake.\n\n"
+        "Problem: {question}\n\nStudent's solution (numbered steps):\n{steps}\n\n"
+        "Find the first wrong step yourself. "
+        "Reply in two parts. After 'Reflection:', explain in a few sentences what went wrong and why. "
+        "After 'Corrected solution:', write a complete corrected step-by-step solution, one step per line "
+        "starting with 'Step k:', ending with 'The final answer is \\boxed{{...}}'."
+    )
     # Final SFT recipe; default: llama_factory.recipe (e.g. configs/llama_factory/sft_lora.yaml).
     # The same as trainings.final.recipe, where its hyperparameters can be set too.
     final_recipe: Path | None = None
@@ -366,6 +384,44 @@ class EvalConfig(StrictModel):
             raise ValueError(f"eval.samples is {self.samples} but eval.temperature is {self.temperature}: "
                              "k samples need eval.temperature > 0 (at 0 every sample is the greedy answer)")
         return self
+
+# The paper's ablations, ready-made: the overrides of the run's config and the last stage a variant
+# runs (its model is then the Stage-2 model for "evolve", the final model for "final"; "orm": the
+# ORM's held-out metrics only). README "Ablations"; the stage is mathse/stages/ablations.py.
+ABLATION_PRESETS: dict[str, tuple[dict[str, Any], str]] = {
+    "no_reflection": ({}, "evolve"),  # Table 3 row 1: the final model is the Stage-2 model
+    "teacher_feedback": ({"reflect.feedback": "teacher"}, "final"),  # Table 3 row 2: no ORM diagnosis
+    "binary_orm": ({"orm.targets": "binary"}, "orm"),  # Table 5: verdict-only ORM targets
+    "rule_judge": ({"orm.backend": "rule", "orm.policy": "rule"}, "final"),  # no ORM: the answer check judges
+    # Table 4: instead of evolve's accepted paths, as many teacher solutions of the same problems,
+    # trained on D_SFT(seed) + those with the rounds' training settings (the ablations stage does it).
+    "distilled_equal_size": ({}, "distill"),
+}
+
+
+class AblationVariant(StrictModel):
+    """One variant of the run: overrides of its config (dotted keys, as `--set`), or a preset."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # default: the preset's name
+    preset: Literal[
+        "no_reflection", "teacher_feedback", "binary_orm", "rule_judge", "distilled_equal_size"
+    ] | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)  # over the preset's
+    until: Literal["distill", "orm", "evolve", "final"] | None = None  # its last stage; default: the preset's, or final
+
+    @model_validator(mode="after")
+    def _named(self) -> AblationVariant:
+        if self.name is None:
+            if self.preset is None:
+                raise ValueError("a variant needs a name (or a preset, whose name it takes)")
+            self.name = self.preset
+        return self
+
+    def resolved(self) -> tuple[dict[str, Any], str]:
+        """(overrides: the preset's, then the variant's own; the last stage it runs)."""
+        preset_overrides, preset_until = ABLATION_PRESETS[self.preset] if self.preset else ({}, "final")
+        return {**preset_overrides, **self.overrides}, self.until or preset_until
+
 
 class PathsConfig(StrictModel):
     """Where each stage's model lands, relative to run.output_dir unless absolute."""

@@ -43,7 +43,8 @@ API_VOLATILE = {"base_url", "api_key", "concurrency", "timeout_s", "max_retries"
 # InferenceConfig keys that change speed or memory, not the paths sampled.
 INFERENCE_VOLATILE = {"concurrency", "vllm_gpu_util"}
 # OrmConfig keys that do not change a verdict (the ORM's own training data, waiting, endpoints).
-ORM_JUDGING_EXCLUDE: dict[str, Any] = {"train_file": True, "heldout_file": True, "data": True,
+# (`targets` is the ORM's training data too; the ORM's own marker says which ORM judges.)
+ORM_JUDGING_EXCLUDE: dict[str, Any] = {"train_file": True, "heldout_file": True, "data": True, "targets": True,
                                        "serve_timeout_s": True, "api": API_VOLATILE}
 _CHUNK = 1 << 20
 

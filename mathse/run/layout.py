@@ -17,6 +17,7 @@ renamed file is renamed once. The layout of one run::
       eval/<checkpoint>/<benchmark>/  predictions of one pair; eval/results.{md,csv,json}
       report/                         report.md, report.json, charts
       check/  cache/data_check/       the data check: pairs, summary, dropped ids; each file's sketches
+      ablations/<variant>/            a variant's own run folder (seeded from this one); ablations/results.json
       sft_model_stage0/  sft_model_round_<r>/  sft_model_final/  reflection_model_final/  orm_model/
 """
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from mathse.run.config import MathSEConfig
 
 DISTILL, EVOLVE, REFLECT, FINAL, ORM, EVAL, REPORT = "distill", "evolve", "reflect", "final", "orm", "eval", "report"
+ABLATIONS = "ablations"
 
 D_SFT = "d_sft.jsonl"
 USAGE = "usage.json"
@@ -179,6 +181,20 @@ def servers_dir(folder: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# ablations
+
+
+def ablation_dir(cfg: MathSEConfig, variant: str) -> Path:
+    """A variant's own run folder (its run.output_dir): seeded from the run, then its stages run there."""
+    return stage_dir(cfg, ABLATIONS) / safe_name(variant)
+
+
+def ablation_results_path(cfg: MathSEConfig, suffix: str = "json") -> Path:
+    """ablations/results.<suffix>: json (every number), md (the table)."""
+    return stage_dir(cfg, ABLATIONS) / f"results.{suffix}"
+
+
+# ---------------------------------------------------------------------------------------------
 # report
 
 
@@ -201,6 +217,7 @@ REPORT_INPUT_GLOBS = (
     f"{EVAL}/*/*/{PREDICTIONS}",
     f"{ORM}/data/{STATS}",
     f"check/{MARKER_NAME}",
+    f"{ABLATIONS}/results.json",
 )
 
 

@@ -145,7 +145,8 @@ def dataset_inputs(cfg: MathSEConfig) -> Inputs:
     """What the ORM dataset is made of: the training paths (hand-made or built) and the token budget."""
     train = ("orm.train_file", cfg.orm.train_file) if cfg.orm.train_file else ("orm/data/train.jsonl",
                                                                                data_dir(cfg) / "train.jsonl")
-    return Inputs().file(*train).budget("token budget of the ORM dataset", TokenBudget.for_training(cfg, "orm"))
+    found = Inputs().file(*train).budget("token budget of the ORM dataset", TokenBudget.for_training(cfg, "orm"))
+    return found.value("orm.targets", cfg.orm.targets) if cfg.orm.targets != "diagnostic" else found
 
 
 def stale(cfg: MathSEConfig) -> list[Stale]:
@@ -372,7 +373,7 @@ def build_dataset(cfg: MathSEConfig, rows: list[LabelledPath]) -> dict[str, Any]
     for label in ("correct", "incorrect"):
         if counts[label] < IMBALANCE_WARN * counts["rows"]:
             print(f"orm: warning: only {counts[label]} of {counts['rows']} labelled paths are {label}")
-    examples = write_sharegpt_dataset((r.example() for r in rows), cfg.dataset_dir, DATASET_NAME,
+    examples = write_sharegpt_dataset((r.example(cfg.orm.targets) for r in rows), cfg.dataset_dir, DATASET_NAME,
                                       TokenBudget.for_training(cfg, "orm"))
     return {**counts, "examples": examples}
 

@@ -77,7 +77,10 @@ def inputs(cfg: MathSEConfig) -> Inputs:
         found.marker(f"evolve round {r}", layout.round_dir(cfg, r))
     found.file("evolve's rejected paths", layout.evolve_file(cfg, "sft_rejected"))
     found.file("D_SFT", layout.latest_d_sft(cfg) or layout.d_sft_path(cfg, layout.EVOLVE))
-    found.config(cfg, "reflect", exclude={"final_recipe", "final_from"}).config(cfg, "teacher", exclude=API_VOLATILE)
+    # The feedback keys count only when set off their default (runs marked before them stay valid).
+    unused = {"feedback", "teacher_prompt"} if cfg.reflect.feedback == "orm" else set()
+    found.config(cfg, "reflect", exclude={"final_recipe", "final_from", *unused})
+    found.config(cfg, "teacher", exclude=API_VOLATILE)
     if cfg.reflect.revalidate:
         found.judge(cfg)
     return found.budget("token budget of the final dataset", TokenBudget.for_training(cfg, "final"))
@@ -321,11 +324,12 @@ def training_response(row: dict[str, Any], fmt: str) -> str:
     return f"Reflection: {row['reflection']}\n\nCorrected solution:\n{row['output']}"
 
 
-def diagnosis_turn(row: dict[str, Any]) -> str:
-    """The user turn after the draft in a reflection sample: the ORM's diagnosis of it."""
-    step = row.get("error_step")
+def diagnosis_turn(row: dict[str, Any], with_diagnosis: bool = True) -> str:
+    """The user turn after the draft in a reflection sample: the ORM's diagnosis of it (without it,
+    `reflect.feedback: teacher`: only that the solution is wrong, as the teacher was told)."""
+    step = row.get("error_step") if with_diagnosis else None
     where = f"the first error is at step {step}" if step else "the solution contains an error"
-    analysis = (row.get("analysis") or "").strip()
+    analysis = (row.get("analysis") or "").strip() if with_diagnosis else ""
     return (f"A reviewer checked your solution: {where}." + (f" {analysis}" if analysis else "")
             + "\nReflect on the mistake, then write a corrected step-by-step solution.")
 
@@ -341,7 +345,8 @@ def fuse(cfg: MathSEConfig, d_sft_file: Path) -> int:
         # format reflection: LLaMA-Factory's alpaca convention, `history` holds the earlier turns
         # (question -> draft) and `instruction` the current one (the diagnosis).
         for r in iter_jsonl(rows_path(cfg)):
-            yield {"instruction": diagnosis_turn(r) if multi_turn else r["instruction"], "input": "",
+            yield {"instruction": diagnosis_turn(r, cfg.reflect.feedback == "orm") if multi_turn else r["instruction"],
+                   "input": "",
                    "output": training_response(r, cfg.reflect.format), "images": r["images"], "id": r["id"],
                    "origin": "reflection", "draft": r["draft"], "reflection": r["reflection"],
                    **({"history": [[r["instruction"], r["draft"]]]} if multi_turn else {})}
