@@ -18,7 +18,6 @@ from typing import Any
 
 from mathse.data.image_hashes import image_hashes
 from mathse.data.text_sketches import minhash, normalise, numbers, pack_signature, text_key
-from mathse.run.errors import DataError
 from mathse.run.storage import Journal, iter_jsonl
 
 __all__ = ["SKETCH_VERSION", "Item", "Sketch", "SketchSettings", "sketch_file", "sketch_item"]
@@ -70,17 +69,20 @@ def sketch_item(item: Item, settings: SketchSettings, where: str) -> dict[str, A
     """The cache row of one item (image files are read and hashed here)."""
     norm = normalise(item.question)
     hashes = []
+    unreadable: list[str] = []
     for ref in item.images:
         if ref.startswith(("http://", "https://", "data:")):
             continue  # not on disk: the text signal only
         try:
             hashes.append(tuple(f"{h:016x}" for h in image_hashes(ref)))
         except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, ...
-            raise DataError(f"{where}: record {item.id!r}: image unreadable: {ref} ({type(exc).__name__})") from None
+            # Not the check's to refuse: the stages that use the problem decide (distill stops on an
+            # unreadable seed image, generation counts a pool problem's as skipped). Text signal only.
+            unreadable.append(f"{where}: record {item.id!r}: image unreadable: {ref} ({type(exc).__name__})")
     return {"id": item.id, "key": text_key(norm), "numbers": numbers(item.question),
             "answer": sorted(float(x) for x in numbers(item.answer)),
             "minhash": pack_signature(minhash(norm, settings.num_perm, settings.shingle_words)),
-            "images": hashes, "q": " ".join(item.question.split())[:_SNIPPET]}
+            "images": hashes, "q": " ".join(item.question.split())[:_SNIPPET], "unreadable": unreadable}
 
 
 def content_digest(paths: Iterable[Path], extra: Any = None) -> str:

@@ -29,4 +29,9 @@ def test_no_stage_imports_another(path: Path) -> None:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
     imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    if path.name == "ablations.py":
+        # The one orchestrating stage: it runs the others as `--stage all` does, by name through the
+        # `Stage` protocol (`mathse.stages.load_stage`), and imports no stage module's code.
+        assert [m for m in imported if m.startswith("mathse.stages")] == ["mathse.stages"], path.name
+        return
     assert not [m for m in imported if m.startswith("mathse.stages")], path.name
