@@ -49,7 +49,7 @@ def served_chat_template(model_path: str, inputs: ModelInputs) -> str | None:
     """LLaMA-Factory's template for `inputs.template` as Jinja for a served engine, or None where the
     checkpoint's own template already renders the same prompt (or the family is not in the table)."""
     backbone = backbone_of(inputs.template)
-    if backbone is None or backbone.served_image_placeholder is None:
+    if backbone is None or not renders_its_own_template(inputs):
         return None
     from llamafactory.data.template import TEMPLATES
     from transformers import AutoTokenizer

@@ -31,7 +31,6 @@ from tqdm import tqdm
 
 from mathse.api.client import ChatClient
 from mathse.api.messages import ChatRequest, ChatResult
-from mathse.model.chat_templates import renders_its_own_template
 from mathse.model.generation_items import (
     MAX_PATHS_PER_REQUEST,
     GenerationError,
@@ -44,7 +43,14 @@ from mathse.model.generation_items import (
 from mathse.model.inference import Generator, chat_model_args
 from mathse.model.inputs import ModelInputs
 from mathse.model.prompts import student_prompt
-from mathse.model.servers import ServedModel, Servers, serve_model, served_model, server_command
+from mathse.model.servers import (
+    ServedModel,
+    Servers,
+    chat_template_path,
+    serve_model,
+    served_model,
+    server_command,
+)
 from mathse.run.config import InferenceConfig, RayConfig, ServeConfig
 from mathse.run.storage import Journal
 
@@ -267,9 +273,9 @@ def describe(
         args = chat_model_args(str(model_path), None if adapter_path is None else str(adapter_path), inputs, inf)
         return f"in-process {args['infer_backend']} engine, ChatModel({json.dumps(args)})"
     spec = student_spec(model_path, adapter_path, inputs, inf, None)
-    template = server_dir / f"{spec.name}.replica-0.jinja" if renders_its_own_template(inputs) else None
-    argv, env = server_command(serve, spec, serve.host, 0, server_dir / f"{spec.name}.replica-0.yaml",
-                               template if serve.engine == "vllm" else None)
+    tag = f"{spec.name}.replica-0"
+    argv, env = server_command(serve, spec, serve.host, 0, server_dir / f"{tag}.yaml",
+                               chat_template_path(serve, spec, server_dir, tag))
     where = f"Ray ({ray.address or 'local'})" if ray is not None else "this node"
     env_text = " ".join(f"{k}={v}" for k, v in env.items() if k != "PYTHONUNBUFFERED")
     return (f"{serve.replicas} {serve.engine} replica(s) on {where}, port chosen at start; replica 0:\n"

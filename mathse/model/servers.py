@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from mathse.model import llamafactory_qwen_vl_positions
-from mathse.model.chat_templates import served_chat_template
+from mathse.model.chat_templates import renders_its_own_template, served_chat_template
 from mathse.model.inference import chat_model_args
 from mathse.model.inputs import ModelInputs
 from mathse.model.processes import die_with_parent, free_port
@@ -240,14 +240,19 @@ def _write_args_file(spec: ServedModel, run_dir: Path, tag: str) -> Path:
     return path
 
 
+def chat_template_path(serve: ServeConfig, spec: ServedModel, run_dir: Path, tag: str) -> Path | None:
+    """Where a server's chat template goes when the engine must render LLaMA-Factory's (vLLM, for the
+    families of `chat_templates.renders_its_own_template`), else None: the checkpoint's own is used."""
+    return run_dir / f"{tag}.jinja" if serve.engine == "vllm" and renders_its_own_template(spec.inputs) else None
+
+
 def _launch(serve: ServeConfig, spec: ServedModel, run_dir: Path, index: int, host: str,
             gpu_ids: list[int] | None) -> ServerProcess:
     port = free_port()
     tag = f"{spec.name}.replica-{index}"
-    chat_template = None
-    if serve.engine == "vllm" and (jinja := served_chat_template(spec.model, spec.inputs)) is not None:
-        chat_template = run_dir / f"{tag}.jinja"
-        atomic_write_text(chat_template, jinja)
+    chat_template = chat_template_path(serve, spec, run_dir, tag)
+    if chat_template is not None:
+        atomic_write_text(chat_template, served_chat_template(spec.model, spec.inputs) or "")
     argv, env = server_command(serve, spec, host, port, _write_args_file(spec, run_dir, tag), chat_template)
     if gpu_ids is not None and "CUDA_VISIBLE_DEVICES" not in serve.env:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
