@@ -118,6 +118,17 @@ def run_check(cfg: MathSEConfig, say: str) -> dict[str, Any]:
     settings = SketchSettings(dc.num_perm, dc.shingle_words)
     sketch_dir = layout.check_sketch_dir(cfg)
     bench_index = _benchmark_index(cfg, settings, sketch_dir, say) if cfg.eval.benchmarks else None
+    try:
+        summary = _check_sources(cfg, settings, sketch_dir, bench_index, say)
+    finally:
+        if bench_index is not None:
+            bench_index.close()
+    _print_summary(summary, say)
+    return summary
+
+
+def _check_sources(cfg: MathSEConfig, settings: SketchSettings, sketch_dir: Path, bench_index: SketchIndex | None,
+                   say: str) -> dict[str, Any]:
     sources = []
     for role in ROLES:
         path = _role_file(cfg, role)
@@ -127,9 +138,11 @@ def run_check(cfg: MathSEConfig, say: str) -> dict[str, Any]:
         cached = sketch_file(sketch_dir, role, digest, lambda p=path: _problem_items(p, cfg.data.image_root),
                              settings, str(path), _progress(say, role))
         sources.append((role, read_sketches(cached)))
-    summary = _write_results(cfg, check_stream(bench_index, sources, thresholds(dc)))
-    _print_summary(summary, say)
-    return summary
+    verdicts = check_stream(bench_index, sources, thresholds(cfg.data_check), layout.check_index_path(cfg, "own"))
+    try:
+        return _write_results(cfg, verdicts)
+    finally:
+        verdicts.close()  # a failure part way: the own index is removed all the same
 
 
 def _problem_items(path: Path, image_root: Path | None) -> Iterator[Item]:
@@ -138,9 +151,19 @@ def _problem_items(path: Path, image_root: Path | None) -> Iterator[Item]:
 
 
 def _benchmark_index(cfg: MathSEConfig, settings: SketchSettings, sketch_dir: Path, say: str) -> SketchIndex:
+    index = SketchIndex(thresholds(cfg.data_check), layout.check_index_path(cfg, "benchmarks"))
+    try:
+        _index_benchmarks(cfg, settings, sketch_dir, say, index)
+    except BaseException:
+        index.close()
+        raise
+    return index
+
+
+def _index_benchmarks(cfg: MathSEConfig, settings: SketchSettings, sketch_dir: Path, say: str,
+                      index: SketchIndex) -> None:
     from mathse.answers.evalsets import load_benchmark
 
-    index = SketchIndex(thresholds(cfg.data_check))
     for spec, (name, files) in zip(cfg.eval.benchmarks, benchmark_files(cfg).items(), strict=True):
         digest = content_digest(files, spec.model_dump(mode="json"))
 
@@ -152,7 +175,6 @@ def _benchmark_index(cfg: MathSEConfig, settings: SketchSettings, sketch_dir: Pa
                              _progress(say, f"benchmark {name}"))
         for sketch in read_sketches(cached):
             index.add(sketch, name)
-    return index
 
 
 def _progress(say: str, what: str) -> Any:
@@ -169,9 +191,13 @@ def _write_results(cfg: MathSEConfig, verdicts: Iterator[Verdict]) -> dict[str, 
     counts: Counter[str] = Counter()
     examples: dict[str, list[dict[str, Any]]] = {"contamination": [], "duplicate": []}
     excluded = {role: [] for role in ROLES}  # only the dropped ids (a few) are held
+    unreadable: list[str] = []  # the first few, named; all counted
     with atomic_open(layout.check_pairs_path(cfg)) as pairs:
         for v in verdicts:
             counts[f"{v.source}_checked"] += 1
+            if v.sketch.unreadable:
+                counts[f"{v.source}_unreadable_images"] += len(v.sketch.unreadable)
+                unreadable.extend(v.sketch.unreadable[: max(0, dc.examples - len(unreadable))])
             for kind, matches in (("contamination", v.contamination), ("duplicate", v.duplicates)):
                 if not matches:
                     continue
@@ -192,7 +218,7 @@ def _write_results(cfg: MathSEConfig, verdicts: Iterator[Verdict]) -> dict[str, 
         counts[f"{role}_dropped"] = len(excluded[role])
         atomic_write_text(layout.check_excluded_path(cfg, role), "".join(f"{i}\n" for i in excluded[role]))
     summary = {"action": dc.action, "benchmarks": [b.name for b in cfg.eval.benchmarks], "counts": dict(counts),
-               "examples": examples, "pairs": str(layout.check_pairs_path(cfg))}
+               "examples": examples, "unreadable": unreadable, "pairs": str(layout.check_pairs_path(cfg))}
     atomic_write_json(layout.check_summary_path(cfg), summary)
     return summary
 
@@ -205,6 +231,10 @@ def _print_summary(summary: dict[str, Any], say: str) -> None:
         print(f"{say}: {role}: {c[f'{role}_checked']} problems, {c.get(f'{role}_contamination', 0)} contaminated "
               f"(in a benchmark), {c.get(f'{role}_duplicate', 0)} duplicates of an earlier problem; "
               f"{c.get(f'{role}_dropped', 0)} dropped (data_check.action: {summary['action']})")
+    for role in ROLES:
+        if n := c.get(f"{role}_unreadable_images"):
+            print(f"{say}: {role}: {n} image(s) unreadable, those problems checked by their text only; first: "
+                  f"{summary['unreadable'][0]}")
     for kind, rows in summary["examples"].items():
         for row in rows[:3]:
             print(f"{say}:   {kind}: {row['source']} {row['id']} ~ {row['other_source']} {row['other_id']} "

@@ -11,17 +11,24 @@ where both are numbers, are the same numbers (each rule can be turned off), and
 
 The seed and pool files are streamed: each problem is checked against the benchmarks' index
 (contamination) and against the seed/pool problems before it (duplicates: the first copy is kept),
-then added to the latter index. Held per problem: its id, numbers, image hashes and index entries.
+then added to the latter index. Both indexes are SQLite files: memory does not grow with the pool.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sqlite3
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-from mathse.data.image_hashes import HASH_KINDS, HammingIndex, distance
+import numpy as np
+
+from mathse.data.image_hashes import distance, index_keys, probe_keys
 from mathse.data.sketches import Sketch
-from mathse.data.text_sketches import NearTextIndex, numbers_compatible, unpack_signature
+from mathse.data.text_sketches import band_keys, exact_key, lsh_params, numbers_compatible, signature_values, similarity
 
 __all__ = ["Match", "SketchIndex", "Thresholds", "Verdict", "check_stream"]
 
@@ -52,64 +59,103 @@ class Match:
 
 
 class SketchIndex:
-    """Sketched problems, indexed by text (exact + LSH) and by each image hash."""
+    """Sketched problems in a SQLite file (memory stays flat however many are added), filed under their
+    keys: the exact text key, the MinHash LSH band keys, the image hashes' chunk keys. `matches` looks up
+    a problem's keys (probing the image chunks within the threshold), then compares each candidate whole.
 
-    def __init__(self, thresholds: Thresholds) -> None:
+    `path`: the file (made anew; removed by `close`); None: a temporary file.
+    """
+
+    def __init__(self, thresholds: Thresholds, path: Path | None = None) -> None:
         self.t = thresholds
-        self._text = NearTextIndex(thresholds.text_similarity, thresholds.num_perm)
-        self._images = [HammingIndex(thresholds.image_distance) for _ in HASH_KINDS]
-        self._slot_item: list[int] = []  # image slot -> item
-        self._names: list[tuple[str, str]] = []  # item -> (source, id)
-        self._numbers: list[tuple[str, ...]] = []
-        self._answers: list[tuple[float, ...]] = []
-        self._hashes: list[tuple[tuple[int, int], ...]] = []
+        self._bands, self._rows = lsh_params(thresholds.text_similarity, thresholds.num_perm)
+        if path is None:
+            handle, name = tempfile.mkstemp(prefix="mathse-check-", suffix=".sqlite")
+            os.close(handle)
+            path = Path(name)
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.executescript(_SCHEMA)
+        self._db.execute("BEGIN")
+        self._size = 0
 
     def add(self, sketch: Sketch, source: str) -> None:
-        item = len(self._names)
-        self._names.append((source, sketch.id))
-        self._numbers.append(sketch.numbers)
-        self._answers.append(sketch.answer)
-        self._hashes.append(sketch.images)
-        self._text.add(item, sketch.key, unpack_signature(sketch.signature))
+        item = self._size
+        self._size += 1
+        values = signature_values(sketch.signature)
+        keys = {exact_key(sketch.key), *band_keys(values, self._bands, self._rows)}
         for pair in sketch.images:
-            for index, value in zip(self._images, pair, strict=True):
-                index.add(value)
-            self._slot_item.append(item)
+            for kind, value in enumerate(pair):
+                keys.update(index_keys(value, kind))
+        self._db.execute("INSERT INTO items VALUES (?, ?, ?, ?)",
+                         (item, source, sketch.id, json.dumps([sketch.key, sketch.numbers, sketch.answer,
+                                                               [list(p) for p in sketch.images]])))
+        self._db.execute("INSERT INTO signatures VALUES (?, ?)", (item, values.tobytes()))
+        self._db.executemany("INSERT OR IGNORE INTO keys VALUES (?, ?)", ((k, item) for k in keys))
+        if self._size % 10_000 == 0:
+            self._db.execute("COMMIT")
+            self._db.execute("BEGIN")
 
     def matches(self, sketch: Sketch) -> list[Match]:
         """The indexed problems that match `sketch`, closest first."""
-        by_image: dict[int, int] = {}
+        values = signature_values(sketch.signature)
+        probes = {exact_key(sketch.key), *band_keys(values, self._bands, self._rows)}
         for pair in sketch.images:
-            for index, value in zip(self._images, pair, strict=True):
-                for slot, d in index.query(value):
-                    item = self._slot_item[slot]
-                    by_image[item] = min(d, by_image.get(item, d))
-        by_text = self._text.query(sketch.key, unpack_signature(sketch.signature))
+            for kind, value in enumerate(pair):
+                probes.update(probe_keys(value, kind, self.t.image_distance))
+        rows = self._db.execute(_CANDIDATES, (json.dumps(sorted(probes)),)).fetchall()
         found: list[Match] = []
-        for item in by_image.keys() | by_text.keys():
-            if self.t.require_same_numbers and not numbers_compatible(sketch.numbers, self._numbers[item]):
+        for source, other_id, data, signature in rows:
+            key, other_numbers, other_answer, other_images = json.loads(data)
+            if self.t.require_same_numbers and not numbers_compatible(sketch.numbers, tuple(other_numbers)):
                 continue
-            other = self._answers[item]
-            if self.t.require_same_answer and sketch.answer and other and sketch.answer != other:
+            if self.t.require_same_answer and sketch.answer and other_answer and sketch.answer != tuple(other_answer):
                 continue
-            d_img = by_image.get(item)
-            if d_img is None and sketch.images and self._hashes[item]:
-                d_img = closest(sketch.images, self._hashes[item])
-            sim = by_text.get(item)
-            if sim is not None and d_img is not None and d_img > self.t.text_image_distance:
-                sim = None  # same words, another picture
-            if item not in by_image and sim is None:
+            d_img = closest(sketch.images, other_images) if sketch.images and other_images else None
+            by_image = d_img is not None and d_img <= self.t.image_distance
+            sim: float | None = 1.0 if key == sketch.key else similarity(values, np.frombuffer(signature, np.uint32))
+            if sim < self.t.text_similarity or (d_img is not None and d_img > self.t.text_image_distance):
+                sim = None  # other words, or the same words over another picture
+            if not by_image and sim is None:
                 continue
-            signal = "text+image" if item in by_image and sim is not None else ("image" if item in by_image else "text")
-            found.append(Match(*self._names[item], signal, d_img, sim))
+            signal = "text+image" if by_image and sim is not None else ("image" if by_image else "text")
+            found.append(Match(source, other_id, signal, d_img, sim))
         found.sort(key=lambda m: (m.image_distance if m.image_distance is not None else 99, -(m.text_similarity or 0)))
         return found
 
+    def close(self) -> None:
+        """Remove the file."""
+        self._db.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> SketchIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __len__(self) -> int:
-        return len(self._names)
+        return self._size
 
 
-def closest(a: Iterable[tuple[int, int]], b: Iterable[tuple[int, int]]) -> int:
+_SCHEMA = """
+PRAGMA journal_mode = OFF;
+PRAGMA synchronous = OFF;
+PRAGMA cache_size = -32768;
+CREATE TABLE items (item INTEGER PRIMARY KEY, source TEXT, id TEXT, data TEXT);
+CREATE TABLE signatures (item INTEGER PRIMARY KEY, hashvalues BLOB);
+CREATE TABLE keys (key INTEGER, item INTEGER, PRIMARY KEY (key, item)) WITHOUT ROWID;
+"""
+# Each candidate once, in the order added (so the first copy of a problem is named first among equals).
+_CANDIDATES = """
+SELECT items.source, items.id, items.data, signatures.hashvalues FROM items JOIN signatures USING (item)
+WHERE item IN (SELECT item FROM keys WHERE key IN (SELECT value FROM json_each(?))) ORDER BY item
+"""
+
+
+def closest(a: Iterable[Iterable[int]], b: Iterable[Iterable[int]]) -> int:
     """The smallest distance between an image of `a` and one of `b`, over both hashes."""
     b = list(b)
     return min(distance(x, y) for pa in a for pb in b for x, y in zip(pa, pb, strict=True))
@@ -126,13 +172,17 @@ class Verdict:
 
 
 def check_stream(
-    benchmarks: SketchIndex | None, sources: Iterable[tuple[str, Iterable[Sketch]]], thresholds: Thresholds
+    benchmarks: SketchIndex | None,
+    sources: Iterable[tuple[str, Iterable[Sketch]]],
+    thresholds: Thresholds,
+    index_path: Path | None = None,
 ) -> Iterator[Verdict]:
-    """Each seed/pool problem's matches against the benchmarks and the problems before it."""
-    own = SketchIndex(thresholds)
-    for source, sketches in sources:
-        for sketch in sketches:
-            contamination = benchmarks.matches(sketch) if benchmarks is not None else []
-            duplicates = own.matches(sketch)
-            own.add(sketch, source)
-            yield Verdict(source, sketch, contamination, duplicates)
+    """Each seed/pool problem's matches against the benchmarks and the problems before it (those are
+    indexed in `index_path`, a temporary file when None, removed at the end)."""
+    with SketchIndex(thresholds, index_path) as own:
+        for source, sketches in sources:
+            for sketch in sketches:
+                contamination = benchmarks.matches(sketch) if benchmarks is not None else []
+                duplicates = own.matches(sketch)
+                own.add(sketch, source)
+                yield Verdict(source, sketch, contamination, duplicates)

@@ -1,6 +1,6 @@
 """A problem's images as the data check compares them: two 64-bit perceptual hashes (imagehash) per
-image, and a multi-index hash table that finds the hashes within a Hamming distance without
-comparing all pairs.
+image, and the keys of a multi-index hash table that finds the hashes within a Hamming distance without
+comparing all pairs (the table itself: `mathse.data.duplicates.SketchIndex`).
 
 - `phash`: the DCT hash of the whole picture in grey, contrast stretched (a recoloured copy gets the
   same grey levels back): robust to re-encoding, rescaling and recolouring.
@@ -12,8 +12,7 @@ Two images are the same picture when either hash is within the threshold.
 
 from __future__ import annotations
 
-from array import array
-from collections.abc import Iterator
+import functools
 from itertools import combinations
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["HASH_KINDS", "HammingIndex", "distance", "image_hashes"]
+__all__ = ["HASH_KINDS", "distance", "image_hashes", "index_keys", "probe_keys"]
 
 HASH_KINDS = ("phash", "trim")
 _BACKGROUND_TOLERANCE = 40  # grey levels (after the contrast stretch) that still count as background
@@ -59,50 +58,30 @@ def _flips(bits: int, radius: int) -> list[int]:
     return [sum(1 << i for i in chosen) for r in range(radius + 1) for chosen in combinations(range(bits), r)]
 
 
-class HammingIndex:
-    """64-bit hashes, each given the next slot number, for "which are within distance t of this one"
-    (multi-index hashing).
+@functools.cache
+def _chunk_masks(max_distance: int) -> tuple[int, ...]:
+    if not 0 <= max_distance < 12:
+        raise ValueError(f"image hash index: max_distance {max_distance} outside 0..11")
+    return tuple(_flips(_CHUNK_BITS, max_distance // _CHUNKS))
 
-    A hash is cut into 4 chunks of 16 bits, each with its own table. Two hashes within distance t
-    differ in at most t // 4 bits in one of their chunks (pigeonhole), so probing each table with
-    the query's chunk and every chunk within t // 4 flipped bits finds every such hash; only those
-    candidates are compared whole. Memory: a few dozen bytes per hash.
-    """
 
-    def __init__(self, max_distance: int) -> None:
-        if not 0 <= max_distance < 12:
-            raise ValueError(f"HammingIndex: max_distance {max_distance} outside 0..11")
-        self.max_distance = max_distance
-        self._masks = _flips(_CHUNK_BITS, max_distance // _CHUNKS)
-        self._tables: list[dict[int, array]] = [{} for _ in range(_CHUNKS)]
-        self._hashes = array("Q")
+def _chunk_key(kind: int, chunk: int, value: int) -> int:
+    return ((kind * _CHUNKS + chunk) << _CHUNK_BITS) | value
 
-    def add(self, value: int) -> int:
-        """Index `value`; its slot number (0, 1, 2, ... in the order added)."""
-        slot = len(self._hashes)
-        self._hashes.append(value)
-        for c, table in enumerate(self._tables):
-            chunk = (value >> (c * _CHUNK_BITS)) & 0xFFFF
-            bucket = table.get(chunk)
-            if bucket is None:
-                table[chunk] = array("q", [slot])
-            else:
-                bucket.append(slot)
-        return slot
 
-    def query(self, value: int) -> Iterator[tuple[int, int]]:
-        """(slot, distance) of each indexed hash within `max_distance` of `value` (once each)."""
-        seen: set[int] = set()
-        for c, table in enumerate(self._tables):
-            chunk = (value >> (c * _CHUNK_BITS)) & 0xFFFF
-            for mask in self._masks:
-                for slot in table.get(chunk ^ mask, ()):
-                    if slot in seen:
-                        continue
-                    seen.add(slot)
-                    d = distance(value, self._hashes[slot])
-                    if d <= self.max_distance:
-                        yield slot, d
+def index_keys(value: int, kind: int) -> list[int]:
+    """The keys a 64-bit hash of kind `kind` (its place in HASH_KINDS) is filed under: its 4 chunks of 16
+    bits (multi-index hashing). Two hashes within distance t differ in at most t // 4 bits in one of their
+    chunks (pigeonhole), so `probe_keys(other, kind, t)` shares a key with these for every such hash."""
+    return [_chunk_key(kind, c, (value >> (c * _CHUNK_BITS)) & 0xFFFF) for c in range(_CHUNKS)]
 
-    def __len__(self) -> int:
-        return len(self._hashes)
+
+def probe_keys(value: int, kind: int, max_distance: int) -> list[int]:
+    """The keys to look up for the hashes within `max_distance` bits of `value`: each chunk and every chunk
+    within max_distance // 4 flipped bits (a superset: candidates are compared whole afterwards)."""
+    masks = _chunk_masks(max_distance)
+    keys = []
+    for c in range(_CHUNKS):
+        chunk = (value >> (c * _CHUNK_BITS)) & 0xFFFF
+        keys.extend(_chunk_key(kind, c, chunk ^ m) for m in masks)
+    return keys

@@ -57,12 +57,14 @@ class Sketch:
     signature: str  # packed MinHash values
     images: tuple[tuple[int, int], ...]  # (phash, trim) per image
     snippet: str  # the question's start, for examples in the summary
+    unreadable: tuple[str, ...] = ()  # one line per image file that could not be read (text signal only)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Sketch:
         images = tuple((int(p, 16), int(t, 16)) for p, t in row["images"])
         answer = tuple(float(x) for x in row["answer"])
-        return cls(row["id"], row["key"], tuple(row["numbers"]), answer, row["minhash"], images, row["q"])
+        return cls(row["id"], row["key"], tuple(row["numbers"]), answer, row["minhash"], images, row["q"],
+                   tuple(row.get("unreadable", ())))
 
 
 def sketch_item(item: Item, settings: SketchSettings, where: str) -> dict[str, Any]:

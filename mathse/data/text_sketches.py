@@ -3,7 +3,8 @@ MinHash sketch (datasketch) of its word shingles, indexed with MinHash LSH for n
 
 Normalising drops case, punctuation and spacing, so a re-punctuated copy has the same exact key. A
 near duplicate (reworded, options reordered) shares most shingles: its estimated Jaccard similarity
-is at or above a threshold. Two questions that ask about different numbers are different problems
+is at or above a threshold; MinHash LSH (datasketch's banding) proposes the candidates (`band_keys`; the
+table: `mathse.data.duplicates.SketchIndex`). Two questions that ask about different numbers are different problems
 however alike their words ("What is 6 + 5?" / "What is 7 + 5?"): `numbers_compatible` says whether
 one question's numbers appear, in order, among the other's (a copy may add the options' numbers).
 """
@@ -17,11 +18,13 @@ import re
 import unicodedata
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+from datasketch import LeanMinHash, MinHash
+from datasketch.lsh import _optimal_param
 
 __all__ = [
-    "MINHASH_SEED", "NearTextIndex", "jaccard", "minhash", "normalise", "numbers", "numbers_compatible",
-    "pack_signature", "shingles", "text_key", "unpack_signature",
+    "MINHASH_SEED", "band_keys", "exact_key", "jaccard", "lsh_params", "minhash", "normalise", "numbers",
+    "numbers_compatible", "pack_signature", "shingles", "signature_values", "similarity", "text_key",
+    "unpack_signature",
 ]
 
 MINHASH_SEED = 1
@@ -85,8 +88,13 @@ def pack_signature(sketch: LeanMinHash) -> str:
     return base64.b64encode(np.asarray(sketch.hashvalues, dtype=np.uint32).tobytes()).decode("ascii")
 
 
+def signature_values(text: str) -> np.ndarray:
+    """A packed sketch's hash values (uint32)."""
+    return np.frombuffer(base64.b64decode(text), dtype=np.uint32)
+
+
 def unpack_signature(text: str) -> LeanMinHash:
-    values = np.frombuffer(base64.b64decode(text), dtype=np.uint32).astype(np.uint64)
+    values = signature_values(text).astype(np.uint64)
     return LeanMinHash(seed=MINHASH_SEED, hashvalues=values, scheme=MINHASH_SCHEME)
 
 
@@ -95,34 +103,28 @@ def jaccard(a: LeanMinHash, b: LeanMinHash) -> float:
     return float(a.jaccard(b))
 
 
-class NearTextIndex:
-    """Questions by exact key and by MinHash LSH: `query` names the indexed items whose text is the
-    same after normalising, or whose estimated Jaccard similarity reaches `threshold`."""
+def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) for MinHash LSH at `threshold`: datasketch's own choice (`MinHashLSH` with
+    its default weights), so two sketches whose similarity reaches the threshold most likely share a band."""
+    return _optimal_param(threshold, num_perm, 0.5, 0.5)
 
-    def __init__(self, threshold: float, num_perm: int) -> None:
-        self.threshold = threshold
-        self._exact: dict[str, list[int]] = {}
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self._sketches: dict[int, bytes] = {}  # uint32 hash values: compact, for the similarity check
 
-    def add(self, item: int, key: str, sketch: LeanMinHash | None) -> None:
-        self._exact.setdefault(key, []).append(item)
-        if sketch is not None:
-            self._lsh.insert(item, sketch, check_duplication=False)
-            self._sketches[item] = np.asarray(sketch.hashvalues, dtype=np.uint32).tobytes()
+def band_keys(values: np.ndarray, bands: int, rows: int) -> list[int]:
+    """The LSH keys of a sketch's hash values (uint32): one 63-bit key per band."""
+    raw = np.ascontiguousarray(values, dtype=np.uint32)
+    return [_key(b"band%d:" % b + raw[b * rows : (b + 1) * rows].tobytes()) for b in range(bands)]
 
-    def query(self, key: str, sketch: LeanMinHash | None) -> dict[int, float]:
-        """item -> similarity (1.0 for the same normalised text) of each indexed item at or above the threshold."""
-        found = dict.fromkeys(self._exact.get(key, ()), 1.0)
-        if sketch is not None:
-            mine = np.asarray(sketch.hashvalues, dtype=np.uint32)
-            for item in self._lsh.query(sketch):
-                if item in found:
-                    continue
-                sim = float(np.count_nonzero(np.frombuffer(self._sketches[item], dtype=np.uint32) == mine)) / len(mine)
-                if sim >= self.threshold:
-                    found[item] = sim
-        return found
 
-    def __len__(self) -> int:
-        return sum(len(v) for v in self._exact.values())
+def exact_key(key: str) -> int:
+    """The index key of a normalised question's exact-match key."""
+    return _key(b"text:" + key.encode("ascii"))
+
+
+def _key(data: bytes) -> int:
+    # 63 bits (a SQLite integer), far above the image index's small keys
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1 | (1 << 62)
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """The estimated Jaccard similarity of two sketches' hash values (the share of equal values)."""
+    return float(np.count_nonzero(a == b)) / len(a)

@@ -243,6 +243,12 @@ def check_excluded_path(cfg: MathSEConfig, role: Literal["seed", "pool"]) -> Pat
     return stage_dir(cfg, CHECK) / f"excluded_{role}.txt"
 
 
+def check_index_path(cfg: MathSEConfig, which: Literal["benchmarks", "own"]) -> Path:
+    """The check's working index (SQLite) of the benchmarks or of the seed and pool problems seen so far:
+    made anew by each check, removed when it ends."""
+    return stage_dir(cfg, CHECK) / f"index_{which}.sqlite"
+
+
 def check_sketch_dir(cfg: MathSEConfig) -> Path:
     """Each input file's sketches (text keys, MinHash, image hashes), by content: computed once per file."""
     return cfg.output_dir / "cache" / "data_check"

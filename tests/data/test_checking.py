@@ -69,6 +69,27 @@ def test_contamination_and_duplicates_are_found_and_written_with_warn(make_cfg, 
     assert "leak-1" in json.dumps(summary["examples"])
 
 
+def test_an_unreadable_pool_image_is_counted_named_and_reported_and_no_index_file_is_left(make_cfg, capsys) -> None:
+    cfg = make_cfg()
+    pool = cfg.data.pool_file
+    rows = [json.loads(line) for line in pool.read_text().splitlines()]
+    broken = cfg.data.image_root / "images" / "broken.png" if cfg.data.image_root else pool.parent / "images/broken.png"
+    broken.write_bytes(b"not a picture")
+    rows[2]["images"] = ["images/broken.png"]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = ensure_checked(cfg)
+    assert summary["counts"]["pool_unreadable_images"] == 1 and "seed_unreadable_images" not in summary["counts"]
+    assert summary["unreadable"] == [f"{pool}: record {rows[2]['id']!r}: image unreadable: {broken} "
+                                     "(UnidentifiedImageError)"]
+    assert "pool: 1 image(s) unreadable" in capsys.readouterr().out
+    from mathse.reporting.data_check import md_data_check
+
+    lines = md_data_check({"data_check": {**summary, "pairs": "check/pairs.jsonl"}})
+    assert any(line.startswith("| pool | 17 |") and line.endswith("| 1 |") for line in lines)
+    assert f"- unreadable image: {summary['unreadable'][0]}" in lines
+    assert not list(layout.stage_dir(cfg, layout.CHECK).glob("*.sqlite"))  # the working indexes are gone
+
+
 def test_drop_excludes_the_flagged_problems_from_seed_and_pool(make_cfg) -> None:
     cfg = make_cfg(action="drop")
     ensure_checked(cfg)

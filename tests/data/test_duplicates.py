@@ -29,8 +29,10 @@ def index_of(*sketches: Sketch) -> SketchIndex:
 
 def test_same_picture_with_a_reworded_question_is_an_image_match() -> None:
     index = index_of(sketch("b1", "What is 27 + 4?", (PIC,)), sketch("b2", "What is 3 + 9?", (flip(PIC, 30),)))
-    [match] = index.matches(sketch("s1", "Compute the value of 27 + 4.", (flip(PIC, 3),)))
+    [match] = index.matches(sketch("s1", "Find the sum shown in the figure: 27 and 4.", (flip(PIC, 3),)))
     assert (match.id, match.signal, match.image_distance) == ("b1", "image", 3)
+    [both] = index.matches(sketch("s0", "Compute the value of 27 + 4.", (flip(PIC, 3),)))
+    assert (both.id, both.signal) == ("b1", "text+image") and both.text_similarity >= T.text_similarity
     [by_text] = index.matches(sketch("s2", "Compute 27 + 4.", (flip(PIC, 9),)))  # the image too far; the text near
     assert (by_text.signal, by_text.image_distance) == ("text", 9) and by_text.text_similarity >= T.text_similarity
     assert index.matches(sketch("s3", "Compute 27 + 4.", (flip(PIC, 20),))) == []  # and with another picture: none
@@ -64,3 +66,16 @@ def test_stream_reports_contamination_and_later_copies_within_and_across_files()
     assert verdicts["s2"].contamination == [] and verdicts["s2"].duplicates == []
     assert [(m.source, m.id) for m in verdicts["p1"].duplicates] == [("seed", "s2")]  # the first copy is kept
     assert verdicts["p2"].contamination == [] and verdicts["p2"].duplicates == []
+
+
+def test_index_is_a_file_that_close_removes_and_finds_what_was_added_before_and_after_a_commit(tmp_path) -> None:
+    path = tmp_path / "index.sqlite"
+    with SketchIndex(T, path) as index:
+        for i in range(10_005):  # past a commit (every 10,000)
+            index.add(sketch(f"b{i}", f"What is {i} + {i + 1}?", (PIC ^ (i << 20),)), "bench")
+        assert path.is_file() and len(index) == 10_005
+        assert [m.id for m in index.matches(sketch("q", "what is 9999 + 10000"))] == ["b9999"]
+        assert [m.id for m in index.matches(sketch("q", "What is 10004 + 10005?"))] == ["b10004"]
+        [by_picture] = index.matches(sketch("q", "Which is larger?", (flip(PIC ^ (7 << 20), 4),)))
+        assert (by_picture.id, by_picture.signal, by_picture.image_distance) == ("b7", "image", 4)
+    assert not path.exists()

@@ -1,15 +1,18 @@
-"""Normalised questions, their numbers, MinHash sketches and the near-text index."""
+"""Normalised questions, their numbers, MinHash sketches and their LSH keys."""
 
 from __future__ import annotations
 
 from mathse.data.text_sketches import (
-    NearTextIndex,
+    band_keys,
+    exact_key,
     jaccard,
+    lsh_params,
     minhash,
     normalise,
     numbers,
     numbers_compatible,
     pack_signature,
+    signature_values,
     text_key,
     unpack_signature,
 )
@@ -48,16 +51,15 @@ def test_templated_questions_about_other_numbers_come_out_far_apart() -> None:
     assert jaccard(sketch(3, 40), sketch(3, 40)) == 1.0 and jaccard(sketch(3, 40), sketch(7, 41)) < 0.5
 
 
-def test_index_finds_exact_and_near_questions_only() -> None:
-    index = NearTextIndex(threshold=0.6, num_perm=64)
-    questions = ["What is the area of the triangle ABC with base 6 and height 4?",
-                 "How many red dots are in the image?", "Find the perimeter of the square."]
-    for i, q in enumerate(questions):
-        index.add(i, text_key(normalise(q)), minhash(normalise(q), 64, 2))
-    probe = "what is the area of triangle ABC with base 6 and height 4"
-    found = index.query(text_key(normalise(probe)), minhash(normalise(probe), 64, 2))
-    assert list(found) == [0] and found[0] >= 0.6
-    exact = index.query(text_key(normalise("How many red dots are in the image")), None)
-    assert exact == {1: 1.0}
-    assert index.query(text_key("x"), minhash("a question about something else entirely", 64, 2)) == {}
-    assert len(index) == 3
+def test_lsh_band_keys_are_shared_by_near_questions_and_not_by_others() -> None:
+    bands, rows = lsh_params(0.6, 64)
+    assert (bands, rows) == (10, 6)  # datasketch's MinHashLSH choice at this threshold
+
+    def keys(question: str) -> set[int]:
+        return set(band_keys(signature_values(pack_signature(minhash(normalise(question), 64, 2))), bands, rows))
+
+    base = keys("What is the area of the triangle ABC with base 6 and height 4?")
+    assert len(base) == bands
+    assert base & keys("what is the area of triangle ABC with base 6 and height 4")
+    assert not base & keys("How many red dots are in the image?")
+    assert exact_key(text_key("what is 6 + 5")) == exact_key(text_key(normalise("What is 6+5?"))) >= 1 << 62
