@@ -91,7 +91,7 @@ class SketchIndex:
                 keys.update(index_keys(value, kind))
         self._db.execute("INSERT INTO items VALUES (?, ?, ?, ?)",
                          (item, source, sketch.id, json.dumps([sketch.key, sketch.numbers, sketch.answer,
-                                                               [list(p) for p in sketch.images]])))
+                                                               [list(p) for p in sketch.images], sketch.paths])))
         self._db.execute("INSERT INTO signatures VALUES (?, ?)", (item, values.tobytes()))
         self._db.executemany("INSERT OR IGNORE INTO keys VALUES (?, ?)", ((k, item) for k in keys))
         if self._size % 10_000 == 0:
@@ -108,7 +108,7 @@ class SketchIndex:
         rows = self._db.execute(_CANDIDATES, (json.dumps(sorted(probes)),)).fetchall()
         found: list[Match] = []
         for source, other_id, data, signature in rows:
-            key, other_numbers, other_answer, other_images = json.loads(data)
+            key, other_numbers, other_answer, other_images, _other_paths = json.loads(data)
             if self.t.require_same_numbers and not numbers_compatible(sketch.numbers, tuple(other_numbers)):
                 continue
             if self.t.require_same_answer and sketch.answer and other_answer and sketch.answer != tuple(other_answer):

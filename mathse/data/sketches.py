@@ -22,7 +22,7 @@ from mathse.run.storage import Journal, iter_jsonl
 
 __all__ = ["SKETCH_VERSION", "Item", "Sketch", "SketchSettings", "sketch_file", "sketch_item"]
 
-SKETCH_VERSION = 5  # bump when a sketch's meaning changes: old caches are then ignored
+SKETCH_VERSION = 6  # bump when a sketch's meaning changes: old caches are then ignored
 _SNIPPET = 120
 
 
@@ -58,25 +58,28 @@ class Sketch:
     images: tuple[tuple[int, int], ...]  # (phash, trim) per image
     snippet: str  # the question's start, for examples in the summary
     unreadable: tuple[str, ...] = ()  # one line per image file that could not be read (text signal only)
+    paths: tuple[str, ...] = ()  # the image files hashed, in the order of `images`
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Sketch:
         images = tuple((int(p, 16), int(t, 16)) for p, t in row["images"])
         answer = tuple(float(x) for x in row["answer"])
         return cls(row["id"], row["key"], tuple(row["numbers"]), answer, row["minhash"], images, row["q"],
-                   tuple(row.get("unreadable", ())))
+                   tuple(row["unreadable"]), tuple(row["paths"]))
 
 
 def sketch_item(item: Item, settings: SketchSettings, where: str) -> dict[str, Any]:
     """The cache row of one item (image files are read and hashed here)."""
     norm = normalise(item.question)
     hashes = []
+    paths: list[str] = []
     unreadable: list[str] = []
     for ref in item.images:
         if ref.startswith(("http://", "https://", "data:")):
             continue  # not on disk: the text signal only
         try:
             hashes.append(tuple(f"{h:016x}" for h in image_hashes(ref)))
+            paths.append(str(ref))
         except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, ...
             # Not the check's to refuse: the stages that use the problem decide (distill stops on an
             # unreadable seed image, generation counts a pool problem's as skipped). Text signal only.
@@ -84,7 +87,8 @@ def sketch_item(item: Item, settings: SketchSettings, where: str) -> dict[str, A
     return {"id": item.id, "key": text_key(norm), "numbers": numbers(item.question),
             "answer": sorted(float(x) for x in numbers(item.answer)),
             "minhash": pack_signature(minhash(norm, settings.num_perm, settings.shingle_words)),
-            "images": hashes, "q": " ".join(item.question.split())[:_SNIPPET], "unreadable": unreadable}
+            "images": hashes, "q": " ".join(item.question.split())[:_SNIPPET], "unreadable": unreadable,
+            "paths": paths}
 
 
 def content_digest(paths: Iterable[Path], extra: Any = None) -> str:
