@@ -206,7 +206,7 @@ def evaluate(t: Thresholds, bench: list[Sketch], distinct: list[Sketch],
 
 def detection(sweep: bool) -> None:
     dc = DataCheckConfig()
-    settings = SketchSettings(dc.num_perm, dc.shingle_words)
+    settings = SketchSettings(dc.num_perm)
     start = time.perf_counter()
     bench, distinct, copies, same_picture = build_sets(settings)
     print(f"detection: benchmark B {len(bench)} problems, distinct D {len(distinct)}, {len(copies)} transformations "

@@ -115,7 +115,7 @@ def ensure_checked(cfg: MathSEConfig, say: str = "check") -> dict[str, Any] | No
 def run_check(cfg: MathSEConfig, say: str) -> dict[str, Any]:
     """Sketch every file (cached), find the pairs, write pairs / excluded ids / summary."""
     dc = cfg.data_check
-    settings = SketchSettings(dc.num_perm, dc.shingle_words)
+    settings = SketchSettings(dc.num_perm)
     sketch_dir = layout.check_sketch_dir(cfg)
     bench_index = _benchmark_index(cfg, settings, sketch_dir, say) if cfg.eval.benchmarks else None
     try:

@@ -1,11 +1,13 @@
 """Which problems are the same problem: pairs by question text and by image, found through indexes
 (MinHash LSH, multi-index Hamming tables), never by comparing all pairs.
 
-Two problems match when their questions ask about the same numbers and their reference answers,
-where both are numbers, are the same numbers (each rule can be turned off), and
+Two problems match when their questions ask about the same numbers (in order; the options' values as a
+set) with the same operators, and their reference answers, where both are numbers, are the same numbers
+(each rule can be turned off), and
 
 - image: one of their images is within `image_distance` bits of one of the other's (either hash), or
-- text: their normalised questions are equal or near (MinHash Jaccard >= `text_similarity`) and,
+- text: their normalised questions are equal, or near (MinHash Jaccard of the content words >=
+  `text_similarity`) with the same numbers (options included, in any order), and,
   when both have images, the images are within `text_image_distance` bits: the same template
   question over another diagram ("Find x.") is another problem.
 
@@ -28,7 +30,14 @@ import numpy as np
 
 from mathse.data.image_hashes import distance, index_keys, probe_keys
 from mathse.data.sketches import Sketch
-from mathse.data.text_sketches import band_keys, exact_key, lsh_params, numbers_compatible, signature_values, similarity
+from mathse.data.text_sketches import (
+    band_keys,
+    exact_key,
+    numbers_compatible,
+    options_compatible,
+    signature_values,
+    similarity,
+)
 
 __all__ = ["Match", "SketchIndex", "Thresholds", "Verdict", "check_stream"]
 
@@ -68,7 +77,6 @@ class SketchIndex:
 
     def __init__(self, thresholds: Thresholds, path: Path | None = None) -> None:
         self.t = thresholds
-        self._bands, self._rows = lsh_params(thresholds.text_similarity, thresholds.num_perm)
         if path is None:
             handle, name = tempfile.mkstemp(prefix="mathse-check-", suffix=".sqlite")
             os.close(handle)
@@ -85,13 +93,13 @@ class SketchIndex:
         item = self._size
         self._size += 1
         values = signature_values(sketch.signature)
-        keys = {exact_key(sketch.key), *band_keys(values, self._bands, self._rows)}
+        keys = {exact_key(sketch.key), *band_keys(values, sketch.salt)}
         for pair in sketch.images:
             for kind, value in enumerate(pair):
                 keys.update(index_keys(value, kind))
-        self._db.execute("INSERT INTO items VALUES (?, ?, ?, ?)",
-                         (item, source, sketch.id, json.dumps([sketch.key, sketch.numbers, sketch.answer,
-                                                               [list(p) for p in sketch.images], sketch.paths])))
+        data = [sketch.key, sketch.salt, sketch.numbers, sketch.options, sketch.operators, sketch.answer,
+                [list(p) for p in sketch.images], sketch.paths]
+        self._db.execute("INSERT INTO items VALUES (?, ?, ?, ?)", (item, source, sketch.id, json.dumps(data)))
         self._db.execute("INSERT INTO signatures VALUES (?, ?)", (item, values.tobytes()))
         self._db.executemany("INSERT OR IGNORE INTO keys VALUES (?, ?)", ((k, item) for k in keys))
         if self._size % 10_000 == 0:
@@ -101,22 +109,32 @@ class SketchIndex:
     def matches(self, sketch: Sketch) -> list[Match]:
         """The indexed problems that match `sketch`, closest first."""
         values = signature_values(sketch.signature)
-        probes = {exact_key(sketch.key), *band_keys(values, self._bands, self._rows)}
+        probes = {exact_key(sketch.key), *band_keys(values, sketch.salt)}
         for pair in sketch.images:
             for kind, value in enumerate(pair):
                 probes.update(probe_keys(value, kind, self.t.image_distance))
         rows = self._db.execute(_CANDIDATES, (json.dumps(sorted(probes)),)).fetchall()
         found: list[Match] = []
         for source, other_id, data, signature in rows:
-            key, other_numbers, other_answer, other_images, _other_paths = json.loads(data)
-            if self.t.require_same_numbers and not numbers_compatible(sketch.numbers, tuple(other_numbers)):
+            key, salt, other_numbers, other_options, other_operators, other_answer, other_images, _other_paths = (
+                json.loads(data))
+            if self.t.require_same_numbers and not (
+                numbers_compatible(sketch.numbers, tuple(other_numbers))
+                and options_compatible(sketch.options, tuple(other_options))
+                and numbers_compatible(sketch.operators, tuple(other_operators))
+            ):
                 continue
             if self.t.require_same_answer and sketch.answer and other_answer and sketch.answer != tuple(other_answer):
                 continue
             d_img = closest(sketch.images, other_images) if sketch.images and other_images else None
             by_image = d_img is not None and d_img <= self.t.image_distance
-            sim: float | None = 1.0 if key == sketch.key else similarity(values, np.frombuffer(signature, np.uint32))
-            if sim < self.t.text_similarity or (d_img is not None and d_img > self.t.text_image_distance):
+            sim: float | None = None
+            if key == sketch.key:
+                sim = 1.0
+            elif salt == sketch.salt:  # near words count between questions with the same numbers only
+                sim = similarity(values, np.frombuffer(signature, np.uint32))
+            if sim is not None and (sim < self.t.text_similarity or (d_img is not None
+                                                                     and d_img > self.t.text_image_distance)):
                 sim = None  # other words, or the same words over another picture
             if not by_image and sim is None:
                 continue

@@ -17,12 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from mathse.data.image_hashes import image_hashes
-from mathse.data.text_sketches import minhash, normalise, numbers, pack_signature, text_key
+from mathse.data.text_sketches import (
+    content_words,
+    minhash,
+    number_salt,
+    numbers,
+    operators,
+    pack_signature,
+    split_numbers,
+    text_key,
+    words,
+)
 from mathse.run.storage import Journal, iter_jsonl
 
-__all__ = ["SKETCH_VERSION", "Item", "Sketch", "SketchSettings", "sketch_file", "sketch_item"]
+__all__ = ["SKETCH_VERSION", "Item", "Sketch", "SketchSettings", "sketch_file", "sketch_item", "text_fields"]
 
-SKETCH_VERSION = 6  # bump when a sketch's meaning changes: old caches are then ignored
+SKETCH_VERSION = 7  # bump when a sketch's meaning changes: old caches are then ignored
 _SNIPPET = 120
 
 
@@ -39,10 +49,9 @@ class Item:
 @dataclass(frozen=True)
 class SketchSettings:
     num_perm: int
-    shingle_words: int
 
     def digest(self) -> str:
-        text = json.dumps({"v": SKETCH_VERSION, "num_perm": self.num_perm, "shingle_words": self.shingle_words})
+        text = json.dumps({"v": SKETCH_VERSION, "num_perm": self.num_perm})
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
@@ -52,25 +61,37 @@ class Sketch:
 
     id: str
     key: str  # exact-match key of the normalised question
-    numbers: tuple[str, ...]
+    numbers: tuple[str, ...]  # the question's, in order (the options' values apart)
     answer: tuple[float, ...]  # the numbers of the reference answer (none for a letter or a word)
     signature: str  # packed MinHash values
     images: tuple[tuple[int, int], ...]  # (phash, trim) per image
     snippet: str  # the question's start, for examples in the summary
     unreadable: tuple[str, ...] = ()  # one line per image file that could not be read (text signal only)
     paths: tuple[str, ...] = ()  # the image files hashed, in the order of `images`
+    options: tuple[str, ...] = ()  # the multiple-choice options' values, sorted
+    operators: tuple[str, ...] = ()  # the question's arithmetic operators, in order
+    salt: str = ""  # names all its numbers (options included) as a multiset: the LSH bands' salt
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Sketch:
         images = tuple((int(p, 16), int(t, 16)) for p, t in row["images"])
         answer = tuple(float(x) for x in row["answer"])
         return cls(row["id"], row["key"], tuple(row["numbers"]), answer, row["minhash"], images, row["q"],
-                   tuple(row["unreadable"]), tuple(row["paths"]))
+                   tuple(row["unreadable"]), tuple(row["paths"]), tuple(row["options"]), tuple(row["operators"]),
+                   row["salt"])
+
+
+def text_fields(question: str, num_perm: int) -> dict[str, Any]:
+    """The cache row's fields taken from a question's text (see `mathse.data.text_sketches`)."""
+    found = words(question)
+    asked, options = split_numbers(question)
+    return {"key": text_key(" ".join(found)), "numbers": list(asked), "options": list(options),
+            "operators": list(operators(found)), "salt": number_salt(asked + options),
+            "minhash": pack_signature(minhash(content_words(found), num_perm))}
 
 
 def sketch_item(item: Item, settings: SketchSettings, where: str) -> dict[str, Any]:
     """The cache row of one item (image files are read and hashed here)."""
-    norm = normalise(item.question)
     hashes = []
     paths: list[str] = []
     unreadable: list[str] = []
@@ -84,10 +105,9 @@ def sketch_item(item: Item, settings: SketchSettings, where: str) -> dict[str, A
             # Not the check's to refuse: the stages that use the problem decide (distill stops on an
             # unreadable seed image, generation counts a pool problem's as skipped). Text signal only.
             unreadable.append(f"{where}: record {item.id!r}: image unreadable: {ref} ({type(exc).__name__})")
-    return {"id": item.id, "key": text_key(norm), "numbers": numbers(item.question),
-            "answer": sorted(float(x) for x in numbers(item.answer)),
-            "minhash": pack_signature(minhash(norm, settings.num_perm, settings.shingle_words)),
-            "images": hashes, "q": " ".join(item.question.split())[:_SNIPPET], "unreadable": unreadable,
+    return {"id": item.id, **text_fields(item.question, settings.num_perm),
+            "answer": sorted(float(x) for x in numbers(item.answer)), "images": hashes,
+            "q": " ".join(item.question.split())[:_SNIPPET], "unreadable": unreadable,
             "paths": paths}
 
 

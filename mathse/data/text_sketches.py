@@ -1,12 +1,24 @@
-"""A question's text as the data check compares it: normalised text, its exact key, its numbers, and a
-MinHash sketch (datasketch) of its word shingles, indexed with MinHash LSH for near duplicates.
+"""A question's text as the data check compares it: its normalised words and exact key, its numbers and
+operators (hard rules), and a MinHash sketch (datasketch) of its content words, found through MinHash LSH
+band keys salted with the question's numbers.
 
-Normalising drops case, punctuation and spacing, so a re-punctuated copy has the same exact key. A
-near duplicate (reworded, options reordered) shares most shingles: its estimated Jaccard similarity
-is at or above a threshold; MinHash LSH (datasketch's banding) proposes the candidates (`band_keys`; the
-table: `mathse.data.duplicates.SketchIndex`). Two questions that ask about different numbers are different problems
-however alike their words ("What is 6 + 5?" / "What is 7 + 5?"): `numbers_compatible` says whether
-one question's numbers appear, in order, among the other's (a copy may add the options' numbers).
+- Normalising drops case, punctuation and spacing (NFKC), writes spelled-out small numbers as digits
+  ("two" .. "twenty"; not "one", often a pronoun) and "plus" / "minus" / "times" / "×" / "÷" as operators:
+  a re-punctuated copy has the same exact key.
+- Content words: the normalised words less `STOP_WORDS` (function words, instruction verbs such as "find"
+  or "work out", the words a question uses to point at its picture: "image", "figure", "shown"). Numbers
+  and math symbols always stay. A reworded or paraphrased copy (synonyms, sentences reordered, an
+  instruction added) keeps most of them: its estimated Jaccard similarity is at or above a threshold.
+- Candidates: every LSH band key carries a salt naming the question's numbers as a multiset, so two
+  questions meet only when they mention the same numbers (templated questions over other numbers never
+  do, however loose the word threshold: the candidates stay bounded in a 300K pool). A question with
+  numbers is banded num_perm/2 x 2 (loose: its salt narrows it), one without num_perm/4 x 4.
+- Rules: two questions that ask about other numbers, or the same numbers in another order, are other
+  problems ("What is 6 + 4?" / "What is 4 + 6?"); multiple-choice options' values are compared as a set
+  apart from the question's numbers (a copy may move or reorder the options line), and the operators
+  must agree in order as the numbers do ("7 + 3" is not "7 - 3").
+
+Measured in benchmarks/RESULTS.md ("Data check"); the table: `mathse.data.duplicates.SketchIndex`.
 """
 
 from __future__ import annotations
@@ -16,27 +28,52 @@ import functools
 import hashlib
 import re
 import unicodedata
+from collections.abc import Iterable
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash
-from datasketch.lsh import _optimal_param
 
 __all__ = [
-    "MINHASH_SEED", "band_keys", "exact_key", "jaccard", "lsh_params", "minhash", "normalise", "numbers",
-    "numbers_compatible", "pack_signature", "shingles", "signature_values", "similarity", "text_key",
-    "unpack_signature",
+    "MINHASH_SEED", "STOP_WORDS", "band_keys", "band_layout", "content_words", "exact_key", "minhash", "normalise",
+    "number_salt", "numbers", "numbers_compatible", "operators", "options_compatible", "pack_signature",
+    "signature_values", "similarity", "split_numbers", "text_key", "words",
 ]
 
 MINHASH_SEED = 1
-NUMBER_WEIGHT = 8
 MINHASH_SCHEME = "affine32"  # datasketch 2.0's default: 32-bit hash values
-_TOKEN = re.compile(r"\d+(?:\.\d+)?|[^\W\d_]+|[+\-*/=<>^%√π°∠△]")
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[^\W\d_]+|[+\-*/=<>^%√π°∠△×÷]")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_WORD_HYPHEN = re.compile(r"(?<=[^\W\d_])-(?=[^\W\d_])")  # "right-angled": a word break, not a minus
+_NUMBER_NAMES = ("zero _ two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+                 "seventeen eighteen nineteen twenty")
+NUMBER_WORDS = {w: str(i) for i, w in enumerate(_NUMBER_NAMES.split()) if w != "_"}
+OPERATOR_WORDS = {"plus": "+", "minus": "-", "times": "*", "×": "*", "÷": "/", "divided": "/"}
+_OPERATORS = frozenset("+-*/=<>^")
+_OPTION = re.compile(r"(?:\(([A-Ha-h])\)|(?<![\w.])([A-H])[).:])\s*(-?\d+(?:\.\d+)?)")
+
+_FUNCTION = (
+    "a an the is are was were be been being am of in on at to for from by with and or as that this these those it its "
+    "their there here which what whose who whom how many much do does did can could will would should shall may might "
+    "must has have had not if then than so such each every all any some into onto over under about please you your "
+    "we our us let one")
+_INSTRUCTION = (
+    "find compute calculate determine evaluate work out answer solve give write state value question following "
+    "count tell choose select option options correct")
+_FIGURE = ("image images picture pictures figure figures diagram shown shows show displays display displayed drawn "
+           "draw depicted illustrated below above given")
+STOP_WORDS: frozenset[str] = frozenset(f"{_FUNCTION} {_INSTRUCTION} {_FIGURE}".split())
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words, numbers and math symbols (punctuation dropped; small numbers as digits, operator
+    words as symbols)."""
+    text = _WORD_HYPHEN.sub(" ", unicodedata.normalize("NFKC", text).lower())
+    return [NUMBER_WORDS.get(w) or OPERATOR_WORDS.get(w, w) for w in _TOKEN.findall(text)]
 
 
 def normalise(text: str) -> str:
-    """Lower-case words, numbers and math symbols joined by single spaces (punctuation and layout dropped)."""
-    return " ".join(_TOKEN.findall(unicodedata.normalize("NFKC", text).lower()))
+    """The normalised words joined by single spaces (what the exact key is taken of)."""
+    return " ".join(words(text))
 
 
 def text_key(normalised: str) -> str:
@@ -45,14 +82,25 @@ def text_key(normalised: str) -> str:
 
 
 def numbers(text: str) -> list[str]:
-    """The numbers a question mentions, in order (as written: "05" and "5" differ; "5.0" too)."""
+    """The numbers a text writes in digits, in order (as written: "05" and "5" differ; "5.0" too)."""
     return _NUMBER.findall(unicodedata.normalize("NFKC", text))
 
 
+def split_numbers(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the question's numbers in order, the multiple-choice options' values sorted). An option is a number
+    right after a letter marker: "(A) 5", "A) 5", "A. 5", "A: 5"."""
+    options = tuple(sorted(m.group(3) for m in _OPTION.finditer(text)))
+    return tuple(w for w in words(_OPTION.sub(" ", text)) if _NUMBER.fullmatch(w)), options
+
+
+def operators(normalised_words: Iterable[str]) -> tuple[str, ...]:
+    """The arithmetic operators a question writes, in order."""
+    return tuple(w for w in normalised_words if w in _OPERATORS)
+
+
 def numbers_compatible(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """One question's numbers, in their order, are among the other's in the same order: a copy keeps
-    the numbers it asks about (and may add the options' numbers), while "What is 6 + 4?" and
-    "What is 4 + 6?" are two problems."""
+    """One sequence (numbers, or operators), in its order, is among the other's in the same order: a copy
+    keeps what it asks about, while "What is 6 + 4?" and "What is 4 + 6?" are two problems."""
     if a == b or not a or not b:
         return True
     short, long = (a, b) if len(a) <= len(b) else (b, a)
@@ -60,20 +108,20 @@ def numbers_compatible(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return all(n in rest for n in short)  # a subsequence: `in` consumes the iterator up to the match
 
 
-def shingles(normalised: str, n: int) -> set[bytes]:
-    """The word n-grams of 1..n words (short questions share few long n-grams), as bytes; each number
-    also counts `NUMBER_WEIGHT` times more, so templated questions about other numbers ("AB is 3" /
-    "AB is 4") come out far apart and a reworded copy that keeps its numbers stays close."""
-    words = normalised.split()
-    found = {" ".join(words[i : i + k]).encode("utf-8") for k in range(1, n + 1) for i in range(len(words) - k + 1)}
-    found |= {f"#{w}#{j}".encode() for w in words if _NUMBER.fullmatch(w) for j in range(NUMBER_WEIGHT)}
-    return found or {b""}
+def options_compatible(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """The same option values in any order (a side without options passes)."""
+    return not a or not b or a == b
 
 
-def minhash(normalised: str, num_perm: int, n: int) -> LeanMinHash:
-    """The MinHash sketch of a normalised question's shingles (deterministic: a fixed seed)."""
+def content_words(normalised_words: Iterable[str]) -> set[str]:
+    """The words that carry the problem: all but `STOP_WORDS` (numbers and math symbols stay)."""
+    return {w for w in normalised_words if w not in STOP_WORDS} or {""}
+
+
+def minhash(content: Iterable[str], num_perm: int) -> LeanMinHash:
+    """The MinHash sketch of a question's content words (deterministic: a fixed seed)."""
     sketch = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME, permutations=_permutations(num_perm))
-    sketch.update_batch(list(shingles(normalised, n)))
+    sketch.update_batch([w.encode("utf-8") for w in content])
     return LeanMinHash(sketch)
 
 
@@ -93,26 +141,29 @@ def signature_values(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype=np.uint32)
 
 
-def unpack_signature(text: str) -> LeanMinHash:
-    values = signature_values(text).astype(np.uint64)
-    return LeanMinHash(seed=MINHASH_SEED, hashvalues=values, scheme=MINHASH_SCHEME)
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """The estimated Jaccard similarity of two sketches' content words (the share of equal hash values)."""
+    return float(np.count_nonzero(a == b)) / len(a)
 
 
-def jaccard(a: LeanMinHash, b: LeanMinHash) -> float:
-    """The estimated Jaccard similarity of two sketches' shingle sets."""
-    return float(a.jaccard(b))
+def number_salt(all_numbers: Iterable[str]) -> str:
+    """16 hex digits naming a question's numbers (options included) as a multiset; "" without numbers."""
+    found = sorted(all_numbers)
+    return hashlib.sha1(" ".join(found).encode()).hexdigest()[:16] if found else ""
 
 
-def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band) for MinHash LSH at `threshold`: datasketch's own choice (`MinHashLSH` with
-    its default weights), so two sketches whose similarity reaches the threshold most likely share a band."""
-    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+def band_layout(num_perm: int, salted: bool) -> tuple[int, int]:
+    """(bands, rows per band): num_perm/2 x 2 for a question with numbers (its salt already narrows the
+    candidates: pairs at the threshold meet), num_perm/4 x 4 without (number-free templates share one salt)."""
+    return (num_perm // 2, 2) if salted else (num_perm // 4, 4)
 
 
-def band_keys(values: np.ndarray, bands: int, rows: int) -> list[int]:
-    """The LSH keys of a sketch's hash values (uint32): one 63-bit key per band."""
+def band_keys(values: np.ndarray, salt: str) -> list[int]:
+    """The LSH keys of a sketch's hash values (uint32) under its numbers salt: one 63-bit key per band."""
+    bands, rows = band_layout(len(values), bool(salt))
     raw = np.ascontiguousarray(values, dtype=np.uint32)
-    return [_key(b"band%d:" % b + raw[b * rows : (b + 1) * rows].tobytes()) for b in range(bands)]
+    head = f"band:{salt}:".encode()
+    return [_key(head + b.to_bytes(2, "little") + raw[b * rows : (b + 1) * rows].tobytes()) for b in range(bands)]
 
 
 def exact_key(key: str) -> int:
@@ -123,8 +174,3 @@ def exact_key(key: str) -> int:
 def _key(data: bytes) -> int:
     # 63 bits (a SQLite integer), far above the image index's small keys
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1 | (1 << 62)
-
-
-def similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """The estimated Jaccard similarity of two sketches' hash values (the share of equal values)."""
-    return float(np.count_nonzero(a == b)) / len(a)

@@ -439,11 +439,10 @@ class DataCheckConfig(StrictModel):
 
     enabled: bool = True
     action: Literal["warn", "drop"] = "warn"  # drop: contaminated problems and later copies leave seed/pool
-    text_similarity: float = Field(0.6, gt=0, le=1)  # MinHash Jaccard of word 1..n-grams for a near-same question
+    text_similarity: float = Field(0.4, gt=0, le=1)  # MinHash Jaccard of the content words: a near-same question
     image_distance: int = Field(4, ge=0, le=11)  # Hamming bits (64-bit phash or trimmed phash): the same picture
     text_image_distance: int = Field(16, ge=0, le=64)  # a text match whose images are farther apart is no match
     require_same_numbers: bool = True  # questions about other numbers are other problems
     require_same_answer: bool = True  # numeric reference answers that differ: other problems (letters never differ)
-    num_perm: int = Field(64, ge=16, le=512)  # MinHash permutations
-    shingle_words: int = Field(2, ge=1, le=5)  # shingles: word n-grams of 1..n words
+    num_perm: int = Field(64, ge=16, le=512, multiple_of=4)  # MinHash permutations (LSH bands of 2 or 4)
     examples: int = Field(5, ge=0)  # examples of each kind printed and put in the summary / report

@@ -15,7 +15,7 @@ from mathse.run.storage import iter_jsonl
 def test_sketch_file_is_made_once_and_a_partial_one_is_resumed(tmp_path: Path) -> None:
     render_problem_image(ProblemSpec("countdown", (1, 2), (56, 56))).save(tmp_path / "a.png")
     items = [Item(f"p{i}", f"What is {i} + 2?", (str(tmp_path / "a.png"),), str(i + 2)) for i in range(5)]
-    settings = SketchSettings(num_perm=32, shingle_words=2)
+    settings = SketchSettings(num_perm=32)
     made: list[int] = []
 
     def killed_after_two() -> Iterator[Item]:
@@ -31,7 +31,7 @@ def test_sketch_file_is_made_once_and_a_partial_one_is_resumed(tmp_path: Path) -
     assert sketches[0].numbers == ("0", "2") and len(sketches[0].images) == 1
     again = sketch_file(tmp_path / "cache", "pool", "abc", lambda: iter(()), settings, "pool.jsonl", made.append)
     assert again == path and made == [1, 2, 3]  # cached: nothing read or hashed
-    other = sketch_file(tmp_path / "cache", "pool", "abc", lambda: iter(items), SketchSettings(64, 2), "pool.jsonl")
+    other = sketch_file(tmp_path / "cache", "pool", "abc", lambda: iter(items), SketchSettings(64), "pool.jsonl")
     assert other != path  # other settings, another cache file
 
 
@@ -47,7 +47,7 @@ def test_an_unreadable_image_is_named_and_leaves_the_text_signal(tmp_path: Path)
     problem's as skipped (tests/test_reliability.py corrupts one on purpose)."""
     (tmp_path / "bad.png").write_bytes(b"not a picture")
     items = [Item("p7", "What is 1 + 1?", (str(tmp_path / "bad.png"),))]
-    path = sketch_file(tmp_path / "cache", "seed", "d", lambda: iter(items), SketchSettings(32, 2), "seed.jsonl")
+    path = sketch_file(tmp_path / "cache", "seed", "d", lambda: iter(items), SketchSettings(32), "seed.jsonl")
     (row,) = iter_jsonl(path)
     assert row["images"] == [] and row["key"] and len(row["unreadable"]) == 1
     assert row["unreadable"][0].startswith("seed.jsonl: record 'p7': image unreadable")
