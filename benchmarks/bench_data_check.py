@@ -119,12 +119,38 @@ def paraphrase(q: str, rng: random.Random) -> str:
     return rng.choice(_PARAPHRASES).format(q=text)
 
 
+# Held out: words the text signal's stop list was not written for (a second helper wrote them after the
+# signal was chosen on the transformations above; the figures of both are reported).
+_OTHER_SYNONYMS = [("right triangle", "right-angled triangle"), ("red dots", "red points"), ("sum", "total"),
+                   ("boxes", "squares"), ("bar", "strip"), ("legs", "shorter sides"), ("equal units", "even steps"),
+                   ("hypotenuse", "longest side"), ("area", "surface"), ("What is", "Calculate")]
+_OTHER_PREFIXES = ["Solve the following. {q}", "Question: {q} Show your work.", "{q} Give the exact value.",
+                   "Determine {q}"]
+
+
+def reword_heldout(q: str, rng: random.Random) -> str:
+    """Two content-word synonyms the stop list does not know."""
+    swaps = [(a, b) for a, b in _OTHER_SYNONYMS if a in q]
+    rng.shuffle(swaps)
+    for a, b in swaps[:2]:
+        q = q.replace(a, b, 1)
+    return q
+
+
+def paraphrase_heldout(q: str, rng: random.Random) -> str:
+    """Sentences reversed, synonyms swapped, another instruction around it."""
+    parts = [p.strip() for p in q.replace("?", "?|").replace(". ", ".|").replace("\n", "|").split("|") if p.strip()]
+    text = reword_heldout(" ".join(reversed(parts)), rng) if len(parts) > 1 else reword_heldout(q, rng)
+    return rng.choice(_OTHER_PREFIXES).format(q=text)
+
+
 IMAGE_T: dict[str, Callable[[Image.Image, random.Random], Image.Image]] = {
     "jpeg": lambda i, r: jpeg(i), "rescale x1.5": lambda i, r: rescale(i), "rescale x0.8": lambda i, r: downscale(i),
     "crop 5%": crop5, "recolour": lambda i, r: recolour(i),
 }
 TEXT_T: dict[str, Callable[[str, random.Random], str]] = {
     "repunct": repunct, "reword": reword, "paraphrase": paraphrase,
+    "reword (held-out words)": reword_heldout, "paraphrase (held-out words)": paraphrase_heldout,
 }
 
 

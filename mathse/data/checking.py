@@ -11,6 +11,7 @@ by content (`mathse.data.sketches`), so a changed pool re-sketches the pool only
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +59,7 @@ def inputs(cfg: MathSEConfig) -> Inputs:
         for i, path in enumerate(files):
             found.file(f"benchmark {name}" + (f" [{i}]" if i else ""), path)
     found.config(cfg, "eval.benchmarks").config(cfg, "data.image_root")
-    return found.config(cfg, "data_check", exclude={"enabled", "examples"})
+    return found.config(cfg, "data_check", exclude={"enabled", "examples", "workers"})
 
 
 def stale(cfg: MathSEConfig) -> list[Stale]:
@@ -136,7 +137,7 @@ def _check_sources(cfg: MathSEConfig, settings: SketchSettings, sketch_dir: Path
             continue
         digest = content_digest([path], {"image_root": cfg.data.image_root})
         cached = sketch_file(sketch_dir, role, digest, lambda p=path: _problem_items(p, cfg.data.image_root),
-                             settings, str(path), _progress(say, role))
+                             settings, str(path), _progress(say, role), _workers(cfg.data_check))
         sources.append((role, read_sketches(cached)))
     verdicts = check_stream(bench_index, sources, thresholds(cfg.data_check), layout.check_index_path(cfg, "own"))
     try:
@@ -172,9 +173,13 @@ def _index_benchmarks(cfg: MathSEConfig, settings: SketchSettings, sketch_dir: P
                 yield Item(item.id, item.question, item.images, item.answer)
 
         cached = sketch_file(sketch_dir, f"bench-{layout.safe_name(name)}", digest, items, settings, str(spec.path),
-                             _progress(say, f"benchmark {name}"))
+                             _progress(say, f"benchmark {name}"), _workers(cfg.data_check))
         for sketch in read_sketches(cached):
             index.add(sketch, name)
+
+
+def _workers(dc: DataCheckConfig) -> int:
+    return dc.workers or len(os.sched_getaffinity(0))
 
 
 def _progress(say: str, what: str) -> Any:

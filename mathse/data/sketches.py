@@ -1,17 +1,20 @@
 """Each problem's sketch (text key, numbers, MinHash, image hashes), computed once per file.
 
 A source file's sketches go to ``<cache>/<label>-<content sha256[:16]>-<settings digest>.jsonl``: a
-rerun on the same file content and settings reads them back and hashes nothing. They are written
-through a journal (``.partial``), so a killed run keeps what it sketched and the rerun goes on from
-there; the finished file is renamed into place.
+rerun on the same file content and settings reads them back and hashes nothing. They are written in
+the file's order to ``.partial``, so a killed run keeps what it sketched and the rerun goes on from
+there; the finished file is renamed into place. Image hashing runs in worker processes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from mathse.data.text_sketches import (
     text_key,
     words,
 )
-from mathse.run.storage import Journal, iter_jsonl
+from mathse.run.storage import count_lines, iter_jsonl, truncate_torn_tail
 
 __all__ = ["SKETCH_VERSION", "Item", "Sketch", "SketchSettings", "sketch_file", "sketch_item", "text_fields"]
 
@@ -129,30 +132,62 @@ def sketch_file(
     settings: SketchSettings,
     where: str,
     on_new: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> Path:
-    """The cache file of a source's sketches, made when absent (resuming a partial one)."""
+    """The cache file of a source's sketches, made when absent. Rows are written in the items' order, so a
+    partial file (a killed run) is resumed by skipping as many items as it holds rows (the file's content
+    is what the name says: the same items in the same order). Past the first `_CHUNK` items, `workers`
+    processes hash the images (memory stays flat: a few chunks in flight)."""
     path = cache_dir / f"{label}-{digest}-{settings.digest()}.jsonl"
     if path.is_file():
         return path
     partial = path.with_name(path.name + ".partial")
+    truncate_torn_tail(partial)
+    done = count_lines(partial)
+    rest = itertools.islice(items(), done, None)
+    first = next(rest, None)  # a file that fails at once leaves nothing
+    partial.parent.mkdir(parents=True, exist_ok=True)
     made = 0
-    journal: Journal | None = None  # opened at the first item: a file that fails at once leaves nothing
-    try:
-        for item in items():
-            journal = journal or Journal(partial, key_field="id")
-            if item.id not in journal:
-                journal.append(sketch_item(item, settings, where))
+    with partial.open("a", encoding="utf-8") as out:
+        if first is not None:
+            for row in _sketched(itertools.chain([first], rest), settings, where, workers):
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 made += 1
                 if on_new is not None:
                     on_new(made)
-    finally:
-        if journal is not None:
-            journal.close()
-    if journal is None:
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.touch()
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(partial, path)
     return path
+
+
+_CHUNK = 256
+
+
+def _sketched(items: Iterator[Item], settings: SketchSettings, where: str, workers: int) -> Iterator[dict[str, Any]]:
+    """Each item's row, in order; the first chunk here, the rest in `workers` processes when there is more."""
+    for item in itertools.islice(items, _CHUNK):  # one at a time: a kill keeps each one sketched
+        yield sketch_item(item, settings, where)
+    chunks = iter(lambda: list(itertools.islice(items, _CHUNK)), [])
+    if workers <= 1:
+        for chunk in chunks:
+            yield from _sketch_chunk(chunk, settings, where)
+        return
+    pool = ProcessPoolExecutor(workers)
+    try:
+        pending: deque[Future[list[dict[str, Any]]]] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_sketch_chunk, chunk, settings, where))
+            if len(pending) >= 2 * workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _sketch_chunk(chunk: list[Item], settings: SketchSettings, where: str) -> list[dict[str, Any]]:
+    return [sketch_item(item, settings, where) for item in chunk]
 
 
 def read_sketches(path: Path) -> Iterator[Sketch]:

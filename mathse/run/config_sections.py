@@ -446,3 +446,4 @@ class DataCheckConfig(StrictModel):
     require_same_answer: bool = True  # numeric reference answers that differ: other problems (letters never differ)
     num_perm: int = Field(64, ge=16, le=512, multiple_of=4)  # MinHash permutations (LSH bands of 2 or 4)
     examples: int = Field(5, ge=0)  # examples of each kind printed and put in the summary / report
+    workers: int = Field(0, ge=0)  # processes hashing images (0: one per CPU this process may use)

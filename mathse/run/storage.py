@@ -99,6 +99,43 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             yield _parse_row(raw, f"{path}:{lineno}")
 
 
+def truncate_torn_tail(path: Path) -> None:
+    """Cut a JSONL file back to its last complete line (a row torn by a kill is dropped)."""
+    if not path.exists():
+        return
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with path.open("r+b") as handle:
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        # Find the last complete line without reading the whole file.
+        keep = 0
+        block = 1 << 16
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            handle.seek(start)
+            found = handle.read(end - start).rfind(b"\n")
+            if found >= 0:
+                keep = start + found + 1
+                break
+            end = start
+        handle.truncate(keep)
+
+
+def count_lines(path: Path) -> int:
+    """The number of lines of a file (0 when absent), read in blocks."""
+    if not path.exists():
+        return 0
+    found = 0
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            found += block.count(b"\n")
+    return found
+
+
 class Journal:
     """An append-only JSONL file of keyed records, safe to resume after a kill.
 
@@ -112,7 +149,7 @@ class Journal:
         self.path = path
         self.key_field = key_field
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._truncate_torn_tail()
+        truncate_torn_tail(path)
         self._index: dict[str, int] = {}
         offset = 0
         if path.exists():
@@ -125,30 +162,6 @@ class Journal:
         self._size = offset
         self._handle = path.open("ab")
         self._reader: Any = None  # opened on the first read
-
-    def _truncate_torn_tail(self) -> None:
-        if not self.path.exists():
-            return
-        size = self.path.stat().st_size
-        if size == 0:
-            return
-        with self.path.open("r+b") as handle:
-            handle.seek(size - 1)
-            if handle.read(1) == b"\n":
-                return
-            # Find the last complete line without reading the whole file.
-            keep = 0
-            block = 1 << 16
-            end = size
-            while end > 0:
-                start = max(0, end - block)
-                handle.seek(start)
-                found = handle.read(end - start).rfind(b"\n")
-                if found >= 0:
-                    keep = start + found + 1
-                    break
-                end = start
-            handle.truncate(keep)
 
     def __contains__(self, key: str) -> bool:
         return key in self._index

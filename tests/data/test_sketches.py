@@ -35,6 +35,18 @@ def test_sketch_file_is_made_once_and_a_partial_one_is_resumed(tmp_path: Path) -
     assert other != path  # other settings, another cache file
 
 
+def test_many_items_are_sketched_by_worker_processes_in_order_as_one_process_does(tmp_path: Path) -> None:
+    render_problem_image(ProblemSpec("countdown", (1, 2), (56, 56))).save(tmp_path / "a.png")
+    render_problem_image(ProblemSpec("countdown", (3, 4), (56, 56))).save(tmp_path / "b.png")
+    items = [Item(f"p{i}", f"What is {i} + 2?", (str(tmp_path / "ab"[i % 2]) + ".png",), str(i + 2))
+             for i in range(700)]  # past the first chunk, done here, into three chunks for the workers
+    one = sketch_file(tmp_path / "one", "pool", "abc", lambda: iter(items), SketchSettings(32), "pool.jsonl")
+    made: list[int] = []
+    two = sketch_file(tmp_path / "two", "pool", "abc", lambda: iter(items), SketchSettings(32), "pool.jsonl",
+                      made.append, workers=2)
+    assert two.read_bytes() == one.read_bytes() and made == list(range(1, 701))
+
+
 def test_content_digest_follows_content_not_names(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_text("x\n")
     (tmp_path / "b.jsonl").write_text("x\n")
