@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mathse.data.checking import thresholds  # noqa: E402
 from mathse.data.duplicates import SketchIndex, Thresholds, check_stream  # noqa: E402
 from mathse.data.sketches import Item, Sketch, SketchSettings, sketch_item  # noqa: E402
 from mathse.demo.problems import (  # noqa: E402
@@ -238,21 +240,21 @@ def detection(sweep: bool) -> None:
     print(f"detection: benchmark B {len(bench)} problems, distinct D {len(distinct)}, {len(copies)} transformations "
           f"x {len(bench)} copies; {same_picture} problems left out of D (same picture as one in B, another question)"
           f"; sketched in {time.perf_counter() - start:.1f} s")
-    configs = [("shipped", Thresholds(dc.text_similarity, dc.image_distance, dc.text_image_distance,
-                                      dc.require_same_numbers, dc.num_perm, dc.require_same_answer))]
+    shipped = thresholds(dc)
+    configs = [("shipped", shipped)]
     if sweep:
-        for img in (2, 4, 6, 8, 11):
-            for text in (0.5, 0.7):
-                configs.append((f"image<={img} text>={text}", Thresholds(text, img, dc.text_image_distance, True,
-                                                                         dc.num_perm)))
-        configs.append(("no numbers rule", Thresholds(dc.text_similarity, dc.image_distance, dc.text_image_distance,
-                                                      False, dc.num_perm)))
-        configs.append(("no answer rule", Thresholds(dc.text_similarity, dc.image_distance, dc.text_image_distance,
-                                                     True, dc.num_perm, False)))
-        configs.append(("neither rule", Thresholds(dc.text_similarity, dc.image_distance, dc.text_image_distance,
-                                                   False, dc.num_perm, False)))
-        configs.append(("text_image_distance 64", Thresholds(dc.text_similarity, dc.image_distance, 64, True,
-                                                             dc.num_perm)))
+        configs.append(("hashes only (image 4, text gate 16)",
+                        replace(shipped, picture_check=False, image_distance=4, text_image_distance=16)))
+        for gate in (16, 32, 64):
+            configs.append((f"text gate {gate}", replace(shipped, text_image_distance=gate)))
+        for img in (6, 8):
+            configs.append((f"image <= {img}", replace(shipped, image_distance=img)))
+        for diff in (0.005, 0.02):
+            configs.append((f"picture difference {diff}", replace(shipped, picture_difference=diff)))
+        for sim in (0.3, 0.5):
+            configs.append((f"text >= {sim}", replace(shipped, text_similarity=sim)))
+        configs.append(("no numbers rule", replace(shipped, require_same_numbers=False)))
+        configs.append(("no answer rule", replace(shipped, require_same_answer=False)))
     results = {name: evaluate(t, bench, distinct, copies) for name, t in configs}
     keys = list(next(iter(results.values())))
     print("| measure | " + " | ".join(results) + " |")

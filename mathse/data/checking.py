@@ -33,7 +33,7 @@ ROLES: tuple[Role, ...] = ("seed", "pool")
 
 def thresholds(dc: DataCheckConfig) -> Thresholds:
     return Thresholds(dc.text_similarity, dc.image_distance, dc.text_image_distance, dc.require_same_numbers,
-                      dc.num_perm, dc.require_same_answer)
+                      dc.num_perm, dc.require_same_answer, dc.picture_check, dc.picture_difference)
 
 
 def _role_file(cfg: MathSEConfig, role: Role) -> Path | None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mathse.data.image_hashes import distance, index_keys, probe_keys
+from mathse.data.pictures import DEFAULT_THRESHOLD, picture_difference
 from mathse.data.sketches import Sketch
 from mathse.data.text_sketches import (
     band_keys,
@@ -50,6 +51,8 @@ class Thresholds:
     require_same_numbers: bool = True
     num_perm: int = 64
     require_same_answer: bool = True
+    picture_check: bool = False  # compare the pictures of each proposed pair pixel by pixel (mathse.data.pictures)
+    picture_difference: float = DEFAULT_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ class SketchIndex:
         rows = self._db.execute(_CANDIDATES, (json.dumps(sorted(probes)),)).fetchall()
         found: list[Match] = []
         for source, other_id, data, signature in rows:
-            key, salt, other_numbers, other_options, other_operators, other_answer, other_images, _other_paths = (
+            key, salt, other_numbers, other_options, other_operators, other_answer, other_images, other_paths = (
                 json.loads(data))
             if self.t.require_same_numbers and not (
                 numbers_compatible(sketch.numbers, tuple(other_numbers))
@@ -138,10 +141,32 @@ class SketchIndex:
                 sim = None  # other words, or the same words over another picture
             if not by_image and sim is None:
                 continue
+            if d_img is not None and self.t.picture_check and not self._same_picture(
+                    sketch, other_images, other_paths, max(self.t.image_distance, self.t.text_image_distance)):
+                continue  # alike by hash and words, another picture (a changed label, another diagram)
             signal = "text+image" if by_image and sim is not None else ("image" if by_image else "text")
             found.append(Match(source, other_id, signal, d_img, sim))
         found.sort(key=lambda m: (m.image_distance if m.image_distance is not None else 99, -(m.text_similarity or 0)))
         return found
+
+    def _same_picture(self, sketch: Sketch, other_images: list[list[int]], other_paths: list[str],
+                      within: int) -> bool:
+        """Whether an image of `sketch` and one of the other problem, among the pairs within `within` bits
+        (closest first), are the same picture by `picture_difference`. A file that cannot be read now
+        leaves the hashes' verdict (a pair within `image_distance`)."""
+        pairs = sorted((min(distance(x, y) for x, y in zip(a, b, strict=True)), pa, pb)
+                       for a, pa in zip(sketch.images, sketch.paths, strict=True)
+                       for b, pb in zip(other_images, other_paths, strict=True))
+        for d, pa, pb in pairs:
+            if d > within:
+                break
+            try:
+                if picture_difference(pa, pb) <= self.t.picture_difference:
+                    return True
+            except OSError:
+                if d <= self.t.image_distance:
+                    return True
+        return False
 
     def close(self) -> None:
         """Remove the file."""

@@ -440,8 +440,10 @@ class DataCheckConfig(StrictModel):
     enabled: bool = True
     action: Literal["warn", "drop"] = "warn"  # drop: contaminated problems and later copies leave seed/pool
     text_similarity: float = Field(0.4, gt=0, le=1)  # MinHash Jaccard of the content words: a near-same question
-    image_distance: int = Field(4, ge=0, le=11)  # Hamming bits (64-bit phash or trimmed phash): the same picture
-    text_image_distance: int = Field(16, ge=0, le=64)  # a text match whose images are farther apart is no match
+    image_distance: int = Field(10, ge=0, le=11)  # Hamming bits (64-bit phash or trimmed phash): a picture pair
+    text_image_distance: int = Field(24, ge=0, le=64)  # a text match whose images are farther apart is no match
+    picture_check: bool = True  # each picture pair is compared pixel by pixel (registered); off: the hashes decide
+    picture_difference: float = Field(0.01, ge=0, le=1)  # the largest local difference of the same picture
     require_same_numbers: bool = True  # questions about other numbers are other problems
     require_same_answer: bool = True  # numeric reference answers that differ: other problems (letters never differ)
     num_perm: int = Field(64, ge=16, le=512, multiple_of=4)  # MinHash permutations (LSH bands of 2 or 4)
