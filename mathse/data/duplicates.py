@@ -97,14 +97,14 @@ class SketchIndex:
         self._size += 1
         values = signature_values(sketch.signature)
         keys = {exact_key(sketch.key), *band_keys(values, sketch.salt)}
-        for pair in sketch.images:
-            for kind, value in enumerate(pair):
-                keys.update(index_keys(value, kind))
+        image_rows = {(k, item, *(_signed(h) for h in pair)) for pair in sketch.images
+                      for kind, value in enumerate(pair) for k in index_keys(value, kind)}
         data = [sketch.key, sketch.salt, sketch.numbers, sketch.options, sketch.operators, sketch.answer,
                 [list(p) for p in sketch.images], sketch.paths]
         self._db.execute("INSERT INTO items VALUES (?, ?, ?, ?)", (item, source, sketch.id, json.dumps(data)))
         self._db.execute("INSERT INTO signatures VALUES (?, ?)", (item, values.tobytes()))
         self._db.executemany("INSERT OR IGNORE INTO keys VALUES (?, ?)", ((k, item) for k in keys))
+        self._db.executemany("INSERT OR IGNORE INTO image_keys VALUES (?, ?, ?, ?)", image_rows)
         if self._size % 10_000 == 0:
             self._db.execute("COMMIT")
             self._db.execute("BEGIN")
@@ -112,11 +112,19 @@ class SketchIndex:
     def matches(self, sketch: Sketch) -> list[Match]:
         """The indexed problems that match `sketch`, closest first."""
         values = signature_values(sketch.signature)
-        probes = {exact_key(sketch.key), *band_keys(values, sketch.salt)}
-        for pair in sketch.images:
-            for kind, value in enumerate(pair):
-                probes.update(probe_keys(value, kind, self.t.image_distance))
-        rows = self._db.execute(_CANDIDATES, (json.dumps(sorted(probes)),)).fetchall()
+        probes = [exact_key(sketch.key), *band_keys(values, sketch.salt)]
+        candidates = {item for (item,) in self._db.execute(_TEXT_CANDIDATES, (json.dumps(probes),))}
+        if sketch.images:  # the hashes come with the keys: only the pictures within the distance are read on
+            probes = [k for pair in sketch.images for kind, value in enumerate(pair)
+                      for k in probe_keys(value, kind, self.t.image_distance)]
+            rows = self._db.execute(_IMAGE_CANDIDATES, (json.dumps(probes),)).fetchall()
+            if rows:
+                found = np.array(rows, dtype=np.int64)
+                hashes = found[:, 1:].view(np.uint64)
+                mine = np.array(sketch.images, dtype=np.uint64)  # (images, kinds)
+                bits = np.bitwise_count(hashes[:, None, :] ^ mine[None, :, :]).min(axis=(1, 2))
+                candidates.update(found[bits <= self.t.image_distance, 0].tolist())
+        rows = self._db.execute(_CANDIDATES, (json.dumps(sorted(candidates)),)).fetchall()
         found: list[Match] = []
         for source, other_id, data, signature in rows:
             key, salt, other_numbers, other_options, other_operators, other_answer, other_images, other_paths = (
@@ -190,12 +198,19 @@ PRAGMA cache_size = -32768;
 CREATE TABLE items (item INTEGER PRIMARY KEY, source TEXT, id TEXT, data TEXT);
 CREATE TABLE signatures (item INTEGER PRIMARY KEY, hashvalues BLOB);
 CREATE TABLE keys (key INTEGER, item INTEGER, PRIMARY KEY (key, item)) WITHOUT ROWID;
+CREATE TABLE image_keys (key INTEGER, item INTEGER, phash INTEGER, trim INTEGER, PRIMARY KEY (key, item, phash, trim))
+    WITHOUT ROWID;
 """
+_TEXT_CANDIDATES = "SELECT DISTINCT item FROM keys WHERE key IN (SELECT value FROM json_each(?))"
+_IMAGE_CANDIDATES = "SELECT item, phash, trim FROM image_keys WHERE key IN (SELECT value FROM json_each(?))"
 # Each candidate once, in the order added (so the first copy of a problem is named first among equals).
 _CANDIDATES = """
 SELECT items.source, items.id, items.data, signatures.hashvalues FROM items JOIN signatures USING (item)
-WHERE item IN (SELECT item FROM keys WHERE key IN (SELECT value FROM json_each(?))) ORDER BY item
+WHERE item IN (SELECT value FROM json_each(?)) ORDER BY item
 """
+def _signed(value: int) -> int:
+    """A 64-bit hash as a SQLite integer (signed; numpy's uint64 view gives it back)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def closest(a: Iterable[Iterable[int]], b: Iterable[Iterable[int]]) -> int:

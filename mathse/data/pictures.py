@@ -8,25 +8,34 @@ two files and compare them pixel by pixel:
 1. Ink maps. Each image in grey (transparency over white), contrast stretched, as "ink" in 0..1
    (0 = the background, taken as the median of the border pixels; a dark background is inverted),
    so a recoloured copy gives the same map.
-2. Working grid. The smaller image (by area) is the reference; it is resampled so that its longer
-   side is between `MIN_SIDE` and `MAX_SIDE` pixels (small drawings are enlarged, so that the
-   1-pixel tolerance below is half a source pixel; large ones reduced, so that a label 10-15 px high
-   in a 1000 px diagram stays ~6 px high).
-3. Registration. The other image's scale relative to the reference is searched around two guesses,
-   the ratio of the image sizes and the ratio of the content boxes (+-9% in 1.5% steps on maps
-   reduced to 64 px, then +-2 half steps at each doubling of resolution); for each scale the shift
-   is the peak of the FFT cross-correlation of the two
-   ink maps (sub-pixel by a parabola), and the best normalised correlation wins. The other image
-   is then resampled into the reference's grid (anti-aliased), with a mask of where it covers it.
-4. Tolerant difference. Each pixel's distance to the range of the other image's values within
-   1 pixel (both ways, the larger kept), so interpolation and half-pixel misregistration cost
-   nothing, and JPEG noise little; only where both images cover the reference grid.
-5. Score: the largest mean of that difference over a digit-sized window (`WINDOW` working pixels
-   square); a changed digit, dot or bar end makes one window differ a lot, while a copy differs a
-   little everywhere. Pictures whose overlap after registration keeps less than `MIN_COVERAGE` of
-   either image's ink (a different framing, not a 5% crop) score 1.
+2. Working grid. The smaller image (by area) is the reference, resampled so that its longer side is
+   between `MIN_SIDE` and `MAX_SIDE` pixels: small drawings are enlarged (the 1-pixel tolerance
+   below is then half a source pixel); large ones reduced only down to 800 px, so that a label 10 px
+   high in a 1000 px diagram stays 8 px high.
+3. Registration. (a) Coarse, on both maps reduced by an integer factor to at most `REG_SIDE` px: the
+   other image's scale is searched around two guesses (the ratio of the image sizes and of the content
+   boxes; +-9% in 1.5% steps at 64 px, then +-2 half steps at each doubling of resolution); for each
+   scale the shift is the peak of the FFT cross-correlation (sub-pixel by a parabola), the best
+   normalised correlation wins. (b) Fine: three Gauss-Newton steps on (scale, shift) minimising the
+   squared difference of the two maps (blurred 1 px), on maps reduced to about `REFINE_SIDE` px. The
+   other image is then resampled into the reference's grid (anti-aliased), with a mask of where it
+   covers it; `EDGE` source px along the overlap's edge are dropped (a crop's cut).
+4. Difference, two regimes by the working scale (one threshold for both):
+   - full-size pictures (reference not enlarged): both maps blurred by `BLUR` working px (so leftover
+     resampling error along long thin lines vanishes, while a changed glyph, a ~8x6 px blob, stays),
+     per-pixel |a - b| minus a noise floor `NOISE`, averaged over a `WINDOW` px square;
+   - small drawings (reference enlarged): each pixel's distance to the range of the other's values
+     within 1 working px (both ways, the larger kept), so interpolation, half-pixel misregistration and
+     JPEG ringing on tiny coloured shapes cost little, minus `NOISE_SMALL`, averaged over a
+     `WINDOW_SMALL` source px square.
+   The score is the largest window mean: a changed digit, dot or bar end makes one window differ a
+   lot, a copy differs a little everywhere. When the sizes differ, the larger image may be the sharper
+   (a reduced copy) or not (an enlarged one): the score is also taken with the resampled other blurred
+   to the reduced one's sharpness, and the smaller kept.
+5. Frames: pictures whose overlap after registration keeps less than `MIN_COVERAGE` of either frame
+   (a different framing, not a 5% crop) score 1; so do pairs whose aspect ratios rule that out.
 
-`same_picture(a, b)` is `picture_difference(a, b) <= threshold`.
+`same_picture(a, b)` is `picture_difference(a, b) <= threshold` (`DEFAULT_THRESHOLD`).
 """
 
 from __future__ import annotations
@@ -44,12 +53,17 @@ __all__ = ["DEFAULT_THRESHOLD", "picture_difference", "same_picture"]
 
 DEFAULT_THRESHOLD = 0.01
 MIN_SIDE = 128
-MAX_SIDE = 512
-WINDOW = 3  # source pixels of the smaller image (at least 3 working pixels)
+MAX_SIDE = 800
+REG_SIDE = 256
+REFINE_SIDE = 400
+WINDOW = 5  # working pixels
+BLUR = 1.0  # working pixels, both maps blurred before differencing
 EDGE = 2  # source pixels dropped along the overlap's edge (a crop's cut)
 SHARPNESS = 0.5
 MIN_COVERAGE = 0.8
-NOISE = 0.25
+NOISE = 0.1
+NOISE_SMALL = 0.25
+WINDOW_SMALL = 3  # source pixels
 COARSE_SIDE = 64
 _COARSE_STEP = 0.015
 _COARSE_STEPS = np.exp(np.arange(-6, 7) * _COARSE_STEP)
@@ -72,8 +86,9 @@ def ink_map(path: str | Path) -> np.ndarray:
 
 def _resample(img: np.ndarray, k: float, offset: tuple[float, float], shape: tuple[int, int]) -> np.ndarray:
     """out[y, x] = img[k * y + oy, k * x + ox] (bilinear, blurred first when reducing; 0 outside)."""
-    if k > 1.0:
-        img = ndimage.gaussian_filter(img, sigma=0.45 * (k - 1.0) ** 0.5 * k ** 0.5)
+    sigma = 0.45 * (k - 1.0) ** 0.5 * k ** 0.5 if k > 1.0 else 0.0
+    if sigma > 0.3:  # below, aliasing is negligible
+        img = ndimage.gaussian_filter(img, sigma=sigma, truncate=3.0)
     matrix = np.array([k, k])
     return ndimage.affine_transform(img, matrix, offset=offset, output_shape=shape, order=1, cval=0.0,
                                     prefilter=False)
@@ -134,8 +149,10 @@ def _best_scale(ref: np.ndarray, other: np.ndarray, scales: list[float]) -> tupl
 def _register(ref: np.ndarray, other: np.ndarray, guesses: list[float]) -> tuple[float, float, float]:
     """(k, oy, ox): other[k * y + oy, k * x + ox] ~ ref[y, x]. A pyramid: the scale grid around the
     guesses on maps reduced to COARSE_SIDE, then at each doubling of resolution +-2 steps of half the
-    previous step, up to the full maps."""
-    c = max(ref.shape) / COARSE_SIDE
+    previous step, up to REG_SIDE; then least-squares refinement (`_refine`) on the full maps."""
+    top = int(np.ceil(max(ref.shape) / REG_SIDE))
+    ref_top, other_top = (_block_mean(ref, top), _block_mean(other, top)) if top > 1 else (ref, other)
+    c = max(ref_top.shape) / COARSE_SIDE
     levels = []
     while c > 1.25:
         levels.append(c)
@@ -143,14 +160,55 @@ def _register(ref: np.ndarray, other: np.ndarray, guesses: list[float]) -> tuple
     scales = [g * s for g in guesses for s in _COARSE_STEPS]
     step = _COARSE_STEP
     for c in levels:
-        k = _best_scale(_reduce(ref, c), _reduce(other, c), scales)[1]
+        k = _best_scale(_reduce(ref_top, c), _reduce(other_top, c), scales)[1]
         step /= 2.0
         scales = [k * float(np.exp(i * step)) for i in range(-2, 3)]
     if not levels:
-        k = _best_scale(ref, other, scales)[1]
+        k = _best_scale(ref_top, other_top, scales)[1]
         scales = [k * s for s in _FINE_STEPS]
-    _, k, oy, ox = _best_scale(ref, other, scales)
-    return k, oy, ox
+    _, k, oy, ox = _best_scale(ref_top, other_top, scales)
+    half = 0.5 * (top - 1.0)
+    oy, ox = top * oy + half * (1.0 - k), top * ox + half * (1.0 - k)
+    return _refine(ref, other, k, oy, ox)
+
+
+def _refine(ref: np.ndarray, other: np.ndarray, k: float, oy: float, ox: float,
+            iterations: int = 3) -> tuple[float, float, float]:
+    """Gauss-Newton steps on (k, oy, ox) minimising the squared difference of the two maps (slightly
+    blurred), on both reduced by an integer factor to about REFINE_SIDE px."""
+    c = max(1, round(max(ref.shape) / REFINE_SIDE))
+    half = 0.5 * (c - 1.0)
+    if c > 1:
+        ref, other = _block_mean(ref, c), _block_mean(other, c)
+    oy, ox = (oy - half * (1.0 - k)) / c, (ox - half * (1.0 - k)) / c
+    if k > 1.0:
+        other = ndimage.gaussian_filter(other, sigma=0.45 * (k - 1.0) ** 0.5 * k ** 0.5, truncate=2.5)
+    r = ndimage.gaussian_filter(ref, 1.0, truncate=2.5).astype(np.float64)
+    ys = np.arange(ref.shape[0], dtype=np.float64)[:, None]
+    xs = np.arange(ref.shape[1], dtype=np.float64)[None, :]
+    for _ in range(iterations):
+        m = ndimage.affine_transform(other, np.array([k, k]), offset=(oy, ox), output_shape=ref.shape, order=1,
+                                     cval=0.0, prefilter=False)
+        m = ndimage.gaussian_filter(m.astype(np.float64), 1.0, truncate=2.5)
+        mask = _coverage_mask(other.shape, k, (oy, ox), ref.shape)
+        gy, gx = np.gradient(m)
+        gy, gx = gy * mask / k, gx * mask / k
+        gs = gy * ys + gx * xs
+        res = (r - m) * mask
+        jac = [gs, gy, gx]
+        ata = np.array([[float((p * q).sum()) for q in jac] for p in jac])
+        atb = np.array([float((p * res).sum()) for p in jac])
+        if np.linalg.cond(ata) > 1e12:
+            break
+        dk, doy, dox = np.linalg.solve(ata, atb)
+        k, oy, ox = k + dk, oy + doy, ox + dox
+    return k, c * oy + half * (1.0 - k), c * ox + half * (1.0 - k)
+
+
+def _block_mean(img: np.ndarray, c: int) -> np.ndarray:
+    """The image reduced by the integer factor c (mean of c x c blocks; the last partial rows/columns dropped)."""
+    h, w = img.shape[0] // c, img.shape[1] // c
+    return img[:h * c, :w * c].reshape(h, c, w, c).mean(axis=(1, 3), dtype=np.float32)
 
 
 def _reduce(img: np.ndarray, c: float) -> np.ndarray:
@@ -216,17 +274,26 @@ def difference_of_maps(ink_a: np.ndarray, ink_b: np.ndarray) -> float:
     if registered is None:
         return 1.0
     ref, moved, covered, k_ref = registered
-    px = 1.0 / k_ref  # working pixels per source pixel of the reference
-    covered = ndimage.binary_erosion(covered, iterations=max(2, round(EDGE * px)))
-    window = max(3, round(WINDOW * px))
+    e = max(2, round(EDGE / k_ref))
+    rows, cols = np.nonzero(covered.any(axis=1))[0], np.nonzero(covered.any(axis=0))[0]
+    covered = np.zeros_like(covered)
+    if len(rows) > 2 * e and len(cols) > 2 * e:
+        covered[rows[0] + e:rows[-1] + 1 - e, cols[0] + e:cols[-1] + 1 - e] = True
     size_ratio = float(np.sqrt(max(ink_a.size, ink_b.size) / min(ink_a.size, ink_b.size)))
-    sigma = SHARPNESS * px * float(np.sqrt(size_ratio**2 - 1.0))
+    sigma = SHARPNESS / k_ref * float(np.sqrt(size_ratio**2 - 1.0))
     # the larger image may be the sharper one (a reduced copy) or not (an enlarged copy): both tried
     versions = [moved, ndimage.gaussian_filter(moved, sigma)] if sigma > 0.05 else [moved]
+    a = ndimage.gaussian_filter(ref, BLUR, truncate=2.5) if k_ref >= 1.0 else ref
     scores = []
     for other in versions:
-        diff = np.maximum(_tolerant_difference(ref, other) - NOISE, 0.0) * covered
-        scores.append(float(ndimage.uniform_filter(diff, window, mode="constant").max()))
+        if k_ref < 1.0:  # a small drawing, enlarged: 1-pixel tolerant difference, small window
+            diff = np.maximum(_tolerant_difference(ref, other) - NOISE_SMALL, 0.0)
+            window = max(3, round(WINDOW_SMALL / k_ref))
+        else:  # full size: both blurred, plain difference, glyph-part window
+            b = ndimage.gaussian_filter(other, BLUR, truncate=2.5)
+            diff = np.maximum(np.abs(a - b) - NOISE, 0.0)
+            window = WINDOW
+        scores.append(float(ndimage.uniform_filter(diff * covered, window, mode="constant").max()))
     return min(scores)
 
 

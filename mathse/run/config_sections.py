@@ -440,7 +440,7 @@ class DataCheckConfig(StrictModel):
     enabled: bool = True
     action: Literal["warn", "drop"] = "warn"  # drop: contaminated problems and later copies leave seed/pool
     text_similarity: float = Field(0.4, gt=0, le=1)  # MinHash Jaccard of the content words: a near-same question
-    image_distance: int = Field(10, ge=0, le=11)  # Hamming bits (64-bit phash or trimmed phash): a picture pair
+    image_distance: int = Field(7, ge=0, le=11)  # Hamming bits (64-bit phash or trimmed phash): a picture pair
     text_image_distance: int = Field(24, ge=0, le=64)  # a text match whose images are farther apart is no match
     picture_check: bool = True  # each picture pair is compared pixel by pixel (registered); off: the hashes decide
     picture_difference: float = Field(0.01, ge=0, le=1)  # the largest local difference of the same picture
