@@ -119,11 +119,11 @@ class SketchIndex:
                       for k in probe_keys(value, kind, self.t.image_distance)]
             rows = self._db.execute(_IMAGE_CANDIDATES, (json.dumps(probes),)).fetchall()
             if rows:
-                found = np.array(rows, dtype=np.int64)
-                hashes = found[:, 1:].view(np.uint64)
+                near = np.array(rows, dtype=np.int64)  # (item, phash, trim) per row
+                hashes = near[:, 1:].view(np.uint64)
                 mine = np.array(sketch.images, dtype=np.uint64)  # (images, kinds)
                 bits = np.bitwise_count(hashes[:, None, :] ^ mine[None, :, :]).min(axis=(1, 2))
-                candidates.update(found[bits <= self.t.image_distance, 0].tolist())
+                candidates.update(near[bits <= self.t.image_distance, 0].tolist())
         rows = self._db.execute(_CANDIDATES, (json.dumps(sorted(candidates)),)).fetchall()
         found: list[Match] = []
         for source, other_id, data, signature in rows:

@@ -385,8 +385,10 @@ def test_cli_eval_samples_killed_mid_sampling_resumes_without_repeating_a_sample
     from mathse import cli
 
     bench = [{"name": "pool", "format": "jsonl", "path": str(demo_data[1]), "limit": 6}]
+    # One request in flight: each item's 4 samples arrive as one request's answer, item after item, so the
+    # kill lands between items (with 32 in flight all six answers came back in one burst before the kill).
     config = run_config(eval={"benchmarks": bench, "checkpoints": ["base"], "max_new_tokens": 12, "samples": 4,
-                              "temperature": 1.0})
+                              "temperature": 1.0}, inference={"concurrency": 1})
     pair = config.parent / "output" / "eval" / "base" / "pool"
     journal = pair / "samples.jsonl"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
