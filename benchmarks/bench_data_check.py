@@ -31,7 +31,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +39,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathse.data.checking import thresholds  # noqa: E402
-from mathse.data.duplicates import SketchIndex, Thresholds, check_stream  # noqa: E402
+from mathse.data.duplicates import SketchIndex, check_stream  # noqa: E402
 from mathse.data.sketches import Item, Sketch, SketchSettings, sketch_item  # noqa: E402
 from mathse.demo.problems import (  # noqa: E402
     SHAPE_KINDS,
@@ -207,7 +205,7 @@ def build_sets(settings: SketchSettings) -> tuple[list[Sketch], list[Sketch], di
     return bench, distinct, copies, len(same_picture)
 
 
-def evaluate(t: Thresholds, bench: list[Sketch], distinct: list[Sketch],
+def evaluate(t: DataCheckConfig, bench: list[Sketch], distinct: list[Sketch],
              copies: dict[str, list[Sketch]]) -> dict[str, float]:
     index = SketchIndex(t)
     for s in bench:
@@ -240,18 +238,18 @@ def detection(sweep: bool) -> None:
     print(f"detection: benchmark B {len(bench)} problems, distinct D {len(distinct)}, {len(copies)} transformations "
           f"x {len(bench)} copies; {same_picture} problems left out of D (same picture as one in B, another question)"
           f"; sketched in {time.perf_counter() - start:.1f} s")
-    shipped = thresholds(dc)
+    shipped = dc
     configs = [("shipped", shipped)]
     if sweep:
         configs.append(("hashes only (image 4, text gate 16)",
-                        replace(shipped, picture_check=False, image_distance=4, text_image_distance=16)))
-        configs.append(("text gate 16", replace(shipped, text_image_distance=16)))
+                        shipped.model_copy(update=dict(picture_check=False, image_distance=4, text_image_distance=16))))
+        configs.append(("text gate 16", shipped.model_copy(update=dict(text_image_distance=16))))
         for img in (4, 10):
-            configs.append((f"image <= {img}", replace(shipped, image_distance=img)))
+            configs.append((f"image <= {img}", shipped.model_copy(update=dict(image_distance=img))))
         for diff in (0.005, 0.02):
-            configs.append((f"picture difference {diff}", replace(shipped, picture_difference=diff)))
-        configs.append(("no numbers rule", replace(shipped, require_same_numbers=False)))
-        configs.append(("no answer rule", replace(shipped, require_same_answer=False)))
+            configs.append((f"picture difference {diff}", shipped.model_copy(update=dict(picture_difference=diff))))
+        configs.append(("no numbers rule", shipped.model_copy(update=dict(require_same_numbers=False))))
+        configs.append(("no answer rule", shipped.model_copy(update=dict(require_same_answer=False))))
     results = {name: evaluate(t, bench, distinct, copies) for name, t in configs}
     keys = list(next(iter(results.values())))
     print("| measure | " + " | ".join(results) + " |")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from mathse.data.duplicates import SketchIndex, Thresholds, Verdict, check_stream
+from mathse.data.duplicates import SketchIndex, Verdict, check_stream
 from mathse.data.sketches import Item, SketchSettings, content_digest, read_sketches, sketch_file
 from mathse.run import layout
 from mathse.run.config import DataCheckConfig, MathSEConfig
@@ -25,15 +25,10 @@ from mathse.run.fingerprint import Inputs, Stale, check
 from mathse.run.records import ProblemIndex, iter_problems
 from mathse.run.storage import atomic_open, atomic_write_json, atomic_write_text, is_done, mark_done, write_line
 
-__all__ = ["check_inputs", "checked_pool", "ensure_checked", "excluded_ids", "inputs", "stale", "thresholds"]
+__all__ = ["check_inputs", "checked_pool", "ensure_checked", "excluded_ids", "inputs", "stale"]
 
 Role = Literal["seed", "pool"]
 ROLES: tuple[Role, ...] = ("seed", "pool")
-
-
-def thresholds(dc: DataCheckConfig) -> Thresholds:
-    return Thresholds(dc.text_similarity, dc.image_distance, dc.text_image_distance, dc.require_same_numbers,
-                      dc.num_perm, dc.require_same_answer, dc.picture_check, dc.picture_difference)
 
 
 def _role_file(cfg: MathSEConfig, role: Role) -> Path | None:
@@ -139,7 +134,7 @@ def _check_sources(cfg: MathSEConfig, settings: SketchSettings, sketch_dir: Path
         cached = sketch_file(sketch_dir, role, digest, lambda p=path: _problem_items(p, cfg.data.image_root),
                              settings, str(path), _progress(say, role), _workers(cfg.data_check))
         sources.append((role, read_sketches(cached)))
-    verdicts = check_stream(bench_index, sources, thresholds(cfg.data_check), layout.check_index_path(cfg, "own"))
+    verdicts = check_stream(bench_index, sources, cfg.data_check, layout.check_index_path(cfg, "own"))
     try:
         return _write_results(cfg, verdicts)
     finally:
@@ -152,7 +147,7 @@ def _problem_items(path: Path, image_root: Path | None) -> Iterator[Item]:
 
 
 def _benchmark_index(cfg: MathSEConfig, settings: SketchSettings, sketch_dir: Path, say: str) -> SketchIndex:
-    index = SketchIndex(thresholds(cfg.data_check), layout.check_index_path(cfg, "benchmarks"))
+    index = SketchIndex(cfg.data_check, layout.check_index_path(cfg, "benchmarks"))
     try:
         _index_benchmarks(cfg, settings, sketch_dir, say, index)
     except BaseException:

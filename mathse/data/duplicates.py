@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mathse.data.image_hashes import distance, index_keys, probe_keys
-from mathse.data.pictures import DEFAULT_THRESHOLD, picture_difference
+from mathse.data.pictures import picture_difference
 from mathse.data.sketches import Sketch
 from mathse.data.text_sketches import (
     band_keys,
@@ -39,20 +39,9 @@ from mathse.data.text_sketches import (
     signature_values,
     similarity,
 )
+from mathse.run.config import DataCheckConfig
 
-__all__ = ["Match", "SketchIndex", "Thresholds", "Verdict", "check_stream"]
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    text_similarity: float
-    image_distance: int
-    text_image_distance: int
-    require_same_numbers: bool = True
-    num_perm: int = 64
-    require_same_answer: bool = True
-    picture_check: bool = False  # compare the pictures of each proposed pair pixel by pixel (mathse.data.pictures)
-    picture_difference: float = DEFAULT_THRESHOLD
+__all__ = ["Match", "SketchIndex", "Verdict", "check_stream"]
 
 
 @dataclass(frozen=True)
@@ -78,8 +67,8 @@ class SketchIndex:
     `path`: the file (made anew; removed by `close`); None: a temporary file.
     """
 
-    def __init__(self, thresholds: Thresholds, path: Path | None = None) -> None:
-        self.t = thresholds
+    def __init__(self, settings: DataCheckConfig, path: Path | None = None) -> None:
+        self.t = settings  # thresholds and rules (data_check)
         if path is None:
             handle, name = tempfile.mkstemp(prefix="mathse-check-", suffix=".sqlite")
             os.close(handle)
@@ -232,12 +221,12 @@ class Verdict:
 def check_stream(
     benchmarks: SketchIndex | None,
     sources: Iterable[tuple[str, Iterable[Sketch]]],
-    thresholds: Thresholds,
+    settings: DataCheckConfig,
     index_path: Path | None = None,
 ) -> Iterator[Verdict]:
     """Each seed/pool problem's matches against the benchmarks and the problems before it (those are
     indexed in `index_path`, a temporary file when None, removed at the end)."""
-    with SketchIndex(thresholds, index_path) as own:
+    with SketchIndex(settings, index_path) as own:
         for source, sketches in sources:
             for sketch in sketches:
                 contamination = benchmarks.matches(sketch) if benchmarks is not None else []

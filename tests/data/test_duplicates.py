@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from mathse.data.duplicates import SketchIndex, Thresholds, check_stream
+from mathse.data.duplicates import SketchIndex, check_stream
 from mathse.data.sketches import Sketch, text_fields
+from mathse.run.config import DataCheckConfig
 
-T = Thresholds(text_similarity=0.4, image_distance=4, text_image_distance=16)
+T = DataCheckConfig(text_similarity=0.4, image_distance=4, text_image_distance=16, picture_check=False)
 PIC = 0x0F0F_3C3C_A5A5_5A5A
 
 
@@ -41,7 +42,7 @@ def test_other_numbers_or_another_numeric_answer_make_another_problem() -> None:
     assert index.matches(sketch("s1", "What is 27 + 5?", (PIC,))) == []  # the numbers rule
     assert index.matches(sketch("s2", "What is 27 + 4?", (PIC,), (30.0,))) == []  # the answer rule
     assert [m.signal for m in index.matches(sketch("s3", "What is 27 + 4?", (PIC,), (31.0,)))] == ["text+image"]
-    relaxed = SketchIndex(Thresholds(0.4, 4, 16, require_same_numbers=False, require_same_answer=False))
+    relaxed = SketchIndex(T.model_copy(update={"require_same_numbers": False, "require_same_answer": False}))
     relaxed.add(sketch("b1", "What is 27 + 4?", (PIC,), (31.0,)), "bench")
     assert len(relaxed.matches(sketch("s1", "What is 27 + 5?", (PIC,), (32.0,)))) == 1
 
