@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mathse.answers.evalsets import SUBSET_FIELDS, ordered_subsets
-from mathse.answers.statistics import mcnemar_counts, wilson_interval
+from mathse.answers.statistics import ALPHA, mcnemar_counts, wilson_interval
 from mathse.run.config import BenchmarkSpec
 from mathse.run.storage import iter_jsonl
 
@@ -26,7 +26,6 @@ __all__ = [
     "CheckpointLike", "accuracy_table", "items_csv", "paired_tests", "read_outcomes", "render_results",
     "results_table",
 ]  # fmt: skip
-ALPHA = 0.05  # a paired test's p below this is called significant
 
 
 class CheckpointLike(Protocol):
@@ -257,11 +256,8 @@ def paired_tests(
             common = [i for i in before if i in after]
             worse = sum(1 for i in common if before[i]["correct"] and not after[i]["correct"])
             better = sum(1 for i in common if after[i]["correct"] and not before[i]["correct"])
-            test = mcnemar_counts(len(common), worse, better)
-            tests[(second, bench)] = {
-                "from": first, "to": second, "benchmark": bench, "items": len(common), "improved": better,
-                "worsened": worse, "p_value": test.p_value, "significant": test.significant(ALPHA),
-            }  # fmt: skip
+            tests[(second, bench)] = {"from": first, "to": second, "benchmark": bench,
+                                      **mcnemar_counts(len(common), worse, better).to_json()}
     order = {c: n for n, c in enumerate(checkpoints)}
     return dict(sorted(tests.items(), key=lambda kv: (order[kv[0][0]], benchmarks.index(kv[0][1]))))
 

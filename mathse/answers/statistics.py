@@ -10,6 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 Z_95 = 1.959963984540054
 
@@ -40,6 +41,9 @@ def wilson_interval(correct: float, total: int, z: float = Z_95) -> Interval:
     return Interval(max(0.0, centre - half), min(1.0, centre + half))
 
 
+ALPHA = 0.05  # a paired test's p below this is called significant
+
+
 @dataclass(frozen=True)
 class PairedTest:
     """McNemar's exact test on the items two checkpoints both answered."""
@@ -49,8 +53,13 @@ class PairedTest:
     only_second: int  # wrong before, right after
     p_value: float
 
-    def significant(self, alpha: float = 0.05) -> bool:
+    def significant(self, alpha: float = ALPHA) -> bool:
         return self.p_value < alpha
+
+    def to_json(self) -> dict[str, Any]:
+        """items, improved (right only after), worsened (right only before), p_value, significant (p < ALPHA)."""
+        return {"items": self.items, "improved": self.only_second, "worsened": self.only_first,
+                "p_value": self.p_value, "significant": self.significant()}
 
 
 def mcnemar_exact(first: Sequence[bool], second: Sequence[bool]) -> PairedTest:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from mathse.model.backbones import backbone_of
 from mathse.model.inputs import ModelInputs
 
-__all__ = ["renders_its_own_template", "served_chat_template"]
+__all__ = ["needs_training_template", "served_chat_template"]
 
 # In LLaMA-Factory's Jinja, a message's content and the system message are read as strings here.
 _READ_CONTENT = "{% set content = message['content'] %}"
@@ -39,7 +39,7 @@ def _read_parts(target: str, message: str, placeholder: str) -> str:
     )
 
 
-def renders_its_own_template(inputs: ModelInputs) -> bool:
+def needs_training_template(inputs: ModelInputs) -> bool:
     """True: a served engine gets LLaMA-Factory's template instead of the checkpoint's."""
     backbone = backbone_of(inputs.template)
     return backbone is not None and backbone.served_image_placeholder is not None
@@ -49,7 +49,7 @@ def served_chat_template(model_path: str, inputs: ModelInputs) -> str | None:
     """LLaMA-Factory's template for `inputs.template` as Jinja for a served engine, or None where the
     checkpoint's own template already renders the same prompt (or the family is not in the table)."""
     backbone = backbone_of(inputs.template)
-    if backbone is None or not renders_its_own_template(inputs):
+    if backbone is None or not needs_training_template(inputs):
         return None
     from llamafactory.data.template import TEMPLATES
     from transformers import AutoTokenizer

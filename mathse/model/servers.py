@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from mathse.model import llamafactory_qwen_vl_positions
-from mathse.model.chat_templates import renders_its_own_template, served_chat_template
+from mathse.model.chat_templates import needs_training_template, served_chat_template
 from mathse.model.inference import chat_model_args
 from mathse.model.inputs import ModelInputs
 from mathse.model.processes import die_with_parent, free_port
@@ -242,8 +242,8 @@ def _write_args_file(spec: ServedModel, run_dir: Path, tag: str) -> Path:
 
 def chat_template_path(serve: ServeConfig, spec: ServedModel, run_dir: Path, tag: str) -> Path | None:
     """Where a server's chat template goes when the engine must render LLaMA-Factory's (vLLM, for the
-    families of `chat_templates.renders_its_own_template`), else None: the checkpoint's own is used."""
-    return run_dir / f"{tag}.jinja" if serve.engine == "vllm" and renders_its_own_template(spec.inputs) else None
+    families of `chat_templates.needs_training_template`), else None: the checkpoint's own is used."""
+    return run_dir / f"{tag}.jinja" if serve.engine == "vllm" and needs_training_template(spec.inputs) else None
 
 
 def _launch(serve: ServeConfig, spec: ServedModel, run_dir: Path, index: int, host: str,

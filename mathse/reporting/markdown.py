@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from mathse.answers.statistics import ALPHA
 from mathse.reporting.ablations import md_ablations
 from mathse.reporting.data_check import md_data_check
 from mathse.reporting.marker_inputs import input_lines
@@ -238,7 +239,7 @@ def _eval_paired(report: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     return ["Paired tests on the items both checkpoints answered (exact McNemar; improved = wrong before, right "
-            "after; significant at p < 0.05 — a step that is not may be noise):", "",
+            f"after; significant at p < {ALPHA} — a step that is not may be noise):", "",
             *_table(["checkpoints", "benchmark", "items", "improved", "worsened", "p", "significant"], rows)]
 
 

@@ -116,8 +116,6 @@ def _eval_pair(outcomes: dict[str, dict[str, dict[str, bool]]], first: str, last
             "paired_tests": tests}
 
 
-def paired_test(counts: dict[str, int], alpha: float = 0.05) -> dict[str, Any]:
+def paired_test(counts: dict[str, int]) -> dict[str, Any]:
     """Exact McNemar test of one transition count: is the step from the first checkpoint to the second noise?"""
-    test = mcnemar_counts(counts["n"], counts["correct_to_incorrect"], counts["incorrect_to_correct"])
-    return {"items": test.items, "improved": test.only_second, "worsened": test.only_first,
-            "p_value": test.p_value, "significant": test.significant(alpha)}
+    return mcnemar_counts(counts["n"], counts["correct_to_incorrect"], counts["incorrect_to_correct"]).to_json()

@@ -29,7 +29,9 @@ def run(cfg: MathSEConfig, dry_run: bool = False) -> int:
         benches = ", ".join(b.name for b in cfg.eval.benchmarks) or "none configured (eval.benchmarks)"
         state = "up to date" if finished(cfg) else "would run"
         print(f"[dry-run] check ({state}): {'; '.join(files) or 'no seed or pool file set'}; benchmarks: {benches}")
-        print(f"[dry-run] action {dc.action}; same picture: <= {dc.image_distance} bits; near text: MinHash "
+        pictures = (f"hashes <= {dc.image_distance} bits, then compared pixel by pixel (difference <= "
+                    f"{dc.picture_difference})" if dc.picture_check else f"hashes <= {dc.image_distance} bits")
+        print(f"[dry-run] action {dc.action}; same picture: {pictures}; near text: content-word MinHash "
               f"Jaccard >= {dc.text_similarity}; pairs -> {layout.check_pairs_path(cfg)}")
         return 0
     already = finished(cfg)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mathse.demo.tiny_backbones import TINY_FAMILIES, build_tiny
-from mathse.model.chat_templates import renders_its_own_template, served_chat_template
+from mathse.model.chat_templates import needs_training_template, served_chat_template
 from mathse.model.inputs import ModelInputs
 
 QUESTION = "What is 3 + 4?"
@@ -47,7 +47,7 @@ def test_served_template_builds_llamafactorys_tokens(tmp_path: Path, family: str
 
 
 def test_qwen_families_keep_the_checkpoints_template() -> None:
-    assert not renders_its_own_template(ModelInputs("qwen2_vl"))
-    assert not renders_its_own_template(ModelInputs("qwen3_vl_nothink"))
+    assert not needs_training_template(ModelInputs("qwen2_vl"))
+    assert not needs_training_template(ModelInputs("qwen3_vl_nothink"))
     assert served_chat_template("/no/such/model", ModelInputs("qwen2_vl")) is None
-    assert renders_its_own_template(ModelInputs("intern_vl")) and renders_its_own_template(ModelInputs("glm4v"))
+    assert needs_training_template(ModelInputs("intern_vl")) and needs_training_template(ModelInputs("glm4v"))
